@@ -1,0 +1,349 @@
+"""From a tagged notebook to stages, their inputs and outputs, and the DAG.
+
+Pure: takes a loaded `Notebook`, returns an `Analysis` or raises `UserError`
+listing *every* problem found (a user fixing tags wants them all at once).
+
+Rules (DESIGN.md "Cell tags", "Data between stages"):
+- untagged code cells join the stage of the nearest tagged cell above;
+- a name a stage reads before binding it is provided by the last earlier
+  stage cell (notebook order) that binds or mutates it;
+- imports, `functions` definitions and parameters are not data; an import or
+  a `def`/`class` made in one stage and used by another is copied as source;
+- a service stage provides nothing to other stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nb2prod import dag
+from nb2prod.dataflow import BUILTIN_NAMES, CellFlow, CellSyntaxError, Definition, analyze_cell
+from nb2prod.errors import Problem, UserError
+from nb2prod.notebook import Notebook
+from nb2prod.tags import CellTags, parse_tags
+
+PRELUDE_ROLES = ("parameters", "imports", "functions")
+
+
+@dataclass
+class Stage:
+    """One stage: its cells, data in and out, DAG edges and runtime hints."""
+
+    name: str
+    type: str  # "batch" | "service"
+    cells: list[int] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> providing stage
+    outputs: list[str] = field(default_factory=list)
+    copied: dict[str, Definition] = field(default_factory=dict)  # imports/defs from other stages
+    metrics: list[str] = field(default_factory=list)
+    hints: dict[str, str] = field(default_factory=dict)
+    secrets: list[tuple[str, str, str]] = field(default_factory=list)
+    position: int = 0  # 1-based, in topological order
+
+    @property
+    def directory(self) -> str:
+        return f"stage-{self.position}-{self.name}"
+
+
+@dataclass
+class Analysis:
+    """Everything split needs to render a pipeline."""
+
+    notebook: Notebook
+    stages: list[Stage]
+    edges: list[dag.Edge]
+    prelude: dict[str, list[int]]  # role -> cell indices
+    flows: dict[int, CellFlow]
+    warnings: list[Problem]
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
+    """Analyse a notebook; raise `UserError` with every problem if it cannot be split."""
+    builder = _Builder(notebook, entrypoint)
+    builder.assign_cells()
+    builder.analyse_flows()
+    if not builder.problems:
+        builder.resolve_inputs()
+        builder.resolve_metrics()
+        builder.check_services()
+        builder.build_dag()
+    if builder.problems:
+        raise UserError(builder.problems)
+    return builder.result()
+
+
+class _Builder:
+    """Holds the intermediate state of one analysis."""
+
+    def __init__(self, notebook: Notebook, entrypoint: str) -> None:
+        self.nb = notebook
+        self.file = notebook.path.name
+        self.entrypoint = entrypoint
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.stages: dict[str, Stage] = {}
+        self.cell_stage: dict[int, str] = {}
+        self.prelude: dict[str, list[int]] = {role: [] for role in PRELUDE_ROLES}
+        self.orphans: list[int] = []  # code cells before the first stage tag
+        self.skipped: list[int] = []
+        self.metrics_cells: list[int] = []
+        self.tags: dict[int, CellTags] = {}
+        self.flows: dict[int, CellFlow] = {}
+        self.edges: list[dag.Edge] = []
+
+    def problem(self, message: str, cell: int | None = None) -> None:
+        self.problems.append(Problem(message, cell=cell, file=self.file))
+
+    # -- 1. which cell belongs where ----------------------------------------
+    def assign_cells(self) -> None:
+        code = [c for c in self.nb.cells if c.cell_type == "code"]
+        if not code:
+            self.problem("the notebook has no code cells")
+            return
+        current: str | None = None
+        for cell in code:
+            tags = parse_tags(list(cell.tags))
+            self.tags[cell.index] = tags
+            for message in tags.errors:
+                self.problem(message, cell.index)
+            for message in tags.warnings:
+                self.warnings.append(Problem(message, cell=cell.index, file=self.file))
+            if tags.role and tags.stage:
+                self.problem(f"a '{tags.role}' cell cannot also start stage '{tags.stage}'", cell.index)
+                continue
+            if tags.role == "skip":
+                self.skipped.append(cell.index)
+                continue
+            if tags.role in PRELUDE_ROLES:
+                self.prelude[tags.role].append(cell.index)
+                continue
+            if tags.stage:
+                current = tags.stage
+                existing = self.stages.get(current)
+                if existing is None:
+                    self.stages[current] = Stage(current, tags.stage_type or "batch")
+                elif existing.type != tags.stage_type:
+                    self.problem(f"stage '{current}' is tagged both batch and service", cell.index)
+            if current is None:
+                if tags.after or tags.hints or tags.secrets or tags.metrics:
+                    self.problem("this cell has stage tags but belongs to no stage; "
+                                 "tag it (or a cell above) with stage:NAME", cell.index)
+                self.orphans.append(cell.index)
+                continue
+            stage = self.stages[current]
+            stage.cells.append(cell.index)
+            self.cell_stage[cell.index] = current
+            stage.after += [a for a in tags.after if a not in stage.after]
+            stage.hints.update(tags.hints)
+            stage.secrets += tags.secrets
+            if tags.metrics:
+                self.metrics_cells.append(cell.index)
+        if code and not self.stages:
+            self.problem("no stage tags: tag the first cell of each stage with "
+                         "'stage:NAME', 'train' or 'serve'")
+
+    # -- 2. per-cell data flow ------------------------------------------------
+    def analyse_flows(self) -> None:
+        wanted = set(self.cell_stage) | {i for cells in self.prelude.values() for i in cells}
+        for cell in self.nb.cells:
+            if cell.cell_type != "code" or cell.index not in self.tags:
+                continue
+            try:
+                flow = analyze_cell(cell.source)
+            except CellSyntaxError as exc:
+                if cell.index in wanted:
+                    self.problem(str(exc), cell.index)
+                continue
+            self.flows[cell.index] = flow
+            if flow.star_import is not None and cell.index in wanted:
+                self.problem(f"star import (line {flow.star_import}) hides which names are used; "
+                             "import the names explicitly", cell.index)
+
+    # -- 3. inputs, outputs, copied definitions -------------------------------
+    def prelude_names(self) -> tuple[set[str], dict[str, Definition]]:
+        names: set[str] = set()
+        functions: dict[str, Definition] = {}
+        for role in PRELUDE_ROLES:
+            for index in self.prelude[role]:
+                flow = self.flows.get(index)
+                if flow:
+                    names |= flow.writes | flow.maybe_writes
+                    functions.update({k: d for k, d in flow.definitions.items() if d.kind != "import"})
+        return names, functions
+
+    def import_names(self) -> set[str]:
+        """Names bound by an import anywhere: modules are never data."""
+        return {
+            name for flow in self.flows.values()
+            for name, d in flow.definitions.items() if d.kind == "import"
+        }
+
+    def provider(self, name: str, before: int, consumer: str) -> tuple[str, Definition | None] | None:
+        """The stage cell that last bound or mutated `name` before cell `before`."""
+        for index in sorted((i for i in self.cell_stage if i < before), reverse=True):
+            stage = self.cell_stage[index]
+            flow = self.flows.get(index)
+            if stage == consumer or flow is None or name not in flow.provides:
+                continue
+            return stage, flow.definitions.get(name)
+        return None
+
+    def resolve_inputs(self) -> None:
+        prelude, prelude_functions = self.prelude_names()
+        modules = self.import_names()
+        for stage in self.stages.values():
+            bound: set[str] = set()
+            maybe: set[str] = set()
+            known_functions = dict(prelude_functions)
+            for index in stage.cells:
+                flow = self.flows[index]
+                called = _free_reads(flow.uses - set(flow.definitions), known_functions)
+                local = dict(flow.definitions)
+                reads = set(flow.reads) | called | _free_reads(flow.reads & set(local), local)
+                self._resolve_reads(stage, index, reads, set(flow.maybe_reads), bound, maybe,
+                                    prelude, modules, known_functions)
+                bound |= flow.writes
+                maybe |= flow.maybe_writes | flow.mutates
+                known_functions.update({k: d for k, d in local.items() if d.kind != "import"})
+            if stage.type == "service" and stage.cells:
+                # the server calls the entrypoint: its free names are read at the end
+                served = _free_reads({self.entrypoint}, known_functions)
+                self._resolve_reads(stage, stage.cells[-1] + 1, served, set(), bound, maybe,
+                                    prelude, modules, known_functions)
+
+    def _resolve_reads(self, stage: Stage, index: int, reads: set[str], maybe_reads: set[str],
+                       bound: set[str], maybe: set[str], prelude: set[str], modules: set[str],
+                       known_functions: dict[str, Definition]) -> None:
+        for name in sorted(reads | maybe_reads):
+            if name in bound:
+                continue
+            definite = name in reads and name not in maybe
+            self.resolve_name(stage, name, index, definite, prelude, modules, known_functions)
+
+    def resolve_name(self, stage: Stage, name: str, index: int, definite: bool,
+                     prelude: set[str], modules: set[str],
+                     known_functions: dict[str, Definition]) -> None:
+        """Decide where a name read by `stage` at cell `index` comes from."""
+        if name in stage.inputs or name in stage.copied:
+            return
+        found = self.provider(name, index, stage.name)
+        if found is not None:
+            provider, definition = found
+            if definition is not None:  # an import, def or class: copy the source
+                stage.copied[name] = definition
+                known_functions[name] = definition
+                for free in sorted(definition.free_reads):
+                    self.resolve_name(stage, free, index, False, prelude, modules, known_functions)
+                return
+            if name in modules:
+                return
+            if self.stages[provider].type == "service":
+                self.problem(f"'{name}' is set by service stage '{provider}'; a service stage "
+                             f"cannot provide names to stage '{stage.name}'", index)
+                return
+            stage.inputs[name] = provider
+            outputs = self.stages[provider].outputs
+            if name not in outputs:
+                outputs.append(name)
+            return
+        if name in prelude or name in modules or name in BUILTIN_NAMES:
+            return
+        elsewhere = [i for i in self.orphans + self.skipped
+                     if i < index and i in self.flows and name in self.flows[i].provides]
+        if elsewhere:
+            where = "belongs to no stage" if elsewhere[-1] in self.orphans else "is tagged skip"
+            self.problem(f"stage '{stage.name}' reads '{name}', defined only in cell "
+                         f"{elsewhere[-1]}, which {where}: tag that cell 'imports', 'functions', "
+                         "'parameters' or a stage", index)
+        elif definite:
+            self.problem(f"stage '{stage.name}' reads '{name}' but no earlier cell defines it",
+                         index)
+
+    # -- 4. metrics ------------------------------------------------------------
+    def resolve_metrics(self) -> None:
+        """Names a metrics cell mentions are recorded by the stage that provides them."""
+        for index in self.metrics_cells:
+            flow = self.flows.get(index)
+            if flow is None:
+                continue
+            for name in sorted(flow.reads | flow.maybe_reads | flow.writes | flow.uses):
+                if name in BUILTIN_NAMES:
+                    continue
+                owner = self.cell_stage[index] if name in flow.provides else None
+                if owner is None:
+                    found = self.provider(name, index, consumer="")
+                    owner = found[0] if found and found[1] is None else None
+                if owner and name not in self.stages[owner].metrics:
+                    self.stages[owner].metrics.append(name)
+
+    # -- 5. services and the DAG ----------------------------------------------
+    def check_services(self) -> None:
+        prelude, _ = self.prelude_names()
+        for stage in self.stages.values():
+            if stage.type != "service":
+                continue
+            defined = set(stage.copied) | prelude
+            for index in stage.cells:
+                defined |= self.flows[index].writes | self.flows[index].maybe_writes
+            if self.entrypoint not in defined:
+                self.problem(f"service stage '{stage.name}' must define "
+                             f"{self.entrypoint}(payload)", stage.cells[0])
+
+    def build_dag(self) -> None:
+        names = list(self.stages)
+        for stage in self.stages.values():
+            for producer in stage.inputs.values():
+                self._edge(producer, stage.name)
+            for before in stage.after:
+                if before not in self.stages:
+                    self.problem(f"after:{before}: no stage named '{before}'",
+                                 self._tag_cell(stage, f"{before}"))
+                    continue
+                self._edge(before, stage.name)
+        for a, b in self.edges:
+            if self.stages[a].type == "service" and self.stages[b].type == "batch":
+                self.problem(f"batch stage '{b}' cannot run after service stage '{a}'",
+                             self.stages[b].cells[0])
+        try:
+            order = dag.topological_order(names, self.edges)
+        except dag.CycleError as exc:
+            cell = self.stages[exc.cycle[0]].cells[0]
+            self.problem(str(exc), cell)
+            return
+        for position, name in enumerate(order, start=1):
+            self.stages[name].position = position
+
+    def _edge(self, a: str, b: str) -> None:
+        if a != b and (a, b) not in self.edges:
+            self.edges.append((a, b))
+
+    def _tag_cell(self, stage: Stage, after: str) -> int:
+        for index in stage.cells:
+            if after in self.tags[index].after:
+                return index
+        return stage.cells[0]
+
+    def result(self) -> Analysis:
+        stages = sorted(self.stages.values(), key=lambda s: s.position)
+        return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings)
+
+
+def _free_reads(names: set[str], functions: dict[str, Definition]) -> set[str]:
+    """Free names read by calling `names`, following calls between known functions."""
+    found: set[str] = set()
+    todo = [n for n in names if n in functions]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for free in functions[name].free_reads:
+            found.add(free)
+            if free in functions:
+                todo.append(free)
+    return found

@@ -1,0 +1,696 @@
+"""What each cell reads, writes and mutates: pure functions over cell sources.
+
+The splitter needs, per cell, the module-level names it reads before binding
+them (its *inputs*), the names it binds (*writes*), the names it changes in
+place (*mutates*: ``x[k] = v``, ``x.a = v``, ``x.fit(...)``, ``x += 1``), the
+modules it imports (for requirements) and the functions/classes it defines
+(whose free names are read where they are *used*, not where defined).
+
+The rule throughout is the one in DESIGN.md: when unsure, report a name as
+read rather than miss it; a spurious input costs a save/load, a missed one
+breaks the pipeline.  Reads that happen only after a *conditional* binding
+(inside ``if``/``for``/``try``, in a lambda, in an annotation) are reported as
+``maybe_reads``: they become inputs only when an earlier stage provides them.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass, field
+
+BUILTIN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__", "In", "Out"}
+
+#: Methods known not to change their receiver.  Calling anything else on a
+#: name counts as mutating it (``model.fit(X)``, ``df.dropna(inplace=True)``).
+#: The list only matters for parallelism: a pure method wrongly treated as a
+#: mutation merely adds a save/load and a DAG edge.
+PURE_METHODS = frozenset(
+    """predict predict_proba predict_log_proba decision_function score transform
+    inverse_transform get_params get_feature_names_out copy head tail describe
+    mean median sum min max std var count nunique unique value_counts to_numpy
+    tolist to_dict to_list to_json to_csv to_parquet items keys values get index
+    format join startswith endswith lower upper strip split replace astype reshape
+    round any all argmax argmin isna isnull notna notnull info corr groupby""".split()
+)
+
+#: Cell magics whose body is Python run in the user namespace.
+PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
+
+
+class CellSyntaxError(ValueError):
+    """A cell that is not Python even after IPython's transformations."""
+
+    def __init__(self, message: str, lineno: int | None) -> None:
+        super().__init__(message)
+        self.lineno = lineno
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A top-level ``def``/``class``/import whose source can be copied to another stage."""
+
+    kind: str  # "def" | "class" | "import"
+    source: str
+    free_reads: frozenset[str] = frozenset()
+    free_mutates: frozenset[str] = frozenset()
+    global_writes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class CellFlow:
+    """Data flow of one cell at module level."""
+
+    reads: frozenset[str]
+    maybe_reads: frozenset[str]
+    writes: frozenset[str]
+    maybe_writes: frozenset[str]
+    mutates: frozenset[str]
+    deletes: frozenset[str]
+    imports: tuple[tuple[str, int], ...]
+    definitions: dict[str, Definition] = field(default_factory=dict)
+    uses: frozenset[str] = frozenset()  # every name loaded anywhere (function lookups)
+    star_import: int | None = None
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """Names whose value this cell may change: the producers of data."""
+        return self.writes | self.maybe_writes | self.mutates
+
+
+def python_source(source: str) -> str:
+    """Return plain Python for a cell, applying IPython's transformations if needed.
+
+    IPython is imported only for cells that are not valid Python already:
+    importing it costs far more than parsing a notebook.
+    """
+    try:
+        ast.parse(source)
+        return source
+    except SyntaxError:
+        pass
+    lines = source.lstrip().splitlines()
+    if lines and lines[0].startswith("%%"):
+        magic = lines[0][2:].split()
+        name = magic[0] if magic else ""
+        if name not in PYTHON_CELL_MAGICS:
+            return ""  # %%bash, %%html, %%writefile ...: not Python
+        body = "\n".join(lines[1:])
+        prefix = ""
+        if name == "capture" and len(magic) > 1 and not magic[-1].startswith("-"):
+            prefix = f"{magic[-1]} = None\n"  # %%capture out binds `out`
+        return prefix + python_source(body)
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
+def analyze_cell(source: str) -> CellFlow:
+    """Analyse one cell's source (magics allowed) at module scope."""
+    code = python_source(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        raise CellSyntaxError(f"not valid Python: {exc.msg} (line {exc.lineno})", exc.lineno) from None
+    walker = _ScopeWalker(code)
+    walker.run(tree.body)
+    return walker.result()
+
+
+class _State:
+    """Definitely and possibly bound names at one point of execution."""
+
+    def __init__(self, bound: set[str] | None = None, maybe: set[str] | None = None) -> None:
+        self.bound = set(bound or ())
+        self.maybe = set(maybe or ())
+
+    def copy(self) -> _State:
+        return _State(self.bound, self.maybe)
+
+
+class _ScopeWalker(ast.NodeVisitor):
+    """Walks module-level statements in execution order."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.state = _State()
+        self.reads: set[str] = set()
+        self.maybe_reads: set[str] = set()
+        self.writes: set[str] = set()
+        self.mutates: set[str] = set()
+        self.deletes: set[str] = set()
+        self.imports: list[tuple[str, int]] = []
+        self.definitions: dict[str, Definition] = {}
+        self.uses: set[str] = set()
+        self.star_import: int | None = None
+        self.conditional = 0
+        self.in_annotation = 0
+
+    # -- bookkeeping -------------------------------------------------------
+    def run(self, body: list[ast.stmt]) -> None:
+        for stmt in body:
+            self.visit(stmt)
+
+    def result(self) -> CellFlow:
+        maybe_writes = self.state.maybe - self.state.bound
+        return CellFlow(
+            reads=frozenset(self.reads),
+            maybe_reads=frozenset(self.maybe_reads - self.reads),
+            writes=frozenset(self.state.bound & self.writes),
+            maybe_writes=frozenset(maybe_writes | (self.writes - self.state.bound - self.deletes)),
+            mutates=frozenset(self.mutates),
+            deletes=frozenset(self.deletes),
+            imports=tuple(self.imports),
+            definitions=self.definitions,
+            uses=frozenset(self.uses),
+            star_import=self.star_import,
+        )
+
+    def load(self, name: str) -> None:
+        self.uses.add(name)
+        if name in self.state.bound:
+            defn = self.definitions.get(name)
+            if defn is not None:  # using a local function reads its free names now
+                self._apply_definition(defn)
+            return
+        if name in self.state.maybe or self.in_annotation:
+            self.maybe_reads.add(name)
+        else:
+            self.reads.add(name)
+
+    def _apply_definition(self, defn: Definition) -> None:
+        for free in defn.free_reads:
+            if free not in self.state.bound:
+                (self.maybe_reads if free in self.state.maybe else self.reads).add(free)
+        self.mutates |= defn.free_mutates
+        for name in defn.global_writes:
+            self.bind(name)
+
+    def bind(self, name: str) -> None:
+        self.writes.add(name)
+        self.deletes.discard(name)
+        self.definitions.pop(name, None)
+        self.state.bound.add(name)
+        self.state.maybe.discard(name)
+
+    def mutate(self, name: str) -> None:
+        self.load(name)
+        self.mutates.add(name)
+
+    # -- branches ----------------------------------------------------------
+    def branches(self, *bodies: list[ast.stmt], exhaustive: bool) -> None:
+        """Run alternative bodies; a name is bound after only if every path binds it."""
+        before = self.state
+        outcomes: list[_State] = []
+        for body in bodies:
+            self.state = before.copy()
+            self.run(body)
+            outcomes.append(self.state)
+        after = before.copy()
+        for outcome in outcomes:
+            after.maybe |= outcome.bound | outcome.maybe
+        if exhaustive and outcomes:
+            common = set.intersection(*(o.bound for o in outcomes))
+            after.bound |= common
+        after.maybe -= after.bound
+        self.state = after
+
+    def loop_body(self, *bodies: list[ast.stmt]) -> None:
+        """A loop body may run zero or more times: everything it binds is conditional."""
+        self.conditional += 1
+        before = self.state
+        self.state = before.copy()
+        for body in bodies:
+            self.run(body)
+        self.state.maybe |= self.state.bound - before.bound
+        self.state.bound = set(before.bound)
+        self.conditional -= 1
+
+    # -- targets -----------------------------------------------------------
+    def store_target(self, target: ast.expr) -> None:
+        if isinstance(target, ast.Name):
+            self.bind(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for elt in target.elts:
+                self.store_target(elt)
+        elif isinstance(target, ast.Starred):
+            self.store_target(target.value)
+        elif isinstance(target, (ast.Subscript, ast.Attribute)):
+            root = _root_name(target.value)
+            if isinstance(target, ast.Subscript):
+                self.visit(target.slice)
+            self.visit_non_root(target.value)
+            if root:
+                self.mutate(root)
+
+    def visit_non_root(self, node: ast.expr) -> None:
+        """Visit the parts of an attribute/subscript chain other than its root name."""
+        while isinstance(node, (ast.Attribute, ast.Subscript)):
+            if isinstance(node, ast.Subscript):
+                self.visit(node.slice)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            self.visit(node)
+
+    # -- statements --------------------------------------------------------
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for target in node.targets:
+            self.store_target(target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name):
+            self.load(node.target.id)
+            self.mutates.add(node.target.id)
+            self.bind(node.target.id)
+        else:
+            self.store_target(node.target)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.in_annotation += 1
+        self.visit(node.annotation)
+        self.in_annotation -= 1
+        if node.value is not None:
+            self.visit(node.value)
+            self.store_target(node.target)
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                self.load(target.id)
+                self.state.bound.discard(target.id)
+                self.state.maybe.discard(target.id)
+                self.definitions.pop(target.id, None)
+                self.deletes.add(target.id)
+            else:
+                self.store_target(target)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self.imports.append((alias.name.split(".")[0], node.lineno))
+            bound = alias.asname or alias.name.split(".")[0]
+            self.bind(bound)
+            if not self.conditional:
+                self.definitions[bound] = Definition("import", _import_source(alias, None, 0))
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0 and node.module:
+            self.imports.append((node.module.split(".")[0], node.lineno))
+        for alias in node.names:
+            if alias.name == "*":
+                self.star_import = node.lineno
+                continue
+            bound = alias.asname or alias.name
+            self.bind(bound)
+            if not self.conditional:
+                self.definitions[bound] = Definition(
+                    "import", _import_source(alias, node.module, node.level)
+                )
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for deco in node.decorator_list:
+            self.visit(deco)
+        self._visit_arguments_defaults(node.args)
+        self.in_annotation += 1
+        for arg in _all_args(node.args):
+            if arg.annotation is not None:
+                self.visit(arg.annotation)
+        if node.returns is not None:
+            self.visit(node.returns)
+        self.in_annotation -= 1
+        info = _FunctionScope.analyse(node)
+        self.bind(node.name)
+        if not self.conditional:
+            self.definitions[node.name] = Definition(
+                "def", self._segment(node), info.free_reads, info.free_mutates, info.global_writes
+            )
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for deco in node.decorator_list:
+            self.visit(deco)
+        for base in node.bases:
+            self.visit(base)
+        for kw in node.keywords:
+            self.visit(kw.value)
+        info = _FunctionScope.analyse(node)
+        # the class body runs now: names it reads outside methods are read now
+        for name in info.body_reads:
+            self.load(name)
+        self.bind(node.name)
+        if not self.conditional:
+            self.definitions[node.name] = Definition(
+                "class", self._segment(node), info.free_reads, info.free_mutates, info.global_writes
+            )
+
+    def visit_If(self, node: ast.If) -> None:
+        self.visit(node.test)
+        self.conditional += 1
+        self.branches(node.body, node.orelse, exhaustive=True)
+        self.conditional -= 1
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.visit(node.iter)
+        self.loop_body([ast.Assign(targets=[node.target], value=ast.Constant(None), lineno=0)],
+                       node.body, node.orelse)
+
+    visit_AsyncFor = visit_For  # type: ignore[assignment]
+
+    def visit_While(self, node: ast.While) -> None:
+        self.visit(node.test)
+        self.loop_body(node.body, node.orelse)
+
+    def visit_With(self, node: ast.With | ast.AsyncWith) -> None:
+        for item in node.items:
+            self.visit(item.context_expr)
+            root = _root_name(item.context_expr)
+            if root and isinstance(item.context_expr, ast.Name):
+                self.mutates.add(root)
+            if item.optional_vars is not None:
+                self.store_target(item.optional_vars)
+        self.run(node.body)
+
+    visit_AsyncWith = visit_With  # type: ignore[assignment]
+
+    def visit_Try(self, node: ast.Try) -> None:
+        self.conditional += 1
+        bodies = [node.body + node.orelse]
+        for handler in node.handlers:
+            if handler.type is not None:
+                self.visit(handler.type)
+            body = list(handler.body)
+            if handler.name:
+                body.insert(0, ast.Assign(targets=[ast.Name(handler.name, ast.Store())],
+                                          value=ast.Constant(None), lineno=0))
+            bodies.append(body)
+        self.branches(*bodies, exhaustive=False)
+        self.conditional -= 1
+        self.run(node.finalbody)
+
+    visit_TryStar = visit_Try  # type: ignore[assignment]
+
+    def visit_Match(self, node: ast.Match) -> None:
+        self.visit(node.subject)
+        self.conditional += 1
+        bodies = []
+        for case in node.cases:
+            names = [n for n in _pattern_names(case.pattern)]
+            pre = [ast.Assign(targets=[ast.Name(n, ast.Store())], value=ast.Constant(None),
+                              lineno=0) for n in names]
+            if case.guard is not None:
+                pre.append(ast.Expr(case.guard))
+            bodies.append(pre + list(case.body))
+        self.branches(*bodies, exhaustive=False)
+        self.conditional -= 1
+
+    def visit_Global(self, node: ast.Global) -> None:
+        """`global` at module level changes nothing."""
+
+    # -- expressions -------------------------------------------------------
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.load(node.id)
+        elif isinstance(node.ctx, ast.Store):
+            self.bind(node.id)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.store_target(node.target)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            root = _root_name(func.value)
+            self.visit_non_root(func.value)
+            if root:
+                pure = func.attr in PURE_METHODS and not _has_inplace(node)
+                if pure:
+                    self.load(root)
+                else:
+                    self.mutate(root)
+        else:
+            self.visit(func)
+        for arg in node.args:
+            self.visit(arg)
+        for kw in node.keywords:
+            self.visit(kw.value)
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        self.visit(node.values[0])
+        self.conditional += 1
+        saved = self.state.copy()
+        for value in node.values[1:]:
+            self.visit(value)
+        saved.maybe |= (self.state.bound - saved.bound) | self.state.maybe
+        self.state = saved
+        self.conditional -= 1
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        self.visit(node.test)
+        self.conditional += 1
+        self.branches([ast.Expr(node.body)], [ast.Expr(node.orelse)], exhaustive=True)
+        self.conditional -= 1
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._visit_arguments_defaults(node.args)
+        info = _FunctionScope.analyse(node)
+        self.maybe_reads |= {n for n in info.free_reads if n not in self.state.bound}
+        self.uses |= info.free_reads
+
+    def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp) -> None:
+        # the first iterable is evaluated in the enclosing scope
+        self.visit(node.generators[0].iter)
+        info = _FunctionScope.analyse(node)
+        for name in info.free_reads:
+            self.load(name)
+        self.mutates |= info.free_mutates
+        for name in info.walrus_targets:
+            self.bind(name)
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
+
+    # -- helpers -----------------------------------------------------------
+    def _visit_arguments_defaults(self, args: ast.arguments) -> None:
+        for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
+            self.visit(default)
+
+    def _segment(self, node: ast.stmt) -> str:
+        lines = self.code.splitlines()
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        end = node.end_lineno or node.lineno
+        return "\n".join(lines[start - 1 : end]) + "\n"
+
+
+class _FunctionScope(ast.NodeVisitor):
+    """Free names of a function, lambda, class or comprehension body."""
+
+    def __init__(self) -> None:
+        self.local: set[str] = set()
+        self.loaded: set[str] = set()
+        self.mutated: set[str] = set()
+        self.globals: set[str] = set()
+        self.global_writes: set[str] = set()
+        self.walrus: set[str] = set()
+        self.body_reads: set[str] = set()
+
+    @dataclass(frozen=True)
+    class Info:
+        free_reads: frozenset[str]
+        free_mutates: frozenset[str]
+        global_writes: frozenset[str]
+        walrus_targets: frozenset[str]
+        body_reads: frozenset[str]
+
+    @classmethod
+    def analyse(cls, node: ast.AST) -> _FunctionScope.Info:
+        scope = cls()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for arg in _all_args(node.args):
+                scope.local.add(arg.arg)
+            body = node.body if isinstance(node.body, list) else [node.body]
+            for stmt in body:
+                scope.collect_locals(stmt)
+            for stmt in body:
+                scope.visit(stmt)
+        elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    inner = cls.analyse(stmt)
+                    scope.loaded |= inner.free_reads
+                    scope.mutated |= inner.free_mutates
+                    scope.global_writes |= inner.global_writes
+                    for deco in stmt.decorator_list:
+                        scope.body_reads |= _loaded_names(deco)
+                else:
+                    before = set(scope.loaded)
+                    scope.collect_locals(stmt)
+                    scope.visit(stmt)
+                    scope.body_reads |= scope.loaded - before
+            scope.body_reads -= scope.local
+        else:  # comprehension
+            for gen in node.generators:  # type: ignore[attr-defined]
+                for name in _target_names(gen.target):
+                    scope.local.add(name)
+            for i, gen in enumerate(node.generators):  # type: ignore[attr-defined]
+                if i:
+                    scope.visit(gen.iter)
+                for cond in gen.ifs:
+                    scope.visit(cond)
+            for part in ("elt", "key", "value"):
+                if hasattr(node, part):
+                    scope.visit(getattr(node, part))
+        free = scope.loaded - scope.local - BUILTIN_NAMES
+        return cls.Info(
+            frozenset(free | (scope.globals & scope.loaded)),
+            frozenset(scope.mutated - (scope.local - scope.globals)),
+            frozenset(scope.global_writes),
+            frozenset(scope.walrus),
+            frozenset(scope.body_reads),
+        )
+
+    def collect_locals(self, stmt: ast.AST) -> None:
+        """Python decides locals by any binding anywhere in the body."""
+        for node in ast.walk(stmt):
+            if isinstance(node, (ast.Global, ast.Nonlocal)):
+                self.globals |= set(node.names)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                self.local.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                self.local.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    self.local.add(alias.asname or alias.name.split(".")[0])
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                self.local.add(node.name)
+        self.local -= self.globals
+        for name in self.globals:
+            if _binds(stmt, name):
+                self.global_writes.add(name)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.loaded.add(node.id)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name):
+            self.walrus.add(node.target.id)
+            self.local.add(node.target.id)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Attribute):
+            root = _root_name(node.func.value)
+            if root and not (node.func.attr in PURE_METHODS and not _has_inplace(node)):
+                self.mutated.add(root)
+        self.generic_visit(node)
+
+    def _store(self, target: ast.expr) -> None:
+        if isinstance(target, (ast.Subscript, ast.Attribute)):
+            root = _root_name(target.value)
+            if root:
+                self.mutated.add(root)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            self._store(target)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._store(node.target)
+        if isinstance(node.target, ast.Name):
+            self.loaded.add(node.target.id)
+        self.generic_visit(node)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        inner = _FunctionScope.analyse(node)
+        self.loaded |= inner.free_reads
+        self.mutated |= inner.free_mutates
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for deco in node.decorator_list:
+            self.visit(deco)
+        inner = _FunctionScope.analyse(node)
+        self.loaded |= inner.free_reads
+        self.mutated |= inner.free_mutates
+        self.global_writes |= inner.global_writes
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        inner = _FunctionScope.analyse(node)
+        self.loaded |= inner.free_reads | inner.body_reads
+        self.mutated |= inner.free_mutates
+
+    def _comprehension(self, node: ast.AST) -> None:
+        self.visit(node.generators[0].iter)  # type: ignore[attr-defined]
+        inner = _FunctionScope.analyse(node)
+        self.loaded |= inner.free_reads
+        self.mutated |= inner.free_mutates
+        self.local |= inner.walrus_targets
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
+
+
+def _root_name(node: ast.expr) -> str | None:
+    """`a` for `a`, `a.b.c`, `a[0].b`, `a.b()`: the object a mutation reaches."""
+    while True:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func.value
+        else:
+            return None
+
+
+def _has_inplace(call: ast.Call) -> bool:
+    return any(
+        kw.arg == "inplace" and not (isinstance(kw.value, ast.Constant) and not kw.value.value)
+        for kw in call.keywords
+    )
+
+
+def _all_args(args: ast.arguments) -> list[ast.arg]:
+    found = args.posonlyargs + args.args + args.kwonlyargs
+    if args.vararg:
+        found.append(args.vararg)
+    if args.kwarg:
+        found.append(args.kwarg)
+    return found
+
+
+def _target_names(target: ast.expr) -> list[str]:
+    return [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _loaded_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _binds(stmt: ast.AST, name: str) -> bool:
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+    return False
+
+
+def _pattern_names(pattern: ast.pattern) -> list[str]:
+    names = []
+    for node in ast.walk(pattern):
+        if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.append(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.append(node.rest)
+    return names
+
+
+def _import_source(alias: ast.alias, module: str | None, level: int) -> str:
+    asname = f" as {alias.asname}" if alias.asname else ""
+    if module is None and level == 0:
+        return f"import {alias.name}{asname}\n"
+    return f"from {'.' * level}{module or ''} import {alias.name}{asname}\n"

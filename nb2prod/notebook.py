@@ -1,0 +1,80 @@
+"""Load a notebook from `.ipynb` (nbformat) or a jupytext text file (`.py`, `.md`).
+
+Everything downstream works on plain `Cell` records, so the analysis stays
+independent of nbformat and is trivially testable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nb2prod.errors import Problem, UserError
+
+TEXT_SUFFIXES = (".py", ".md", ".r", ".jl")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A notebook cell as the splitter sees it."""
+
+    index: int
+    cell_type: str
+    source: str
+    tags: tuple[str, ...] = ()
+    cell_id: str | None = None
+    metadata: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """A loaded notebook: cells plus what generated notebooks need to inherit."""
+
+    path: Path
+    cells: tuple[Cell, ...]
+    metadata: dict
+    sha256: str
+
+
+def load_notebook(path: Path) -> Notebook:
+    """Read and validate a notebook; every failure is a one-line `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(Problem("no such notebook file", file=str(path)))
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    import nbformat
+
+    try:
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            import jupytext
+
+            nb = jupytext.reads(data.decode("utf-8"), fmt=path.suffix.lstrip(".").lower())
+        else:
+            try:
+                raw = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(Problem(f"not a notebook: invalid JSON ({exc})", file=str(path))) from None
+            if not isinstance(raw, dict) or "cells" not in raw and "worksheets" not in raw:
+                raise UserError(Problem("not a notebook: no 'cells' in the JSON", file=str(path)))
+            nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+        nbformat.validate(nb)
+    except UserError:
+        raise
+    except Exception as exc:  # nbformat / jupytext raise many types for one cause
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(Problem(f"not a valid notebook: {first}", file=str(path))) from None
+    cells = tuple(
+        Cell(
+            index=i,
+            cell_type=c.cell_type,
+            source=c.source if isinstance(c.source, str) else "".join(c.source),
+            tags=tuple(c.get("metadata", {}).get("tags", [])),
+            cell_id=c.get("id"),
+            metadata=dict(c.get("metadata", {})),
+        )
+        for i, c in enumerate(nb.cells)
+    )
+    return Notebook(path=path, cells=cells, metadata=dict(nb.metadata), sha256=sha)

@@ -1,0 +1,290 @@
+"""Render an `Analysis` into the files of a pipeline directory (pure: no writes).
+
+The result is `{relative path: bytes}` plus the config values that went into
+each `.ini`, so `split` can write atomically, compare for `--check`, and keep
+the user's edits on the next split.  Output is deterministic: the same
+notebook and environment give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nb2prod import __version__, dag
+from nb2prod.analysis import Analysis, Stage
+from nb2prod.errors import Problem, UserError
+from nb2prod.requirements import resolve
+from nb2prod.templates import PACKAGE_DIR, environment
+
+Config = dict[str, dict[str, str]]
+
+#: Keys that always follow the notebook, whatever the user wrote.
+DERIVED_KEYS = {
+    "project": {"NAME", "NOTEBOOK", "SOURCE_SHA256"},
+    "workflow": {"DAG"},
+    "default": {"NAME", "PIPELINE", "STAGE_TYPE", "EXECUTABLE", "INPUTS", "OUTPUTS", "METRICS"},
+}
+
+STAGE_DEFAULTS: Config = {
+    "batch": {"MAX_COMPLETION_TIME_SECONDS": "1800", "RETRIES": "2"},
+    "service": {
+        "REPLICAS": "2", "PORT": "8080", "MAX_STARTUP_TIME_SECONDS": "120", "ROUTE": "/predict",
+        "ENTRYPOINT": "predict", "WORKERS": "2", "MAX_REQUEST_BYTES": "1048576", "INGRESS": "false",
+    },
+}
+
+
+@dataclass
+class Rendered:
+    """Every generated file, and the config values behind the `.ini` files."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    configs: dict[str, Config] = field(default_factory=dict)  # relative path -> values
+    requirements: dict[str, list[str]] = field(default_factory=dict)  # stage -> lines
+
+
+def pipeline_name(notebook: Path) -> str:
+    """The notebook stem as a DNS-1123 label prefix, usable in Kubernetes names."""
+    name = re.sub(r"[^a-z0-9-]+", "-", notebook.stem.lower()).strip("-")
+    return (name or "pipeline")[:40].rstrip("-")
+
+
+def render(
+    analysis: Analysis,
+    output: Path,
+    user_configs: dict[str, Config] | None = None,
+    templates: Path | None = None,
+) -> Rendered:
+    """Render all files; `user_configs` are values the user edited (kept)."""
+    env = environment(templates)
+    user_configs = user_configs or {}
+    nb = analysis.notebook
+    name = pipeline_name(nb.path)
+    out = Rendered()
+    top = _top_config(analysis, name, output, user_configs.get("nb2prod.ini", {}))
+    out.configs["nb2prod.ini"] = top
+    overrides = dict(top.get("requirements", {}))
+    local = _local_modules(nb.path.parent)
+    problems: list[Problem] = []
+    runtime = (PACKAGE_DIR / "artifacts.py").read_text()
+    for stage in analysis.stages:
+        reqs = _stage_requirements(analysis, stage, overrides, local, problems)
+        out.requirements[stage.name] = reqs
+        base = stage.directory
+        ctx = {"stage": stage, "pipeline": name, "version": __version__}
+        config = _merge(_stage_config(stage, name), user_configs.get(f"{base}/config.ini", {}))
+        out.configs[f"{base}/config.ini"] = config
+        out.files[f"{base}/config.ini"] = _text(env, "config.ini.j2", config=config, **ctx)
+        out.files[f"{base}/requirements.txt"] = _text(
+            env, "requirements.txt.j2", requirements=reqs, **ctx)
+        out.files[f"{base}/nb2prod_runtime.py"] = _text(
+            env, "nb2prod_runtime.py.j2", runtime_source=runtime, **ctx)
+        notebook = stage_notebook(analysis, stage, env)
+        out.files[f"{base}/{stage.name}.ipynb"] = _notebook_bytes(notebook)
+        out.files[f"{base}/{stage.name}.py"] = _percent_script(notebook)
+        if stage.type == "service":
+            service = config["service"]
+            out.files[f"{base}/app.py"] = _text(
+                env, "app.py.j2", pipeline=name, stage=stage.name,
+                executable=f"{stage.name}.ipynb", route=service["ROUTE"],
+                entrypoint=service["ENTRYPOINT"], nb2prod_version=__version__)
+        for module in sorted(_stage_local_imports(analysis, stage, local)):
+            for rel, data in local[module].items():
+                out.files[f"{base}/{rel}"] = data
+    if problems:
+        raise UserError(problems)
+    out.files["nb2prod.ini"] = _text(
+        env, "nb2prod.ini.j2", config=top, version=__version__, notebook=nb.path.name,
+        parameter_names=sorted(_parameter_names(analysis)))
+    return out
+
+
+# -- config values ---------------------------------------------------------------
+def _top_config(analysis: Analysis, name: str, output: Path, user: Config) -> Config:
+    nb_path = analysis.notebook.path.resolve()
+    try:
+        rel = Path(_relpath(nb_path, output.resolve()))
+    except ValueError:
+        rel = nb_path
+    edges = analysis.edges
+    order = [s.name for s in analysis.stages]
+    generated: Config = {
+        "project": {"NAME": name, "NOTEBOOK": rel.as_posix(),
+                    "SOURCE_SHA256": analysis.notebook.sha256},
+        "workflow": {"DAG": dag.format_dag(order, edges)},
+        "artifacts": {"STORE": "file://.nb2prod/artifacts"},
+        "kubernetes": {"IMAGE": "python:3.11-slim", "NAMESPACE": ""},
+        "parameters": {},
+        "promotion": {},
+        "requirements": {},
+        "secrets": {},
+        "schedule": {},
+    }
+    return _merge(generated, user)
+
+
+def _relpath(target: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(target, start)
+
+
+def _stage_config(stage: Stage, pipeline: str) -> Config:
+    hints = stage.hints
+    cpu = hints.get("CPU_REQUEST", "0.5")
+    memory = hints.get("MEMORY_REQUEST_MB", "500")
+    default = {
+        "NAME": stage.name,
+        "PIPELINE": pipeline,
+        "STAGE_TYPE": stage.type,
+        "EXECUTABLE": f"{stage.name}.ipynb",
+        "CPU_REQUEST": cpu,
+        "MEMORY_REQUEST_MB": memory,
+        "CPU_LIMIT": f"{max(float(cpu), 1.0):g}",
+        "MEMORY_LIMIT_MB": str(max(int(memory), 1000)),
+        "GPU": hints.get("GPU", "0"),
+        "IMAGE": hints.get("IMAGE", ""),
+        "INPUTS": ", ".join(stage.inputs),
+        "OUTPUTS": ", ".join(stage.outputs),
+        "METRICS": ", ".join(stage.metrics),
+    }
+    config: Config = {"default": default, stage.type: dict(STAGE_DEFAULTS[stage.type])}
+    config["secrets"] = {env: f"{secret}:{key}" for secret, key, env in stage.secrets}
+    return config
+
+
+def _merge(generated: Config, user: Config) -> Config:
+    """Generated values, overridden by the user's edits except for derived keys."""
+    merged = {section: dict(items) for section, items in generated.items()}
+    for section, items in user.items():
+        target = merged.setdefault(section, {})
+        for key, value in items.items():
+            if key in DERIVED_KEYS.get(section, ()):
+                continue
+            target[key] = value
+    return merged
+
+
+def _parameter_names(analysis: Analysis) -> set[str]:
+    names: set[str] = set()
+    for index in analysis.prelude["parameters"]:
+        flow = analysis.flows.get(index)
+        if flow:
+            names |= flow.writes
+    return names
+
+
+# -- requirements ----------------------------------------------------------------
+def _stage_imports(analysis: Analysis, stage: Stage) -> list[tuple[str, int]]:
+    cells = [i for role in ("parameters", "imports", "functions") for i in analysis.prelude[role]]
+    found = [imp for i in cells + stage.cells for imp in analysis.flows[i].imports]
+    for definition in stage.copied.values():
+        if definition.kind == "import":
+            module = definition.source.split()[1].split(".")[0]
+            found.append((module, stage.cells[0]))
+    return found
+
+
+def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, str],
+                        local: dict[str, dict[str, bytes]], problems: list[Problem]) -> list[str]:
+    """Its own imports plus those of the stages it loads from (to unpickle their data)."""
+    imports = _stage_imports(analysis, stage)
+    for producer in sorted(set(stage.inputs.values())):
+        imports += _stage_imports(analysis, analysis.stage(producer))
+    result = resolve(imports, stage.type, overrides, set(local), analysis.notebook.path.name)
+    for problem in result.problems:
+        if problem not in problems:
+            problems.append(problem)
+    return list(result.lines)
+
+
+def _local_modules(directory: Path) -> dict[str, dict[str, bytes]]:
+    """Python modules next to the notebook: copied into stages that import them."""
+    found: dict[str, dict[str, bytes]] = {}
+    for path in sorted(directory.glob("*.py")):
+        found[path.stem] = {path.name: path.read_bytes()}
+    for init in sorted(directory.glob("*/__init__.py")):
+        package = init.parent
+        found[package.name] = {
+            p.relative_to(directory).as_posix(): p.read_bytes()
+            for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts
+        }
+    return found
+
+
+def _stage_local_imports(analysis: Analysis, stage: Stage,
+                         local: dict[str, dict[str, bytes]]) -> set[str]:
+    return {module for module, _ in _stage_imports(analysis, stage) if module in local}
+
+
+# -- the stage notebook ----------------------------------------------------------
+def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
+    """nbformat-4 JSON of the stage notebook, in the order DESIGN.md fixes."""
+    cells_by_index = {c.index: c for c in analysis.notebook.cells}
+    params = analysis.prelude["parameters"]
+    cells: list[dict] = []
+    if len(params) == 1:
+        cells.append(_original(cells_by_index[params[0]], tags=["parameters"]))
+    else:
+        source = "\n\n".join(cells_by_index[i].source for i in params)
+        cells.append(_cell("nb2prod-parameters", source, ["parameters"]))
+    for role in ("imports", "functions"):
+        cells += [_original(cells_by_index[i]) for i in analysis.prelude[role]]
+    if stage.inputs:
+        cells.append(_cell("nb2prod-load", _template(env, "cells/load.py.j2", inputs=stage.inputs)))
+    if stage.copied:
+        cells.append(_cell("nb2prod-copied", _template(env, "cells/copied.py.j2",
+                                                        copied=stage.copied)))
+    cells += [_original(cells_by_index[i]) for i in stage.cells]
+    if stage.outputs:
+        cells.append(_cell("nb2prod-save", _template(env, "cells/save.py.j2",
+                                                      outputs=stage.outputs)))
+    if stage.metrics:
+        cells.append(_cell("nb2prod-metrics", _template(env, "cells/metrics.py.j2",
+                                                         metrics=stage.metrics)))
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+            "jupytext": {"formats": "ipynb,py:percent"},
+            "nb2prod": {"stage": stage.name, "type": stage.type,
+                        "source_cells": stage.cells},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _original(cell, tags: list[str] | None = None) -> dict:
+    return _cell(cell.cell_id or f"cell-{cell.index}", cell.source, tags if tags is not None else list(cell.tags))
+
+
+def _cell(cell_id: str, source: str, tags: list[str] | None = None) -> dict:
+    metadata: dict = {"tags": tags} if tags else {}
+    return {"cell_type": "code", "execution_count": None, "id": cell_id,
+            "metadata": metadata, "outputs": [], "source": source}
+
+
+def _template(env, name: str, **values) -> str:
+    return env.get_template(name).render(**values).rstrip("\n")
+
+
+def _text(env, name: str, **values) -> bytes:
+    return env.get_template(name).render(**values).encode("utf-8")
+
+
+def _notebook_bytes(notebook: dict) -> bytes:
+    return (json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _percent_script(notebook: dict) -> bytes:
+    """The jupytext percent rendering, paired with the .ipynb for review and diffs."""
+    import jupytext
+    import nbformat
+
+    nb = nbformat.from_dict(notebook)
+    return jupytext.writes(nb, fmt="py:percent").encode("utf-8")

@@ -1,0 +1,1 @@
+"""Runners execute a split pipeline: locally (`local`) or on Kubernetes (`kubernetes`)."""

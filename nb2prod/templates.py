@@ -1,0 +1,38 @@
+"""The Jinja environment generated files come from.
+
+Templates ship inside the wheel (`nb2prod/stage_templates`; in a source
+checkout, the top-level `stage_templates/`).  `--templates DIR` puts a user's
+directory first, so overriding one template does not mean copying them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_templates_dir() -> Path:
+    """`nb2prod/stage_templates` in a wheel, `stage_templates/` in a checkout."""
+    for candidate in (PACKAGE_DIR / "stage_templates", PACKAGE_DIR.parent / "stage_templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("nb2prod's stage_templates directory is missing from the install")
+
+
+def environment(user_dir: Path | None = None) -> jinja2.Environment:
+    """A strict environment: an undefined variable in a template is a bug, not ''."""
+    loaders: list[jinja2.BaseLoader] = []
+    if user_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(user_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(default_templates_dir())))
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )

@@ -102,6 +102,134 @@ def check(notebook: Path, templates: Path | None) -> None:
     _stage_table(report, f"{notebook}: can be split")
 
 
+def _open_pipeline(target: Path, templates: Path | None = None):
+    """A pipeline directory as is, or a notebook split on the fly (into NOTEBOOK-pipeline)."""
+    from nb2prod.pipeline import load_pipeline
+
+    if target.is_file():
+        from nb2prod.split import default_output, split_notebook
+
+        output = default_output(target)
+        report = split_notebook(target, output, force=True, templates=templates)
+        _print_warnings(report)
+        click.echo(f"split {target} into {output}", err=True)
+        target = output
+    return load_pipeline(target)
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a notebook parameter (typed like its default); repeatable.")
+@click.option("--stage", help="Run only this stage (inputs from the latest successful run).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Stages run at once [cores].")
+@click.option("--store", help="Artifact store URI (file://PATH, s3://bucket/prefix).")
+@click.option("--no-serve", is_flag=True, help="Stop after the batch stages.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of the (first) service stage.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,
+        store: str | None, no_serve: bool, port: int | None, host: str) -> None:
+    """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
+    import os
+
+    from nb2prod.errors import Problem
+    from nb2prod.pipeline import run_parameters
+    from nb2prod.progress import Progress
+    from nb2prod.runners import local
+
+    pipeline = _open_pipeline(target)
+    if stage is not None and stage not in pipeline.stages:
+        raise UserError(Problem(f"--stage {stage}: no such stage (have: "
+                                f"{', '.join(pipeline.order)})"))
+    store_uri = pipeline.store_uri(store)
+    values = run_parameters(pipeline, list(params))
+    batch = [stage] if stage and pipeline.stages[stage].type == "batch" else (
+        [] if stage else pipeline.batch)
+    result = None
+    if batch:
+        with Progress(f"pipeline {pipeline.name}") as progress:
+            runner = local.LocalRunner(pipeline, store_uri, values, jobs or os.cpu_count() or 1,
+                                       progress)
+            click.echo(f"run {runner.run_id}: {len(batch)} batch stage(s), store {store_uri}")
+            result = local.run_batch(pipeline, store_uri=store_uri, params=values,
+                                     jobs=runner.jobs, only=stage, runner=runner)
+        _summarise(result)
+        if result.status != "succeeded":
+            raise PipelineFailure(f"run {result.run_id} failed")
+    services = [stage] if stage and pipeline.stages[stage].type == "service" else (
+        [] if stage else pipeline.services)
+    not_promoted = result is not None and not result.promoted and stage is None
+    if no_serve or not services:
+        if not_promoted:
+            raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
+        return
+    from nb2prod import artifacts
+
+    latest = artifacts.read_latest(artifacts.open_store(store_uri), pipeline.name)
+    if latest is None:
+        raise PipelineFailure("nothing to serve: no run has been promoted yet"
+                              + (f" ({result.reason})" if result else ""))
+    if not_promoted:
+        click.echo(f"run {result.run_id} not promoted ({result.reason}); serving the latest "
+                   f"promoted run {latest['run_id']}", err=True)
+    running = local.start_services(pipeline, services, store_uri, port, host)
+    for service in running:
+        route = service.stage.value("service", "ROUTE", "/predict")
+        click.echo(f"serving {service.stage.name} (run {latest['run_id']}) at "
+                   f"{service.url}{route}")
+        click.echo(f"  try: {local.sample_curl(service)}")
+    click.echo("Ctrl-C to stop.", err=True)
+    local.wait_for_shutdown(running)
+    if not_promoted:
+        raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
+
+
+def _summarise(result) -> None:
+    for state in result.stages.values():
+        if state.state == "failed":
+            click.echo(f"nb2prod: {state.message}", err=True)
+    metrics = ", ".join(f"{k}={v:g}" for stage in result.metrics.values()
+                        for k, v in stage.items() if isinstance(v, (int, float)))
+    verdict = "promoted to latest" if result.promoted else (result.reason or "")
+    click.echo(f"run {result.run_id} {result.status}"
+               + (f"; metrics: {metrics}" if metrics else "")
+               + (f"; {verdict}" if verdict else ""))
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@click.option("--store", help="Artifact store URI [nb2prod.ini].")
+def runs(target: Path, store: str | None) -> None:
+    """List past runs of the pipeline in DIR: status, metrics, which one is latest."""
+    import datetime
+
+    from rich.table import Table
+
+    from nb2prod import artifacts
+    from nb2prod.pipeline import load_pipeline
+
+    pipeline = load_pipeline(target)
+    st = artifacts.open_store(pipeline.store_uri(store))
+    latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
+    table = Table(title=f"runs of {pipeline.name}", title_justify="left")
+    for column in ("run", "status", "started", "seconds", "metrics", "failed stage"):
+        table.add_column(column, overflow="fold")
+    for record in artifacts.list_runs(st, pipeline.name):
+        started = record.get("started")
+        when = datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") \
+            if isinstance(started, (int, float)) else "-"
+        seconds = f"{record['finished'] - started:.1f}" if isinstance(
+            record.get("finished"), (int, float)) and isinstance(started, (int, float)) else "-"
+        metrics = ", ".join(f"{k}={v:g}" for m in (record.get("metrics") or {}).values()
+                            for k, v in m.items() if isinstance(v, (int, float)))
+        failed = ", ".join(n for n, s in (record.get("stages") or {}).items()
+                           if s.get("status") == "failed")
+        marker = " (latest)" if record.get("run_id") == latest else ""
+        table.add_row(f"{record.get('run_id')}{marker}", record.get("status", "?"), when,
+                      seconds, metrics or "-", failed or "-")
+    _console().print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: map our exceptions to exit codes and one-line messages."""
     try:
@@ -113,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineFailure as exc:
         click.echo(f"nb2prod: {exc}", err=True)
         return 1
+    except KeyboardInterrupt:
+        click.echo("nb2prod: interrupted", err=True)
+        return 130
     except click.exceptions.Abort:
         click.echo("nb2prod: aborted", err=True)
         return 130

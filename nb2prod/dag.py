@@ -6,6 +6,7 @@ Kept apart from the analysis because the runners read the DAG back from
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 Edge = tuple[str, str]
@@ -34,7 +35,7 @@ def parse_dag(text: str) -> tuple[list[str], list[Edge]]:
             for stage in step:
                 if stage not in stages:
                     stages.append(stage)
-        for left, right in zip(steps, steps[1:]):
+        for left, right in itertools.pairwise(steps):
             for a in left:
                 for b in right:
                     if (a, b) not in edges:

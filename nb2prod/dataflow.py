@@ -26,12 +26,7 @@ BUILTIN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__"
 #: The list only matters for parallelism: a pure method wrongly treated as a
 #: mutation merely adds a save/load and a DAG edge.
 PURE_METHODS = frozenset(
-    """predict predict_proba predict_log_proba decision_function score transform
-    inverse_transform get_params get_feature_names_out copy head tail describe
-    mean median sum min max std var count nunique unique value_counts to_numpy
-    tolist to_dict to_list to_json to_csv to_parquet items keys values get index
-    format join startswith endswith lower upper strip split replace astype reshape
-    round any all argmax argmin isna isnull notna notnull info corr groupby""".split()
+    ["predict", "predict_proba", "predict_log_proba", "decision_function", "score", "transform", "inverse_transform", "get_params", "get_feature_names_out", "copy", "head", "tail", "describe", "mean", "median", "sum", "min", "max", "std", "var", "count", "nunique", "unique", "value_counts", "to_numpy", "tolist", "to_dict", "to_list", "to_json", "to_csv", "to_parquet", "items", "keys", "values", "get", "index", "format", "join", "startswith", "endswith", "lower", "upper", "strip", "split", "replace", "astype", "reshape", "round", "any", "all", "argmax", "argmin", "isna", "isnull", "notna", "notnull", "info", "corr", "groupby"]
 )
 
 #: Cell magics whose body is Python run in the user namespace.

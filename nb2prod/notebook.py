@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,24 @@ class Notebook:
     sha256: str
 
 
+def import_nbformat():
+    """Import nbformat without `rfc3987_syntax`, which jsonschema loads when present.
+
+    That optional package compiles a grammar at import (over 2 s here) for an
+    IRI format check nbformat's schema never uses; hiding it keeps `split`
+    fast without changing what is validated.
+    """
+    if "nbformat" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
+        try:
+            import nbformat
+        finally:
+            del sys.modules["rfc3987_syntax"]
+    import nbformat
+
+    return nbformat
+
+
 def load_notebook(path: Path) -> Notebook:
     """Read and validate a notebook; every failure is a one-line `UserError`."""
     path = Path(path)
@@ -45,7 +64,7 @@ def load_notebook(path: Path) -> Notebook:
         raise UserError(Problem("no such notebook file", file=str(path)))
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    import nbformat
+    nbformat = import_nbformat()
 
     try:
         if path.suffix.lower() in TEXT_SUFFIXES:
@@ -63,7 +82,7 @@ def load_notebook(path: Path) -> Notebook:
         nbformat.validate(nb)
     except UserError:
         raise
-    except Exception as exc:  # nbformat / jupytext raise many types for one cause
+    except Exception as exc:  # noqa: BLE001 - nbformat/jupytext raise many types for one cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(Problem(f"not a valid notebook: {first}", file=str(path))) from None
     cells = tuple(

@@ -76,6 +76,9 @@ def render(
         base = stage.directory
         ctx = {"stage": stage, "pipeline": name, "version": __version__}
         config = _merge(_stage_config(stage, name), user_configs.get(f"{base}/config.ini", {}))
+        if stage.type == "service" and not config["service"].get("SAMPLE_REQUEST"):
+            config["service"]["SAMPLE_REQUEST"] = sample_request(analysis,
+                                                                 config["service"]["ENTRYPOINT"])
         out.configs[f"{base}/config.ini"] = config
         out.files[f"{base}/config.ini"] = _text(env, "config.ini.j2", config=config, **ctx)
         out.files[f"{base}/requirements.txt"] = _text(
@@ -156,6 +159,27 @@ def _stage_config(stage: Stage, pipeline: str) -> Config:
     return config
 
 
+def sample_request(analysis: Analysis, entrypoint: str) -> str:
+    """A literal payload the notebook passes to the entrypoint, as JSON: for the sample curl."""
+    import ast
+
+    for cell in analysis.notebook.cells:
+        if cell.cell_type != "code" or entrypoint not in cell.source:
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == entrypoint and len(node.args) == 1):
+                try:
+                    return json.dumps(ast.literal_eval(node.args[0]))
+                except (ValueError, TypeError, SyntaxError):
+                    continue
+    return ""
+
+
 def _merge(generated: Config, user: Config) -> Config:
     """Generated values, overridden by the user's edits except for derived keys."""
     merged = {section: dict(items) for section, items in generated.items()}
@@ -223,54 +247,53 @@ def _stage_local_imports(analysis: Analysis, stage: Stage,
 # -- the stage notebook ----------------------------------------------------------
 def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
     """nbformat-4 JSON of the stage notebook, in the order DESIGN.md fixes."""
-    cells_by_index = {c.index: c for c in analysis.notebook.cells}
+    by_index = {c.index: c for c in analysis.notebook.cells}
     params = analysis.prelude["parameters"]
-    cells: list[dict] = []
+    cells: list[tuple[dict, int | None]] = []  # (cell, index in the source notebook)
     if len(params) == 1:
-        cells.append(_original(cells_by_index[params[0]], tags=["parameters"]))
+        cells.append(_original(by_index[params[0]], tags=["parameters"]))
     else:
-        source = "\n\n".join(cells_by_index[i].source for i in params)
-        cells.append(_cell("nb2prod-parameters", source, ["parameters"]))
+        source = "\n\n".join(by_index[i].source for i in params)
+        cells.append((_cell("nb2prod-parameters", source, ["parameters"]), None))
     for role in ("imports", "functions"):
-        cells += [_original(cells_by_index[i]) for i in analysis.prelude[role]]
+        cells += [_original(by_index[i]) for i in analysis.prelude[role]]
     if stage.inputs:
-        cells.append(_cell("nb2prod-load", _template(env, "cells/load.py.j2", inputs=stage.inputs)))
+        cells.append(_generated(env, "load", inputs=stage.inputs))
     if stage.copied:
-        cells.append(_cell("nb2prod-copied", _template(env, "cells/copied.py.j2",
-                                                        copied=stage.copied)))
-    cells += [_original(cells_by_index[i]) for i in stage.cells]
+        cells.append(_generated(env, "copied", copied=stage.copied))
+    cells += [_original(by_index[i]) for i in stage.cells]
     if stage.outputs:
-        cells.append(_cell("nb2prod-save", _template(env, "cells/save.py.j2",
-                                                      outputs=stage.outputs)))
+        cells.append(_generated(env, "save", outputs=stage.outputs))
     if stage.metrics:
-        cells.append(_cell("nb2prod-metrics", _template(env, "cells/metrics.py.j2",
-                                                         metrics=stage.metrics)))
+        cells.append(_generated(env, "metrics", metrics=stage.metrics))
     return {
-        "cells": cells,
+        "cells": [cell for cell, _ in cells],
         "metadata": {
             "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"},
             "jupytext": {"formats": "ipynb,py:percent"},
             "nb2prod": {"stage": stage.name, "type": stage.type,
-                        "source_cells": stage.cells},
+                        "source_cells_by_id": {c["id"]: i for c, i in cells if i is not None}},
         },
         "nbformat": 4,
         "nbformat_minor": 5,
     }
 
 
-def _original(cell, tags: list[str] | None = None) -> dict:
-    return _cell(cell.cell_id or f"cell-{cell.index}", cell.source, tags if tags is not None else list(cell.tags))
+def _original(cell, tags: list[str] | None = None) -> tuple[dict, int]:
+    cell_id = cell.cell_id or f"cell-{cell.index}"
+    return _cell(cell_id, cell.source, tags if tags is not None else list(cell.tags)), cell.index
+
+
+def _generated(env, kind: str, **values) -> tuple[dict, None]:
+    source = env.get_template(f"cells/{kind}.py.j2").render(**values).rstrip("\n")
+    return _cell(f"nb2prod-{kind}", source), None
 
 
 def _cell(cell_id: str, source: str, tags: list[str] | None = None) -> dict:
     metadata: dict = {"tags": tags} if tags else {}
     return {"cell_type": "code", "execution_count": None, "id": cell_id,
             "metadata": metadata, "outputs": [], "source": source}
-
-
-def _template(env, name: str, **values) -> str:
-    return env.get_template(name).render(**values).rstrip("\n")
 
 
 def _text(env, name: str, **values) -> bytes:
@@ -284,7 +307,8 @@ def _notebook_bytes(notebook: dict) -> bytes:
 def _percent_script(notebook: dict) -> bytes:
     """The jupytext percent rendering, paired with the .ipynb for review and diffs."""
     import jupytext
-    import nbformat
 
-    nb = nbformat.from_dict(notebook)
+    from nb2prod.notebook import import_nbformat
+
+    nb = import_nbformat().from_dict(notebook)
     return jupytext.writes(nb, fmt="py:percent").encode("utf-8")

@@ -34,7 +34,7 @@ def _distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pin(distribution: str) -> str:
     """`name==version` for an installed distribution (its canonical spelling)."""
     dist = metadata.distribution(distribution)

@@ -10,7 +10,6 @@ carried over, and the run history under `.nb2prod/` is never touched.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from nb2prod.analysis import Analysis, analyze
 from nb2prod.errors import Problem, UserError
 from nb2prod.notebook import load_notebook
+from nb2prod.pipeline import read_ini
 from nb2prod.render import Config, Rendered, render
 
 STATE_DIR = ".nb2prod"
@@ -114,17 +114,6 @@ def _read_record(output: Path) -> dict:
         return {"files": {}, "configs": {}}
 
 
-def _read_ini(path: Path) -> Config:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    try:
-        parser.read(path, encoding="utf-8")
-    except configparser.Error as exc:
-        raise UserError(Problem(f"cannot parse: {exc.message.splitlines()[0]}",
-                                file=str(path))) from None
-    return {s: dict(parser[s]) for s in parser.sections()}
-
-
 def _user_config_edits(output: Path, record: dict) -> dict[str, Config]:
     """Values in the on-disk .ini files that differ from what we generated last time."""
     edits: dict[str, Config] = {}
@@ -132,7 +121,7 @@ def _user_config_edits(output: Path, record: dict) -> dict[str, Config]:
         path = output / rel
         if not path.is_file():
             continue
-        for section, items in _read_ini(path).items():
+        for section, items in read_ini(path).items():
             for key, value in items.items():
                 if generated.get(section, {}).get(key) != value:
                     edits.setdefault(rel, {}).setdefault(section, {})[key] = value

@@ -57,8 +57,8 @@ def parse_tags(tags: list[str]) -> CellTags:
         elif tag == "train":
             _set_stage(out, "train", "batch", tag)
         elif tag == "serve" or key == "serve":
-            name = value if key == "serve" else "serve"
-            if key == "serve" and not value:
+            name = value or "serve"
+            if tag != "serve" and not value:
                 out.warnings.append("tag 'serve:' has an empty name; read as 'serve'")
                 name = "serve"
             _set_stage(out, name, "service", tag)

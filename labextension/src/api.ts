@@ -1,0 +1,147 @@
+/**
+ * Calls to the nb2prod jupyter_server extension (`nb2prod/jupyter/handlers.py`).
+ *
+ * Requests go through `ServerConnection.makeRequest` so they carry the
+ * server's token and XSRF cookie like every other JupyterLab API call.
+ * Errors come back as `{problems: [...]}` with the CLI's messages; they are
+ * thrown as `ApiError` so callers can show them next to the cells.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** One user-facing problem, as `nb2prod.errors.Problem.to_dict()` sends it. */
+export interface IProblem {
+  message: string;
+  /** 0-based index into the notebook's cells (all cell types) */
+  cell: number | null;
+  file: string | null;
+  /** the CLI's one-line rendering, "file, cell N: message" */
+  text?: string;
+}
+
+export interface IStage {
+  name: string;
+  type: 'batch' | 'service';
+  directory: string;
+  cells: number[];
+  inputs: { [name: string]: string };
+  outputs: string[];
+  requirements: string[];
+  after: string[];
+  metrics?: string[];
+}
+
+/** `Report.to_dict()` of nb2prod.split, plus `output_relative` from the handler. */
+export interface IReport {
+  notebook: string;
+  output: string | null;
+  output_relative?: string | null;
+  stages: IStage[];
+  dag: [string, string][];
+  warnings: IProblem[];
+}
+
+export type StageState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
+
+export interface IStageStatus {
+  name: string;
+  type?: string;
+  state: StageState;
+  message: string;
+  elapsed: number;
+}
+
+/** GET /nb2prod/deploy/<id> */
+export interface IDeployStatus {
+  id: string;
+  state: 'running' | 'done' | 'failed';
+  namespace: string;
+  pipeline: string;
+  stages: IStageStatus[];
+  problems: IProblem[];
+  error: string | null;
+  elapsed: number;
+}
+
+export interface IDeployRequest {
+  path: string;
+  namespace: string;
+  context?: string;
+  image?: string;
+}
+
+/** A non-2xx answer from the server, with its problems when it sent some. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly problems: IProblem[]
+  ) {
+    super(problems.map(p => p.text ?? p.message).join('\n') || `HTTP ${status}`);
+  }
+}
+
+async function request<T>(endpoint: string, init: RequestInit): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'nb2prod', endpoint);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ApiError(0, [
+      { message: `cannot reach the server: ${String(error)}`, cell: null, file: null }
+    ]);
+  }
+  const text = await response.text();
+  let data: unknown = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, problemsOf(data, response));
+  }
+  return data as T;
+}
+
+function problemsOf(data: unknown, response: Response): IProblem[] {
+  if (data !== null && typeof data === 'object') {
+    const body = data as { problems?: IProblem[]; message?: string };
+    if (Array.isArray(body.problems) && body.problems.length) {
+      return body.problems;
+    }
+    if (typeof body.message === 'string' && body.message) {
+      return [{ message: body.message, cell: null, file: null }];
+    }
+  }
+  const reason = response.statusText || 'request failed';
+  return [{ message: `${response.status} ${reason}`, cell: null, file: null }];
+}
+
+function post<T>(endpoint: string, body: object): Promise<T> {
+  return request<T>(endpoint, { method: 'POST', body: JSON.stringify(body) });
+}
+
+/** Analyse the notebook on the server; writes nothing. */
+export function check(path: string): Promise<IReport> {
+  return post<IReport>('check', { path });
+}
+
+/**
+ * Split the notebook.  The toolbar always updates an existing pipeline
+ * (`force`): clicking the button again after editing the notebook is the
+ * normal workflow, and split keeps config.ini edits and backs up edited
+ * generated files, so nothing of the user's is lost.
+ */
+export function split(path: string): Promise<IReport> {
+  return post<IReport>('split', { path, force: true });
+}
+
+/** Split (updating) and start a deploy; the answer is the first status. */
+export function deploy(req: IDeployRequest): Promise<IDeployStatus> {
+  return post<IDeployStatus>('deploy', { ...req, force: true });
+}
+
+export function deployStatus(id: string): Promise<IDeployStatus> {
+  return request<IDeployStatus>(`deploy/${encodeURIComponent(id)}`, { method: 'GET' });
+}

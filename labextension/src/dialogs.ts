@@ -1,0 +1,403 @@
+/**
+ * The dialogs of the toolbar buttons: split result, problems, deploy form and
+ * deploy progress.
+ *
+ * Built with plain DOM inside Lumino widgets (no React) to keep the bundle
+ * small; every element gets an `nb2prod-*` class the browser test and the
+ * stylesheet rely on.
+ */
+import { Dialog } from '@jupyterlab/apputils';
+import { Notebook } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+
+import {
+  ApiError,
+  deployStatus,
+  IDeployStatus,
+  IProblem,
+  IReport,
+  IStageStatus
+} from './api';
+import { stageColor } from './stages';
+
+/** Select a cell, scroll it into view and flash it so the eye finds it. */
+export async function revealCell(notebook: Notebook, index: number): Promise<void> {
+  if (index < 0 || index >= notebook.widgets.length) {
+    return;
+  }
+  notebook.deselectAll();
+  notebook.mode = 'command';
+  notebook.activeCellIndex = index;
+  await notebook.scrollToItem(index, 'center');
+  const cell = notebook.widgets[index];
+  cell.addClass('nb2prod-flash');
+  window.setTimeout(() => cell.removeClass('nb2prod-flash'), 1600);
+  notebook.activate();
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className: string,
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+/**
+ * A list of problems, each with a "Go to cell" button.  `onGo` closes the
+ * dialog first so the revealed cell is not hidden behind it.
+ */
+function problemList(problems: readonly IProblem[], onGo: (cell: number) => void): HTMLElement {
+  const list = el('ul', 'nb2prod-Problems');
+  for (const problem of problems) {
+    const item = el('li', 'nb2prod-Problem');
+    item.appendChild(el('span', 'nb2prod-Problem-text', problem.text ?? problem.message));
+    if (problem.cell !== null && problem.cell !== undefined) {
+      const cell = problem.cell;
+      const button = el('button', 'jp-Button jp-mod-styled jp-mod-reject nb2prod-GoToCell');
+      button.textContent = `Go to cell ${cell}`;
+      button.title = 'Select and scroll to this cell';
+      button.addEventListener('click', () => onGo(cell));
+      item.appendChild(button);
+    }
+    list.appendChild(item);
+  }
+  return list;
+}
+
+function joinOr(items: readonly string[], empty: string): string {
+  return items.length ? items.join(', ') : empty;
+}
+
+/** The stage table shown after split (and check). */
+function stageTable(report: IReport): HTMLTableElement {
+  const table = el('table', 'nb2prod-Stages');
+  const head = table.createTHead().insertRow();
+  for (const title of ['Stage', 'Type', 'Inputs (from stage)', 'Outputs', 'Requirements']) {
+    head.appendChild(el('th', '', title));
+  }
+  const body = table.createTBody();
+  for (const stage of report.stages) {
+    const row = body.insertRow();
+    row.className = 'nb2prod-Stage';
+    row.dataset.stage = stage.name;
+    const name = row.insertCell();
+    const badge = el('span', 'nb2prod-Stage-name', stage.name);
+    badge.style.setProperty('--nb2prod-stage-color', stageColor(stage.name));
+    name.appendChild(badge);
+    if (stage.directory) {
+      name.appendChild(el('div', 'nb2prod-Stage-dir', `${stage.directory}/`));
+    }
+    if (stage.after.length) {
+      name.appendChild(el('div', 'nb2prod-Stage-after', `after ${stage.after.join(', ')}`));
+    }
+    row.insertCell().textContent = stage.type;
+    const inputs = Object.entries(stage.inputs).map(([n, from]) => `${n} ← ${from}`);
+    row.insertCell().textContent = joinOr(inputs, '—');
+    row.insertCell().textContent = joinOr(stage.outputs, '—');
+    const reqs = row.insertCell();
+    reqs.className = 'nb2prod-Stage-reqs';
+    reqs.textContent = joinOr(stage.requirements, '—');
+  }
+  return table;
+}
+
+/** Body of the split / check result dialog. */
+class ReportBody extends Widget {
+  constructor(report: IReport, wrote: boolean, onGo: (cell: number) => void) {
+    super();
+    this.addClass('nb2prod-Report');
+    const where = report.output_relative ?? report.output;
+    const summary = el('p', 'nb2prod-Report-summary');
+    const n = report.stages.length;
+    if (wrote && where) {
+      summary.append(`${n} stage${n === 1 ? '' : 's'} written to `);
+      summary.appendChild(el('code', 'nb2prod-Report-output', `${where}/`));
+    } else {
+      summary.textContent = `${n} stage${n === 1 ? '' : 's'}; the notebook splits cleanly.`;
+    }
+    this.node.appendChild(summary);
+    this.node.appendChild(stageTable(report));
+    if (report.dag.length) {
+      const dag = report.dag.map(([a, b]) => `${a} → ${b}`).join(',  ');
+      this.node.appendChild(el('p', 'nb2prod-Report-dag', `DAG: ${dag}`));
+    }
+    if (report.warnings.length) {
+      this.node.appendChild(el('h3', 'nb2prod-Report-heading', 'Warnings'));
+      this.node.appendChild(problemList(report.warnings, onGo));
+    }
+  }
+}
+
+class ProblemsBody extends Widget {
+  constructor(problems: readonly IProblem[], onGo: (cell: number) => void) {
+    super();
+    this.addClass('nb2prod-ProblemsBody');
+    this.node.appendChild(problemList(problems, onGo));
+  }
+}
+
+/** Show a result; "Go to cell" closes the dialog and reveals the cell. */
+export async function showReport(
+  notebook: Notebook,
+  report: IReport,
+  wrote: boolean
+): Promise<void> {
+  let dialog: Dialog<unknown> | null = null;
+  const onGo = (cell: number): void => {
+    dialog?.reject();
+    void revealCell(notebook, cell);
+  };
+  dialog = new Dialog({
+    title: wrote ? 'nb2prod: pipeline written' : 'nb2prod: check passed',
+    body: new ReportBody(report, wrote, onGo),
+    buttons: [Dialog.okButton({ label: 'Close' })]
+  });
+  dialog.addClass('nb2prod-Dialog');
+  await dialog.launch();
+}
+
+/** Show the server's problems (UserError messages) or any other failure. */
+export async function showProblems(
+  notebook: Notebook,
+  title: string,
+  error: unknown
+): Promise<void> {
+  const problems: IProblem[] =
+    error instanceof ApiError
+      ? error.problems
+      : [{ message: String(error), cell: null, file: null }];
+  let dialog: Dialog<unknown> | null = null;
+  const onGo = (cell: number): void => {
+    dialog?.reject();
+    void revealCell(notebook, cell);
+  };
+  dialog = new Dialog({
+    title,
+    body: new ProblemsBody(problems, onGo),
+    buttons: [Dialog.okButton({ label: 'Close' })]
+  });
+  dialog.addClass('nb2prod-Dialog');
+  dialog.addClass('nb2prod-ErrorDialog');
+  await dialog.launch();
+}
+
+/** What the deploy form asks for. */
+export interface IDeployForm {
+  namespace: string;
+  context: string;
+  image: string;
+}
+
+/** DNS-1123 label: what Kubernetes accepts as a namespace name. */
+const NAMESPACE_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+export function namespaceError(namespace: string): string | null {
+  if (!namespace) {
+    return 'A namespace is required.';
+  }
+  return NAMESPACE_RE.test(namespace)
+    ? null
+    : `'${namespace}' is not a valid namespace (lowercase letters, digits and '-', at most 63).`;
+}
+
+class DeployFormBody extends Widget implements Dialog.IBodyWidget<IDeployForm> {
+  constructor(initial: IDeployForm) {
+    super();
+    this.addClass('nb2prod-DeployForm');
+    this._namespace = this._field('Namespace', 'namespace', initial.namespace, 'ml', true);
+    this._context = this._field(
+      'Kubernetes context',
+      'context',
+      initial.context,
+      'current context of your kubeconfig',
+      false
+    );
+    this._image = this._field(
+      'Image',
+      'image',
+      initial.image,
+      'default from nb2prod.ini (python:3.11-slim)',
+      false
+    );
+  }
+
+  getValue(): IDeployForm {
+    return {
+      namespace: this._namespace.value.trim(),
+      context: this._context.value.trim(),
+      image: this._image.value.trim()
+    };
+  }
+
+  protected onAfterAttach(): void {
+    this._namespace.focus();
+    this._namespace.select();
+  }
+
+  private _field(
+    label: string,
+    name: string,
+    value: string,
+    placeholder: string,
+    required: boolean
+  ): HTMLInputElement {
+    const row = el('label', 'nb2prod-DeployForm-row');
+    row.appendChild(el('span', 'nb2prod-DeployForm-label', required ? `${label} *` : label));
+    const input = el('input', 'jp-mod-styled nb2prod-DeployForm-input');
+    input.name = name;
+    input.value = value;
+    input.placeholder = placeholder;
+    input.required = required;
+    input.spellcheck = false;
+    row.appendChild(input);
+    this.node.appendChild(row);
+    return input;
+  }
+
+  private _namespace: HTMLInputElement;
+  private _context: HTMLInputElement;
+  private _image: HTMLInputElement;
+}
+
+/** Ask for namespace / context / image; null when cancelled. */
+export async function askDeploy(initial: IDeployForm): Promise<IDeployForm | null> {
+  const result = await new Dialog<IDeployForm>({
+    title: 'nb2prod: deploy to Kubernetes',
+    body: new DeployFormBody(initial),
+    buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Deploy' })],
+    focusNodeSelector: 'input[name="namespace"]'
+  }).launch();
+  return result.button.accept && result.value ? result.value : null;
+}
+
+const POLL_MS = 1000;
+
+/**
+ * Deploy progress: a table of stages polled from the status endpoint until
+ * the deploy is done or failed.  Closing the dialog only stops watching;
+ * the deploy keeps running on the server.
+ */
+class DeployProgressBody extends Widget {
+  constructor(
+    first: IDeployStatus,
+    private readonly _onGo: (cell: number) => void
+  ) {
+    super();
+    this.addClass('nb2prod-DeployProgress');
+    this._summary = el('p', 'nb2prod-DeployProgress-summary');
+    this._table = el('table', 'nb2prod-Stages nb2prod-DeployStages');
+    const head = this._table.createTHead().insertRow();
+    for (const title of ['Stage', 'State', 'Elapsed', 'Message']) {
+      head.appendChild(el('th', '', title));
+    }
+    this._body = this._table.createTBody();
+    this._problems = el('div', 'nb2prod-DeployProgress-problems');
+    this.node.append(this._summary, this._table, this._problems);
+    this._render(first);
+    if (first.state === 'running') {
+      this._poll(first.id);
+    }
+  }
+
+  dispose(): void {
+    if (this._timer !== null) {
+      window.clearTimeout(this._timer);
+      this._timer = null;
+    }
+    super.dispose();
+  }
+
+  private _poll(id: string): void {
+    this._timer = window.setTimeout(async () => {
+      this._timer = null;
+      if (this.isDisposed) {
+        return;
+      }
+      try {
+        const status = await deployStatus(id);
+        if (this.isDisposed) {
+          return;
+        }
+        this._failures = 0;
+        this._render(status);
+        if (status.state === 'running') {
+          this._poll(id);
+        }
+      } catch (error) {
+        // A server restart or a dropped connection: retry a few times, then say so.
+        this._failures += 1;
+        if (this._failures < 5) {
+          this._poll(id);
+        } else if (!this.isDisposed) {
+          this._summary.textContent = `Lost track of deploy ${id}: ${String(error)}`;
+          this.node.dataset.state = 'unknown';
+        }
+      }
+    }, POLL_MS);
+  }
+
+  private _render(status: IDeployStatus): void {
+    this.node.dataset.state = status.state;
+    const word = { running: 'Deploying', done: 'Deployed', failed: 'Deploy failed' }[status.state];
+    this._summary.textContent =
+      `${word}: pipeline ${status.pipeline} → namespace ${status.namespace}` +
+      ` (${status.elapsed.toFixed(0)} s)` +
+      (status.error ? ` — ${status.error}` : '');
+    this._body.textContent = '';
+    for (const stage of status.stages) {
+      this._body.appendChild(this._row(stage));
+    }
+    this._problems.textContent = '';
+    if (status.problems.length) {
+      this._problems.appendChild(problemList(status.problems, this._onGo));
+    }
+  }
+
+  private _row(stage: IStageStatus): HTMLTableRowElement {
+    const row = el('tr', 'nb2prod-DeployStage');
+    row.dataset.stage = stage.name;
+    row.dataset.state = stage.state;
+    const name = row.insertCell();
+    const badge = el('span', 'nb2prod-Stage-name', stage.name);
+    badge.style.setProperty('--nb2prod-stage-color', stageColor(stage.name));
+    name.appendChild(badge);
+    const state = row.insertCell();
+    state.appendChild(el('span', `nb2prod-State nb2prod-State-${stage.state}`, stage.state));
+    row.insertCell().textContent = stage.elapsed ? `${stage.elapsed.toFixed(0)} s` : '';
+    row.insertCell().textContent = stage.message;
+    return row;
+  }
+
+  private _summary: HTMLElement;
+  private _table: HTMLTableElement;
+  private _body: HTMLTableSectionElement;
+  private _problems: HTMLElement;
+  private _timer: number | null = null;
+  private _failures = 0;
+}
+
+export async function showDeployProgress(
+  notebook: Notebook,
+  first: IDeployStatus
+): Promise<void> {
+  let dialog: Dialog<unknown> | null = null;
+  const onGo = (cell: number): void => {
+    dialog?.reject();
+    void revealCell(notebook, cell);
+  };
+  dialog = new Dialog({
+    title: 'nb2prod: deploy',
+    body: new DeployProgressBody(first, onGo),
+    buttons: [Dialog.okButton({ label: 'Close' })]
+  });
+  dialog.addClass('nb2prod-Dialog');
+  await dialog.launch();
+}

@@ -1,0 +1,315 @@
+/**
+ * nb2prod for JupyterLab.
+ *
+ * - notebook toolbar buttons "Split to pipeline" and "Deploy…" calling the
+ *   nb2prod jupyter_server extension;
+ * - a stage marker on every code cell, recomputed as tags change;
+ * - "nb2prod: Set stage of selected cells" (palette and cell context menu).
+ *
+ * All the splitting logic stays in Python: the frontend only saves the
+ * notebook, sends its path and shows what the server answers, so the CLI and
+ * the UI can never disagree about a pipeline.
+ */
+import {
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import {
+  ICommandPalette,
+  InputDialog,
+  showErrorMessage,
+  ToolbarButton
+} from '@jupyterlab/apputils';
+import { DocumentRegistry } from '@jupyterlab/docregistry';
+import {
+  INotebookModel,
+  INotebookTracker,
+  NotebookPanel
+} from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { DisposableDelegate, IDisposable } from '@lumino/disposable';
+
+import * as api from './api';
+import {
+  askDeploy,
+  IDeployForm,
+  namespaceError,
+  showDeployProgress,
+  showProblems,
+  showReport
+} from './dialogs';
+import { StageMarkers, tagsOf } from './markers';
+import { applyStage, stageNames } from './stages';
+
+const PLUGIN_ID = 'nb2prod:plugin';
+
+export namespace CommandIDs {
+  export const split = 'nb2prod:split';
+  export const deploy = 'nb2prod:deploy';
+  export const check = 'nb2prod:check';
+  export const setStage = 'nb2prod:set-stage';
+}
+
+/** The server path of a notebook: drive prefixes (e.g. "RTC:") stripped. */
+function serverPath(app: JupyterFrontEnd, panel: NotebookPanel): string {
+  return app.serviceManager.contents.localPath(panel.context.path);
+}
+
+/**
+ * Save first: the server splits the file on disk, so unsaved edits (tags
+ * just typed, cells just added) would otherwise be silently ignored.
+ */
+async function saved(panel: NotebookPanel): Promise<boolean> {
+  if (panel.context.model.dirty) {
+    try {
+      await panel.context.save();
+    } catch (error) {
+      await showErrorMessage('nb2prod: could not save the notebook', error as Error);
+      return false;
+    }
+  }
+  return true;
+}
+
+/** Guards against double clicks while a request is in flight. */
+const busy = new WeakSet<NotebookPanel>();
+
+async function runSplit(app: JupyterFrontEnd, panel: NotebookPanel, write: boolean): Promise<void> {
+  if (busy.has(panel) || !(await saved(panel))) {
+    return;
+  }
+  busy.add(panel);
+  panel.node.classList.add('nb2prod-busy');
+  try {
+    const path = serverPath(app, panel);
+    const report = write ? await api.split(path) : await api.check(path);
+    busy.delete(panel);
+    panel.node.classList.remove('nb2prod-busy');
+    await showReport(panel.content, report, write);
+  } catch (error) {
+    busy.delete(panel);
+    panel.node.classList.remove('nb2prod-busy');
+    const title = write ? 'nb2prod: cannot split this notebook' : 'nb2prod: check found problems';
+    await showProblems(panel.content, title, error);
+  }
+}
+
+/** The last answers of the deploy form, so a redeploy is two clicks. */
+let lastDeploy: IDeployForm = { namespace: '', context: '', image: '' };
+
+async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<void> {
+  if (busy.has(panel)) {
+    return;
+  }
+  let form = await askDeploy(lastDeploy);
+  while (form !== null && namespaceError(form.namespace) !== null) {
+    await showErrorMessage('nb2prod: deploy', namespaceError(form.namespace) ?? '');
+    form = await askDeploy(form);
+  }
+  if (form === null || !(await saved(panel))) {
+    return;
+  }
+  lastDeploy = form;
+  busy.add(panel);
+  let first: api.IDeployStatus;
+  try {
+    first = await api.deploy({
+      path: serverPath(app, panel),
+      namespace: form.namespace,
+      ...(form.context ? { context: form.context } : {}),
+      ...(form.image ? { image: form.image } : {})
+    });
+  } catch (error) {
+    await showProblems(panel.content, 'nb2prod: cannot deploy', error);
+    return;
+  } finally {
+    busy.delete(panel);
+  }
+  await showDeployProgress(panel.content, first);
+}
+
+/** Adds the toolbar buttons and the stage markers to every notebook panel. */
+class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
+  constructor(
+    private readonly _app: JupyterFrontEnd,
+    private readonly _markers: Map<NotebookPanel, StageMarkers>,
+    private readonly _settings: { showStageMarkers: boolean }
+  ) {}
+
+  createNew(panel: NotebookPanel): IDisposable {
+    const split = new ToolbarButton({
+      className: 'nb2prod-SplitButton',
+      label: 'Split to pipeline',
+      tooltip: 'Save, then split this notebook into a pipeline directory (nb2prod split)',
+      onClick: () => void runSplit(this._app, panel, true)
+    });
+    const deploy = new ToolbarButton({
+      className: 'nb2prod-DeployButton',
+      label: 'Deploy…',
+      tooltip: 'Split, then deploy the pipeline to Kubernetes (nb2prod deploy)',
+      onClick: () => void runDeploy(this._app, panel)
+    });
+    // Next to the cell-type dropdown, left of the spacer: at the end they
+    // would sit among the kernel indicators.
+    if (!panel.toolbar.insertAfter('cellType', 'nb2prod-split', split)) {
+      panel.toolbar.addItem('nb2prod-split', split);
+    }
+    if (!panel.toolbar.insertAfter('nb2prod-split', 'nb2prod-deploy', deploy)) {
+      panel.toolbar.addItem('nb2prod-deploy', deploy);
+    }
+    const markers = new StageMarkers(panel);
+    markers.enabled = this._settings.showStageMarkers;
+    this._markers.set(panel, markers);
+    return new DisposableDelegate(() => {
+      split.dispose();
+      deploy.dispose();
+      markers.dispose();
+      this._markers.delete(panel);
+    });
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'Split a tagged notebook into a pipeline and deploy it to Kubernetes.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  optional: [ICommandPalette, ISettingRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    palette: ICommandPalette | null,
+    settingRegistry: ISettingRegistry | null
+  ): void => {
+    const markers = new Map<NotebookPanel, StageMarkers>();
+    const settings = { showStageMarkers: true };
+    app.docRegistry.addWidgetExtension(
+      'Notebook',
+      new NotebookExtension(app, markers, settings)
+    );
+
+    if (settingRegistry) {
+      void settingRegistry
+        .load(PLUGIN_ID)
+        .then(loaded => {
+          const apply = (): void => {
+            settings.showStageMarkers = loaded.get('showStageMarkers').composite !== false;
+            markers.forEach(m => (m.enabled = settings.showStageMarkers));
+          };
+          apply();
+          loaded.changed.connect(apply);
+        })
+        .catch(reason => console.warn('nb2prod: settings not loaded', reason));
+    }
+
+    const current = (): NotebookPanel | null => tracker.currentWidget;
+    const hasNotebook = (): boolean => current() !== null;
+
+    app.commands.addCommand(CommandIDs.split, {
+      label: 'nb2prod: Split notebook to pipeline',
+      isEnabled: hasNotebook,
+      execute: async () => {
+        const panel = current();
+        if (panel) {
+          await runSplit(app, panel, true);
+        }
+      }
+    });
+    app.commands.addCommand(CommandIDs.check, {
+      label: 'nb2prod: Check notebook',
+      isEnabled: hasNotebook,
+      execute: async () => {
+        const panel = current();
+        if (panel) {
+          await runSplit(app, panel, false);
+        }
+      }
+    });
+    app.commands.addCommand(CommandIDs.deploy, {
+      label: 'nb2prod: Deploy notebook to Kubernetes…',
+      isEnabled: hasNotebook,
+      execute: async () => {
+        const panel = current();
+        if (panel) {
+          await runDeploy(app, panel);
+        }
+      }
+    });
+    app.commands.addCommand(CommandIDs.setStage, {
+      label: 'nb2prod: Set stage of selected cells',
+      caption: 'Tag the selected cells with stage:NAME (or serve / serve:NAME)',
+      isEnabled: hasNotebook,
+      execute: async () => {
+        const panel = current();
+        if (panel) {
+          await setStage(panel, markers.get(panel) ?? null);
+        }
+      }
+    });
+
+    if (palette) {
+      for (const command of Object.values(CommandIDs)) {
+        palette.addItem({ command, category: 'nb2prod' });
+      }
+    }
+    app.contextMenu.addItem({
+      command: CommandIDs.setStage,
+      selector: '.jp-Notebook .jp-Cell',
+      rank: 30
+    });
+  }
+};
+
+/**
+ * Ask for a stage name and tag the selected cells with it, replacing their
+ * other stage/role tags (a cell has one place in the pipeline).
+ */
+async function setStage(panel: NotebookPanel, markers: StageMarkers | null): Promise<void> {
+  const notebook = panel.content;
+  const cells = notebook.widgets.filter(
+    cell => cell.model.type === 'code' && notebook.isSelectedOrActive(cell)
+  );
+  if (!cells.length) {
+    await showErrorMessage('nb2prod', 'Select one or more code cells first.');
+    return;
+  }
+  const known = markers ? stageNames(markers.markers) : [];
+  const active = markers?.markers[notebook.activeCellIndex];
+  const initial = active && active.kind === 'stage' ? active.name : known[0] ?? '';
+  const suggestions = known.length ? ` Stages so far: ${known.join(', ')}.` : '';
+  const result = await InputDialog.getText({
+    title: `nb2prod: stage of ${cells.length} selected cell${cells.length === 1 ? '' : 's'}`,
+    label:
+      'Stage name (serve or serve:NAME for a service stage; empty: join the stage above).' +
+      suggestions,
+    text: initial,
+    placeholder: 'train',
+    okLabel: 'Set stage'
+  });
+  if (!result.button.accept || result.value === null) {
+    return;
+  }
+  const updates: [typeof cells[number], string[]][] = [];
+  for (const cell of cells) {
+    const next = applyStage(tagsOf(cell), result.value);
+    if (typeof next === 'string') {
+      await showErrorMessage('nb2prod: invalid stage name', next);
+      return;
+    }
+    updates.push([cell, next]);
+  }
+  // One undoable transaction for all selected cells.
+  const shared = panel.context.model.sharedModel;
+  shared.transact(() => {
+    for (const [cell, tags] of updates) {
+      if (tags.length) {
+        cell.model.setMetadata('tags', tags);
+      } else {
+        cell.model.deleteMetadata('tags');
+      }
+    }
+  });
+  markers?.update();
+}
+
+export default plugin;

@@ -1,0 +1,185 @@
+/**
+ * Stage markers on code cells.
+ *
+ * One small coloured label per code cell naming the stage it will run in, so
+ * the user sees the effect of a tag (and of Kale's "untagged cells join the
+ * stage above" rule) while editing, before splitting.  Recomputed whenever the
+ * cell list or any cell's metadata changes; the computation itself is the pure
+ * `computeMarkers` in stages.ts.
+ */
+import { Cell } from '@jupyterlab/cells';
+import { NotebookPanel } from '@jupyterlab/notebook';
+import { IDisposable } from '@lumino/disposable';
+import { PanelLayout, Widget } from '@lumino/widgets';
+
+import { CellMarker, computeMarkers, ICellInfo, stageColor } from './stages';
+
+const MARKER_CLASS = 'nb2prod-StageMarker';
+const CELL_CLASS = 'nb2prod-staged';
+
+/** Keeps the markers of one notebook panel up to date. */
+export class StageMarkers implements IDisposable {
+  constructor(panel: NotebookPanel) {
+    this._panel = panel;
+    panel.content.modelContentChanged.connect(this._schedule, this);
+    panel.content.modelChanged.connect(this._schedule, this);
+    void panel.context.ready.then(() => this._schedule());
+  }
+
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+
+  /** Show or hide all markers (the `showStageMarkers` setting). */
+  set enabled(value: boolean) {
+    if (this._enabled !== value) {
+      this._enabled = value;
+      this._schedule();
+    }
+  }
+
+  /** The markers as last computed, one per cell (for set-stage suggestions). */
+  get markers(): readonly CellMarker[] {
+    return this._markers;
+  }
+
+  dispose(): void {
+    if (this._disposed) {
+      return;
+    }
+    this._disposed = true;
+    if (this._timer !== null) {
+      window.clearTimeout(this._timer);
+    }
+    this._panel.content.modelContentChanged.disconnect(this._schedule, this);
+    this._panel.content.modelChanged.disconnect(this._schedule, this);
+  }
+
+  /** Recompute now (also used by set-stage so the change shows at once). */
+  update(): void {
+    if (this._disposed) {
+      return;
+    }
+    const cells = this._panel.content.widgets;
+    const infos: ICellInfo[] = cells.map(cell => ({
+      cellType: cell.model.type,
+      tags: tagsOf(cell)
+    }));
+    this._markers = computeMarkers(infos);
+    cells.forEach((cell, i) => {
+      this._render(cell, this._enabled ? this._markers[i] : { kind: 'none' });
+    });
+  }
+
+  /**
+   * Coalesce bursts of changes (typing in a cell fires content changes on
+   * every keystroke; pasting many cells fires one per cell) into one update,
+   * and let the notebook create widgets for new cells first.
+   */
+  private _schedule(): void {
+    if (this._disposed || this._timer !== null) {
+      return;
+    }
+    this._timer = window.setTimeout(() => {
+      this._timer = null;
+      this.update();
+    }, 50);
+  }
+
+  private _render(cell: Cell, marker: CellMarker): void {
+    let widget = this._widgets.get(cell);
+    if (marker.kind === 'none') {
+      if (widget) {
+        widget.dispose();
+        this._widgets.delete(cell);
+      }
+      cell.removeClass(CELL_CLASS);
+      delete cell.node.dataset.nb2prodStage;
+      cell.node.style.removeProperty('--nb2prod-stage-color');
+      return;
+    }
+    if (!widget || widget.isDisposed) {
+      widget = new Widget();
+      widget.addClass(MARKER_CLASS);
+      // A real child widget (not a raw DOM node) so Lumino's index-based
+      // layout of the cell stays consistent.
+      (cell.layout as PanelLayout).insertWidget(0, widget);
+      this._widgets.set(cell, widget);
+    }
+    const node = widget.node;
+    const { text, title, color, variant, stage } = describe(marker);
+    if (node.textContent !== text) {
+      node.textContent = text;
+    }
+    node.title = title;
+    node.dataset.variant = variant;
+    node.dataset.stage = stage ?? '';
+    cell.addClass(CELL_CLASS);
+    cell.node.dataset.nb2prodStage = stage ?? '';
+    cell.node.style.setProperty('--nb2prod-stage-color', color);
+  }
+
+  private _panel: NotebookPanel;
+  private _disposed = false;
+  private _enabled = true;
+  private _timer: number | null = null;
+  private _markers: CellMarker[] = [];
+  private _widgets = new WeakMap<Cell, Widget>();
+}
+
+/** The tags of a cell model; tolerant of malformed metadata. */
+export function tagsOf(cell: Cell): string[] {
+  const tags: unknown = cell.model.getMetadata('tags');
+  return Array.isArray(tags) ? tags.filter((t): t is string => typeof t === 'string') : [];
+}
+
+interface IMarkerView {
+  text: string;
+  title: string;
+  color: string;
+  variant: string;
+  stage: string | null;
+}
+
+function describe(marker: CellMarker): IMarkerView {
+  switch (marker.kind) {
+    case 'stage': {
+      const kind = marker.type === 'service' ? 'service' : 'batch';
+      return {
+        text: marker.type === 'service' ? `${marker.name} · service` : marker.name,
+        title: marker.start
+          ? `Starts ${kind} stage '${marker.name}'`
+          : `Untagged: joins ${kind} stage '${marker.name}' (the stage of the nearest tagged cell above)`,
+        color: stageColor(marker.name),
+        variant: marker.start ? 'start' : 'continued',
+        stage: marker.name
+      };
+    }
+    case 'role':
+      return marker.role === 'skip'
+        ? {
+            text: 'skip',
+            title: 'Tagged skip: part of no stage',
+            color: 'var(--jp-layout-color4)',
+            variant: 'skip',
+            stage: null
+          }
+        : {
+            text: `${marker.role} · every stage`,
+            title: `Tagged ${marker.role}: copied into every stage`,
+            color: 'var(--jp-layout-color4)',
+            variant: 'role',
+            stage: null
+          };
+    case 'error':
+      return {
+        text: `⚠ ${marker.message}`,
+        title: marker.message,
+        color: 'var(--jp-error-color1)',
+        variant: 'error',
+        stage: marker.stage
+      };
+    default:
+      return { text: '', title: '', color: '', variant: 'none', stage: null };
+  }
+}

@@ -1,0 +1,1046 @@
+"""nb2prod stage runtime: artifact stores, save/load with manifests, metrics, promotion.
+
+This one file is copied verbatim into every generated stage directory as
+``nb2prod_runtime.py``, so a stage runs (locally under papermill, or in a bare
+``python:3.11-slim`` pod) without nb2prod installed.  That is why it imports only
+the standard library at module level: numpy, pandas, pyarrow and joblib are
+imported when an object of that kind is saved or loaded, and boto3 only when an
+``s3://`` store is actually used.  It must never import the ``nb2prod`` package.
+
+Layout inside a store (keys are ``/``-separated)::
+
+    <pipeline>/latest.json                          {"run_id": ..., "promoted_at": ...}
+    <pipeline>/runs/<run_id>/run.json               run status, written by runners / promote
+    <pipeline>/runs/<run_id>/<stage>/manifest.json  one entry per saved artifact
+    <pipeline>/runs/<run_id>/<stage>/metrics.json   {metric: number}
+    <pipeline>/runs/<run_id>/<stage>/<name>.<ext>   the artifacts
+
+Stores are pluggable by URI scheme, like papermill's I/O handlers:
+``register_store(scheme, factory)`` and ``open_store(uri)``; ``file://`` and
+``s3://`` are built in.
+
+Run ``python nb2prod_runtime.py promote --pipeline P --run-id R [--metric M --min X]``
+in-cluster to apply the promotion gate and move ``latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import numbers
+import os
+import platform
+import re
+import secrets
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ArtifactError",
+    "ArtifactIntegrityError",
+    "ArtifactNotFoundError",
+    "ArtifactVersionWarning",
+    "Context",
+    "FileStore",
+    "S3Store",
+    "Store",
+    "context",
+    "current_input_run_id",
+    "list_runs",
+    "load",
+    "main",
+    "new_run_id",
+    "open_store",
+    "promotion_passes",
+    "read_json",
+    "read_latest",
+    "record_metrics",
+    "register_store",
+    "registered_schemes",
+    "run_prefix",
+    "save",
+    "upload_file",
+    "write_json",
+    "write_latest",
+]
+
+#: Store used when neither ``NB2PROD_STORE`` nor config.ini names one; relative to
+#: the stage directory, i.e. ``<pipeline dir>/.nb2prod/artifacts``.
+DEFAULT_STORE = "file://../.nb2prod/artifacts"
+#: Run id used when nothing else names one (a notebook run by hand).
+MANUAL_RUN_ID = "manual"
+#: Value of a run-id variable that means "whatever latest.json points at".
+LATEST = "latest"
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+RUN_JSON = "run.json"
+LATEST_JSON = "latest.json"
+#: Artifact file names that would clobber the stage's own bookkeeping files.
+_RESERVED_FILES = {MANIFEST, METRICS}
+_TMP_SUFFIX = ".nb2prod-tmp"
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+
+
+# -- errors ------------------------------------------------------------------------
+class ArtifactError(Exception):
+    """Base of every runtime error; the message is one line fit for a stage log."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """A stored artifact's bytes do not match the sha256/size in its manifest.
+
+    Raised instead of deserializing, because unpickling corrupted or swapped bytes
+    either fails obscurely or, worse, silently hands a stage the wrong model.
+    """
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """A manifest or artifact is missing (e.g. the producer stage never ran)."""
+
+
+class ArtifactVersionWarning(UserWarning):
+    """An artifact was written with a different library version than the reader has."""
+
+
+# -- stores ------------------------------------------------------------------------
+class Store:
+    """Minimal key/value blob store; everything else in this module builds on it.
+
+    Keys are ``/``-separated relative paths.  ``read_bytes`` raises
+    ``FileNotFoundError`` for a missing key, whatever the backend, so callers need
+    one ``except`` clause.  ``write_atomic`` guarantees readers never see a partial
+    value, which ``latest.json`` and manifests rely on.
+    """
+
+    uri: str = ""
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys (recursively) that start with ``prefix`` (plain string prefix), sorted."""
+        raise NotImplementedError
+
+    def upload(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Copy a local file to ``key``; backends override to stream large files."""
+        self.write_bytes(key, Path(path).read_bytes())
+
+    def url(self, key: str) -> str:
+        """Full URI of ``key``, for error messages and logs."""
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+def _check_key(key: str) -> list[str]:
+    """Split a key, rejecting shapes that could escape the store root."""
+    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key:
+        raise ValueError(f"invalid store key {key!r}: use a relative '/'-separated path")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid store key {key!r}: empty, '.' or '..' segment")
+    return parts
+
+
+class FileStore(Store):
+    """A directory on a local (or mounted, e.g. PVC) file system."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*_check_key(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        """Temp file in the same directory, fsync, then ``os.replace``.
+
+        The temp file is created with mode 0o666 filtered by the umask (unlike
+        ``mkstemp``'s 0o600) so other pods/users sharing the volume can read it.
+        """
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        if prefix:
+            head = prefix if prefix.endswith("/") else prefix.rpartition("/")[0]
+            start = self._path(head.rstrip("/")) if head.strip("/") else self.root
+        else:
+            start = self.root
+        if not start.is_dir():
+            return []
+        keys = []
+        for dirpath, _dirs, files in os.walk(start):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                if name.startswith(".") and name.endswith(_TMP_SUFFIX):
+                    continue  # an in-flight (or crashed) atomic write
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def upload(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Stream-copy to a temp file beside the target, then rename (atomic, any size)."""
+        import shutil
+
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class S3Store(Store):
+    """``s3://bucket/prefix`` through boto3 (AWS, MinIO or any S3-compatible endpoint).
+
+    The boto3 client is created on first use, so opening the store (e.g. to print
+    its URI) does not need boto3 installed.  A single PUT is atomic on S3: readers
+    see the old or the new object, never a mix, so ``write_atomic`` is a PUT.
+    """
+
+    #: Keys per ListObjectsV2 request (S3's maximum); lowered in tests to exercise paging.
+    list_page_size = 1000
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        if not bucket:
+            raise ValueError("s3 store URI needs a bucket: s3://bucket/prefix")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client = client
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3  # lazy: only stages that really use S3 need boto3
+
+            # Recent boto3 reads AWS_ENDPOINT_URL(_S3) itself; older ones do not.
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            self._client = boto3.client("s3", endpoint_url=endpoint or None)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @staticmethod
+    def _is_missing(exc: Exception) -> bool:
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("NoSuchKey", "404", "NotFound") or status == 404
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            if self._is_missing(exc):
+                raise FileNotFoundError(f"s3://{self.bucket}/{full}") from None
+            raise
+        return response["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        self.write_bytes(key, data)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._is_missing(exc):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys = []
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=base + prefix,
+                                   PaginationConfig={"PageSize": self.list_page_size})
+        for page in pages:
+            for item in page.get("Contents", ()):
+                keys.append(item["Key"][len(base):])
+        return sorted(keys)
+
+    def upload(self, key: str, path: str | os.PathLike[str]) -> None:
+        # upload_file streams and switches to multipart for large files.
+        self.client.upload_file(os.fspath(path), self.bucket, self._key(key))
+
+
+StoreFactory = Callable[[str, "str | os.PathLike[str] | None"], Store]
+_FACTORIES: dict[str, StoreFactory] = {}
+
+
+def register_store(scheme: str, factory: StoreFactory) -> None:
+    """Register ``factory(uri, base_dir) -> Store`` for ``scheme://`` URIs.
+
+    Lets a deployment add e.g. ``gs://`` without changing the generated code:
+    register it in a module the stage imports before loading.
+    """
+    _FACTORIES[scheme.lower()] = factory
+
+
+def registered_schemes() -> list[str]:
+    """Schemes ``open_store`` understands, for error messages and ``--help``."""
+    return sorted(_FACTORIES)
+
+
+def _split_scheme(uri: str) -> tuple[str, str]:
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return scheme.lower(), rest
+    return "file", uri  # a bare path is a file store
+
+
+def open_store(uri: str | Store, base_dir: str | os.PathLike[str] | None = None) -> Store:
+    """A ``Store`` for ``uri``; relative ``file://`` paths resolve against ``base_dir`` (cwd).
+
+    Passing a ``Store`` returns it unchanged, so helpers accept either.
+    """
+    if isinstance(uri, Store):
+        return uri
+    scheme, _ = _split_scheme(str(uri))
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in registered_schemes())
+        raise ValueError(f"unsupported artifact store {uri!r}: scheme {scheme}:// "
+                         f"is not registered (known: {known})")
+    return factory(str(uri), base_dir)
+
+
+def _file_factory(uri: str, base_dir: str | os.PathLike[str] | None = None) -> FileStore:
+    """``file:///abs/path`` is absolute; ``file://rel/path`` is relative to ``base_dir``."""
+    _, path = _split_scheme(uri)
+    if path.startswith("localhost/"):  # RFC 8089 form file://localhost/abs
+        path = path[len("localhost"):]
+    if not path:
+        raise ValueError(f"file store URI {uri!r} has no path")
+    root = Path(path).expanduser()
+    if not root.is_absolute():
+        root = Path(base_dir if base_dir is not None else os.getcwd()) / root
+    return FileStore(os.path.normpath(root))
+
+
+def _s3_factory(uri: str, base_dir: str | os.PathLike[str] | None = None) -> S3Store:
+    _, rest = _split_scheme(uri)
+    bucket, _, prefix = rest.partition("/")
+    return S3Store(bucket, prefix)
+
+
+register_store("file", _file_factory)
+register_store("s3", _s3_factory)
+
+
+def absolute_store_uri(uri: str, base_dir: str | os.PathLike[str] | None = None) -> str:
+    """``uri`` with a relative ``file://`` path made absolute, for handing to subprocesses."""
+    scheme, _ = _split_scheme(uri)
+    if scheme == "file":
+        return _file_factory(uri, base_dir).uri
+    return uri
+
+
+# -- JSON helpers and pipeline layout ------------------------------------------------
+_MISSING: Any = object()
+
+
+def _check_segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' "
+                         "(at most 128 characters, not starting with '.', '_' or '-')")
+    return value
+
+
+def run_prefix(pipeline: str, run_id: str) -> str:
+    """Key prefix of one run: ``<pipeline>/runs/<run_id>``."""
+    return f"{_check_segment(pipeline, 'pipeline name')}/runs/{_check_segment(run_id, 'run id')}"
+
+
+def _stage_prefix(pipeline: str, run_id: str, stage: str) -> str:
+    return f"{run_prefix(pipeline, run_id)}/{_check_segment(stage, 'stage name')}"
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def read_json(store: Store | str, key: str, default: Any = _MISSING) -> Any:
+    """Parse the JSON at ``key``; missing → ``default`` if given, else ``FileNotFoundError``."""
+    store = open_store(store)
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        if default is _MISSING:
+            raise
+        return default
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ArtifactError(f"{store.url(key)} is not valid JSON: {exc}") from None
+
+
+def write_json(store: Store | str, key: str, obj: Any, atomic: bool = False) -> None:
+    """Write ``obj`` as indented, key-sorted JSON (stable diffs, strict: no NaN)."""
+    store = open_store(store)
+    data = _json_bytes(obj)
+    if atomic:
+        store.write_atomic(key, data)
+    else:
+        store.write_bytes(key, data)
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_run_id() -> str:
+    """Sortable, DNS-1123-friendly run id: UTC timestamp plus a random suffix.
+
+    Lexical order is chronological (``list_runs`` sorts on it) and the value can
+    be embedded in Kubernetes object names and labels as is.
+    """
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dt%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def read_latest(store: Store | str, pipeline: str) -> dict | None:
+    """Contents of ``<pipeline>/latest.json``, or None when no run was promoted yet."""
+    data = read_json(store, f"{_check_segment(pipeline, 'pipeline name')}/{LATEST_JSON}",
+                     default=None)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        raise ArtifactError(f"{open_store(store).url(pipeline + '/' + LATEST_JSON)} "
+                            "has no string 'run_id'")
+    return data
+
+
+def write_latest(store: Store | str, pipeline: str, run_id: str, **extra: Any) -> dict:
+    """Point ``latest.json`` at ``run_id``, atomically.
+
+    Call it last, after every stage succeeded and the gate passed: serving stages
+    read it, so it must never name a run that is incomplete.
+    """
+    run_prefix(pipeline, run_id)  # validates both
+    record = {**extra, "run_id": run_id, "promoted_at": _utcnow()}
+    write_json(store, f"{pipeline}/{LATEST_JSON}", record, atomic=True)
+    return record
+
+
+def list_runs(store: Store | str, pipeline: str) -> list[dict]:
+    """One dict per run found in the store, oldest first.
+
+    Each is the run's ``run.json`` (if any) plus ``run_id``, ``stages`` (stage
+    directories present) and ``latest`` (whether latest.json points at it); keys
+    from run.json win over the derived ones.
+    """
+    store = open_store(store)
+    base = f"{_check_segment(pipeline, 'pipeline name')}/runs/"
+    stages: dict[str, set[str]] = {}
+    for key in store.list(base):
+        parts = key[len(base):].split("/")
+        run = stages.setdefault(parts[0], set())
+        if len(parts) >= 3:
+            run.add(parts[1])
+    latest = read_latest(store, pipeline)
+    latest_id = latest["run_id"] if latest else None
+    runs = []
+    for run_id in sorted(stages):
+        info = read_json(store, f"{base}{run_id}/{RUN_JSON}", default=None)
+        record = dict(info) if isinstance(info, dict) else {}
+        record.setdefault("run_id", run_id)
+        record.setdefault("stages", sorted(stages[run_id]))
+        record.setdefault("latest", run_id == latest_id)
+        runs.append(record)
+    return runs
+
+
+def upload_file(store: Store | str, key: str, path: str | os.PathLike[str]) -> None:
+    """Copy a local file (executed notebook, HTML, log) into the store."""
+    open_store(store).upload(key, path)
+
+
+def read_run_metrics(store: Store | str, pipeline: str, run_id: str) -> dict[str, dict]:
+    """``{stage: metrics}`` from every ``<stage>/metrics.json`` of a run."""
+    store = open_store(store)
+    base = run_prefix(pipeline, run_id) + "/"
+    found: dict[str, dict] = {}
+    for key in store.list(base):
+        parts = key[len(base):].split("/")
+        if len(parts) == 2 and parts[1] == METRICS:
+            data = read_json(store, key, default={})
+            if isinstance(data, dict):
+                found[parts[0]] = data
+    return found
+
+
+# -- context ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Context:
+    """Where this stage reads and writes: resolved once per call from env + config.ini."""
+
+    store: str          # absolute for file:// stores
+    pipeline: str
+    stage: str
+    run_id: str
+    input_run_id: str
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _stage_dir() -> Path:
+    """The stage directory: cwd when it holds config.ini, else this file's directory.
+
+    papermill and app.py run with the stage dir as cwd; falling back to the module's
+    own directory keeps things working when a server is started from elsewhere.
+    """
+    cwd = Path.cwd()
+    if (cwd / "config.ini").is_file():
+        return cwd
+    here = Path(__file__).resolve().parent
+    if here.name != "nb2prod" and (here / "config.ini").is_file():
+        return here
+    return cwd
+
+
+def _config(stage_dir: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    path = stage_dir / "config.ini"
+    if path.is_file():
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            raise ArtifactError(f"{path}: cannot parse: {exc}".replace("\n", " ")) from None
+    return parser
+
+
+_PINNED_LATEST: dict[tuple[str, str], str] = {}
+
+
+def _resolve_input_run_id(store_uri: str, pipeline: str, refresh: bool = False) -> str:
+    explicit = _env("MODEL_RUN_ID") or _env("NB2PROD_INPUT_RUN_ID") or _env("NB2PROD_RUN_ID")
+    if explicit and explicit != LATEST:
+        return explicit
+    if not pipeline:
+        if explicit == LATEST:
+            raise ArtifactError("run id 'latest' requested but the pipeline name is unknown "
+                                "(set NB2PROD_PIPELINE or [default] PIPELINE in config.ini)")
+        return MANUAL_RUN_ID
+    # Pin the answer for the life of the process: every load() of one stage (and
+    # every request of a server) must read the same run even if a scheduled run
+    # moves latest.json meanwhile.
+    pin = (store_uri, pipeline)
+    if pin in _PINNED_LATEST and not refresh:
+        return _PINNED_LATEST[pin]
+    latest = read_latest(store_uri, pipeline)
+    if latest is None:
+        if explicit == LATEST:
+            raise ArtifactNotFoundError(
+                f"run id 'latest' requested but no run of pipeline '{pipeline}' was promoted "
+                f"yet ({open_store(store_uri).url(pipeline + '/' + LATEST_JSON)} missing)")
+        return MANUAL_RUN_ID
+    _PINNED_LATEST[pin] = latest["run_id"]
+    return latest["run_id"]
+
+
+def _base_context() -> tuple[str, str, str, str]:
+    stage_dir = _stage_dir()
+    config = _config(stage_dir)
+    store = (_env("NB2PROD_STORE") or config.get("artifacts", "STORE", fallback="").strip()
+             or DEFAULT_STORE)
+    store = absolute_store_uri(store, stage_dir)
+    pipeline = _env("NB2PROD_PIPELINE") or config.get("default", "PIPELINE", fallback="").strip()
+    stage = _env("NB2PROD_STAGE") or config.get("default", "NAME", fallback="").strip()
+    run_id = _env("NB2PROD_RUN_ID") or MANUAL_RUN_ID
+    return store, pipeline, stage, run_id
+
+
+def context() -> Context:
+    """The stage's context from ``NB2PROD_*`` env vars, defaulting to ./config.ini.
+
+    Read on every call (cheap) so tests and long-lived servers see env changes;
+    only the ``latest.json`` fallback for the input run is pinned per process.
+    """
+    store, pipeline, stage, run_id = _base_context()
+    return Context(store, pipeline, stage, run_id, _resolve_input_run_id(store, pipeline))
+
+
+def current_input_run_id(refresh: bool = False) -> str:
+    """Run whose artifacts ``load`` reads.
+
+    ``MODEL_RUN_ID``, else ``NB2PROD_INPUT_RUN_ID``, else ``NB2PROD_RUN_ID``, else
+    the run ``latest.json`` points at, else ``manual``.  The value ``latest`` in
+    any of the variables means "the promoted run" (an error if there is none).
+    ``refresh`` re-reads latest.json instead of the per-process pinned answer.
+    """
+    store, pipeline, _, _ = _base_context()
+    return _resolve_input_run_id(store, pipeline, refresh=refresh)
+
+
+def _require(ctx: Context, what: str) -> None:
+    missing = [name for name, value in (("NB2PROD_PIPELINE", ctx.pipeline),
+                                        ("NB2PROD_STAGE", ctx.stage)) if not value]
+    if missing:
+        raise ArtifactError(
+            f"cannot {what}: {' and '.join(missing)} not set and no config.ini "
+            f"[default] {'PIPELINE' if 'NB2PROD_PIPELINE' in missing else 'NAME'} "
+            f"in {_stage_dir()}")
+
+
+# -- serialization ---------------------------------------------------------------
+def _is_exact_json(value: Any, path: set[int] | None = None) -> bool:
+    """True when ``json.loads(json.dumps(value)) == value`` with identical types.
+
+    Exact type checks on purpose: tuples, numpy scalars (a ``float`` subclass),
+    IntEnums, non-str dict keys and NaN would all come back different.
+    """
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list or kind is dict:
+        path = path or set()
+        if id(value) in path:
+            return False  # a cycle
+        path.add(id(value))
+        try:
+            if kind is list:
+                return all(_is_exact_json(item, path) for item in value)
+            return all(type(k) is str and _is_exact_json(v, path) for k, v in value.items())
+        finally:
+            path.discard(id(value))
+    return False
+
+
+def _module_version(name: str) -> str | None:
+    module = sys.modules.get(name)
+    version = getattr(module, "__version__", None)
+    return version if isinstance(version, str) else None
+
+
+def _versions(value: Any, libraries: list[str]) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    top = (type(value).__module__ or "").split(".")[0]
+    candidates = list(libraries)
+    if top and top != "builtins":
+        candidates.append(top)
+    for name in candidates:
+        version = _module_version(name)
+        if version:
+            versions[name] = version
+    return versions
+
+
+def _has_pyarrow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+@dataclass
+class _Serialized:
+    data: bytes
+    format: str   # npy | parquet | pickle | json | joblib
+    ext: str
+    libraries: list[str]
+    extra: dict[str, Any]
+
+
+def _serialize(value: Any) -> _Serialized:
+    """Pick the format by type (DESIGN.md: numpy, pandas, JSON, else joblib)."""
+    np = sys.modules.get("numpy")  # an ndarray can only exist if numpy is imported
+    if np is not None and type(value) is np.ndarray and not value.dtype.hasobject:
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return _Serialized(buf.getvalue(), "npy", "npy", ["numpy"], {})
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
+        return _serialize_pandas(pd, value)
+    if _is_exact_json(value):
+        data = json.dumps(value, allow_nan=False).encode("utf-8")
+        return _Serialized(data, "json", "json", [], {})
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(value, buf)
+    return _Serialized(buf.getvalue(), "joblib", "joblib", ["joblib", "numpy"], {})
+
+
+def _serialize_pandas(pd: Any, value: Any) -> _Serialized:
+    """Parquet via pyarrow when possible; pickle when pyarrow is absent or refuses.
+
+    pyarrow refuses e.g. non-string column names and mixed-type object columns;
+    pickle keeps those exact rather than failing the stage.
+    """
+    is_series = isinstance(value, pd.Series)
+    extra: dict[str, Any] = {"pandas_type": "Series" if is_series else "DataFrame"}
+    if _has_pyarrow() and (not is_series or _is_exact_json(value.name)):
+        frame = value.to_frame(name="__nb2prod_series__") if is_series else value
+        if is_series:
+            extra["series_name"] = value.name
+        buf = io.BytesIO()
+        try:
+            frame.to_parquet(buf, engine="pyarrow")
+        except (ValueError, TypeError, NotImplementedError, LookupError, OverflowError) as exc:
+            # pyarrow's ArrowInvalid/ArrowTypeError/... subclass these; keep the reason
+            # in the manifest so users see why they got a pickle.
+            extra["parquet_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        else:
+            return _Serialized(buf.getvalue(), "parquet", "parquet",
+                               ["pandas", "pyarrow"], extra)
+    import pickle
+
+    extra.pop("series_name", None)
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _Serialized(data, "pickle", "pkl", ["pandas", "numpy"], extra)
+
+
+def _deserialize(data: bytes, entry: dict) -> Any:
+    fmt = entry.get("format")
+    if fmt == "json":
+        return json.loads(data)
+    if fmt == "npy":
+        import numpy as np
+
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if fmt == "parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+        if entry.get("pandas_type") == "Series":
+            series = frame.iloc[:, 0]
+            series.name = entry.get("series_name")
+            return series
+        return frame
+    if fmt == "pickle":
+        import pickle
+
+        if "pandas" in entry.get("versions", {}):
+            import pandas  # noqa: F401 - make sure pandas' unpickling hooks are available
+        return pickle.loads(data)
+    if fmt == "joblib":
+        import joblib
+
+        return joblib.load(io.BytesIO(data))
+    raise ArtifactError(f"artifact {entry.get('name')!r} has unknown format {fmt!r}; "
+                        "written by a newer nb2prod?")
+
+
+def _warn_versions(entry: dict) -> None:
+    for name, wanted in sorted(entry.get("versions", {}).items()):
+        if name == "python":
+            continue
+        have = _module_version(name)
+        if have and have != wanted:
+            warnings.warn(
+                f"artifact {entry.get('name')!r} was written with {name} {wanted}, "
+                f"loading it with {name} {have}", ArtifactVersionWarning, stacklevel=3)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- stage API ----------------------------------------------------------------------
+def load(name: str, producer: str, *, run_id: str | None = None) -> Any:
+    """Load artifact ``name`` saved by stage ``producer`` in the input run.
+
+    The bytes are checked against the manifest's sha256 and size before they are
+    deserialized, so a truncated upload or a swapped file fails loudly here
+    instead of as a wrong prediction later.
+    """
+    if run_id is None:
+        ctx = context()
+        store_uri, pipeline, run = ctx.store, ctx.pipeline, ctx.input_run_id
+    else:
+        store_uri, pipeline, _, _ = _base_context()
+        run = run_id
+    if not pipeline:
+        raise ArtifactError(f"cannot load {name!r}: NB2PROD_PIPELINE not set and no config.ini "
+                            f"[default] PIPELINE in {_stage_dir()}")
+    store = open_store(store_uri)
+    prefix = _stage_prefix(pipeline, run, producer)
+    manifest_key = f"{prefix}/{MANIFEST}"
+    try:
+        manifest = read_json(store, manifest_key)
+    except FileNotFoundError:
+        raise ArtifactNotFoundError(
+            f"cannot load {name!r}: stage '{producer}' has no saved outputs in run '{run}' "
+            f"of pipeline '{pipeline}' ({store.url(manifest_key)} missing); "
+            f"run stage '{producer}' first or set NB2PROD_INPUT_RUN_ID") from None
+    entry = (manifest.get("artifacts") or {}).get(name) if isinstance(manifest, dict) else None
+    if not isinstance(entry, dict):
+        raise ArtifactNotFoundError(
+            f"cannot load {name!r}: not in the manifest of stage '{producer}', run '{run}' "
+            f"({store.url(manifest_key)})")
+    filename = entry.get("file", "")
+    if not isinstance(filename, str) or not _ARTIFACT_NAME.match(filename):
+        raise ArtifactIntegrityError(f"artifact {name!r} (stage '{producer}', run '{run}'): "
+                                     f"manifest names an invalid file {filename!r}")
+    key = f"{prefix}/{filename}"
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        raise ArtifactNotFoundError(f"cannot load {name!r}: {store.url(key)} is listed in the "
+                                    f"manifest of stage '{producer}', run '{run}' but missing"
+                                    ) from None
+    actual = _sha256(data)
+    if actual != entry.get("sha256") or len(data) != entry.get("bytes", len(data)):
+        raise ArtifactIntegrityError(
+            f"artifact {name!r} (stage '{producer}', run '{run}') failed its integrity check: "
+            f"expected sha256 {entry.get('sha256')} ({entry.get('bytes')} bytes), "
+            f"got {actual} ({len(data)} bytes) at {store.url(key)}")
+    value = _deserialize(data, entry)
+    _warn_versions(entry)
+    return value
+
+
+def save(values: dict[str, object]) -> dict:
+    """Save each value as ``<stage>/<name>.<ext>`` and merge entries into manifest.json.
+
+    All values are serialized before anything is written, so an unserializable
+    object fails the stage without leaving a half-updated manifest; the manifest
+    is written last and atomically.  Returns the merged manifest.
+    """
+    ctx = _write_context("save outputs")
+    store = open_store(ctx.store)
+    prefix = _stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)
+    prepared = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not _ARTIFACT_NAME.match(name):
+            raise ArtifactError(f"cannot save {name!r}: artifact names are letters, digits, "
+                                "'_', '.' and '-'")
+        try:
+            serialized = _serialize(value)
+        except Exception as exc:
+            raise ArtifactError(f"cannot save {name!r} ({type(value).__module__}."
+                                f"{type(value).__qualname__}): {exc}") from exc
+        filename = f"{name}.{serialized.ext}"
+        if filename in _RESERVED_FILES:
+            filename = f"{name}.artifact.{serialized.ext}"  # never clobber bookkeeping files
+        prepared.append((name, value, filename, serialized))
+    manifest_key = f"{prefix}/{MANIFEST}"
+    manifest = read_json(store, manifest_key, default=None)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
+        manifest = {"artifacts": {}}
+    for name, value, filename, serialized in prepared:
+        store.write_atomic(f"{prefix}/{filename}", serialized.data)
+        manifest["artifacts"][name] = {
+            "name": name,
+            "file": filename,
+            "format": serialized.format,
+            "sha256": _sha256(serialized.data),
+            "bytes": len(serialized.data),
+            "producer": ctx.stage,
+            "created": _utcnow(),
+            "type": f"{type(value).__module__}.{type(value).__qualname__}",
+            "versions": _versions(value, serialized.libraries),
+            **serialized.extra,
+        }
+    manifest.update(schema=1, pipeline=ctx.pipeline, run_id=ctx.run_id, stage=ctx.stage,
+                    updated=_utcnow())
+    write_json(store, manifest_key, manifest, atomic=True)
+    return manifest
+
+
+def _write_context(what: str) -> Context:
+    """``context()`` that insists on pipeline and stage names (needed to build keys)."""
+    store, pipeline, stage, run_id = _base_context()
+    ctx = Context(store, pipeline, stage, run_id, run_id)
+    _require(ctx, what)
+    return ctx
+
+
+def _metric_value(value: Any) -> int | float | None:
+    """A finite real number as int/float, else None (bools, strings, NaN, arrays...)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None  # numpy bool_ is not Real; numpy ints/floats are
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def record_metrics(values: dict[str, object]) -> dict:
+    """Merge the real, finite numbers of ``values`` into the stage's metrics.json.
+
+    The metrics cell passes every name the notebook's metrics cell referenced;
+    non-numbers are dropped quietly rather than failing a finished stage.
+    Returns what was recorded.
+    """
+    recorded = {}
+    for name, value in values.items():
+        number = _metric_value(value)
+        if isinstance(name, str) and number is not None:
+            recorded[name] = number
+    if not recorded:
+        return recorded
+    ctx = _write_context("record metrics")
+    store = open_store(ctx.store)
+    key = f"{_stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)}/{METRICS}"
+    current = read_json(store, key, default={})
+    merged = {**(current if isinstance(current, dict) else {}), **recorded}
+    write_json(store, key, merged, atomic=True)
+    return recorded
+
+
+# -- promotion ---------------------------------------------------------------------
+def promotion_passes(metrics: dict[str, Any], metric: str | None,
+                     minimum: float | None) -> tuple[bool, str]:
+    """Apply the ``[promotion] METRIC/MIN`` gate; returns (passed, one-line reason).
+
+    ``metrics`` is ``{stage: {name: value}}`` (a run) or flat ``{name: value}``.
+    ``METRIC`` may be qualified as ``stage.name`` when several stages record the
+    same name; an unqualified name recorded with different values by several
+    stages fails rather than guessing which one the user meant.
+    """
+    if not metric:
+        if minimum is not None:
+            return False, f"promotion MIN = {minimum:g} is set without a METRIC"
+        return True, "no promotion gate"
+    found: list[tuple[str, Any]] = []  # (stage or "", value)
+    qualified_stage, _, qualified_name = metric.partition(".")
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            if metric in value:
+                found.append((key, value[metric]))
+            elif qualified_name and key == qualified_stage and qualified_name in value:
+                found.append((key, value[qualified_name]))
+        elif key == metric:
+            found.append(("", value))
+    if not found:
+        return False, f"metric '{metric}' was not recorded by any stage"
+    numbers_found = [(stage, _metric_value(value)) for stage, value in found]
+    if len({value for _, value in numbers_found}) > 1:
+        where = ", ".join(f"{stage or '?'}={value}" for stage, value in numbers_found)
+        return False, (f"metric '{metric}' recorded by several stages with different values "
+                       f"({where}); set METRIC = stage.{metric}")
+    stage, value = numbers_found[-1]
+    where = f" (stage {stage})" if stage else ""
+    if value is None:
+        return False, f"metric '{metric}'{where} is not a finite number: {found[-1][1]!r}"
+    if minimum is None:
+        return True, f"{metric} = {value:g}{where}, no minimum set"
+    if value >= minimum:
+        return True, f"{metric} = {value:g} >= {minimum:g}{where}"
+    return False, f"{metric} = {value:g} < minimum {minimum:g}{where}"
+
+
+def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None = None,
+            minimum: float | None = None) -> tuple[bool, str]:
+    """Gate a finished run and, if it passes, point latest.json at it.
+
+    Records the decision in the run's run.json (``status`` = ``promoted`` or
+    ``gate-failed``, plus ``promotion`` and ``metrics``) before moving latest.json,
+    which is written last.
+    """
+    store = open_store(store)
+    if not store.list(run_prefix(pipeline, run_id) + "/"):
+        raise ArtifactNotFoundError(f"run '{run_id}' of pipeline '{pipeline}' not found in "
+                                    f"{store.uri}")
+    metrics = read_run_metrics(store, pipeline, run_id)
+    passed, reason = promotion_passes(metrics, metric, minimum)
+    run_key = f"{run_prefix(pipeline, run_id)}/{RUN_JSON}"
+    record = read_json(store, run_key, default=None)
+    record = record if isinstance(record, dict) else {}
+    now = _utcnow()
+    record.update(
+        run_id=run_id, pipeline=pipeline, status="promoted" if passed else "gate-failed",
+        metrics=metrics,
+        promotion={"passed": passed, "reason": reason, "metric": metric, "min": minimum,
+                   "at": now})
+    write_json(store, run_key, record, atomic=True)
+    if passed:
+        extra: dict[str, Any] = {"reason": reason}
+        if metric:
+            extra["metric"] = metric
+        write_latest(store, pipeline, run_id, **extra)
+    return passed, reason
+
+
+# -- CLI -----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``promote`` entry point for in-cluster use; exit 0 promoted, 3 gate failed, 1 error."""
+    parser = argparse.ArgumentParser(
+        prog="nb2prod_runtime.py", description="nb2prod stage runtime commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser(
+        "promote", help="apply the promotion gate to a run and update latest.json")
+    cmd.add_argument("--pipeline", required=True)
+    cmd.add_argument("--run-id", required=True)
+    cmd.add_argument("--metric", default=None)
+    cmd.add_argument("--min", dest="minimum", type=float, default=None)
+    cmd.add_argument("--store", default=None,
+                     help="store URI (default: NB2PROD_STORE, config.ini, " + DEFAULT_STORE + ")")
+    args = parser.parse_args(argv)
+    try:
+        store = args.store or _base_context()[0]
+        passed, reason = promote(store, args.pipeline, args.run_id, args.metric, args.minimum)
+    except Exception as exc:  # noqa: BLE001 - any failure: one line, no traceback, exit 1
+        message = str(exc).replace("\n", " ") or type(exc).__name__
+        print(f"error: promote {args.pipeline}/{args.run_id}: {message}", file=sys.stderr)
+        return 1
+    if passed:
+        print(f"promoted run {args.run_id} of {args.pipeline}: {reason}")
+        return 0
+    print(f"not promoted: run {args.run_id} of {args.pipeline}: {reason}")
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

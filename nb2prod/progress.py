@@ -1,0 +1,78 @@
+"""Stage progress for long commands: a live table on a terminal, plain lines otherwise.
+
+Runners only emit events (`{"stage", "state", "message", "elapsed"}`); how they
+are shown is decided here, so `run`, `deploy` and the JupyterLab extension can
+share the same event stream.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+COLOURS = {"waiting": "dim", "running": "cyan", "done": "green", "failed": "red",
+           "skipped": "yellow", "serving": "green"}
+
+
+class Progress:
+    """Consumes stage events; use as a context manager around the work."""
+
+    def __init__(self, title: str, live: bool | None = None) -> None:
+        self.title = title
+        self.live_mode = sys.stdout.isatty() if live is None else live
+        self.rows: dict[str, dict] = {}
+        self.started: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self._live = None
+
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            name = event["stage"]
+            if event["state"] == "running":
+                self.started[name] = time.time()
+            self.rows[name] = dict(event)
+            if self._live is not None:
+                self._live.update(self._table())
+            elif event["state"] != "waiting":
+                message = f" {event['message']}" if event.get("message") else ""
+                elapsed = f" ({event['elapsed']:.1f}s)" if event.get("elapsed") else ""
+                print(f"[{time.strftime('%H:%M:%S')}] stage {name}: {event['state']}"
+                      f"{elapsed}{message}", flush=True)
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(title=self.title, title_justify="left")
+        for column in ("stage", "state", "elapsed", "message"):
+            table.add_column(column, overflow="fold")
+        for name, row in self.rows.items():
+            state = row["state"]
+            elapsed = row.get("elapsed") or 0.0
+            if state == "running" and name in self.started:
+                elapsed = time.time() - self.started[name]
+            table.add_row(name, f"[{COLOURS.get(state, '')}]{state}[/]", f"{elapsed:.1f}s",
+                          row.get("message", ""))
+        return table
+
+    def __enter__(self):  # -> Self (typing.Self needs 3.11)
+        if self.live_mode:
+            from rich.live import Live
+
+            self._live = Live(self._table(), refresh_per_second=4, transient=False)
+            self._live.__enter__()
+            threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def _tick(self) -> None:
+        while self._live is not None:
+            with self.lock:
+                if self._live is not None:
+                    self._live.update(self._table())
+            time.sleep(0.5)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            live.update(self._table())
+            live.__exit__(None, None, None)

@@ -1,0 +1,351 @@
+"""`nb2prod run`: the pipeline on this machine.
+
+Batch stages run as papermill subprocesses (`runners.execute`) in DAG order,
+as many at once as `jobs` allows; a failure skips the failed stage's
+descendants while independent branches finish.  Every run gets an id and a
+`run.json` in the artifact store; `latest.json` moves only when every batch
+stage succeeded and the promotion gate passed.  Then each service stage is
+served by gunicorn on a real port until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nb2prod import artifacts, dag
+from nb2prod.errors import PipelineFailure, Problem, UserError
+from nb2prod.pipeline import Pipeline, StageSpec
+
+Event = dict
+OnEvent = Callable[[Event], None]
+
+
+@dataclass
+class StageState:
+    """Progress of one stage within a run."""
+
+    name: str
+    state: str = "waiting"  # waiting | running | done | failed | skipped | serving
+    started: float | None = None
+    finished: float | None = None
+    message: str = ""
+    result: dict = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def record(self) -> dict:
+        return {"status": self.state, "started": self.started, "finished": self.finished,
+                "seconds": round(self.elapsed, 3), "message": self.message, **{
+                    k: self.result[k] for k in ("cell", "ename", "evalue") if k in self.result}}
+
+
+@dataclass
+class RunResult:
+    """What a run did: for the CLI's summary and exit code."""
+
+    run_id: str
+    status: str  # succeeded | failed
+    promoted: bool
+    reason: str
+    stages: dict[str, StageState]
+    metrics: dict[str, dict]
+
+
+class LocalRunner:
+    """Runs one pipeline's batch stages for one run id."""
+
+    def __init__(self, pipeline: Pipeline, store_uri: str, params: dict, jobs: int,
+                 on_event: OnEvent | None = None) -> None:
+        self.pipeline = pipeline
+        self.store_uri = store_uri
+        self.store = artifacts.open_store(store_uri)
+        self.params = params
+        self.jobs = max(1, jobs)
+        self.on_event = on_event or (lambda event: None)
+        self.run_id = artifacts.new_run_id()
+        self.states: dict[str, StageState] = {}
+        self.lock = threading.Lock()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.interrupted = False
+
+    # -- environment ------------------------------------------------------------------
+    def stage_env(self, stage: StageSpec, input_run_id: str | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(NB2PROD_STORE=self.store_uri, NB2PROD_PIPELINE=self.pipeline.name,
+                   NB2PROD_STAGE=stage.name, NB2PROD_RUN_ID=self.run_id,
+                   PYTHONUNBUFFERED="1")
+        env.pop("MODEL_RUN_ID", None)
+        env["NB2PROD_INPUT_RUN_ID"] = input_run_id or self.run_id
+        return env
+
+    def key(self, *parts: str) -> str:
+        return "/".join((artifacts.run_prefix(self.pipeline.name, self.run_id),) + parts)
+
+    def location(self, key: str) -> str:
+        """Where a user can open a stored file: a local path, or the store URL."""
+        return self.store.url(key)
+
+    # -- events ---------------------------------------------------------------------
+    def set_state(self, name: str, state: str, message: str = "") -> None:
+        with self.lock:
+            st = self.states[name]
+            st.state = state
+            st.message = message
+            now = time.time()
+            if state == "running":
+                st.started = now
+            elif state in ("done", "failed") and st.started is not None:
+                st.finished = now
+        self.on_event({"stage": name, "state": state, "message": message,
+                       "elapsed": round(st.elapsed, 3), "run_id": self.run_id})
+
+    def write_run(self, status: str, **extra: object) -> None:
+        record = {
+            "run_id": self.run_id, "pipeline": self.pipeline.name, "status": status,
+            "params": self.params, "store": self.store_uri,
+            "stages": {n: s.record() for n, s in self.states.items()}, **extra,
+        }
+        artifacts.write_json(self.store, self.key("run.json"), record)
+
+    # -- one stage --------------------------------------------------------------------
+    def run_stage(self, name: str, input_run_id: str | None = None) -> StageState:
+        """Execute one batch stage in a subprocess and upload what it produced."""
+        stage = self.pipeline.stages[name]
+        self.set_state(name, "running")
+        with tempfile.TemporaryDirectory(prefix=f"nb2prod-{name}-") as tmp:
+            work = Path(tmp)
+            params_file = work / "params.json"
+            params_file.write_text(json.dumps(self.params))
+            log_path = work / "log.txt"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "nb2prod.runners.execute", str(stage.directory),
+                     stage.executable, str(work / "out"), str(params_file)],
+                    stdout=log, stderr=subprocess.STDOUT, env=self.stage_env(stage, input_run_id),
+                    start_new_session=True,
+                )
+                with self.lock:
+                    self.processes[name] = proc
+                code = proc.wait()
+                with self.lock:
+                    self.processes.pop(name, None)
+            result_file = work / "out" / "result.json"
+            result = json.loads(result_file.read_text()) if result_file.is_file() else {
+                "status": "failed", "ename": "ProcessError",
+                "evalue": f"stage process exited with code {code}"}
+            uploaded = self.upload(name, work, stage)
+            state = self.states[name]
+            state.result = {**result, **uploaded}
+        if self.interrupted:
+            self.set_state(name, "failed", "interrupted")
+        elif result.get("status") == "succeeded" and code == 0:
+            self.set_state(name, "done")
+        else:
+            self.set_state(name, "failed", self.failure_message(name))
+        return self.states[name]
+
+    def upload(self, name: str, work: Path, stage: StageSpec) -> dict:
+        """Copy executed notebook, HTML and log into the store; return their locations."""
+        found = {}
+        stem = Path(stage.executable).stem
+        for label, path in (("notebook", work / "out" / f"{stem}.ipynb"),
+                            ("html", work / "out" / f"{stem}.html"),
+                            ("log", work / "log.txt")):
+            if path.is_file():
+                key = self.key(name, path.name)
+                artifacts.upload_file(self.store, key, path)
+                found[label] = self.location(key)
+        return found
+
+    def failure_message(self, name: str) -> str:
+        result = self.states[name].result
+        cell = result.get("cell")
+        where = f" in cell {cell}" if cell is not None else ""
+        what = f"{result.get('ename', 'Error')}: {result.get('evalue', '')}".strip()
+        see = result.get("html") or result.get("notebook") or result.get("log", "")
+        return f"stage '{name}' failed{where}: {what} (see {see})"
+
+    # -- the DAG ------------------------------------------------------------------------
+    def run(self, stages: list[str], input_run_id: str | None = None) -> dict[str, StageState]:
+        """Run `stages` respecting the DAG, `jobs` at a time; skip descendants of failures."""
+        edges = [(a, b) for a, b in self.pipeline.edges if a in stages and b in stages]
+        self.states = {name: StageState(name) for name in stages}
+        for name in stages:
+            self.on_event({"stage": name, "state": "waiting", "message": "", "elapsed": 0.0,
+                           "run_id": self.run_id})
+        self.write_run("running", started=time.time())
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            while True:
+                for name in stages:
+                    st = self.states[name]
+                    if st.state != "waiting" or len(running) >= self.jobs or self.interrupted:
+                        continue
+                    preds = [a for a, b in edges if b == name]
+                    if any(self.states[p].state in ("failed", "skipped") for p in preds):
+                        self.set_state(name, "skipped", "an upstream stage failed")
+                        continue
+                    if all(self.states[p].state == "done" for p in preds):
+                        running[pool.submit(self.run_stage, name, input_run_id)] = name
+                if not running:
+                    break
+                try:
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    self.interrupt()
+                    raise
+                for future in done:
+                    name = running.pop(future)
+                    future.result()
+                    if self.states[name].state == "failed":
+                        for child in dag.descendants(name, edges):
+                            if self.states[child].state == "waiting":
+                                self.set_state(child, "skipped", f"'{name}' failed")
+        for st in self.states.values():
+            if st.state == "waiting":
+                st.state = "skipped"
+        return self.states
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop every running stage (and its kernel) now."""
+        self.interrupted = True
+        with self.lock:
+            procs = list(self.processes.values())
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
+              on_event: OnEvent | None = None, only: str | None = None,
+              runner: LocalRunner | None = None) -> RunResult:
+    """Run the batch DAG (or one stage), record the run, promote on success."""
+    runner = runner or LocalRunner(pipeline, store_uri, params, jobs, on_event)
+    input_run_id = None
+    if only is not None:
+        latest = artifacts.read_latest(runner.store, pipeline.name)
+        if latest is None and pipeline.predecessors(only):
+            raise UserError(Problem(f"--stage {only}: its inputs come from the latest successful "
+                                    "run and there is none yet; run the whole pipeline first"))
+        input_run_id = latest["run_id"] if latest else None
+        stages = [only]
+    else:
+        stages = pipeline.batch
+    states = runner.run(stages, input_run_id)
+    failed = [s for s in stages if states[s].state != "done"]
+    metrics = artifacts.read_run_metrics(runner.store, pipeline.name, runner.run_id)
+    promoted, reason = False, ""
+    if failed:
+        status, reason = "failed", "; ".join(states[s].message for s in failed if states[s].message)
+    elif only is not None:
+        status, reason = "succeeded", "a single-stage run is never promoted"
+    else:
+        status = "succeeded"
+        metric = pipeline.value("promotion", "METRIC") or None
+        minimum = pipeline.value("promotion", "MIN")
+        try:
+            floor = float(minimum) if minimum else None
+        except ValueError:
+            raise UserError(Problem(f"[promotion] MIN = {minimum!r} is not a number",
+                                    file=str(pipeline.root / "nb2prod.ini"))) from None
+        promoted, reason = artifacts.promotion_passes(metrics, metric, floor)
+    runner.write_run(status, finished=time.time(), metrics=metrics, promoted=promoted,
+                     reason=reason)
+    if promoted:
+        artifacts.write_latest(runner.store, pipeline.name, runner.run_id)
+    return RunResult(runner.run_id, status, promoted, reason, states, metrics)
+
+
+# -- serving ------------------------------------------------------------------------------
+@dataclass
+class Service:
+    """A running service stage."""
+
+    stage: StageSpec
+    url: str
+    process: subprocess.Popen
+
+
+def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: int | None,
+                   host: str = "127.0.0.1", model_run_id: str | None = None) -> list[Service]:
+    """Start gunicorn for each service stage and wait until /readyz answers 200."""
+    from nb2prod import serve
+
+    started: list[Service] = []
+    try:
+        for i, name in enumerate(names):
+            stage = pipeline.stages[name]
+            stage_port = (port + i) if port is not None else stage.integer("service", "PORT", 8080)
+            env = dict(os.environ)
+            env.update(NB2PROD_STORE=store_uri, NB2PROD_PIPELINE=pipeline.name,
+                       NB2PROD_STAGE=name)
+            for var in ("NB2PROD_RUN_ID", "NB2PROD_INPUT_RUN_ID", "MODEL_RUN_ID"):
+                env.pop(var, None)
+            if model_run_id:
+                env["MODEL_RUN_ID"] = model_run_id
+            workers = stage.integer("service", "WORKERS", 2)
+            proc = serve.start_service(stage.directory, stage_port, env, workers, host=host)
+            url = f"http://{host}:{stage_port}"
+            started.append(Service(stage, url, proc))
+            serve.wait_ready(url, stage.number("service", "MAX_STARTUP_TIME_SECONDS", 120), proc)
+    except BaseException:
+        stop_services(started)
+        raise
+    return started
+
+
+def stop_services(services: list[Service]) -> None:
+    from nb2prod import serve
+
+    for service in services:
+        serve.stop_service(service.process, 30)
+
+
+def sample_curl(service: Service) -> str:
+    route = service.stage.value("service", "ROUTE", "/predict") or "/predict"
+    payload = service.stage.value("service", "SAMPLE_REQUEST") or "{}"
+    token = ' -H "Authorization: Bearer $NB2PROD_API_TOKEN"' if os.environ.get(
+        "NB2PROD_API_TOKEN") else ""
+    return (f"curl -s -X POST {service.url}{route} -H 'Content-Type: application/json'"
+            f"{token} -d '{payload}'")
+
+
+def wait_for_shutdown(services: list[Service]) -> int:
+    """Block until Ctrl-C / SIGTERM or a service exits; return the exit code to use."""
+    stop = threading.Event()
+
+    def _terminate(signum, frame) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        while not stop.is_set():
+            for service in services:
+                if service.process.poll() is not None:
+                    raise PipelineFailure(
+                        f"service '{service.stage.name}' exited with code "
+                        f"{service.process.returncode}")
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_services(services)
+    return 0

@@ -1,0 +1,278 @@
+"""Start, probe and stop the gunicorn server of a service stage directory.
+
+The runners (`nb2prod run`, tests, benchmarks) share this so that a stage is served
+locally exactly the way its container serves it: `python -m gunicorn --chdir STAGE app:app`.
+Only the standard library is imported: the CLI imports this on every `run`.
+
+The server runs in its own session (process group) so that Ctrl-C in the terminal reaches
+the runner only; the runner then calls `stop_service`, whose SIGTERM lets gunicorn drain
+in-flight requests, instead of the terminal's SIGINT killing workers mid-request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+
+from nb2prod.errors import PipelineFailure, Problem, UserError
+
+#: Seconds gunicorn waits for in-flight requests after SIGTERM (Kubernetes' default grace
+#: period is 30 s too, so a pod is never killed while gunicorn is still draining).
+GRACEFUL_TIMEOUT = 25
+#: Seconds a sync worker may spend on one request before gunicorn restarts it.
+WORKER_TIMEOUT = 60
+
+
+class ServiceError(PipelineFailure):
+    """A service stage that did not start or did not become ready (exit code 1)."""
+
+
+def _gunicorn_version() -> tuple[int, ...]:
+    try:
+        text = metadata.version("gunicorn")
+    except metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def gunicorn_command(
+    stage_dir: Path,
+    port: int,
+    workers: int,
+    host: str = "127.0.0.1",
+    *,
+    threads: int = 1,
+    access_log: bool = False,
+    graceful_timeout: int = GRACEFUL_TIMEOUT,
+    timeout: int = WORKER_TIMEOUT,
+) -> list[str]:
+    """The argv that serves `stage_dir/app.py` with this interpreter's gunicorn.
+
+    `sys.executable -m gunicorn` rather than a `gunicorn` script so the server uses the
+    same environment as nb2prod (a venv's script may not be on PATH).  Access logging is
+    off by default: per-request lines cost throughput, and /metrics has the counts.
+    `threads > 1` selects gthread workers, which keep /readyz answering during a slow
+    predict.
+    """
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    cmd = [
+        sys.executable, "-m", "gunicorn",
+        "--chdir", str(Path(stage_dir).resolve()),
+        "--bind", f"{bind_host}:{port}",
+        "--workers", str(workers),
+        "--graceful-timeout", str(graceful_timeout),
+        "--timeout", str(timeout),
+        "--log-level", "info",
+        "--error-logfile", "-",
+    ]
+    if threads > 1:
+        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
+    if access_log:
+        cmd += ["--access-logfile", "-"]
+    if _gunicorn_version() >= (25, 1):
+        # gunicorn >= 25.1 opens a control socket at one fixed per-user path: two services
+        # (or two test runs) would fight over it, and nb2prod never uses it.
+        cmd.append("--no-control-socket")
+    if Path("/dev/shm").is_dir():
+        cmd += ["--worker-tmp-dir", "/dev/shm"]  # heartbeat file off slow/overlay disks
+    cmd.append("app:app")
+    return cmd
+
+
+class ServiceProcess(subprocess.Popen):
+    """A gunicorn process whose merged stdout/stderr is pumped by a thread.
+
+    Pumping prevents a full pipe from blocking the server, and the kept tail lets
+    `wait_ready` say *why* a service died.  Lines can also go to a log file (the run
+    directory's log) and to a callback (the runner's console).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        log_file: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+        tail_lines: int = 400,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", bufsize=1, **kwargs,  # type: ignore[arg-type]
+        )
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._tail_lock = threading.Lock()
+        self._log_file = Path(log_file) if log_file is not None else None
+        self._on_line = on_line
+        self._pump = threading.Thread(target=self._read_output, name="nb2prod-service-output",
+                                      daemon=True)
+        self._pump.start()
+
+    def _read_output(self) -> None:
+        with contextlib.ExitStack() as stack:
+            sink = None
+            if self._log_file is not None:
+                sink = stack.enter_context(open(self._log_file, "a", encoding="utf-8"))
+            assert self.stdout is not None
+            for line in self.stdout:
+                with self._tail_lock:
+                    self._tail.append(line.rstrip("\n"))
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
+                if self._on_line is not None:
+                    try:
+                        self._on_line(line.rstrip("\n"))
+                    except Exception:  # noqa: BLE001 - a broken console must not stop the pump
+                        self._on_line = None
+
+    def output(self) -> list[str]:
+        """The kept lines of output so far (complete once the process has exited)."""
+        if self.poll() is not None:
+            self._pump.join(timeout=2)
+        with self._tail_lock:
+            return list(self._tail)
+
+    def output_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of output, for error messages."""
+        return "\n".join(self.output()[-lines:])
+
+
+def start_service(
+    stage_dir: Path,
+    port: int,
+    env: Mapping[str, str],
+    workers: int,
+    *,
+    host: str = "127.0.0.1",
+    threads: int = 1,
+    access_log: bool = False,
+    graceful_timeout: int = GRACEFUL_TIMEOUT,
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> ServiceProcess:
+    """Start gunicorn on `stage_dir` and return at once (see `wait_ready`).
+
+    `env` is laid over this process's environment (the store URI, MODEL_RUN_ID, the API
+    token...), so PATH, HOME and credentials the user already exported still apply.
+    """
+    stage_dir = Path(stage_dir)
+    if not (stage_dir / "app.py").is_file():
+        raise UserError(Problem("no app.py: not a service stage (re-run nb2prod split)",
+                                file=str(stage_dir)))
+    full_env = dict(os.environ)
+    full_env.update({str(k): str(v) for k, v in env.items()})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")  # prints from start-up cells show promptly
+    cmd = gunicorn_command(stage_dir, port, workers, host, threads=threads,
+                           access_log=access_log, graceful_timeout=graceful_timeout)
+    return ServiceProcess(
+        cmd, log_file=log_file, on_line=on_line, cwd=str(stage_dir), env=full_env,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def _tail_of(proc: subprocess.Popen | None) -> str:
+    if isinstance(proc, ServiceProcess):
+        tail = proc.output_tail()
+        return f"\n--- last server output ---\n{tail}" if tail else ""
+    return ""
+
+
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
+    """Poll `url`'s /readyz until it answers 200; raise `ServiceError` otherwise.
+
+    Fails fast, instead of waiting out `timeout`, when the process exits or when /readyz
+    reports that start-up failed (a missing entrypoint never fixes itself).  The error
+    carries the reason and the tail of the server's output.
+    """
+    ready_url = url if url.rstrip("/").endswith("/readyz") else url.rstrip("/") + "/readyz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    last = "no answer"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(
+                f"service at {url} exited with code {proc.returncode} before it was ready"
+                f"{_tail_of(proc)}"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServiceError(
+                f"service at {url} not ready after {timeout:g}s (last /readyz: {last})"
+                f"{_tail_of(proc)}"
+            )
+        try:
+            with opener.open(ready_url, timeout=max(0.1, min(2.0, remaining))) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")
+            exc.close()
+            last = f"HTTP {exc.code} {body.strip()[:300]}"
+            try:
+                state = json.loads(body)
+            except ValueError:
+                state = None
+            if isinstance(state, dict) and state.get("status") == "failed":
+                raise ServiceError(
+                    f"service at {url} failed to start: {state.get('reason')}{_tail_of(proc)}"
+                ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+
+
+def stop_service(proc: subprocess.Popen, timeout: float = GRACEFUL_TIMEOUT + 5) -> int:
+    """SIGTERM (gunicorn drains in-flight requests), then SIGKILL after `timeout` seconds.
+
+    The kill goes to the whole process group when the server leads its own (as
+    `start_service` arranges), so no worker outlives its master.  Returns the exit code.
+    """
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    if isinstance(proc, ServiceProcess):
+        proc.output()  # let the pump read the last lines and close the log file
+    return proc.returncode
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (for `nb2prod run` without --port, and tests)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,536 @@
+"""The generated service app under real gunicorn, probed over real HTTP.
+
+Each scenario renders `stage_templates/app.py.j2` into a temporary stage directory next
+to a notebook written here, starts it with `nb2prod.serve.start_service` on a free port
+and talks to it with urllib: the same path `nb2prod run` and the containers take, so
+what passes here is what users get.  One server per scenario group keeps the file fast.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pickle
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from nb2prod import serve
+from nb2prod.errors import UserError
+
+pytest.importorskip("flask")
+pytest.importorskip("gunicorn")
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "stage_templates"
+TOKEN = "s3cr3t-token-for-tests"
+BODY_MARKER = "body-marker-never-logged"
+STARTUP_TIMEOUT = 90.0
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def render_app(stage_dir: Path, route: str = "/predict", entrypoint: str = "predict") -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    source = env.get_template("app.py.j2").render(
+        pipeline="iris-test", stage="serve", executable="serve.ipynb", route=route,
+        entrypoint=entrypoint, nb2prod_version="9.9.9",
+    )
+    (stage_dir / "app.py").write_text(source, encoding="utf-8")
+    return source
+
+
+def write_notebook(path: Path, cells: list[str | tuple[str, str]]) -> None:
+    """nbformat 4 JSON by hand: a tuple is (cell_type, source) for non-code cells."""
+    nb_cells = []
+    for cell in cells:
+        kind, source = cell if isinstance(cell, tuple) else ("code", cell)
+        entry: dict = {"cell_type": kind, "metadata": {}, "source": source.splitlines(True)}
+        if kind == "code":
+            entry.update(outputs=[], execution_count=None)
+        nb_cells.append(entry)
+    nb = {"nbformat": 4, "nbformat_minor": 5, "cells": nb_cells,
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                      "language": "python"}}}
+    path.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+
+
+def write_config(stage_dir: Path, service: dict[str, str] | None = None) -> None:
+    lines = ["[default]", "NAME = serve", "PIPELINE = iris-test", "STAGE_TYPE = service",
+             "EXECUTABLE = serve.ipynb  ; the stage notebook", "[service]", "PORT = 8080"]
+    lines += [f"{k} = {v}" for k, v in (service or {}).items()]
+    (stage_dir / "config.ini").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def call(url: str, method: str = "GET", body: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with OPENER.open(req, timeout=timeout) as resp:
+            return Reply(resp.status, dict(resp.headers), resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Reply(exc.code, dict(exc.headers), exc.read())
+
+
+def post_json(url: str, payload: object, token: str | None = None, **kw: object) -> Reply:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return call(url, "POST", json.dumps(payload).encode(), headers, **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: serve.ServiceProcess
+    stage_dir: Path
+
+
+def start(stage_dir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    port = serve.free_port()
+    proc = serve.start_service(stage_dir, port, env or {}, workers=1)
+    server = Server(f"http://127.0.0.1:{port}", proc, stage_dir)
+    if wait:
+        try:
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, proc)
+        except BaseException:
+            serve.stop_service(proc, 10)
+            raise
+    return server
+
+
+def wait_listening(server: Server) -> None:
+    """Until /healthz answers: the server is up, whatever its readiness."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, server.proc.output_tail()
+        try:
+            if call(server.url + "/healthz", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("server never answered /healthz\n" + server.proc.output_tail())
+
+
+def scrape(server: Server) -> dict[str, float]:
+    reply = call(server.url + "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?) (\S+)$')
+    for line in reply.body.decode().splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$", line), line
+            continue
+        match = sample.match(line)
+        assert match, f"not Prometheus text: {line!r}"
+        samples[match.group(1)] = float(match.group(3))
+    return samples
+
+
+# --------------------------------------------------------------------------- notebooks
+
+IRIS_CELLS: list[str | tuple[str, str]] = [
+    ("markdown", "# Serving the iris model\n"),
+    "%matplotlib inline\nimport time\nimport numpy as np\n!echo hi\n"
+    "from sklearn.datasets import load_iris\nfrom sklearn.linear_model import LogisticRegression\n",
+    "%%bash\necho 'a bash cell must not run as Python'\nexit 1\n",
+    "iris = load_iris()\nmodel = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)\n"
+    "SPECIES = list(iris.target_names)\n",
+    # Magics inside blocks and as assignments, and Python cell magics whose body must run.
+    "listing = !ls\nif True:\n    %time warmed = 1\n    magics_ok = listing is None\n",
+    "%%time\ntimed_cell_ran = True\n",
+    "%%capture captured\ncaptured_cell_ran = True\n",
+    "def predict(payload):\n"
+    "    if payload.get('fail'):\n"
+    "        raise RuntimeError('internal detail: do not leak')\n"
+    "    X = np.asarray(payload['instances'], dtype=float)\n"
+    "    classes = model.predict(X)\n"
+    "    return {'predictions': [SPECIES[i] for i in classes], 'classes': classes,\n"
+    "            'magics_ok': magics_ok and timed_cell_ran and captured_cell_ran}\n",
+    "predict({'instances': [[5.1, 3.5, 1.4, 0.2]]})\n",
+]
+
+RUNTIME_STUB = (
+    '"""Stand-in for nb2prod_runtime: only what app.py may use."""\n\n\n'
+    "def current_input_run_id():\n    return 'run-20240101-abc'\n\n\n"
+    "def context():\n    return {}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The iris model behind a token, with config.ini overriding the rendered route."""
+    stage = tmp_path_factory.mktemp("iris-serve")
+    render_app(stage, route="/predict")
+    write_notebook(stage / "serve.ipynb", IRIS_CELLS)
+    write_config(stage, {"ROUTE": "/v1/predict", "ENTRYPOINT": "predict",
+                         "MAX_REQUEST_BYTES": "65536", "WORKERS": "1"})
+    (stage / "nb2prod_runtime.py").write_text(RUNTIME_STUB, encoding="utf-8")
+    server = start(stage, {"NB2PROD_API_TOKEN": TOKEN + "\n"})  # trailing newline: stripped
+    yield server
+    serve.stop_service(server.proc, 30)
+
+
+# --------------------------------------------------------------------------- iris: happy path
+
+
+def test_generated_app_is_plain_python_without_nb2prod(tmp_path: Path) -> None:
+    source = render_app(tmp_path)
+    compile(source, "app.py", "exec")
+    assert "import nb2prod\n" not in source and "from nb2prod" not in source
+    assert '"pipeline": "iris-test"' in source
+    hostile = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES))).get_template(
+        "app.py.j2").render(pipeline='x"\n__import__("os").system("boom")#', stage="s",
+                            executable="s.ipynb", route="/p", entrypoint="predict",
+                            nb2prod_version="1")
+    compile(hostile, "app.py", "exec")
+    assert '\n__import__("os")' not in hostile  # the value stayed inside its string literal
+
+
+def test_probes_and_info(iris: Server) -> None:
+    assert call(iris.url + "/healthz").status == 200
+    ready = call(iris.url + "/readyz")
+    assert ready.status == 200 and ready.json() == {"status": "ready"}
+    assert call(iris.url + "/info").status == 401  # /info is protected like the route
+    info = call(iris.url + "/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert isinstance(info, dict)
+    assert info["pipeline"] == "iris-test" and info["stage"] == "serve"
+    assert info["run_id"] == "run-20240101-abc"
+    assert info["route"] == "/v1/predict"  # config.ini beat the rendered default
+    assert info["versions"]["nb2prod"] == "9.9.9"
+    assert info["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["versions"]["flask"]
+    assert info["startup_seconds"] > 0
+    assert info["max_request_bytes"] == 65536
+
+
+def test_predictions_over_http(iris: Server) -> None:
+    reply = post_json(iris.url + "/v1/predict",
+                      {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}, TOKEN)
+    assert reply.status == 200, reply.body
+    assert reply.headers["Content-Type"] == "application/json"
+    body = reply.json()
+    assert body == {"predictions": ["setosa", "virginica"], "classes": [0, 2],
+                    "magics_ok": True}
+
+
+def test_bad_requests(iris: Server) -> None:
+    url = iris.url + "/v1/predict"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    malformed = call(url, "POST", b'{"instances": [[1, 2', {"Content-Type": "application/json",
+                                                             **auth})
+    assert malformed.status == 400
+    assert "malformed JSON" in malformed.json()["error"]
+    not_json = call(url, "POST", b"instances=1", {"Content-Type": "text/plain", **auth})
+    assert not_json.status == 400 and "application/json" in not_json.json()["error"]
+    # config.ini says 65536 bytes: just under passes the size check, just over is 413.
+    filler = "x" * 60000
+    assert post_json(url, {"instances": [[5.1, 3.5, 1.4, 0.2]], "pad": filler},
+                     TOKEN).status == 200
+    big = post_json(url, {"instances": [], "pad": "x" * 70000}, TOKEN)
+    assert big.status == 413 and "65536" in big.json()["error"]
+    # Without Content-Length (chunked), the limit holds too.
+    host, port = iris.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b"[" + b"1," * 4000 + b"1]" for _ in range(10))
+    conn.request("POST", "/v1/predict", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json", **auth})
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]
+    conn.close()
+    missing = call(iris.url + "/nope")
+    assert missing.status == 404 and "error" in missing.json()
+    assert call(iris.url + "/predict", "POST", b"{}").status == 404  # the route moved
+    wrong_method = call(url)
+    assert wrong_method.status == 405 and "error" in wrong_method.json()
+    assert "POST" in wrong_method.headers["Allow"]
+
+
+def test_token(iris: Server) -> None:
+    url = iris.url + "/v1/predict"
+    payload = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    for token in (None, "wrong", TOKEN + "x", TOKEN[:-1]):
+        reply = post_json(url, payload, token)
+        assert reply.status == 401, token
+        assert reply.json() == {"error": "missing or invalid bearer token"}
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    basic = call(url, "POST", b"{}", {"Authorization": f"Basic {TOKEN}",
+                                      "Content-Type": "application/json"})
+    assert basic.status == 401
+    assert post_json(url, payload, TOKEN).status == 200
+    for probe in ("/healthz", "/readyz", "/metrics"):  # probes and scrapers need no token
+        assert call(iris.url + probe).status == 200
+
+
+def test_predict_error_is_500_without_traceback_and_metrics_count(iris: Server) -> None:
+    before = scrape(iris)
+    url = iris.url + "/v1/predict"
+    ok = post_json(url, {"instances": [[5.1, 3.5, 1.4, 0.2]], "note": BODY_MARKER}, TOKEN)
+    assert ok.status == 200
+    failed = post_json(url, {"fail": True, "note": BODY_MARKER}, TOKEN)
+    assert failed.status == 500
+    body = failed.json()
+    assert body["error"] == "prediction failed" and body["request_id"]
+    assert failed.headers["X-Request-ID"] == body["request_id"]
+    text = failed.body.decode()
+    assert "Traceback" not in text and "internal detail" not in text and ".py" not in text
+    after = scrape(iris)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    ok_key = 'nb2prod_http_requests_total{route="/v1/predict",method="POST",code="200"}'
+    err_key = 'nb2prod_http_requests_total{route="/v1/predict",method="POST",code="500"}'
+    assert delta(ok_key) == 1 and delta(err_key) == 1
+    assert delta("nb2prod_predict_errors_total") == 1
+    assert delta('nb2prod_http_request_duration_seconds_count{route="/v1/predict"}') == 2
+    assert after['nb2prod_http_request_duration_seconds_bucket{route="/v1/predict",le="+Inf"}'] \
+        == after['nb2prod_http_request_duration_seconds_count{route="/v1/predict"}']
+    assert after["nb2prod_ready"] == 1 and after["nb2prod_startup_seconds"] > 0
+    # The traceback went to the server log under the request id; token and bodies did not.
+    deadline = time.monotonic() + 5
+    while body["request_id"] not in "\n".join(iris.proc.output()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = "\n".join(iris.proc.output())
+    assert body["request_id"] in log and "Traceback" in log and "internal detail" in log
+    assert TOKEN not in log and BODY_MARKER not in log
+
+
+def test_metrics_counters_are_exact_under_concurrency(iris: Server) -> None:
+    key = 'nb2prod_http_requests_total{route="/healthz",method="GET",code="200"}'
+    before = scrape(iris).get(key, 0.0)
+    threads = [threading.Thread(target=lambda: [call(iris.url + "/healthz") for _ in range(10)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert scrape(iris)[key] - before == 40
+
+
+# --------------------------------------------------------------------------- slow start-up
+
+SLOW_CELLS: list[str | tuple[str, str]] = [
+    "import os\nimport pickle\nimport time\nimport numpy as np\n"
+    "try:\n    import pandas as pd\nexcept ImportError:\n    pd = None\n",
+    "class Scaler:\n"
+    "    def __init__(self, factor):\n        self.factor = factor\n\n"
+    "    def apply(self, values):\n        return np.asarray(values, dtype=float) * self.factor\n",
+    # The kernel pickled Scaler as __main__.Scaler; under gunicorn __main__ is gunicorn's.
+    "with open('scaler.pkl', 'rb') as fh:\n    scaler = pickle.load(fh)\n"
+    "deadline = time.time() + 60\n"
+    "while not os.path.exists('release') and time.time() < deadline:\n    time.sleep(0.02)\n",
+    "def predict(payload):\n"
+    "    values = scaler.apply(payload['values'])\n"
+    "    out = {'scaled': values, 'total': values.sum(), 'f32': np.float32(0.5),\n"
+    "           'i64': np.int64(7), 'flag': np.bool_(True), 'nan': float('nan'),\n"
+    "           'matrix': [np.eye(2, dtype=np.int32)], 'module': type(scaler).__module__}\n"
+    "    if pd is not None:\n"
+    "        out['frame'] = pd.DataFrame({'a': [1, 2], 'b': [0.5, np.nan]})\n"
+    "        out['series'] = pd.Series([1.5, 2.5])\n"
+    "    return out\n",
+]
+
+
+def main_module_pickle() -> bytes:
+    """Pickle an object the way a notebook kernel would: its class lives in `__main__`."""
+    namespace: dict = {"__name__": "__main__"}
+    exec(SLOW_CELLS[1].replace("np.asarray(values, dtype=float)", "values"), namespace)
+    cls = namespace["Scaler"]
+    main = sys.modules["__main__"]
+    setattr(main, "Scaler", cls)
+    try:
+        return pickle.dumps(cls(3.0))
+    finally:
+        delattr(main, "Scaler")
+
+
+def test_slow_startup_readiness_numpy_results_and_main_pickles(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", SLOW_CELLS)
+    write_config(tmp_path)  # no MAX_REQUEST_BYTES: the 1 MiB default applies
+    (tmp_path / "scaler.pkl").write_bytes(main_module_pickle())
+    server = start(tmp_path, {"NB2PROD_READY_WAIT_SECONDS": "1"}, wait=False)
+    url = server.url + "/predict"
+    try:
+        wait_listening(server)
+        starting = call(server.url + "/readyz")
+        assert starting.status == 503 and starting.json()["status"] == "starting"
+        early = post_json(url, {"values": [1]})  # waits 1 s for start-up, then gives up
+        assert early.status == 503 and early.json()["status"] == "starting"
+        assert scrape(server)["nb2prod_ready"] == 0
+        # A request arriving just before start-up ends is held, not failed.
+        held: list[Reply] = []
+        worker = threading.Thread(target=lambda: held.append(post_json(url, {"values": [1]})))
+        worker.start()
+        time.sleep(0.1)
+        (tmp_path / "release").touch()
+        worker.join(30)
+        serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        assert held and held[0].status == 200, held and held[0].body
+        reply = post_json(url, {"values": [1, 2]})  # no token configured: open
+        assert reply.status == 200, reply.body
+        body = reply.json()
+        assert body["scaled"] == [3.0, 6.0] and body["total"] == 9.0
+        assert body["f32"] == 0.5 and body["i64"] == 7 and body["flag"] is True
+        assert body["nan"] is None  # strict JSON: NaN becomes null
+        assert body["matrix"] == [[[1, 0], [0, 1]]]
+        assert body["module"] == "__nb2prod_stage__"
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            assert body["frame"] == [{"a": 1, "b": 0.5}, {"a": 2, "b": None}]
+            assert body["series"] == [1.5, 2.5]
+        info = call(server.url + "/info").json()
+        assert isinstance(info, dict) and info["run_id"] is None  # no nb2prod_runtime here
+        big = post_json(url, {"values": [], "pad": "x" * (1024 * 1024)})
+        assert big.status == 413
+    finally:
+        serve.stop_service(server.proc, 30)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_missing_entrypoint_is_not_ready_and_named(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", ["def predict_fn(payload):\n    return 1\n"])
+    write_config(tmp_path)
+    server = start(tmp_path, wait=False)
+    try:
+        with pytest.raises(serve.ServiceError, match="'predict'") as caught:
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        assert "ENTRYPOINT" in str(caught.value)
+        assert "last server output" in str(caught.value)
+        assert call(server.url + "/healthz").status == 200  # alive, just not ready
+        ready = call(server.url + "/readyz")
+        assert ready.status == 503
+        assert ready.json()["status"] == "failed" and "'predict'" in ready.json()["reason"]
+        refused = post_json(server.url + "/predict", {"x": 1})
+        assert refused.status == 503 and "'predict'" in refused.json()["reason"]
+        assert scrape(server)["nb2prod_startup_failed"] == 1
+    finally:
+        serve.stop_service(server.proc, 30)
+
+
+def test_failing_cell_reason_is_private_when_token_set(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb",
+                   ["x = 1\n", "raise ValueError('bucket creds-xyz unreachable')\n"])
+    write_config(tmp_path)
+    server = start(tmp_path, {"NB2PROD_API_TOKEN": TOKEN}, wait=False)
+    try:
+        with pytest.raises(serve.ServiceError, match=r"serve\.ipynb cell 1 raised ValueError"):
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        reason = call(server.url + "/readyz").json()["reason"]
+        assert "ValueError" in reason and "creds-xyz" not in reason
+        assert "creds-xyz" in "\n".join(server.proc.output())  # full detail in the log only
+    finally:
+        serve.stop_service(server.proc, 30)
+
+
+def test_bad_config_fails_fast_with_the_key(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", ["def predict(p):\n    return p\n"])
+    write_config(tmp_path, {"MAX_REQUEST_BYTES": "lots"})
+    server = start(tmp_path, wait=False)
+    try:
+        with pytest.raises(serve.ServiceError, match="exited with code") as caught:
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        assert "MAX_REQUEST_BYTES" in str(caught.value)
+    finally:
+        serve.stop_service(server.proc, 10)
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", [
+        "import pathlib\nimport time\n",
+        "def predict(payload):\n"
+        "    pathlib.Path('in-flight').touch()\n"
+        "    time.sleep(payload['sleep'])\n"
+        "    return {'slept': payload['sleep']}\n",
+    ])
+    write_config(tmp_path)
+    server = start(tmp_path)
+    replies: list[Reply] = []
+    client = threading.Thread(
+        target=lambda: replies.append(post_json(server.url + "/predict", {"sleep": 1.0})))
+    try:
+        client.start()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "in-flight").exists():
+            assert time.monotonic() < deadline, server.proc.output_tail()
+            time.sleep(0.01)
+        rc = serve.stop_service(server.proc, 30)  # SIGTERM while predict sleeps
+        client.join(10)
+    finally:
+        if server.proc.poll() is None:
+            serve.stop_service(server.proc, 5)
+    assert rc == 0, server.proc.output_tail()
+    assert replies and replies[0].status == 200 and replies[0].json() == {"slept": 1.0}
+
+
+# --------------------------------------------------------------------------- serve.py units
+
+
+def test_gunicorn_command(tmp_path: Path) -> None:
+    cmd = serve.gunicorn_command(tmp_path, 8123, 3)
+    assert cmd[:3] == [sys.executable, "-m", "gunicorn"]
+    assert cmd[-1] == "app:app"
+    assert cmd[cmd.index("--chdir") + 1] == str(tmp_path.resolve())
+    assert cmd[cmd.index("--bind") + 1] == "127.0.0.1:8123"
+    assert cmd[cmd.index("--workers") + 1] == "3"
+    assert int(cmd[cmd.index("--graceful-timeout") + 1]) > 0
+    assert "--access-logfile" not in cmd
+    assert "--access-logfile" in serve.gunicorn_command(tmp_path, 1, 1, access_log=True)
+    v6 = serve.gunicorn_command(tmp_path, 80, 1, host="::1")
+    assert v6[v6.index("--bind") + 1] == "[::1]:80"
+    threaded = serve.gunicorn_command(tmp_path, 80, 1, threads=4)
+    assert threaded[threaded.index("--worker-class") + 1] == "gthread"
+    with pytest.raises(ValueError):
+        serve.gunicorn_command(tmp_path, 80, 0)
+
+
+def test_start_service_needs_app_py(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="app.py"):
+        serve.start_service(tmp_path, serve.free_port(), {}, 1)
+
+
+def test_wait_ready_times_out_with_reason() -> None:
+    port = serve.free_port()  # nothing listens there
+    with pytest.raises(serve.ServiceError, match=r"not ready after 0\.3s"):
+        serve.wait_ready(f"http://127.0.0.1:{port}", 0.3, None)

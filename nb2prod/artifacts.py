@@ -481,26 +481,27 @@ def write_latest(store: Store | str, pipeline: str, run_id: str, **extra: Any) -
 def list_runs(store: Store | str, pipeline: str) -> list[dict]:
     """One dict per run found in the store, oldest first.
 
-    Each is the run's ``run.json`` (if any) plus ``run_id``, ``stages`` (stage
-    directories present) and ``latest`` (whether latest.json points at it); keys
-    from run.json win over the derived ones.
+    Each is the run's ``run.json`` (if any; runners write ``status``, ``stages``,
+    ``metrics``, ``promoted``...) plus derived ``run_id``, ``stage_dirs`` (stage
+    directories present in the store) and ``latest`` (latest.json points at it).
+    Keys from run.json win over the derived ones.
     """
     store = open_store(store)
     base = f"{_check_segment(pipeline, 'pipeline name')}/runs/"
-    stages: dict[str, set[str]] = {}
+    stage_dirs: dict[str, set[str]] = {}
     for key in store.list(base):
         parts = key[len(base):].split("/")
-        run = stages.setdefault(parts[0], set())
+        run = stage_dirs.setdefault(parts[0], set())
         if len(parts) >= 3:
             run.add(parts[1])
     latest = read_latest(store, pipeline)
     latest_id = latest["run_id"] if latest else None
     runs = []
-    for run_id in sorted(stages):
+    for run_id in sorted(stage_dirs):
         info = read_json(store, f"{base}{run_id}/{RUN_JSON}", default=None)
         record = dict(info) if isinstance(info, dict) else {}
         record.setdefault("run_id", run_id)
-        record.setdefault("stages", sorted(stages[run_id]))
+        record.setdefault("stage_dirs", sorted(stage_dirs[run_id]))
         record.setdefault("latest", run_id == latest_id)
         runs.append(record)
     return runs
@@ -632,13 +633,13 @@ def current_input_run_id(refresh: bool = False) -> str:
 
 
 def _require(ctx: Context, what: str) -> None:
-    missing = [name for name, value in (("NB2PROD_PIPELINE", ctx.pipeline),
-                                        ("NB2PROD_STAGE", ctx.stage)) if not value]
+    missing = [(env, key) for env, key, value in (("NB2PROD_PIPELINE", "PIPELINE", ctx.pipeline),
+                                                  ("NB2PROD_STAGE", "NAME", ctx.stage))
+               if not value]
     if missing:
         raise ArtifactError(
-            f"cannot {what}: {' and '.join(missing)} not set and no config.ini "
-            f"[default] {'PIPELINE' if 'NB2PROD_PIPELINE' in missing else 'NAME'} "
-            f"in {_stage_dir()}")
+            f"cannot {what}: {' and '.join(env for env, _ in missing)} not set and no "
+            f"config.ini [default] {' / '.join(key for _, key in missing)} in {_stage_dir()}")
 
 
 # -- serialization ---------------------------------------------------------------
@@ -985,9 +986,10 @@ def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None =
             minimum: float | None = None) -> tuple[bool, str]:
     """Gate a finished run and, if it passes, point latest.json at it.
 
-    Records the decision in the run's run.json (``status`` = ``promoted`` or
-    ``gate-failed``, plus ``promotion`` and ``metrics``) before moving latest.json,
-    which is written last.
+    Merges the decision into the run's run.json with the keys the local runner
+    uses (``promoted``, ``reason``, ``metrics``; ``status`` defaults to
+    ``succeeded``, since promote only runs after every batch stage succeeded) plus
+    ``promotion`` details, then writes latest.json last.
     """
     store = open_store(store)
     if not store.list(run_prefix(pipeline, run_id) + "/"):
@@ -998,18 +1000,12 @@ def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None =
     run_key = f"{run_prefix(pipeline, run_id)}/{RUN_JSON}"
     record = read_json(store, run_key, default=None)
     record = record if isinstance(record, dict) else {}
-    now = _utcnow()
-    record.update(
-        run_id=run_id, pipeline=pipeline, status="promoted" if passed else "gate-failed",
-        metrics=metrics,
-        promotion={"passed": passed, "reason": reason, "metric": metric, "min": minimum,
-                   "at": now})
+    record.setdefault("status", "succeeded")
+    record.update(run_id=run_id, pipeline=pipeline, metrics=metrics, promoted=passed,
+                  reason=reason, promotion={"metric": metric, "min": minimum, "at": _utcnow()})
     write_json(store, run_key, record, atomic=True)
     if passed:
-        extra: dict[str, Any] = {"reason": reason}
-        if metric:
-            extra["metric"] = metric
-        write_latest(store, pipeline, run_id, **extra)
+        write_latest(store, pipeline, run_id)
     return passed, reason
 
 

@@ -127,8 +127,10 @@ def _open_pipeline(target: Path, templates: Path | None = None):
 @click.option("--no-serve", is_flag=True, help="Stop after the batch stages.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port of the (first) service stage.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--smoke", is_flag=True,
+              help="Send each service its SAMPLE_REQUEST, print the answer and stop.")
 def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,
-        store: str | None, no_serve: bool, port: int | None, host: str) -> None:
+        store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool) -> None:
     """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
     import os
 
@@ -178,6 +180,14 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         click.echo(f"serving {service.stage.name} (run {latest['run_id']}) at "
                    f"{service.url}{route}")
         click.echo(f"  try: {local.sample_curl(service)}")
+    if smoke:
+        try:
+            failures = [s.stage.name for s in running if not local.smoke_request(s, click.echo)]
+        finally:
+            local.stop_services(running)
+        if failures:
+            raise PipelineFailure(f"smoke request failed for {', '.join(failures)}")
+        return
     click.echo("Ctrl-C to stop.", err=True)
     local.wait_for_shutdown(running)
     if not_promoted:

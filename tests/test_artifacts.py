@@ -473,9 +473,11 @@ def test_list_runs(tmp_path) -> None:
     artifacts.write_latest(store, "iris", "20260102t000000-bbbb")
     runs = artifacts.list_runs(store, "iris")
     assert [r["run_id"] for r in runs] == ["20260101t000000-aaaa", "20260102t000000-bbbb"]
-    assert runs[0] == {"run_id": "20260101t000000-aaaa", "stages": ["train"], "latest": False}
+    assert runs[0] == {"run_id": "20260101t000000-aaaa", "stage_dirs": ["train"],
+                       "latest": False}
     assert runs[1]["status"] == "succeeded" and runs[1]["latest"] is True
-    assert runs[1]["stages"] == {"train": "succeeded"}  # run.json wins over derived keys
+    assert runs[1]["stages"] == {"train": "succeeded"}  # run.json kept as written
+    assert runs[1]["stage_dirs"] == ["evaluate", "train"]
     assert artifacts.list_runs(store, "nope") == []
     assert artifacts.read_run_metrics(store, "iris", "20260102t000000-bbbb") == {
         "train": {"acc": 0.9}, "evaluate": {"f1": 0.7}}
@@ -513,7 +515,9 @@ def test_promote_cli_file_store(tmp_path) -> None:
         "promoted run good of iris: accuracy = 0.95 >= 0.9 (stage train)"]
     assert artifacts.read_latest(store, "iris")["run_id"] == "good"
     run = artifacts.read_json(store, "iris/runs/good/run.json")
-    assert run["status"] == "promoted" and run["x"] == 1 and run["promotion"]["passed"] is True
+    assert (run["status"], run["x"], run["promoted"]) == ("succeeded", 1, True)
+    assert run["reason"] == "accuracy = 0.95 >= 0.9 (stage train)"
+    assert run["promotion"]["metric"] == "accuracy" and run["promotion"]["min"] == 0.9
     assert run["metrics"] == {"train": {"accuracy": 0.95}}
 
     result = _promote_cli("--pipeline", "iris", "--run-id", "bad", "--metric", "accuracy",
@@ -521,7 +525,8 @@ def test_promote_cli_file_store(tmp_path) -> None:
     assert result.returncode == 3
     assert len(result.stdout.strip().splitlines()) == 1 and "< minimum 0.9" in result.stdout
     assert artifacts.read_latest(store, "iris")["run_id"] == "good"  # unchanged
-    assert artifacts.read_json(store, "iris/runs/bad/run.json")["status"] == "gate-failed"
+    bad = artifacts.read_json(store, "iris/runs/bad/run.json")
+    assert bad["promoted"] is False and "< minimum" in bad["reason"]
 
     result = _promote_cli("--pipeline", "iris", "--run-id", "ghost", "--store", uri)
     assert result.returncode == 1
@@ -547,6 +552,7 @@ def test_import_pulls_in_no_heavy_libraries() -> None:
     code = textwrap.dedent(f"""
         import sys
         import nb2prod.artifacts as a
+        a.open_store("s3://bucket/prefix")  # boto3 only once S3 is really talked to
         print([m for m in {HEAVY!r} if m in sys.modules])
         """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -670,9 +676,9 @@ def test_s3_round_trip_manifest_latest(s3_stage: SimpleNamespace) -> None:
     artifacts.write_latest(store, "iris", "r1", metric="accuracy")
     assert artifacts.read_latest(s3_stage.uri, "iris")["run_id"] == "r1"
     runs = artifacts.list_runs(store, "iris")
-    assert runs == [{"run_id": "r1", "stages": ["train"], "latest": True}]
+    assert runs == [{"run_id": "r1", "stage_dirs": ["train"], "latest": True}]
     assert artifacts.promote(store, "iris", "r1", "accuracy", 0.9)[0] is True
-    assert artifacts.read_json(store, "iris/runs/r1/run.json")["status"] == "promoted"
+    assert artifacts.read_json(store, "iris/runs/r1/run.json")["promoted"] is True
 
 
 def test_s3_store_primitives(s3_stage: SimpleNamespace, tmp_path: Path) -> None:

@@ -159,22 +159,30 @@ def scrape(server: Server) -> dict[str, float]:
 
 IRIS_CELLS: list[str | tuple[str, str]] = [
     ("markdown", "# Serving the iris model\n"),
-    "%matplotlib inline\nimport time\nimport numpy as np\n!echo hi\n"
-    "from sklearn.datasets import load_iris\nfrom sklearn.linear_model import LogisticRegression\n",
+    (
+        "%matplotlib inline\nimport time\nimport numpy as np\n!echo hi\n"
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+    ),
     "%%bash\necho 'a bash cell must not run as Python'\nexit 1\n",
-    "iris = load_iris()\nmodel = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)\n"
-    "SPECIES = list(iris.target_names)\n",
+    (
+        "iris = load_iris()\n"
+        "model = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)\n"
+        "SPECIES = list(iris.target_names)\n"
+    ),
     # Magics inside blocks and as assignments, and Python cell magics whose body must run.
     "listing = !ls\nif True:\n    %time warmed = 1\n    magics_ok = listing is None\n",
     "%%time\ntimed_cell_ran = True\n",
     "%%capture captured\ncaptured_cell_ran = True\n",
-    "def predict(payload):\n"
-    "    if payload.get('fail'):\n"
-    "        raise RuntimeError('internal detail: do not leak')\n"
-    "    X = np.asarray(payload['instances'], dtype=float)\n"
-    "    classes = model.predict(X)\n"
-    "    return {'predictions': [SPECIES[i] for i in classes], 'classes': classes,\n"
-    "            'magics_ok': magics_ok and timed_cell_ran and captured_cell_ran}\n",
+    (
+        "def predict(payload):\n"
+        "    if payload.get('fail'):\n"
+        "        raise RuntimeError('internal detail: do not leak')\n"
+        "    X = np.asarray(payload['instances'], dtype=float)\n"
+        "    classes = model.predict(X)\n"
+        "    return {'predictions': [SPECIES[i] for i in classes], 'classes': classes,\n"
+        "            'magics_ok': magics_ok and timed_cell_ran and captured_cell_ran}\n"
+    ),
     "predict({'instances': [[5.1, 3.5, 1.4, 0.2]]})\n",
 ]
 
@@ -339,34 +347,44 @@ def test_metrics_counters_are_exact_under_concurrency(iris: Server) -> None:
 # --------------------------------------------------------------------------- slow start-up
 
 SLOW_CELLS: list[str | tuple[str, str]] = [
-    "import os\nimport pickle\nimport time\nimport numpy as np\n"
-    "try:\n    import pandas as pd\nexcept ImportError:\n    pd = None\n",
-    "class Scaler:\n"
-    "    def __init__(self, factor):\n        self.factor = factor\n\n"
-    "    def apply(self, values):\n        return np.asarray(values, dtype=float) * self.factor\n",
+    (
+        "import os\nimport pickle\nimport time\nimport numpy as np\n"
+        "try:\n    import pandas as pd\nexcept ImportError:\n    pd = None\n"
+    ),
+    (
+        "class Scaler:\n"
+        "    def __init__(self, factor):\n        self.factor = factor\n\n"
+        "    def apply(self, values):\n"
+        "        return np.asarray(values, dtype=float) * self.factor\n"
+    ),
     # The kernel pickled Scaler as __main__.Scaler; under gunicorn __main__ is gunicorn's.
-    "with open('scaler.pkl', 'rb') as fh:\n    scaler = pickle.load(fh)\n"
-    "deadline = time.time() + 60\n"
-    "while not os.path.exists('release') and time.time() < deadline:\n    time.sleep(0.02)\n",
-    "def predict(payload):\n"
-    "    values = scaler.apply(payload['values'])\n"
-    "    out = {'scaled': values, 'total': values.sum(), 'f32': np.float32(0.5),\n"
-    "           'i64': np.int64(7), 'flag': np.bool_(True), 'nan': float('nan'),\n"
-    "           'matrix': [np.eye(2, dtype=np.int32)], 'module': type(scaler).__module__}\n"
-    "    if pd is not None:\n"
-    "        out['frame'] = pd.DataFrame({'a': [1, 2], 'b': [0.5, np.nan]})\n"
-    "        out['series'] = pd.Series([1.5, 2.5])\n"
-    "    return out\n",
+    (
+        "with open('scaler.pkl', 'rb') as fh:\n    scaler = pickle.load(fh)\n"
+        "deadline = time.time() + 60\n"
+        "while not os.path.exists('release') and time.time() < deadline:\n"
+        "    time.sleep(0.02)\n"
+    ),
+    (
+        "def predict(payload):\n"
+        "    values = scaler.apply(payload['values'])\n"
+        "    out = {'scaled': values, 'total': values.sum(), 'f32': np.float32(0.5),\n"
+        "           'i64': np.int64(7), 'flag': np.bool_(True), 'nan': float('nan'),\n"
+        "           'matrix': [np.eye(2, dtype=np.int32)], 'module': type(scaler).__module__}\n"
+        "    if pd is not None:\n"
+        "        out['frame'] = pd.DataFrame({'a': [1, 2], 'b': [0.5, np.nan]})\n"
+        "        out['series'] = pd.Series([1.5, 2.5])\n"
+        "    return out\n"
+    ),
 ]
 
 
 def main_module_pickle() -> bytes:
     """Pickle an object the way a notebook kernel would: its class lives in `__main__`."""
     namespace: dict = {"__name__": "__main__"}
-    exec(SLOW_CELLS[1].replace("np.asarray(values, dtype=float)", "values"), namespace)
+    exec(SLOW_CELLS[1].replace("np.asarray(values, dtype=float)", "values"), namespace)  # noqa: S102
     cls = namespace["Scaler"]
     main = sys.modules["__main__"]
-    setattr(main, "Scaler", cls)
+    main.Scaler = cls  # type: ignore[attr-defined]
     try:
         return pickle.dumps(cls(3.0))
     finally:
@@ -479,10 +497,12 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
     render_app(tmp_path)
     write_notebook(tmp_path / "serve.ipynb", [
         "import pathlib\nimport time\n",
-        "def predict(payload):\n"
-        "    pathlib.Path('in-flight').touch()\n"
-        "    time.sleep(payload['sleep'])\n"
-        "    return {'slept': payload['sleep']}\n",
+        (
+            "def predict(payload):\n"
+            "    pathlib.Path('in-flight').touch()\n"
+            "    time.sleep(payload['sleep'])\n"
+            "    return {'slept': payload['sleep']}\n"
+        ),
     ])
     write_config(tmp_path)
     server = start(tmp_path)

@@ -327,6 +327,27 @@ def sample_curl(service: Service) -> str:
             f"{token} -d '{payload}'")
 
 
+def smoke_request(service: Service, echo: Callable[[str], None]) -> bool:
+    """POST the stage's SAMPLE_REQUEST once; print the answer; True on HTTP 200."""
+    import urllib.error
+    import urllib.request
+
+    route = service.stage.value("service", "ROUTE", "/predict") or "/predict"
+    payload = (service.stage.value("service", "SAMPLE_REQUEST") or "{}").encode()
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("NB2PROD_API_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(service.url + route, data=payload, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read().decode()
+    echo(f"POST {route} {payload.decode()} -> {status} {body.strip()}")
+    return status == 200
+
+
 def wait_for_shutdown(services: list[Service]) -> int:
     """Block until Ctrl-C / SIGTERM or a service exits; return the exit code to use."""
     stop = threading.Event()

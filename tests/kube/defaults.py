@@ -93,7 +93,6 @@ def apply(kind: str, obj: dict[str, Any]) -> None:
         spec.setdefault("completionMode", "NonIndexed")
         spec.setdefault("suspend", False)
         spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
-        spec.setdefault("manualSelector", False) if spec.get("manualSelector") is not None else None
         _template(spec, "Never")
     elif kind == "CronJob" and spec is not None:
         spec.setdefault("concurrencyPolicy", "Allow")

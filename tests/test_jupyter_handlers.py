@@ -1,0 +1,285 @@
+"""The jupyter_server extension's REST API (nb2prod/jupyter/handlers.py).
+
+Runs a real jupyter_server in-process (pytest-jupyter) with the extension
+enabled the way the shipped config enables it, and talks HTTP to it: the
+toolbar buttons see exactly these answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from nb2prod.errors import Problem, UserError
+from nb2prod.jupyter import handlers
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+REPO = Path(__file__).resolve().parents[1]
+IRIS = REPO / "example_notebooks" / "iris.ipynb"
+
+try:  # the Kubernetes stand-in is test infrastructure maintained alongside
+    from tests.kube.fixtures import kube_standin  # noqa: F401  (a pytest fixture)
+except ImportError as _exc:  # pragma: no cover - only while tests/kube is incomplete
+    _KUBE_MISSING = str(_exc)
+
+    @pytest.fixture
+    def kube_standin() -> Any:
+        pytest.skip(f"Kubernetes stand-in not available: {_KUBE_MISSING}")
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    """Enable the extension exactly as jupyter-config/server-config/nb2prod.json does."""
+    shipped = json.loads((REPO / "jupyter-config" / "server-config" / "nb2prod.json").read_text())
+    assert shipped["ServerApp"]["jpserver_extensions"] == {"nb2prod.jupyter": True}
+    return {"ServerApp": {"jpserver_extensions": {"nb2prod.jupyter": True}}}
+
+
+@pytest.fixture
+def iris(jp_root_dir: Path) -> Path:
+    """The iris example copied into a sub-directory of the server root."""
+    target = jp_root_dir / "work" / "iris.ipynb"
+    target.parent.mkdir()
+    shutil.copy(IRIS, target)
+    return target
+
+
+def _notebook(path: Path, cells: list[tuple[str, list[str]]]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags} if tags else {})
+                for src, tags in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def broken(jp_root_dir: Path) -> Path:
+    """Two problems: an invalid stage name, and a name no earlier cell defines."""
+    return _notebook(jp_root_dir / "broken.ipynb", [
+        ("import math", ["imports"]),
+        ("x = 1", ["stage:Bad Name"]),
+        ("y = undefined_thing + 1", ["stage:train"]),
+    ])
+
+
+async def _post(jp_fetch: Any, endpoint: str, body: dict[str, Any], **kwargs: Any) -> Any:
+    return await jp_fetch("nb2prod", endpoint, method="POST", body=json.dumps(body), **kwargs)
+
+
+async def _error(jp_fetch: Any, endpoint: str, body: dict[str, Any],
+                 **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    with pytest.raises(HTTPClientError) as info:
+        await _post(jp_fetch, endpoint, body, **kwargs)
+    response = info.value.response
+    assert response is not None
+    return info.value.code, json.loads(response.body or b"{}")
+
+
+# -- check / split ----------------------------------------------------------------------
+async def test_check_reports_stages_and_writes_nothing(jp_fetch: Any, iris: Path) -> None:
+    response = await _post(jp_fetch, "check", {"path": "work/iris.ipynb"})
+    assert response.code == 200
+    report = json.loads(response.body)
+    assert [(s["name"], s["type"]) for s in report["stages"]] == [
+        ("train", "batch"), ("serve", "service")]
+    serve = report["stages"][1]
+    assert "model" in serve["inputs"] and serve["inputs"]["model"] == "train"
+    assert any(r.startswith("scikit-learn==") for r in report["stages"][0]["requirements"])
+    assert report["output"] is None
+    assert sorted(p.name for p in iris.parent.iterdir()) == ["iris.ipynb"]
+
+
+async def test_split_writes_pipeline_under_root(jp_fetch: Any, iris: Path) -> None:
+    response = await _post(jp_fetch, "split", {"path": "work/iris.ipynb"})
+    assert response.code == 200
+    report = json.loads(response.body)
+    out = iris.parent / "iris-pipeline"
+    assert report["output_relative"] == "work/iris-pipeline"
+    assert Path(report["output"]).resolve() == out.resolve()
+    assert (out / "nb2prod.ini").is_file()
+    for stage in report["stages"]:
+        assert (out / stage["directory"] / "config.ini").is_file()
+    assert {s["directory"] for s in report["stages"]} == {"stage-1-train", "stage-2-serve"}
+
+    # again: the CLI's "exists, use --force" message, then an update with force
+    code, body = await _error(jp_fetch, "split", {"path": "work/iris.ipynb"})
+    assert code == 400 and "--force" in body["problems"][0]["message"]
+    response = await _post(jp_fetch, "split", {"path": "work/iris.ipynb", "force": True})
+    assert response.code == 200
+
+
+async def test_split_to_chosen_output(jp_fetch: Any, iris: Path, jp_root_dir: Path) -> None:
+    response = await _post(jp_fetch, "split", {"path": "/work/iris.ipynb", "output": "pipes/iris"})
+    assert json.loads(response.body)["output_relative"] == "pipes/iris"
+    assert (jp_root_dir / "pipes" / "iris" / "stage-1-train").is_dir()
+
+
+async def test_problems_are_400_with_the_cli_messages(jp_fetch: Any, broken: Path) -> None:
+    from nb2prod.split import check_notebook
+
+    with pytest.raises(UserError) as cli:
+        check_notebook(broken)
+    for endpoint in ("check", "split"):
+        code, body = await _error(jp_fetch, endpoint, {"path": "broken.ipynb"})
+        assert code == 400
+        got = body["problems"]
+        assert [p["text"] for p in got] == [str(p) for p in cli.value.problems]
+        assert [(p["message"], p["cell"], p["file"]) for p in got] == [
+            (p.message, p.cell, p.file) for p in cli.value.problems]
+        assert {p["cell"] for p in got} >= {1}  # the bad stage name is located
+    assert not (broken.parent / "broken-pipeline").exists()
+
+
+async def test_bad_requests(jp_fetch: Any, iris: Path) -> None:
+    code, body = await _error(jp_fetch, "check", {"path": "work/nope.ipynb"})
+    assert code == 404 and body["problems"][0]["message"] == "no such notebook"
+    code, body = await _error(jp_fetch, "check", {})
+    assert code == 400 and "'path'" in body["problems"][0]["message"]
+    code, _ = await _error(jp_fetch, "check", {"path": 3})
+    assert code == 400
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("nb2prod", "check", method="POST", body="not json")
+    assert info.value.code == 400
+
+
+# -- security -----------------------------------------------------------------------------
+@pytest.mark.parametrize("endpoint", ["check", "split", "deploy"])
+async def test_unauthenticated_is_403(jp_fetch: Any, iris: Path, endpoint: str) -> None:
+    body = {"path": "work/iris.ipynb", "namespace": "ml"}
+    code, _ = await _error(jp_fetch, endpoint, body, headers={"Authorization": ""})
+    assert code == 403
+    assert not (iris.parent / "iris-pipeline").exists()
+
+
+async def test_status_unauthenticated_is_403(jp_fetch: Any) -> None:
+    for parts in (("nb2prod", "deploy"), ("nb2prod", "deploy", "0123abcd")):
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch(*parts, headers={"Authorization": ""})
+        assert info.value.code == 403
+
+
+async def test_paths_outside_root_are_403(jp_fetch: Any, iris: Path, jp_root_dir: Path,
+                                          tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(IRIS, outside / "iris.ipynb")
+    (jp_root_dir / "link").symlink_to(outside, target_is_directory=True)
+    cases = [
+        ("check", {"path": "../outside/iris.ipynb"}),
+        ("check", {"path": "work/../../outside/iris.ipynb"}),
+        ("check", {"path": "link/iris.ipynb"}),  # a symlink out of the root
+        ("split", {"path": "../outside/iris.ipynb"}),
+        ("split", {"path": "work/iris.ipynb", "output": "../outside/pipe"}),
+        ("split", {"path": "work/iris.ipynb", "output": "link/pipe"}),
+        ("split", {"path": "work/iris.ipynb", "templates": "../outside"}),
+        ("deploy", {"path": "../outside/iris.ipynb", "namespace": "ml"}),
+    ]
+    for endpoint, body in cases:
+        code, answer = await _error(jp_fetch, endpoint, body)
+        assert code == 403, (endpoint, body)
+        assert "outside the server's root" in answer["problems"][0]["message"]
+    assert sorted(p.name for p in outside.iterdir()) == ["iris.ipynb"]
+
+
+# -- deploy -------------------------------------------------------------------------------
+async def _wait_deploy(jp_fetch: Any, deploy_id: str, timeout: float = 60) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = json.loads((await jp_fetch("nb2prod", "deploy", deploy_id)).body)
+        if status["state"] != "running":
+            return status
+        assert loop.time() < deadline, status
+        await asyncio.sleep(0.1)
+
+
+async def test_deploy_runs_in_background_and_reports_stages(
+        jp_fetch: Any, iris: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler's own contract, with `deploy` replaced by a scripted one."""
+    calls: list[tuple[Path, str, dict[str, Any]]] = []
+    release = threading.Event()
+
+    def fake_deploy(pipeline_dir: Path, namespace: str, *, on_event: Any = None,
+                    wait: bool = True, **kwargs: Any) -> dict[str, Any]:
+        calls.append((pipeline_dir, namespace, kwargs))
+        on_event({"stage": "train", "state": "running", "message": "job started", "elapsed": 0.1})
+        release.wait(10)
+        on_event({"stage": "train", "state": "done", "message": "complete", "elapsed": 1.5})
+        on_event({"stage": "serve", "state": "done", "message": "ready", "elapsed": 2.0})
+        return {"ok": True}
+
+    monkeypatch.setattr(handlers, "_load_deploy", lambda: fake_deploy)
+    response = await _post(jp_fetch, "deploy", {
+        "path": "work/iris.ipynb", "namespace": "ml", "image": "reg/iris:1",
+        "params": {"max_iter": 300}})
+    assert response.code == 202
+    first = json.loads(response.body)
+    assert first["state"] == "running" and first["pipeline"] == "work/iris-pipeline"
+    assert [s["name"] for s in first["stages"]] == ["train", "serve"]
+    assert first["stages"][1]["state"] == "waiting"
+    assert (iris.parent / "iris-pipeline" / "stage-1-train").is_dir()  # split first
+
+    # a second deploy of the same pipeline while the first runs is refused
+    code, body = await _error(jp_fetch, "deploy", {"path": "work/iris-pipeline",
+                                                   "namespace": "ml"})
+    assert code == 409 and first["id"] in body["problems"][0]["message"]
+
+    release.set()
+    final = await _wait_deploy(jp_fetch, first["id"])
+    assert final["state"] == "done"
+    assert {s["name"]: s["state"] for s in final["stages"]} == {"train": "done", "serve": "done"}
+    pipeline, namespace, kwargs = calls[0]
+    assert pipeline == (iris.parent / "iris-pipeline").resolve() and namespace == "ml"
+    assert kwargs == {"image": "reg/iris:1", "params": {"max_iter": "300"}}
+    listed = json.loads((await jp_fetch("nb2prod", "deploy")).body)["deploys"]
+    assert [d["id"] for d in listed] == [first["id"]]
+
+
+async def test_deploy_failures_are_reported(jp_fetch: Any, iris: Path, broken: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_deploy(pipeline_dir: Path, namespace: str, *, on_event: Any = None,
+                       **kwargs: Any) -> dict[str, Any]:
+        on_event({"stage": "train", "state": "failed", "message": "BackoffLimitExceeded",
+                  "elapsed": 3.0})
+        raise UserError(Problem("no kubeconfig context 'nope'"))
+
+    monkeypatch.setattr(handlers, "_load_deploy", lambda: failing_deploy)
+    # split problems come back at once, before anything is deployed
+    code, body = await _error(jp_fetch, "deploy", {"path": "broken.ipynb", "namespace": "ml"})
+    assert code == 400 and body["problems"]
+    code, body = await _error(jp_fetch, "deploy", {"path": "work/iris.ipynb"})
+    assert code == 400 and "namespace" in body["problems"][0]["message"]
+
+    response = await _post(jp_fetch, "deploy", {"path": "work/iris.ipynb", "namespace": "ml",
+                                                "context": "nope"})
+    final = await _wait_deploy(jp_fetch, json.loads(response.body)["id"])
+    assert final["state"] == "failed"
+    assert final["problems"][0]["message"] == "no kubeconfig context 'nope'"
+    assert {s["name"]: s["state"] for s in final["stages"]}["train"] == "failed"
+
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("nb2prod", "deploy", "00000000")
+    assert info.value.code == 404
+
+
+async def test_deploy_to_kubernetes_standin(jp_fetch: Any, iris: Path, kube_standin: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: the real `nb2prod.runners.kubernetes.deploy` against the stand-in."""
+    pytest.importorskip("nb2prod.runners.kubernetes")
+    monkeypatch.setenv("KUBECONFIG", str(kube_standin.kubeconfig))
+    response = await _post(jp_fetch, "deploy", {"path": "work/iris.ipynb", "namespace": "ml"})
+    assert response.code == 202
+    final = await _wait_deploy(jp_fetch, json.loads(response.body)["id"], timeout=240)
+    assert final["state"] == "done", final
+    assert {s["name"]: s["state"] for s in final["stages"]} == {"train": "done", "serve": "done"}

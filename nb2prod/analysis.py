@@ -250,7 +250,7 @@ class _Builder:
             if name not in outputs:
                 outputs.append(name)
             return
-        if name in prelude or name in modules or name in BUILTIN_NAMES:
+        if name in prelude or name in BUILTIN_NAMES:
             return
         elsewhere = [i for i in self.orphans + self.skipped
                      if i < index and i in self.flows and name in self.flows[i].provides]

@@ -44,7 +44,9 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def render_app(stage_dir: Path, route: str = "/predict", entrypoint: str = "predict") -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.StrictUndefined,  # the settings nb2prod.templates uses
+        trim_blocks=True,
+        lstrip_blocks=True,
         keep_trailing_newline=True,
     )
     source = env.get_template("app.py.j2").render(
@@ -112,9 +114,10 @@ class Server:
     stage_dir: Path
 
 
-def start(stage_dir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+def start(stage_dir: Path, env: dict[str, str] | None = None, wait: bool = True,
+          threads: int = 1) -> Server:
     port = serve.free_port()
-    proc = serve.start_service(stage_dir, port, env or {}, workers=1)
+    proc = serve.start_service(stage_dir, port, env or {}, workers=1, threads=threads)
     server = Server(f"http://127.0.0.1:{port}", proc, stage_dir)
     if wait:
         try:
@@ -202,7 +205,9 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     write_config(stage, {"ROUTE": "/v1/predict", "ENTRYPOINT": "predict",
                          "MAX_REQUEST_BYTES": "65536", "WORKERS": "1"})
     (stage / "nb2prod_runtime.py").write_text(RUNTIME_STUB, encoding="utf-8")
-    server = start(stage, {"NB2PROD_API_TOKEN": TOKEN + "\n"})  # trailing newline: stripped
+    # gthread: request threads really update the metrics concurrently.  One worker, so
+    # /metrics sees every request (each worker counts only its own).
+    server = start(stage, {"NB2PROD_API_TOKEN": TOKEN + "\n"}, threads=4)  # "\n" is stripped
     yield server
     serve.stop_service(server.proc, 30)
 

@@ -14,6 +14,7 @@ Rules (DESIGN.md "Cell tags", "Data between stages"):
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from nb2prod import dag
@@ -94,6 +95,7 @@ class _Builder:
         self.tags: dict[int, CellTags] = {}
         self.flows: dict[int, CellFlow] = {}
         self.edges: list[dag.Edge] = []
+        self._providers: dict[str, list[int]] | None = None  # name -> stage cells providing it
 
     def problem(self, message: str, cell: int | None = None) -> None:
         self.problems.append(Problem(message, cell=cell, file=self.file))
@@ -184,12 +186,17 @@ class _Builder:
 
     def provider(self, name: str, before: int, consumer: str) -> tuple[str, Definition | None] | None:
         """The stage cell that last bound or mutated `name` before cell `before`."""
-        for index in sorted((i for i in self.cell_stage if i < before), reverse=True):
+        if self._providers is None:
+            self._providers = {}
+            for index in sorted(self.cell_stage):
+                flow = self.flows.get(index)
+                for provided in flow.provides if flow else ():
+                    self._providers.setdefault(provided, []).append(index)
+        cells = self._providers.get(name, [])
+        for index in reversed(cells[: bisect.bisect_left(cells, before)]):
             stage = self.cell_stage[index]
-            flow = self.flows.get(index)
-            if stage == consumer or flow is None or name not in flow.provides:
-                continue
-            return stage, flow.definitions.get(name)
+            if stage != consumer:
+                return stage, self.flows[index].definitions.get(name)
         return None
 
     def resolve_inputs(self) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "register_store",
     "registered_schemes",
     "run_prefix",
+    "run_stage",
     "save",
     "upload_file",
     "write_json",
@@ -1009,9 +1010,130 @@ def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None =
     return passed, reason
 
 
+# -- run-stage ------------------------------------------------------------------------
+def _source_cell(notebook: dict, index: int | None) -> int | None:
+    """Index of the original notebook cell behind cell ``index`` of a stage notebook."""
+    cells = notebook.get("cells", []) if isinstance(notebook, dict) else []
+    if index is None or not 0 <= index < len(cells):
+        return None
+    ids = notebook.get("metadata", {}).get("nb2prod", {}).get("source_cells_by_id", {})
+    return ids.get(cells[index].get("id"))
+
+
+def _stage_executable(stage_dir: Path, stage: str) -> str:
+    config = _config(stage_dir)
+    return (config.get("default", "EXECUTABLE", fallback="").strip()
+            or config.get("default", "EXECUTABLE_SCRIPT", fallback="").strip()
+            or f"{stage}.ipynb")
+
+
+def _stage_params(raw: str | None) -> dict:
+    if not raw or not raw.strip():
+        return {}
+    try:
+        params = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactError(f"NB2PROD_PARAMS is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ArtifactError("NB2PROD_PARAMS must be a JSON object of parameter values")
+    return params
+
+
+def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | None = None
+              ) -> dict:
+    """Execute this stage's notebook with papermill and upload what it produced.
+
+    The in-cluster (and any process-per-stage) entry point: the cwd is the stage
+    directory, ``NB2PROD_*`` say where results go.  The executed notebook, its
+    HTML rendering (when nbconvert is importable) and ``result.json`` (status,
+    failing cell, exception) land in ``<store>/<pipeline>/runs/<run>/<stage>/``,
+    so a failed pod leaves its evidence in the store, not only in its log.
+    Notebook errors are returned in the record, never raised.
+    """
+    import tempfile
+    import time
+
+    ctx = _write_context("run the stage")
+    stage_dir = _stage_dir()
+    executable = _stage_executable(stage_dir, ctx.stage)
+    params = _stage_params(os.environ.get("NB2PROD_PARAMS")) if params is None else params
+    work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nb2prod-stage-"))
+    work.mkdir(parents=True, exist_ok=True)
+    stem = Path(executable).stem
+    output = work / f"{stem}.ipynb"
+    result: dict[str, Any] = {"status": "succeeded", "stage": ctx.stage, "run_id": ctx.run_id,
+                              "pipeline": ctx.pipeline, "started": time.time()}
+    try:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError as exc:
+        raise ArtifactError(f"papermill is not installed: {exc}") from None
+    try:
+        papermill.execute_notebook(
+            str(stage_dir / executable), str(output), parameters=params, cwd=str(stage_dir),
+            kernel_name="python3", progress_bar=False, log_output=True)
+    except PapermillExecutionError as exc:
+        executed = json.loads(output.read_text()) if output.is_file() else {}
+        result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
+                      stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
+    except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
+        result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
+    result["finished"] = time.time()
+    files = [output]
+    if output.is_file():
+        try:
+            import nbformat
+            from nbconvert import HTMLExporter
+        except ImportError:
+            result["html_error"] = "nbconvert is not installed"
+        else:
+            try:
+                body, _ = HTMLExporter().from_notebook_node(nbformat.read(output, as_version=4))
+                (work / f"{stem}.html").write_text(body, encoding="utf-8")
+                files.append(work / f"{stem}.html")
+            except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
+                result["html_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    store = open_store(ctx.store)
+    prefix = _stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)
+    for path in files:
+        if path.is_file():
+            store.upload(f"{prefix}/{path.name}", path)
+    write_json(store, f"{prefix}/result.json", result, atomic=True)
+    return result
+
+
+def _run_stage_main(args: argparse.Namespace) -> int:
+    import logging
+
+    # papermill logs each cell's output (log_output=True): show it as the stage's log.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("papermill").setLevel(logging.INFO)
+    try:
+        params = _stage_params(args.params) if args.params is not None else None
+        result = run_stage(params, args.output_dir)
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
+        message = str(exc).replace("\n", " ") or type(exc).__name__
+        print(f"nb2prod: error: run-stage: {message}", file=sys.stderr, flush=True)
+        return 1
+    seconds = result["finished"] - result["started"]
+    if result["status"] == "succeeded":
+        print(f"nb2prod: stage '{result['stage']}' succeeded in {seconds:.1f}s", flush=True)
+        return 0
+    cell = result.get("cell")
+    where = f" in cell {cell}" if cell is not None else ""
+    evalue = str(result.get("evalue", "")).replace("\n", " ")[:500]
+    print(f"nb2prod: stage '{result['stage']}' failed{where}: {result.get('ename')}: {evalue}",
+          file=sys.stderr, flush=True)
+    return 1
+
+
 # -- CLI -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """``promote`` entry point for in-cluster use; exit 0 promoted, 3 gate failed, 1 error."""
+    """Entry point for in-cluster use.
+
+    ``promote``: exit 0 promoted, 3 gate failed, 1 error.  ``run-stage``: exit 0
+    when the stage notebook ran to the end, 1 otherwise.
+    """
     parser = argparse.ArgumentParser(
         prog="nb2prod_runtime.py", description="nb2prod stage runtime commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -1023,7 +1145,16 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--min", dest="minimum", type=float, default=None)
     cmd.add_argument("--store", default=None,
                      help="store URI (default: NB2PROD_STORE, config.ini, " + DEFAULT_STORE + ")")
+    run = commands.add_parser(
+        "run-stage", help="execute this stage's notebook (cwd) with papermill and upload "
+        "the executed notebook, its HTML and result.json to the store")
+    run.add_argument("--params", default=None,
+                     help="JSON object of parameter values (default: NB2PROD_PARAMS)")
+    run.add_argument("--output-dir", default=None,
+                     help="where to keep the executed notebook locally (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.command == "run-stage":
+        return _run_stage_main(args)
     try:
         store = args.store or _base_context()[0]
         passed, reason = promote(store, args.pipeline, args.run_id, args.metric, args.minimum)

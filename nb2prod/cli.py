@@ -240,6 +240,196 @@ def runs(target: Path, store: str | None) -> None:
     _console().print(table)
 
 
+# -- Kubernetes ---------------------------------------------------------------------------
+def _namespace(pipeline, namespace: str | None) -> str:
+    """--namespace, else [kubernetes] NAMESPACE of nb2prod.ini; one of them is required."""
+    from nb2prod.errors import Problem
+
+    value = namespace or pipeline.value("kubernetes", "NAMESPACE")
+    if not value:
+        raise UserError(Problem("--namespace is required (or set [kubernetes] NAMESPACE in "
+                                "nb2prod.ini)"))
+    return value
+
+
+_namespace_option = click.option("--namespace", "-n", help="Namespace [nb2prod.ini NAMESPACE].")
+_context_option = click.option("--context", help="kubeconfig context [current context].")
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+@click.option("--image", help="Image with the stages' requirements preinstalled (no pip at start).")
+@click.option("--store", help="Artifact store URI (s3://bucket/prefix or pvc://CLAIM/path).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a notebook parameter (typed like its default); repeatable.")
+@click.option("--dry-run", is_flag=True, help="List the objects a deploy would create; change "
+              "nothing.")
+def deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
+           store: str | None, params: tuple[str, ...], dry_run: bool) -> None:
+    """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
+    from nb2prod import manifests
+    from nb2prod.progress import Progress
+    from nb2prod.runners import kubernetes as kube
+
+    pipeline = _open_pipeline(target)
+    opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
+                            params=list(params))
+    if dry_run:
+        plan = manifests.plan(pipeline, opts)
+        click.echo(f"deploy of {pipeline.name} (run {opts.run_id}) to namespace "
+                   f"{opts.namespace} would apply:")
+        for obj in plan.objects():
+            click.echo(f"  {obj['kind']}/{obj['metadata']['name']}")
+        click.echo("nothing was changed (`nb2prod render` prints the YAML)")
+        return
+    client = kube.Kube(context)
+    with Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
+        deployer = kube.Deployer(client, pipeline, opts, progress, click.echo)
+        click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
+                   f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
+                   f"store {opts.store}")
+        result = deployer.run()
+    _deploy_summary(result)
+    if result["status"] != "succeeded":
+        raise PipelineFailure(f"deploy of run {result['run_id']} {result['status']}"
+                              .replace("not_promoted", "not promoted")
+                              + (f": {result['reason']}" if result["reason"] else ""))
+
+
+def _deploy_summary(result: dict) -> None:
+    verdict = {True: "promoted", False: "not promoted", None: ""}[result.get("promoted")]
+    click.echo(f"run {result['run_id']} {result['status'].replace('_', ' ')}"
+               + (f"; {verdict}" if verdict and result["status"] != "not_promoted" else ""))
+    for name, svc in result.get("services", {}).items():
+        if svc["status"] != "serving":
+            continue
+        click.echo(f"serving {name} (run {svc['model_run_id']}) at {svc['url']}")
+        click.echo(f"  from outside the cluster: {svc['port_forward']}, then "
+                   f"curl http://127.0.0.1:8080{svc['url'].split('.svc.cluster.local', 1)[1]}")
+        click.echo(f"  or through the API server (kubectl proxy): {svc['proxy_url']}")
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@click.option("--image", help="Image with the stages' requirements preinstalled.")
+@click.option("--store", help="Artifact store URI (s3://bucket/prefix or pvc://CLAIM/path).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a notebook parameter; repeatable.")
+@click.option("-o", "--output", type=PathArg, help="Write the YAML here [stdout].")
+def render(target: Path, namespace: str | None, image: str | None, store: str | None,
+           params: tuple[str, ...], output: Path | None) -> None:
+    """Print every Kubernetes object of a deploy of DIR as YAML (for kubectl / GitOps)."""
+    from nb2prod import manifests
+    from nb2prod.runners import kubernetes as kube
+
+    pipeline = _open_pipeline(target)
+    opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
+                            params=list(params))
+    plan = manifests.plan(pipeline, opts)
+    order = " then ".join(pipeline.batch) or "none"
+    header = (f"# nb2prod {__version__}: pipeline {pipeline.name}, run {opts.run_id}, namespace "
+              f"{opts.namespace}.\n# The Jobs must run in DAG order ({order}, then the promote "
+              "Job) before the\n# Deployments roll out; `kubectl apply` does not wait: "
+              "`nb2prod deploy` does.\n")
+    text = manifests.to_yaml(plan.objects(), header)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(plan.objects())} objects to {output}", err=True)
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+def status(target: Path, namespace: str | None, context: str | None) -> None:
+    """Show the pipeline in DIR on Kubernetes: runs, Job states, services, served run."""
+    from rich.table import Table
+
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+
+    pipeline = load_pipeline(target)
+    info = kube.status(pipeline, _namespace(pipeline, namespace), context=context)
+    console = _console()
+    if not info["runs"] and not any(s["exists"] for s in info["services"].values()):
+        click.echo(f"{pipeline.name}: nothing deployed in namespace {info['namespace']}")
+        return
+    table = Table(title=f"{pipeline.name} in {info['namespace']}: runs", title_justify="left")
+    batch = [s for s in info["stages"] if pipeline.stages[s].type == "batch"]
+    for column in ("run", "status", *batch, "promotion"):
+        table.add_column(column, overflow="fold")
+    for run in info["runs"][:10]:
+        table.add_row(run["run_id"], run["status"], *(run["stages"].get(s, "-") for s in batch),
+                      run["promotion"] or "-")
+    console.print(table)
+    if info["services"]:
+        table = Table(title="services", title_justify="left")
+        for column in ("stage", "deployment", "ready", "rollout", "serving run", "url"):
+            table.add_column(column, overflow="fold")
+        for name, svc in info["services"].items():
+            if not svc["exists"]:
+                table.add_row(name, svc["deployment"], "-", "not deployed", "-", "-")
+                continue
+            table.add_row(name, svc["deployment"], f"{svc['ready']}/{svc['replicas']}",
+                          svc["rollout"], svc["model_run_id"] or "-", svc["url"])
+        console.print(table)
+
+
+@cli.command()
+@click.argument("stage")
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+@click.option("--run", "run_id", help="Run id [the newest run of the stage].")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the pod ends.")
+def logs(stage: str, target: Path, namespace: str | None, context: str | None,
+         run_id: str | None, follow: bool) -> None:
+    """Print the logs of STAGE of the pipeline in DIR (every attempt, oldest first)."""
+    from nb2prod.errors import Problem
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+
+    pipeline = load_pipeline(target)
+    if stage not in pipeline.stages:
+        raise UserError(Problem(f"no stage '{stage}' (have: {', '.join(pipeline.order)})"))
+    ns = _namespace(pipeline, namespace)
+    shown = kube.logs(pipeline.name, ns, stage, run_id=run_id, follow=follow, context=context,
+                      echo=click.echo)
+    if not shown:
+        which = f" of run {run_id}" if run_id else ""
+        raise PipelineFailure(f"no pods of stage '{stage}'{which} in namespace {ns} "
+                              "(finished Jobs are kept for 7 days)")
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+@click.option("--purge-artifacts", is_flag=True,
+              help="Also delete the pipeline's runs and latest.json from the artifact store.")
+@click.option("--store", help="Artifact store URI for --purge-artifacts [nb2prod.ini].")
+def delete(target: Path, namespace: str | None, context: str | None, purge_artifacts: bool,
+           store: str | None) -> None:
+    """Delete every Kubernetes object of the pipeline in DIR (artifacts are kept)."""
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+
+    pipeline = load_pipeline(target)
+    ns = _namespace(pipeline, namespace)
+    counts = kube.delete(pipeline, ns, context=context, purge_artifacts=purge_artifacts,
+                         store=store, echo=click.echo)
+    objects = {k: v for k, v in counts.items() if k != "artifacts"}
+    if not objects:
+        click.echo(f"nothing of {pipeline.name} in namespace {ns}")
+        return
+    click.echo(f"deleted from {ns}: " + ", ".join(f"{n} {k}" for k, n in objects.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: map our exceptions to exit codes and one-line messages."""
     try:

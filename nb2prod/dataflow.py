@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 from dataclasses import dataclass, field
 
 BUILTIN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__", "In", "Out"}
@@ -67,7 +68,7 @@ class CellFlow:
     uses: frozenset[str] = frozenset()  # every name loaded anywhere (function lookups)
     star_import: int | None = None
 
-    @property
+    @functools.cached_property
     def provides(self) -> frozenset[str]:
         """Names whose value this cell may change: the producers of data."""
         return self.writes | self.maybe_writes | self.mutates

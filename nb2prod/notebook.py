@@ -78,8 +78,13 @@ def load_notebook(path: Path) -> Notebook:
                 raise UserError(Problem(f"not a notebook: invalid JSON ({exc})", file=str(path))) from None
             if not isinstance(raw, dict) or "cells" not in raw and "worksheets" not in raw:
                 raise UserError(Problem("not a notebook: no 'cells' in the JSON", file=str(path)))
-            nb = nbformat.reads(data.decode("utf-8"), as_version=4)
-        nbformat.validate(nb)
+            captured: dict = {}
+            nb = nbformat.reads(data.decode("utf-8"), as_version=4,
+                                capture_validation_error=captured)
+            if "ValidationError" in captured:  # reads validated already: don't do it twice
+                raise captured["ValidationError"]
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            nbformat.validate(nb)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - nbformat/jupytext raise many types for one cause

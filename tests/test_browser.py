@@ -4,7 +4,8 @@
   extension from nb2prod/labextension and the server extension through the
   shipped jupyter-config file; Debian Chromium driven by Playwright opens the
   iris example, checks the stage markers against the Python analysis, splits
-  from the toolbar, checks the pipeline on disk, then re-tags a cell with the
+  from the toolbar, checks the pipeline on disk, deploys (scripted deploy
+  function, real handlers and polling), then re-tags a cell with the
   "Set stage" command and follows a problem's "Go to cell" button.
 - The wheel contains the labextension and the server config, and a fresh
   venv with only that wheel lists both as enabled.
@@ -41,6 +42,29 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 TIMEOUT_MS = 30_000
+
+# A server extension loaded only by this test: replaces the Kubernetes deploy
+# with a scripted one, so the progress dialog (polling, stage states) is
+# exercised in the browser without a cluster.  The real deploy runs against
+# the Kubernetes stand-in in tests/test_jupyter_handlers.py.
+FAKE_DEPLOY = """
+import time
+from pathlib import Path
+
+def _fake_deploy(pipeline_dir, namespace, *, on_event=None, wait=True, **kwargs):
+    stages = [p.name.split("-", 2)[2] for p in sorted(Path(pipeline_dir).glob("stage-*"))]
+    start = time.monotonic()
+    for stage in stages:
+        for state in ("running", "done"):
+            time.sleep(0.4)
+            on_event({"stage": stage, "state": state, "message": f"{state} in {namespace}",
+                      "elapsed": time.monotonic() - start})
+    return {"ok": True}
+
+def _load_jupyter_server_extension(serverapp):
+    from nb2prod.jupyter import handlers
+    handlers._load_deploy = lambda: _fake_deploy
+"""
 
 
 def _free_port() -> int:
@@ -81,6 +105,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     (config / "jupyter_server_config.d").mkdir(parents=True)
     shutil.copy(REPO / "jupyter-config" / "server-config" / "nb2prod.json",
                 config / "jupyter_server_config.d" / "nb2prod.json")
+    pylib = tmp_path / "pylib"
+    pylib.mkdir()
+    (pylib / "nb2prod_fake_deploy.py").write_text(FAKE_DEPLOY)
+    (config / "jupyter_server_config.d" / "zz_fake_deploy.json").write_text(json.dumps(
+        {"ServerApp": {"jpserver_extensions": {"nb2prod_fake_deploy": True}}}))
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
@@ -90,7 +119,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     env = {**os.environ,
            "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(pylib),
                                                        os.environ.get("PYTHONPATH")]))}
     log = tmp_path / "jupyter-lab.log"
     with log.open("wb") as out:
@@ -142,9 +171,44 @@ def _expected_markers(notebook: Path) -> list[str | None]:
     return expected
 
 
-MARKERS_JS = """() => [...document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')]
+MARKERS_JS = """() => [...document.querySelectorAll(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')]
   .map(c => { const m = c.querySelector(':scope > .nb2prod-StageMarker');
               return m ? m.textContent : null; })"""
+
+
+def _kale_notebook(path: Path) -> Path:
+    """Kale's tag spellings, untagged cells before the first stage, skip in a stage."""
+    import nbformat
+
+    cells = [
+        ("scratch = 1", []),
+        ("n = 3", ["pipeline-parameters"]),
+        ("import json", ["imports"]),
+        ("## load", None),
+        ("data = list(range(n))", ["block:load"]),
+        ("data.append(4)", []),
+        ("total = sum(data)", ["step:prep", "prev:load"]),
+        ("print(total)", ["skip"]),
+        ("mean = total / len(data)", []),
+        ("def predict(payload):\n    return {'mean': mean, 'echo': json.dumps(payload)}",
+         ["serve:api"]),
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(src) if tags is None else
+                nbformat.v4.new_code_cell(src, metadata={"tags": tags} if tags else {})
+                for src, tags in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def _wait_markers(page: object, expected: list[str | None]) -> None:
+    deadline = time.monotonic() + 15
+    while (markers := page.evaluate(MARKERS_JS)) != expected:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"markers {markers} != {expected}"
+        time.sleep(0.1)
 
 
 def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
@@ -155,28 +219,33 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
     shutil.copy(IRIS, notebook)
     expected = _expected_markers(notebook)
     assert "train" in expected and "serve · service" in expected
+    kale = _kale_notebook(lab.root / "kale.ipynb")
+    kale_expected = _expected_markers(kale)
+    assert kale_expected[0] is None and "api · service" in kale_expected
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        js_errors: list[str] = []
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            page.on("pageerror", lambda error: js_errors.append(str(error)))
+            page.on("console", lambda msg: msg.type in ("error", "warning")
+                    and "nb2prod" in msg.text and js_errors.append(msg.text))
             page.goto(f"{lab.url}/lab/tree/iris.ipynb?token={lab.token}")
+            panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            cells = panel.locator(".jp-Notebook .jp-Cell")
+            dialog = page.locator(".jp-Dialog")
 
             # 1. stage markers, computed in the browser, agree with the Python analysis
-            page.locator(".jp-NotebookPanel .nb2prod-StageMarker").first.wait_for()
-            deadline = time.monotonic() + 10
-            while (markers := page.evaluate(MARKERS_JS)) != expected:
-                assert time.monotonic() < deadline, f"markers {markers} != {expected}"
-                time.sleep(0.1)
+            _wait_markers(page, expected)
 
             # 2. split from the toolbar: stage table, pipeline written to disk
-            page.locator(".jp-NotebookPanel .nb2prod-SplitButton").first.click()
-            report = page.locator(".nb2prod-Report")
+            panel.locator(".nb2prod-SplitButton").click()
+            report = dialog.locator(".nb2prod-Report")
             expect(report).to_be_visible()
             expect(report.locator(".nb2prod-Report-output")).to_have_text("iris-pipeline/")
-            rows = report.locator("tr.nb2prod-Stage")
-            expect(rows).to_have_count(2)
+            expect(report.locator("tr.nb2prod-Stage")).to_have_count(2)
             train = report.locator('tr.nb2prod-Stage[data-stage="train"]')
             serve = report.locator('tr.nb2prod-Stage[data-stage="serve"]')
             expect(train).to_contain_text("stage-1-train/")
@@ -190,23 +259,46 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             assert sorted(p.name for p in pipeline.glob("stage-*")) == [
                 "stage-1-train", "stage-2-serve"]
             assert (pipeline / "stage-1-train" / "config.ini").is_file()
-            page.locator(".jp-Dialog .jp-Dialog-button", has_text="Close").click()
-            expect(report).to_have_count(0)
+            dialog.locator(".jp-Dialog-button", has_text="Close").click()
+            expect(dialog).to_have_count(0)
 
-            # 3. "Set stage" from the cell context menu: an empty answer removes
+            # 3. "Deploy…": the form, then progress polled until done
+            panel.locator(".nb2prod-DeployButton").click()
+            namespace = dialog.locator(".nb2prod-DeployForm input[name=namespace]")
+            expect(namespace).to_be_focused()
+            namespace.fill("ml")
+            dialog.locator(".jp-Dialog-button", has_text="Deploy").click()
+            progress = dialog.locator(".nb2prod-DeployProgress")
+            expect(progress).to_be_visible()
+            expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')).to_be_visible()
+            expect(progress).to_have_attribute("data-state", "done", timeout=15_000)
+            for stage in ("train", "serve"):
+                row = progress.locator(f'tr.nb2prod-DeployStage[data-stage="{stage}"]')
+                expect(row).to_have_attribute("data-state", "done")
+            expect(progress).to_contain_text("Deployed: pipeline iris-pipeline → namespace ml")
+            page.screenshot(path=str(tmp_path / "deploy-progress.png"))
+            dialog.locator(".jp-Dialog-button", has_text="Close").click()
+            expect(dialog).to_have_count(0)
+
+            # 4. "Set stage" from the cell context menu: an empty answer removes
             # the train tag, so train's cells fall before the first stage...
             train_cell = expected.index("train")
-            cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
             cells.nth(train_cell).locator(".jp-InputPrompt").click(button="right")
             page.locator(".lm-Menu-item", has_text="nb2prod: Set stage of selected cells").click()
-            dialog_input = page.locator(".jp-Dialog input")
-            expect(dialog_input).to_have_value("train")
-            dialog_input.fill("")
-            page.locator(".jp-Dialog .jp-Dialog-button", has_text="Set stage").click()
+            answer = dialog.locator("input")
+            expect(answer).to_have_value("train")
+            answer.fill("")
+            dialog.locator(".jp-Dialog-button", has_text="Set stage").click()
             expect(cells.nth(train_cell).locator(".nb2prod-StageMarker")).to_have_count(0)
+            nb_cells = json.loads(notebook.read_text())["cells"]
+            metrics_cell = next(i for i, c in enumerate(nb_cells)
+                                if "metrics" in c["metadata"].get("tags", []))
+            assert metrics_cell > train_cell  # tagged `metrics`: now outside any stage
+            expect(cells.nth(metrics_cell).locator(".nb2prod-StageMarker")).to_contain_text(
+                "belongs to no stage")
 
             # ...and split now fails, naming cells; "Go to cell" selects the cell
-            page.locator(".jp-NotebookPanel .nb2prod-SplitButton").first.click()
+            panel.locator(".nb2prod-SplitButton").click()
             problems = page.locator(".nb2prod-ErrorDialog .nb2prod-Problem")
             expect(problems.first).to_be_visible()
             expect(problems.first).to_contain_text("iris.ipynb, cell ")
@@ -214,23 +306,27 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             go = problems.locator(".nb2prod-GoToCell").first
             target = int(go.inner_text().rsplit(" ", 1)[1])
             go.click()
-            expect(page.locator(".nb2prod-ErrorDialog")).to_have_count(0)
+            expect(dialog).to_have_count(0)
             expect(cells.nth(target)).to_have_class(re.compile(r"\bjp-mod-active\b"))
 
             # the save before splitting wrote the new tags to disk
             saved = json.loads(notebook.read_text())["cells"][train_cell]
             assert saved["metadata"].get("tags", []) == []
 
-            # 4. "Deploy…" asks for the namespace (cancelled here; deploy is
-            # exercised through the handler tests against the stand-in)
-            page.locator(".jp-NotebookPanel .nb2prod-DeployButton").first.click()
-            expect(page.locator(".nb2prod-DeployForm input[name=namespace]")).to_be_visible()
-            page.screenshot(path=str(tmp_path / "deploy-form.png"))
-            page.locator(".jp-Dialog .jp-Dialog-button", has_text="Cancel").click()
+            # 5. a Kale-tagged notebook opened from the file browser: its
+            # markers agree with the Python analysis too
+            page.locator(".jp-DirListing-item", has_text="kale.ipynb").dblclick()
+            expect(panel.locator(".jp-Notebook")).to_contain_text("def predict")
+            _wait_markers(page, kale_expected)
+            page.screenshot(path=str(tmp_path / "kale-markers.png"))
         finally:
             browser.close()
+    assert not js_errors, js_errors
     assert (tmp_path / "split-dialog.png").stat().st_size > 10_000
-    assert "Traceback" not in lab.log.read_text(), lab.log.read_text()
+    # tracebacks from our handlers (the server may log unrelated ones, e.g. a
+    # kernel websocket closed by the page change above)
+    for block in lab.log.read_text().split("Traceback")[1:]:
+        assert "nb2prod" not in block.split("\n[", 1)[0], block
 
 
 # -- packaging --------------------------------------------------------------------------
@@ -269,18 +365,22 @@ def test_wheel_ships_and_enables_the_extensions(tmp_path: Path) -> None:
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                     "--disable-pip-version-check", str(wheel)], check=True, env=env, cwd=tmp_path)
 
-    def listing(*args: str) -> str:
-        done = subprocess.run([str(python), "-m", "jupyter", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, check=True)
-        return done.stdout + done.stderr
-
-    labext = listing("labextension", "list")
+    # What the `jupyter labextension` / `jupyter server extension` console
+    # scripts run, but with the venv's interpreter (`jupyter` itself would exec
+    # the system's scripts, which look at the system prefix); both at once.
+    procs = [subprocess.Popen([str(python), "-m", module, "list"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for module in ("jupyterlab.labextensions", "jupyter_server.extension.serverextension")]
+    labext, server = (re.sub(r"\x1b\[[0-9;]*m", "", p.communicate(timeout=120)[0])
+                      for p in procs)  # colours off
+    assert [p.returncode for p in procs] == [0, 0], (labext, server)
     line = next((ln for ln in labext.splitlines() if ln.strip().startswith("nb2prod ")), "")
     assert "enabled" in line and "OK" in line, labext
     assert str(venv) in labext  # found in the venv's share/, i.e. from the wheel
-    server = listing("server", "extension", "list")
-    assert "nb2prod.jupyter enabled" in server, server
-    assert "nb2prod.jupyter" in server and "OK" in server, server
+    assert f"Config dir: {venv}/etc/jupyter" in server, server
+    venv_config = server.split(f"Config dir: {venv}/etc/jupyter", 1)[-1].split("Config dir:")[0]
+    assert "nb2prod.jupyter enabled" in venv_config, server
+    assert re.search(r"nb2prod\.jupyter\s+OK", venv_config), server
     origin = subprocess.run([str(python), "-c", "import nb2prod.jupyter; print(nb2prod.__file__)"],
                             env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert origin.stdout.startswith(str(venv)), origin.stdout

@@ -20,6 +20,7 @@ import {
   showErrorMessage,
   ToolbarButton
 } from '@jupyterlab/apputils';
+import { Cell } from '@jupyterlab/cells';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import {
   INotebookModel,
@@ -289,7 +290,7 @@ async function setStage(panel: NotebookPanel, markers: StageMarkers | null): Pro
   if (!result.button.accept || result.value === null) {
     return;
   }
-  const updates: [typeof cells[number], string[]][] = [];
+  const updates: [Cell, string[]][] = [];
   for (const cell of cells) {
     const next = applyStage(tagsOf(cell), result.value);
     if (typeof next === 'string') {

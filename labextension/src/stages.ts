@@ -23,6 +23,10 @@ const ROLE_TAGS: { [tag: string]: Role } = {
 /** Tag prefixes that start a batch stage (`step:`/`block:` are Kale's). */
 const BATCH_PREFIXES = ['stage', 'step', 'block'];
 
+/** Tags that only make sense on a cell inside a stage (DAG edges, hints, metrics). */
+const STAGE_ONLY_PREFIXES = ['after', 'prev', 'cpu', 'memory', 'gpu', 'image', 'secret', 'limit'];
+const METRICS_TAGS = ['metrics', 'pipeline-metrics'];
+
 export type Role = 'parameters' | 'imports' | 'functions' | 'skip';
 export type StageType = 'batch' | 'service';
 
@@ -44,6 +48,8 @@ export interface IParsedTags {
   role: Role | null;
   stage: string | null;
   type: StageType | null;
+  /** has after:/hint/metrics tags, which need the cell to be in a stage */
+  needsStage: boolean;
   errors: string[];
 }
 
@@ -55,7 +61,13 @@ export interface ICellInfo {
 
 /** Parse one cell's tags the way `nb2prod.tags.parse_tags` does. */
 export function parseTags(tags: readonly string[]): IParsedTags {
-  const out: IParsedTags = { role: null, stage: null, type: null, errors: [] };
+  const out: IParsedTags = {
+    role: null,
+    stage: null,
+    type: null,
+    needsStage: false,
+    errors: []
+  };
   const setStage = (name: string, type: StageType, tag: string): void => {
     if (!NAME_RE.test(name)) {
       out.errors.push(
@@ -94,6 +106,11 @@ export function parseTags(tags: readonly string[]): IParsedTags {
       } else {
         setStage(value, 'batch', tag);
       }
+    } else if (
+      METRICS_TAGS.includes(tag) ||
+      (colon >= 0 && STAGE_ONLY_PREFIXES.includes(key))
+    ) {
+      out.needsStage = true;
     }
   }
   return out;
@@ -146,6 +163,14 @@ export function computeMarkers(cells: readonly ICellInfo[]): CellMarker[] {
         kind: 'error',
         message: parsed.errors.join('; '),
         stage: current ? current.name : null
+      });
+    } else if (current === null && parsed.needsStage) {
+      markers.push({
+        kind: 'error',
+        message:
+          'this cell has stage tags but belongs to no stage; ' +
+          'tag it (or a cell above) with stage:NAME',
+        stage: null
       });
     } else if (current === null) {
       markers.push({ kind: 'none' });

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import threading
 import time
@@ -43,6 +44,8 @@ REGISTRY_KEY = "nb2prod_deploys"
 #: Finished deploys kept for status queries (the oldest finished ones go first).
 MAX_KEPT_DEPLOYS = 50
 FINAL_STATES = ("done", "failed")
+
+logger = logging.getLogger(__name__)
 
 
 class _Refusal(Exception):
@@ -310,6 +313,7 @@ def _run_deploy(record: DeployRecord, deploy: Callable[..., Any], kwargs: dict[s
     except PipelineFailure as exc:
         record.finish("failed", error=str(exc) or "a stage failed")
     except Exception as exc:  # the thread must always leave a final state behind
+        logger.exception("nb2prod: deploy %s failed", record.id)
         record.finish("failed", error=f"{type(exc).__name__}: {exc}")
     else:
         failed = isinstance(result, dict) and (

@@ -82,6 +82,7 @@ class LocalRunner:
         self.lock = threading.Lock()
         self.processes: dict[str, subprocess.Popen] = {}
         self.interrupted = False
+        self.started: float | None = None  # kept in every run.json write
 
     # -- environment ------------------------------------------------------------------
     def stage_env(self, stage: StageSpec, input_run_id: str | None = None) -> dict[str, str]:
@@ -117,7 +118,7 @@ class LocalRunner:
     def write_run(self, status: str, **extra: object) -> None:
         record = {
             "run_id": self.run_id, "pipeline": self.pipeline.name, "status": status,
-            "params": self.params, "store": self.store_uri,
+            "params": self.params, "store": self.store_uri, "started": self.started,
             "stages": {n: s.record() for n, s in self.states.items()}, **extra,
         }
         artifacts.write_json(self.store, self.key("run.json"), record)
@@ -188,7 +189,8 @@ class LocalRunner:
         for name in stages:
             self.on_event({"stage": name, "state": "waiting", "message": "", "elapsed": 0.0,
                            "run_id": self.run_id})
-        self.write_run("running", started=time.time())
+        self.started = time.time()
+        self.write_run("running")
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while True:

@@ -223,9 +223,18 @@ class Api:
         pod["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
 
     def _ensure_default_sa(self, ns: str) -> None:
+        """What the serviceaccount and root-CA publisher controllers put in every namespace."""
         if self.store.peek("serviceaccounts", ns, "default") is None:
             self._create(BY_PLURAL["serviceaccounts"], {"apiVersion": "v1", "kind": "ServiceAccount",
                                                         "metadata": {"name": "default", "namespace": ns}})
+        if self.store.peek("configmaps", ns, "kube-root-ca.crt") is None:
+            self._create(BY_PLURAL["configmaps"], {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": "kube-root-ca.crt", "namespace": ns, "annotations": {
+                    "kubernetes.io/description": "Contains a CA bundle that can be used to verify the "
+                    "kube-apiserver when using internal endpoints such as the internal service IP or "
+                    "kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes "
+                    "clusters."}},
+                "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nc3RhbmRpbg==\n-----END CERTIFICATE-----\n"}})
 
     # ------------------------------------------------------------------ update
     def replace(self, res: Resource, ns: str, name: str, body: Any, *, subresource: str | None = None,

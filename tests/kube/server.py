@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import resources
 from .errors import (
@@ -173,7 +173,8 @@ def parse_route(segments: list[str]) -> Route | None:
     sub = rest[2] if len(rest) > 2 else None
     if sub is not None and sub not in res.subresources:
         raise not_found(f"{res.plural}/{sub}", group, name or "")
-    return Route(res, namespace, name, sub, "/" + "/".join(rest[3:]) if len(rest) > 3 else "/")
+    tail = "/".join(quote(part, safe=":@!$&'()*+,;=-._~") for part in rest[3:])
+    return Route(res, namespace, name, sub, "/" + tail)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -181,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: StandInHTTPServer
+    status_code = 0
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging; tests assert on ``Faults.requests`` instead."""
@@ -212,6 +214,7 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ plumbing
     def _send(self, code: int, body: bytes, ctype: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
+        self.status_code = code
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -258,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self._body()
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
-        segments = [s for s in url.path.split("/") if s]
+        segments = [unquote(s) for s in url.path.split("/") if s]
         record: RequestRecord | None = None
         try:
             route = parse_route(segments)
@@ -269,8 +272,9 @@ class Handler(BaseHTTPRequestHandler):
             error = self.server.faults.take(record)
             if error is not None:
                 raise error
+            self.status_code = 200
             self._resource(method, route, query, raw)
-            record.code = 200
+            record.code = self.status_code
         except ApiError as exc:
             if record is not None:
                 record.code = exc.code
@@ -505,8 +509,11 @@ class Handler(BaseHTTPRequestHandler):
         if local is None:
             raise service_unavailable(f"error trying to reach service: pod {pod['metadata']['name']} has no "
                                       f"running container listening on port {container_port}")
-        query = urlsplit(self.path).query
-        path = route.rest + (f"?{query}" if query else "")
+        url = urlsplit(self.path)
+        path = route.rest
+        if url.path.endswith("/") and not path.endswith("/"):
+            path += "/"
+        path += f"?{url.query}" if url.query else ""
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         conn = http.client.HTTPConnection("127.0.0.1", local, timeout=30)
         try:

@@ -1,0 +1,727 @@
+"""A pipeline directory as Kubernetes objects (plain dicts), for `deploy` and `render`.
+
+Pure functions only: no API calls, no environment reads.  `deploy` and `render`
+must produce the same objects from the same inputs (render output is what a
+GitOps user applies instead of `deploy`), and keeping the construction free of
+I/O lets the unit tests check every field and validate every object against the
+Kubernetes schemas without a cluster.
+
+Shape of a deployment (DESIGN.md "Kubernetes"):
+
+* stage code ships as one immutable ConfigMap per stage, named by the hash of
+  the stage directory, so a changed file means a new ConfigMap and an unchanged
+  one is reused (re-deploying changes nothing but the run);
+* batch stages are Jobs (one per run and stage), service stages Deployments +
+  ClusterIP Services (+ Ingress), all pods non-root with a read-only root
+  filesystem, emptyDirs for what must be writable;
+* credentials only ever appear as `secretKeyRef` references.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from nb2prod.errors import Problem, UserError
+from nb2prod.pipeline import Pipeline, StageSpec
+
+Obj = dict[str, Any]
+
+DEFAULT_IMAGE = "python:3.11-slim"
+#: ConfigMaps (data + binaryData, raw bytes) are limited to 1 MiB by the apiserver.
+CONFIGMAP_LIMIT = 1024 * 1024
+#: Finished Jobs (and their pods, i.e. their logs) are kept this long for `nb2prod logs`.
+JOB_TTL_SECONDS = 7 * 24 * 3600
+#: gunicorn's drain time after SIGTERM; the pod's grace period must exceed it.
+GRACEFUL_TIMEOUT = 30
+#: Exit code of `nb2prod_runtime.py promote` when the gate is not passed.
+PROMOTE_NOT_PASSED = 3
+
+CODE_DIR = "/nb2prod/code"      # the ConfigMap, read-only
+WORK_DIR = "/nb2prod/work"      # writable copy the stage runs in
+DEPS_DIR = "/nb2prod/deps"      # pip --target, on PYTHONPATH
+STORE_DIR = "/nb2prod/store"    # a pvc:// store's claim
+TMP_DIR = "/tmp"
+
+RUN_ID_LABEL = "nb2prod.io/run-id"
+STAGE_LABEL = "nb2prod.io/stage"
+CODE_HASH = "nb2prod.io/code-hash"
+MODEL_RUN_ID = "nb2prod.io/model-run-id"
+PREVIOUS_TEMPLATE = "nb2prod.io/previous-template"
+AFTER = "nb2prod.io/after"
+PROMOTE = "promote"
+
+_SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints", ".nb2prod", ".git"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+# -- names and labels ---------------------------------------------------------------------
+def k8s_name(name: str) -> str:
+    """A stage or pipeline name as used in object names: `_` is not allowed there."""
+    return name.replace("_", "-").lower()
+
+
+def _short_hash(*parts: str, length: int = 8) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def _fit(name: str, limit: int = 63) -> str:
+    """`name` if it is a valid DNS label within `limit`, else a truncated one plus a hash.
+
+    Truncating alone could make two long stage names collide; the hash keeps them apart.
+    """
+    if len(name) <= limit:
+        return name
+    suffix = _short_hash(name, length=6)
+    return f"{name[:limit - 7].rstrip('-')}-{suffix}"
+
+
+def check_pipeline_name(pipeline: Pipeline) -> str:
+    """The pipeline name if usable in object names (DNS-1035 label: Services need a letter first)."""
+    name = k8s_name(pipeline.name)
+    if not _DNS_LABEL.match(name) or not name[0].isalpha() or len(name) > 40:
+        raise UserError(Problem(
+            f"[project] NAME = {pipeline.name!r} cannot name Kubernetes objects: use lowercase "
+            "letters, digits and '-', starting with a letter, at most 40 characters",
+            file=str(pipeline.root / "nb2prod.ini")))
+    return name
+
+
+def service_name(pipeline: Pipeline, stage: str) -> str:
+    """Deployment and Service name of a service stage: `<pipeline>-<stage>`."""
+    return _fit(f"{k8s_name(pipeline.name)}-{k8s_name(stage)}")
+
+
+def job_name(pipeline: Pipeline, stage: str, run_id: str) -> str:
+    """Unique per run and stage, at most 63 characters (the Job controller's pod label limit)."""
+    head = f"{k8s_name(pipeline.name)[:20].rstrip('-')}-{k8s_name(stage)[:20].rstrip('-')}"
+    return f"{head}-{_short_hash(run_id, stage)}"
+
+
+def promote_job_name(pipeline: Pipeline, run_id: str) -> str:
+    # The extra part keeps it distinct from the Job of a stage that is itself named "promote".
+    return f"{k8s_name(pipeline.name)[:20].rstrip('-')}-promote-{_short_hash(run_id, '', PROMOTE)}"
+
+
+def stages_account(pipeline: Pipeline) -> str:
+    return f"{k8s_name(pipeline.name)}-stages"
+
+
+def roller_account(pipeline: Pipeline) -> str:
+    return f"{k8s_name(pipeline.name)}-roller"
+
+
+def labels(pipeline: Pipeline, component: str, stage: str | None = None) -> dict[str, str]:
+    """The `app.kubernetes.io/*` labels every object carries (`delete` selects on them)."""
+    found = {
+        "app.kubernetes.io/name": pipeline.name,
+        "app.kubernetes.io/instance": pipeline.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "nb2prod",
+        "app.kubernetes.io/managed-by": "nb2prod",
+    }
+    if stage is not None:
+        found[STAGE_LABEL] = stage
+    return found
+
+
+def selector(pipeline: Pipeline) -> str:
+    """Label selector of every object of this pipeline."""
+    return f"app.kubernetes.io/managed-by=nb2prod,app.kubernetes.io/instance={pipeline.name}"
+
+
+def _meta(name: str, namespace: str, lbls: dict[str, str],
+          annotations: dict[str, str] | None = None) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": dict(lbls)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+# -- options ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreMount:
+    """How pods reach the artifact store: the in-pod URI plus volumes for `pvc://`."""
+
+    uri: str
+    claim: str | None = None
+
+
+def store_mount(uri: str) -> StoreMount:
+    """`s3://` as given; `pvc://CLAIM/path` mounted at /nb2prod/store; `file://` refused.
+
+    A `file://` path names a directory on the deploying machine, which no pod can
+    see; refusing it beats Jobs that "succeed" into an emptyDir.
+    """
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower() if sep else "file"
+    if scheme == "file":
+        raise UserError(Problem(
+            f"artifact store {uri} is a local directory that pods cannot reach; deploy with "
+            "--store s3://bucket/prefix or pvc://CLAIM/path (or set [artifacts] STORE)"))
+    if scheme == "pvc":
+        claim, _, path = rest.partition("/")
+        if not _DNS_LABEL.match(claim):
+            raise UserError(Problem(f"artifact store {uri}: expected pvc://CLAIM/path with a "
+                                    "valid PersistentVolumeClaim name"))
+        path = path.strip("/")
+        return StoreMount(f"file://{STORE_DIR}" + (f"/{path}" if path else ""), claim)
+    if scheme == "s3":
+        if not rest.split("/")[0]:
+            raise UserError(Problem(f"artifact store {uri}: expected s3://bucket/prefix"))
+        return StoreMount(uri)
+    raise UserError(Problem(f"artifact store {uri}: deploy supports s3:// and pvc:// stores"))
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything about one deploy that is not in the pipeline directory."""
+
+    namespace: str
+    store: str
+    run_id: str
+    image: str | None = None           # --image: dependencies preinstalled
+    params: dict[str, Any] = field(default_factory=dict)
+    endpoint_url: str | None = None    # AWS_ENDPOINT_URL for S3-compatible stores
+    boto3_requirement: str = "boto3"   # added to pip installs when the store is s3://
+
+    @property
+    def prebuilt(self) -> bool:
+        return bool(self.image)
+
+
+def default_boto3_requirement() -> str:
+    """boto3 pinned to the deploying environment's version (what the store was tested with)."""
+    try:
+        return f"boto3=={metadata.version('boto3')}"
+    except metadata.PackageNotFoundError:
+        return "boto3"
+
+
+# -- code ConfigMaps --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageCode:
+    """The files of a stage directory, ready to become its ConfigMap."""
+
+    stage: str
+    files: dict[str, bytes]   # relative posix path -> content
+    digest: str               # sha256 over paths and contents
+
+    @property
+    def short(self) -> str:
+        return self.digest[:10]
+
+
+def stage_code(stage: StageSpec) -> StageCode:
+    """Read every file of the stage directory (hidden files and caches left out).
+
+    Raises UserError when the files exceed what one ConfigMap can hold: the user
+    must move large data to the artifact store instead.
+    """
+    files: dict[str, bytes] = {}
+    root = stage.directory
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") or part in _SKIPPED_DIRS for part in rel.parts):
+            continue
+        if not path.is_file() or path.suffix == ".pyc":
+            continue
+        files[rel.as_posix()] = path.read_bytes()
+    size = sum(len(v) for v in files.values())
+    if size > CONFIGMAP_LIMIT:
+        biggest = max(files, key=lambda k: len(files[k]))
+        raise UserError(Problem(
+            f"stage '{stage.name}' has {size / 2**20:.2f} MiB of files, more than a ConfigMap "
+            f"holds (1 MiB); the largest is {biggest} ({len(files[biggest]) / 2**10:.0f} KiB): "
+            "keep data in the artifact store or bake it into --image", file=str(root)))
+    digest = hashlib.sha256()
+    for rel, data in files.items():
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return StageCode(stage.name, files, digest.hexdigest())
+
+
+def _configmap_key(rel: str) -> str:
+    key = rel.replace("/", "__")
+    return key if _CONFIGMAP_KEY.match(key) else "f-" + _short_hash(rel, length=16)
+
+
+def code_configmap_name(pipeline: Pipeline, code: StageCode) -> str:
+    return _fit(f"{k8s_name(pipeline.name)}-{k8s_name(code.stage)}-{code.short}", 253)
+
+
+def code_configmap(pipeline: Pipeline, code: StageCode, namespace: str) -> Obj:
+    """Immutable ConfigMap: text files in `data`, others in `binaryData` (base64)."""
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for rel, content in code.files.items():
+        key = _configmap_key(rel)
+        try:
+            data[key] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[key] = base64.b64encode(content).decode()
+    obj: Obj = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": _meta(code_configmap_name(pipeline, code), namespace,
+                          labels(pipeline, "code", code.stage), {CODE_HASH: code.digest}),
+        "immutable": True,
+        "data": data,
+    }
+    if binary:
+        obj["binaryData"] = binary
+    return obj
+
+
+def _code_items(code: StageCode) -> list[Obj] | None:
+    """ConfigMap volume items restoring sub-directories (keys cannot contain `/`)."""
+    if all(_configmap_key(rel) == rel for rel in code.files):
+        return None
+    return [{"key": _configmap_key(rel), "path": rel} for rel in code.files]
+
+
+# -- pods -------------------------------------------------------------------------------------
+def cpu_quantity(cores: float) -> str:
+    millis = round(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def resources(stage: StageSpec) -> Obj:
+    """Requests and limits from config.ini; a limit below its request is a config error."""
+    where = str(stage.directory / "config.ini")
+    cpu_req = stage.number("default", "CPU_REQUEST", 0.5)
+    mem_req = stage.integer("default", "MEMORY_REQUEST_MB", 500)
+    cpu_lim = stage.number("default", "CPU_LIMIT", max(cpu_req, 1.0))
+    mem_lim = stage.integer("default", "MEMORY_LIMIT_MB", max(mem_req, 1000))
+    gpu = stage.integer("default", "GPU", 0)
+    for key, value in (("CPU_REQUEST", cpu_req), ("MEMORY_REQUEST_MB", mem_req),
+                       ("CPU_LIMIT", cpu_lim), ("MEMORY_LIMIT_MB", mem_lim)):
+        if value <= 0 or not math.isfinite(value):
+            raise UserError(Problem(f"[default] {key} = {value:g} must be positive", file=where))
+    if cpu_lim < cpu_req or mem_lim < mem_req:
+        raise UserError(Problem("[default] CPU_LIMIT / MEMORY_LIMIT_MB must not be below "
+                                "CPU_REQUEST / MEMORY_REQUEST_MB", file=where))
+    if gpu < 0:
+        raise UserError(Problem(f"[default] GPU = {gpu} must not be negative", file=where))
+    requests = {"cpu": cpu_quantity(cpu_req), "memory": f"{mem_req}Mi"}
+    limits = {"cpu": cpu_quantity(cpu_lim), "memory": f"{mem_lim}Mi"}
+    if gpu > 0:
+        limits["nvidia.com/gpu"] = str(gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def image_for(pipeline: Pipeline, stage: StageSpec | None, opts: Options) -> str:
+    """--image, else the stage's IMAGE, else [kubernetes] IMAGE, else python:3.11-slim."""
+    return (opts.image or (stage.value("default", "IMAGE") if stage else "")
+            or pipeline.value("kubernetes", "IMAGE") or DEFAULT_IMAGE)
+
+
+def _secret_env(pipeline: Pipeline, stage: StageSpec | None) -> list[Obj]:
+    refs = dict(pipeline.secrets)
+    if stage is not None:
+        refs.update(stage.secrets)
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+            for env, (name, key) in sorted(refs.items())]
+
+
+def pod_env(pipeline: Pipeline, stage_name: str, opts: Options, extra: dict[str, str],
+            stage: StageSpec | None) -> list[Obj]:
+    """Plain settings first, then every `[secrets]` entry as a secretKeyRef (never a value)."""
+    mount = store_mount(opts.store)
+    values = {
+        "NB2PROD_STORE": mount.uri,
+        "NB2PROD_PIPELINE": pipeline.name,
+        "NB2PROD_STAGE": stage_name,
+        "HOME": TMP_DIR,
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "Agg",
+        **extra,
+    }
+    if not opts.prebuilt:
+        values["PYTHONPATH"] = DEPS_DIR
+    if opts.endpoint_url:
+        values["AWS_ENDPOINT_URL"] = opts.endpoint_url
+    env = [{"name": k, "value": v} for k, v in values.items()]
+    plain = set(values)
+    for item in _secret_env(pipeline, stage):
+        if item["name"] in plain:
+            raise UserError(Problem(f"[secrets] {item['name']} clashes with a variable nb2prod "
+                                    "sets itself", file=str(pipeline.root / "nb2prod.ini")))
+        env.append(item)
+    return env
+
+
+def startup_script(final: str, opts: Options, *, install: list[str] | None = None,
+                   requirements: bool = True) -> str:
+    """What the container runs: copy the code to a writable dir, install, exec `final`.
+
+    The ConfigMap mount is read-only (and full of `..data` symlinks), so the stage
+    runs from a copy.  Without --image the base image has none of the stage's
+    dependencies: pip installs requirements.txt into an emptyDir on PYTHONPATH,
+    since the root filesystem is read-only and the user is not root.
+    """
+    lines = ["set -eu", f"cp -rL {CODE_DIR}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
+    if not opts.prebuilt:
+        args = ["python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+                "--no-warn-script-location", "--quiet", "--target", DEPS_DIR]
+        if requirements:
+            args += ["-r", "requirements.txt"]
+        args += install or []
+        if requirements or install:
+            lines.append(" ".join(shlex.quote(a) for a in args))
+    lines.append(f"exec {final}")
+    return "\n".join(lines) + "\n"
+
+
+def _extra_installs(opts: Options) -> list[str]:
+    return [opts.boto3_requirement] if opts.store.lower().startswith("s3://") else []
+
+
+def pod_spec(pipeline: Pipeline, code: StageCode, code_name: str, opts: Options, *,
+             stage: StageSpec | None, container: Obj, restart: str) -> Obj:
+    """Pod spec shared by Jobs and Deployments: hardening, volumes, service account."""
+    mount = store_mount(opts.store)
+    volumes: list[Obj] = [
+        {"name": "code", "configMap": {"name": code_name, "defaultMode": 0o444}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    items = _code_items(code)
+    if items:
+        volumes[0]["configMap"]["items"] = items
+    mounts: list[Obj] = [
+        {"name": "code", "mountPath": CODE_DIR, "readOnly": True},
+        {"name": "work", "mountPath": WORK_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    if not opts.prebuilt:
+        volumes.append({"name": "deps", "emptyDir": {}})
+        mounts.append({"name": "deps", "mountPath": DEPS_DIR})
+    if mount.claim:
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": mount.claim}})
+        mounts.append({"name": "store", "mountPath": STORE_DIR})
+    container = {
+        **container,
+        "image": image_for(pipeline, stage, opts),
+        "workingDir": WORK_DIR,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    return {
+        "serviceAccountName": stages_account(pipeline),
+        "automountServiceAccountToken": False,  # stage code needs no API access
+        "enableServiceLinks": False,            # no env vars for every Service in the namespace
+        "restartPolicy": restart,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+# -- batch ------------------------------------------------------------------------------------
+def batch_job(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Options) -> Obj:
+    """The Job running one batch stage for `opts.run_id`."""
+    name = job_name(pipeline, stage.name, opts.run_id)
+    lbls = {**labels(pipeline, stage.name, stage.name), RUN_ID_LABEL: opts.run_id}
+    after = ",".join(p for p in pipeline.predecessors(stage.name)
+                     if pipeline.stages[p].type == "batch")
+    annotations = {CODE_HASH: code.digest, **({AFTER: after} if after else {})}
+    env = pod_env(pipeline, stage.name, opts, {
+        "NB2PROD_RUN_ID": opts.run_id,
+        "NB2PROD_PARAMS": json.dumps(opts.params, sort_keys=True),
+    }, stage)
+    script = startup_script("python nb2prod_runtime.py run-stage", opts,
+                            install=_extra_installs(opts))
+    container = {"name": "stage", "command": ["sh", "-c", script], "env": env,
+                 "resources": resources(stage)}
+    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=stage,
+                    container=container, restart="Never")
+    retries = stage.integer("batch", "RETRIES", 2)
+    deadline = stage.integer("batch", "MAX_COMPLETION_TIME_SECONDS", 1800)
+    where = str(stage.directory / "config.ini")
+    if retries < 0:
+        raise UserError(Problem(f"[batch] RETRIES = {retries} must not be negative", file=where))
+    if deadline <= 0:
+        raise UserError(Problem(f"[batch] MAX_COMPLETION_TIME_SECONDS = {deadline} must be "
+                                "positive", file=where))
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(name, opts.namespace, lbls, annotations),
+        "spec": {
+            "backoffLimit": retries,
+            "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {"metadata": {"labels": lbls, "annotations": {CODE_HASH: code.digest}},
+                         "spec": spec},
+        },
+    }
+
+
+def promote_job(pipeline: Pipeline, code: StageCode, opts: Options) -> Obj:
+    """The last Job of a run: apply `[promotion]` in-cluster and move latest.json.
+
+    It runs where the store is reachable with the stages' credentials, so the
+    deploying machine needs no store access.  Exit code 3 means "gate not
+    passed"; the runner reads it from the pod and stops there.  (A podFailurePolicy
+    could fail the Job on exit 3 without a retry, but the 1.28 schema rejects an
+    onExitCodes-only rule, and promote is idempotent, so one retry is harmless.)
+    """
+    args = ["python", "nb2prod_runtime.py", "promote", "--pipeline", pipeline.name,
+            "--run-id", opts.run_id]
+    metric = pipeline.value("promotion", "METRIC")
+    minimum = pipeline.value("promotion", "MIN")
+    if metric:
+        args += ["--metric", metric]
+    if minimum:
+        try:
+            float(minimum)
+        except ValueError:
+            raise UserError(Problem(f"[promotion] MIN = {minimum!r} is not a number",
+                                    file=str(pipeline.root / "nb2prod.ini"))) from None
+        args += ["--min", minimum]
+    final = " ".join(shlex.quote(a) for a in args)
+    script = startup_script(final, opts, install=_extra_installs(opts), requirements=False)
+    lbls = {**labels(pipeline, PROMOTE), RUN_ID_LABEL: opts.run_id}
+    env = pod_env(pipeline, code.stage, opts, {"NB2PROD_RUN_ID": opts.run_id}, None)
+    container = {"name": PROMOTE, "command": ["sh", "-c", script], "env": env,
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                               "limits": {"cpu": "500m", "memory": "512Mi"}}}
+    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=None,
+                    container=container, restart="Never")
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(promote_job_name(pipeline, opts.run_id), opts.namespace, lbls,
+                          {AFTER: ",".join(pipeline.batch)}),
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": 900,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {"metadata": {"labels": lbls}, "spec": spec},
+        },
+    }
+
+
+# -- services ---------------------------------------------------------------------------------
+def _port(stage: StageSpec) -> int:
+    port = stage.integer("service", "PORT", 8080)
+    if not 1024 <= port <= 65535:
+        raise UserError(Problem(f"[service] PORT = {port}: use 1024-65535 (pods run as non-root)",
+                                file=str(stage.directory / "config.ini")))
+    return port
+
+
+def route(stage: StageSpec) -> str:
+    value = stage.value("service", "ROUTE", "/predict") or "/predict"
+    return value if value.startswith("/") else "/" + value
+
+
+def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Options,
+               model_run_id: str) -> Obj:
+    """Deployment serving `model_run_id` with gunicorn; rolling update that never drops capacity."""
+    name = service_name(pipeline, stage.name)
+    port = _port(stage)
+    workers = stage.integer("service", "WORKERS", 2)
+    replicas = stage.integer("service", "REPLICAS", 2)
+    startup = stage.integer("service", "MAX_STARTUP_TIME_SECONDS", 120)
+    where = str(stage.directory / "config.ini")
+    if workers < 1 or replicas < 0 or startup < 1:
+        raise UserError(Problem("[service] WORKERS and MAX_STARTUP_TIME_SECONDS must be >= 1, "
+                                "REPLICAS >= 0", file=where))
+    final = (f"python -m gunicorn --chdir {WORK_DIR} -w {workers} -b 0.0.0.0:{port} "
+             f"--graceful-timeout {GRACEFUL_TIMEOUT} --error-logfile - app:app")
+    script = startup_script(final, opts, install=_extra_installs(opts))
+    env = pod_env(pipeline, stage.name, opts, {"MODEL_RUN_ID": model_run_id}, stage)
+    container = {
+        "name": "serve",
+        "command": ["sh", "-c", script],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "resources": resources(stage),
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+        # Generous: without --image the container pip-installs before gunicorn listens.
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                          "initialDelaySeconds": startup, "periodSeconds": 10,
+                          "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+    select = {"app.kubernetes.io/instance": pipeline.name,
+              "app.kubernetes.io/component": stage.name}
+    lbls = labels(pipeline, stage.name, stage.name)
+    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=stage,
+                    container=container, restart="Always")
+    spec["terminationGracePeriodSeconds"] = GRACEFUL_TIMEOUT + 10
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(name, opts.namespace, lbls),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": select},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": startup,
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {"labels": lbls,
+                             "annotations": {MODEL_RUN_ID: model_run_id, CODE_HASH: code.digest}},
+                "spec": spec,
+            },
+        },
+    }
+
+
+def service(pipeline: Pipeline, stage: StageSpec, namespace: str) -> Obj:
+    """ClusterIP Service on port 80 in front of the stage's pods."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(service_name(pipeline, stage.name), namespace,
+                          labels(pipeline, stage.name, stage.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/instance": pipeline.name,
+                         "app.kubernetes.io/component": stage.name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def ingress(pipeline: Pipeline, stage: StageSpec, namespace: str) -> Obj | None:
+    """An Ingress for ROUTE when `[service] INGRESS = true` (INGRESS_HOST / INGRESS_CLASS optional)."""
+    if not stage.flag("service", "INGRESS"):
+        return None
+    name = service_name(pipeline, stage.name)
+    rule: Obj = {"http": {"paths": [{
+        "path": route(stage), "pathType": "Prefix",
+        "backend": {"service": {"name": name, "port": {"name": "http"}}},
+    }]}}
+    host = stage.value("service", "INGRESS_HOST")
+    if host:
+        rule["host"] = host
+    spec: Obj = {"rules": [rule]}
+    klass = stage.value("service", "INGRESS_CLASS")
+    if klass:
+        spec["ingressClassName"] = klass
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": _meta(name, namespace, labels(pipeline, stage.name, stage.name)),
+            "spec": spec}
+
+
+def service_url(pipeline: Pipeline, stage: StageSpec, namespace: str) -> str:
+    return (f"http://{service_name(pipeline, stage.name)}.{namespace}.svc.cluster.local"
+            f"{route(stage)}")
+
+
+# -- namespace and RBAC -----------------------------------------------------------------------
+def namespace_object(pipeline: Pipeline, namespace: str) -> Obj:
+    """The namespace; labelled as nb2prod's but not by pipeline, since pipelines share it."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"app.kubernetes.io/managed-by": "nb2prod",
+                                                       "app.kubernetes.io/part-of": "nb2prod"}}}
+
+
+def rbac_objects(pipeline: Pipeline, namespace: str) -> list[Obj]:
+    """ServiceAccount for stage pods (no token) and, with services, a roller identity.
+
+    The roller may only get and patch this pipeline's own Deployments (by name),
+    which is all an in-cluster retraining run needs to roll them to a new model.
+    Without service stages there is nothing to roll and no Role is made (a Role
+    with empty resourceNames would grant every Deployment).
+    """
+    lbls = labels(pipeline, "rbac")
+    objects: list[Obj] = [{
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": _meta(stages_account(pipeline), namespace, lbls),
+        "automountServiceAccountToken": False,
+    }]
+    names = [service_name(pipeline, s) for s in pipeline.services]
+    if not names:
+        return objects
+    roller = roller_account(pipeline)
+    objects += [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": _meta(roller, namespace, lbls)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta(roller, namespace, lbls),
+         "rules": [{"apiGroups": ["apps"], "resources": ["deployments"],
+                    "resourceNames": names, "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta(roller, namespace, lbls),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": roller},
+         "subjects": [{"kind": "ServiceAccount", "name": roller, "namespace": namespace}]},
+    ]
+    return objects
+
+
+# -- everything -------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """All objects of one deploy, grouped by when the runner creates them."""
+
+    namespace: Obj
+    setup: list[Obj]                 # RBAC + code ConfigMaps: created before anything runs
+    jobs: dict[str, Obj]             # batch stage -> Job
+    promote: Obj | None              # after every Job completed
+    services: dict[str, list[Obj]]   # service stage -> [Deployment, Service, (Ingress)]
+    codes: dict[str, StageCode]
+
+    def objects(self) -> list[Obj]:
+        """Every object in creation order (what `render` prints)."""
+        out = [self.namespace, *self.setup, *self.jobs.values()]
+        if self.promote is not None:
+            out.append(self.promote)
+        for objs in self.services.values():
+            out.extend(objs)
+        return out
+
+
+def plan(pipeline: Pipeline, opts: Options) -> Plan:
+    """Build every object of a deploy of `pipeline` for run `opts.run_id`."""
+    check_pipeline_name(pipeline)
+    store_mount(opts.store)  # refuse file:// before reading any code
+    codes = {name: stage_code(stage) for name, stage in pipeline.stages.items()}
+    setup = rbac_objects(pipeline, opts.namespace)
+    setup += [code_configmap(pipeline, codes[name], opts.namespace) for name in pipeline.order]
+    jobs = {name: batch_job(pipeline, pipeline.stages[name], codes[name], opts)
+            for name in pipeline.batch}
+    promote = promote_job(pipeline, codes[pipeline.batch[0]], opts) if pipeline.batch else None
+    services: dict[str, list[Obj]] = {}
+    for name in pipeline.services:
+        stage = pipeline.stages[name]
+        objs = [deployment(pipeline, stage, codes[name], opts, opts.run_id),
+                service(pipeline, stage, opts.namespace)]
+        ing = ingress(pipeline, stage, opts.namespace)
+        if ing is not None:
+            objs.append(ing)
+        services[name] = objs
+    return Plan(namespace_object(pipeline, opts.namespace), setup, jobs, promote, services, codes)
+
+
+def to_yaml(objects: list[Obj], header: str = "") -> str:
+    """Multi-document YAML, keys in construction order (apiVersion, kind, metadata first)."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    _Dumper.ignore_aliases = lambda self, data: True  # type: ignore[method-assign]
+    docs = [yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                      allow_unicode=True, width=100) for obj in objects]
+    return header + "---\n" + "---\n".join(docs)

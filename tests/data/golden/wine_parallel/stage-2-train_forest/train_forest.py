@@ -1,0 +1,44 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: *
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+random_state = 0
+n_estimators = 50
+
+# %% tags=["imports"]
+import numpy as np
+from sklearn.datasets import load_wine
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+# %%
+# nb2prod: load inputs saved by earlier stages (sha256-checked)
+import nb2prod_runtime as _nb2prod
+
+X_train = _nb2prod.load("X_train", producer="prepare")
+y_train = _nb2prod.load("y_train", producer="prepare")
+
+# %% tags=["stage:train_forest"]
+forest = RandomForestClassifier(n_estimators=n_estimators, random_state=random_state)
+forest.fit(X_train, y_train)
+
+# %%
+# nb2prod: save outputs for later stages
+import nb2prod_runtime as _nb2prod
+
+_nb2prod.save({name: globals()[name] for name in ["forest"] if name in globals()})

@@ -1,0 +1,347 @@
+"""Unit tests of nb2prod/analysis.py: cells → stages, inputs/outputs, copied definitions, DAG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nb2prod.analysis import Analysis, analyze
+from nb2prod.errors import UserError
+from nb2prod.notebook import Cell, Notebook
+
+CellSpec = tuple[list[str], str]  # (tags, source)
+
+
+def notebook(*cells: CellSpec | str) -> Notebook:
+    """Code cells from (tags, source); a bare string is a markdown cell."""
+    built = []
+    for index, spec in enumerate(cells):
+        if isinstance(spec, str):
+            built.append(Cell(index, "markdown", spec))
+        else:
+            tags, source = spec
+            built.append(Cell(index, "code", source, tuple(tags)))
+    return Notebook(Path("nb.ipynb"), tuple(built), {}, "0" * 64)
+
+
+def run(*cells: CellSpec | str) -> Analysis:
+    return analyze(notebook(*cells))
+
+
+def problems(*cells: CellSpec | str) -> list[str]:
+    with pytest.raises(UserError) as info:
+        analyze(notebook(*cells))
+    return [str(p) for p in info.value.problems]
+
+
+def shape(analysis: Analysis) -> dict[str, tuple[list[int], dict[str, str], list[str]]]:
+    return {s.name: (s.cells, s.inputs, s.outputs) for s in analysis.stages}
+
+
+# -- which cell belongs where ------------------------------------------------------------------
+def test_untagged_cells_join_the_stage_above() -> None:
+    a = run((["stage:load"], "x = 1"), ([], "y = x + 1"), "# markdown", ([], "z = y"),
+            (["stage:use"], "w = z"))
+    assert shape(a) == {"load": ([0, 1, 3], {}, ["z"]), "use": ([4], {"z": "load"}, [])}
+
+
+def test_skip_cells_belong_to_no_stage_and_do_not_end_one() -> None:
+    a = run((["stage:load"], "x = 1"), (["skip"], "plot(x)"), ([], "y = x"))
+    assert a.stage("load").cells == [0, 2]
+
+
+def test_prelude_cells_are_in_no_stage() -> None:
+    a = run((["parameters"], "n = 3"), (["imports"], "import json"),
+            (["functions"], "def f(v):\n    return v"), (["train"], "x = f(n)\ns = json.dumps(x)"))
+    assert a.prelude == {"parameters": [0], "imports": [1], "functions": [2]}
+    assert shape(a) == {"train": ([3], {}, [])}
+
+
+def test_cells_before_the_first_stage_are_in_no_stage() -> None:
+    a = run(([], "scratch = 1"), (["stage:a"], "x = 2"))
+    assert a.stage("a").cells == [1]
+
+
+def test_name_defined_only_before_the_first_stage_names_the_cell_to_tag() -> None:
+    found = problems(([], "q = 1"), (["stage:a"], "x = q"))
+    assert found == [("nb.ipynb, cell 1: stage 'a' reads 'q', defined only in cell 0, which "
+                     "belongs to no stage: tag that cell 'imports', 'functions', 'parameters' "
+                     "or a stage")]
+
+
+def test_name_defined_only_in_a_skip_cell_names_the_cell() -> None:
+    found = problems((["stage:a"], "x = 1"), (["skip"], "z = 2"), (["stage:b"], "y = z"))
+    assert len(found) == 1
+    assert "cell 2" in found[0] and "'z'" in found[0] and "cell 1" in found[0]
+    assert "tagged skip" in found[0]
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [([], "import math"), (["stage:a"], "y = math.sqrt(2)")],
+        [(["stage:a"], "x = 1"), (["skip"], "import math"), (["stage:b"], "y = math.sqrt(x)")],
+    ],
+)
+def test_import_only_outside_any_stage_is_an_error_not_a_silent_name_error(
+        cells: list[CellSpec]) -> None:
+    # The stage notebook would not contain the import: it would fail with NameError.
+    found = problems(*cells)
+    assert len(found) == 1
+    assert "'math'" in found[0] and "defined only in cell" in found[0]
+
+
+def test_kale_rule_untagged_cell_after_imports_is_an_imports_cell() -> None:
+    # Kale merges an untagged cell into the block above it, `imports` included
+    # (kale/processors/nbprocessor.py, parse_notebook); a Kale notebook must split unedited.
+    a = run((["imports"], "import json"), ([], "import math"),
+            (["block:load"], "x = math.pi"), (["block:train", "prev:load"], "y = json.dumps(x)"))
+    assert a.prelude["imports"] == [0, 1]
+    assert shape(a) == {"load": ([2], {}, ["x"]), "train": ([3], {"x": "load"}, [])}
+
+
+def test_no_code_cells_and_no_stage_tags_are_errors() -> None:
+    assert problems("# only markdown") == ["nb.ipynb: the notebook has no code cells"]
+    found = problems(([], "x = 1"), ([], "y = x"))
+    assert found == [("nb.ipynb: no stage tags: tag the first cell of each stage with "
+                     "'stage:NAME', 'train' or 'serve'")]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems((["stage:a", "stage:b"], "x = 1"), (["stage:c", "cpu:lots"], "y = 2"))
+    assert len(found) == 2
+    assert found[0].startswith("nb.ipynb, cell 0: two stage tags")
+    assert found[1].startswith("nb.ipynb, cell 1: tag 'cpu:lots'")
+
+
+def test_role_and_stage_on_one_cell_is_an_error() -> None:
+    found = problems((["imports", "stage:a"], "import json"), (["stage:b"], "x = json"))
+    assert found == ["nb.ipynb, cell 0: a 'imports' cell cannot also start stage 'a'"]
+
+
+def test_stage_tagged_batch_and_service_is_an_error() -> None:
+    found = problems((["stage:a"], "x = 1"), (["serve:a"], "def predict(p):\n    return x"))
+    assert found == ["nb.ipynb, cell 1: stage 'a' is tagged both batch and service"]
+
+
+def test_stage_hints_collect_into_the_stage() -> None:
+    a = run((["stage:train", "cpu:2"], "x = 1"), (["memory:1Gi"], "y = 2"))
+    assert a.stage("train").hints == {"CPU_REQUEST": "2", "MEMORY_REQUEST_MB": "1024"}
+
+
+def test_stage_tags_on_a_cell_outside_any_stage_are_an_error() -> None:
+    found = problems((["cpu:2"], "x = 1"), (["stage:a"], "y = 2"))
+    assert len(found) == 1 and found[0].startswith("nb.ipynb, cell 0: this cell has stage tags")
+
+
+def test_typo_warnings_are_collected_with_the_cell() -> None:
+    a = run((["stage:a"], "x = 1"), (["Stage:b"], "y = x"))
+    assert [str(w) for w in a.warnings] == [
+        "nb.ipynb, cell 1: tag 'Stage:b' is not an nb2prod tag; did you mean 'stage:b'?"]
+    assert a.stage("a").cells == [0, 1]  # the typo'd tag did not start a stage
+
+
+# -- inputs and providers ------------------------------------------------------------------
+def test_input_is_provided_by_the_last_earlier_stage_that_binds_or_mutates_it() -> None:
+    a = run((["stage:a"], "x = [1]"), (["stage:b"], "x.append(2)"), (["stage:c"], "y = x"))
+    assert shape(a) == {"a": ([0], {}, ["x"]), "b": ([1], {"x": "a"}, ["x"]),
+                        "c": ([2], {"x": "b"}, [])}
+    assert a.edges == [("a", "b"), ("b", "c")]
+
+
+@pytest.mark.parametrize(
+    ("mutation", "name"),
+    [("x[0] = 2", "x"), ("x.attr = 2", "x"), ("x.fit(X)", "x"),
+     ("df.dropna(inplace=True)", "df"), ("x += [3]", "x")],
+)
+def test_every_kind_of_mutation_provides(mutation: str, name: str) -> None:
+    a = run((["imports"], "from collections import UserList as make"),
+            (["stage:a"], f"{name} = make()\nX = 1"), (["stage:b"], mutation),
+            (["stage:c"], f"print({name})"))
+    assert a.stage("b").inputs[name] == "a"
+    assert name in a.stage("b").outputs
+    assert a.stage("c").inputs == {name: "b"}
+
+
+def test_pure_method_call_does_not_provide() -> None:
+    a = run((["stage:a"], "model = 1\nX = 2"), (["stage:b"], "p = model.predict(X)"),
+            (["stage:c"], "print(model)"))
+    assert a.stage("c").inputs == {"model": "a"}
+    assert a.stage("b").outputs == []
+
+
+def test_rebinding_in_the_consumer_after_reading_still_reads_the_provider() -> None:
+    a = run((["stage:a"], "x = 1"), (["stage:b"], "y = x\nx = 5"), (["stage:c"], "z = x"))
+    assert a.stage("b").inputs == {"x": "a"}
+    assert a.stage("c").inputs == {"x": "b"}
+
+
+def test_parameters_imports_functions_are_not_data() -> None:
+    a = run((["parameters"], "n = 3"), (["imports"], "import json"),
+            (["functions"], "def double(v):\n    return 2 * v"),
+            (["stage:a"], "x = double(n)"), (["stage:b"], "s = json.dumps(double(n))"))
+    assert shape(a) == {"a": ([3], {}, []), "b": ([4], {}, [])}
+    assert a.edges == []
+
+
+def test_parameter_rebound_by_a_stage_becomes_data() -> None:
+    a = run((["parameters"], "n = 3"), (["stage:a"], "n = n + 1"), (["stage:b"], "y = n"))
+    assert a.stage("b").inputs == {"n": "a"}
+
+
+def test_name_never_provided_is_an_error_naming_stage_and_cell() -> None:
+    found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = x + missing"))
+    assert found == ["nb.ipynb, cell 1: stage 'b' reads 'missing' but no earlier cell defines it"]
+
+
+def test_name_provided_only_later_is_an_error() -> None:
+    found = problems((["stage:a"], "y = later + 1"), (["stage:b"], "later = 2"))
+    assert found == ["nb.ipynb, cell 0: stage 'a' reads 'later' but no earlier cell defines it"]
+
+
+def test_maybe_read_becomes_an_input_only_when_provided() -> None:
+    a = run((["stage:a"], "scale = 3"), (["stage:b"], "f = lambda v: v * scale\nz = f(2)"))
+    assert a.stage("b").inputs == {"scale": "a"}
+    b = run((["stage:a"], "x = 1"), (["stage:b"], "f = lambda v: v * not_anywhere"))
+    assert b.stage("b").inputs == {}
+
+
+def test_service_stage_cannot_provide_names() -> None:
+    found = problems((["stage:a"], "x = 1"),
+                     (["serve"], "w = 2\ndef predict(p):\n    return x"),
+                     (["stage:c"], "y = w"))
+    assert found == [("nb.ipynb, cell 2: 'w' is set by service stage 'serve'; a service stage "
+                     "cannot provide names to stage 'c'")]
+
+
+def test_service_entrypoint_free_names_are_inputs() -> None:
+    a = run((["train"], "model = 1\nlabels = ['a']"),
+            (["serve"], "def predict(payload):\n    return labels[model]"))
+    assert a.stage("serve").inputs == {"labels": "train", "model": "train"}
+    assert a.stage("serve").type == "service"
+    assert a.edges == [("train", "serve")]
+
+
+def test_service_stage_without_entrypoint_is_an_error() -> None:
+    found = problems((["train"], "x = 1"), (["serve"], "def handle(p):\n    return x"))
+    assert found == ["nb.ipynb, cell 1: service stage 'serve' must define predict(payload)"]
+
+
+def test_batch_stage_after_a_service_stage_is_an_error() -> None:
+    found = problems((["serve"], "def predict(p):\n    return 1"),
+                     (["stage:b", "after:serve"], "y = 2"))
+    assert found == ["nb.ipynb, cell 1: batch stage 'b' cannot run after service stage 'serve'"]
+
+
+# -- DAG ---------------------------------------------------------------------------------------
+def test_independent_stages_can_run_in_parallel() -> None:
+    a = run((["stage:a"], "x = 1"), (["stage:b"], "y = x + 1"), (["stage:c"], "z = x + 2"),
+            (["stage:d"], "w = y + z"))
+    assert set(a.edges) == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")}
+    assert ("b", "c") not in a.edges and ("c", "b") not in a.edges
+    assert [s.directory for s in a.stages] == ["stage-1-a", "stage-2-b", "stage-3-c",
+                                               "stage-4-d"]
+
+
+@pytest.mark.parametrize("tag", ["after:a", "prev:a"])
+def test_after_tags_add_edges(tag: str) -> None:
+    a = run((["stage:a"], "x = 1"), (["stage:b", tag], "y = 2"))
+    assert a.edges == [("a", "b")]
+    assert a.stage("b").inputs == {}
+
+
+def test_after_tag_may_point_forward_and_reorders_stages() -> None:
+    a = run((["stage:a", "after:b"], "x = 1"), (["stage:b"], "y = 2"))
+    assert a.edges == [("b", "a")]
+    assert [(s.position, s.name) for s in a.stages] == [(1, "b"), (2, "a")]
+
+
+def test_after_unknown_stage_is_an_error() -> None:
+    found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = 2"), ([], "z = 3"),
+                     (["after:nope"], "w = 4"))
+    assert found == ["nb.ipynb, cell 3: after:nope: no stage named 'nope'"]
+
+
+def test_after_cycle_is_an_error_naming_the_cycle() -> None:
+    found = problems((["stage:a", "after:c"], "x = 1"), (["stage:b"], "y = x"),
+                     (["stage:c"], "z = y"))
+    assert len(found) == 1
+    assert found[0].startswith("nb.ipynb, cell ")
+    assert "cycle in stage DAG: " in found[0]
+    cycle = found[0].split("cycle in stage DAG: ")[1].split(" >> ")
+    assert cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}
+
+
+# -- metrics -------------------------------------------------------------------------------
+def test_metrics_names_are_owned_by_the_stage_that_provides_them() -> None:
+    a = run((["stage:a"], "acc = 0.9\nx = 1"), (["stage:b"], "loss = 0.1 + x"),
+            (["metrics"], "print(acc, loss)\nratio = loss / acc"))
+    assert a.stage("a").metrics == ["acc"]
+    assert sorted(a.stage("b").metrics) == ["loss", "ratio"]
+    assert a.stage("b").inputs == {"acc": "a", "x": "a"}
+
+
+@pytest.mark.parametrize("tag", ["metrics", "pipeline-metrics"])
+def test_metrics_cell_bare_names(tag: str) -> None:
+    a = run((["train"], "accuracy = 0.5\nf1 = 0.4"), ([tag], "accuracy\nf1"))
+    assert sorted(a.stage("train").metrics) == ["accuracy", "f1"]
+    assert a.stage("train").cells == [0, 1]
+
+
+# -- definitions and imports used across stages ------------------------------------------------
+def test_functions_cell_definitions_read_their_free_names_where_called() -> None:
+    a = run((["functions"], "def evaluate():\n    return model * weight"),
+            (["stage:fit"], "model = 2\nweight = 3"), (["stage:report"], "score = evaluate()"))
+    assert a.stage("report").inputs == {"model": "fit", "weight": "fit"}
+    assert a.stage("report").copied == {}  # functions cells are prepended, not copied
+
+
+def test_def_in_one_stage_used_in_another_is_copied_as_source() -> None:
+    a = run((["stage:a"], "k = 2\ndef helper(v):\n    return v * k"),
+            (["stage:b"], "x = helper(1)"))
+    b = a.stage("b")
+    assert list(b.copied) == ["helper"]
+    assert b.copied["helper"].source == "def helper(v):\n    return v * k\n"
+    assert b.inputs == {"k": "a"}  # the copied function's free name is data
+    assert a.stage("a").outputs == ["k"]
+    assert a.edges == [("a", "b")]
+
+
+def test_class_in_one_stage_used_in_another_is_copied() -> None:
+    a = run((["stage:a"], "class Scaler:\n    factor = 2\ns = 1"),
+            (["stage:b"], "t = Scaler.factor"))
+    assert list(a.stage("b").copied) == ["Scaler"]
+    assert a.stage("b").copied["Scaler"].kind == "class"
+    assert a.stage("b").inputs == {}
+
+
+def test_import_in_one_stage_used_in_another_is_copied() -> None:
+    a = run((["stage:a"], "import json\nimport numpy as np\nimport os.path\nx = 1"),
+            (["stage:b"], "y = np.array([x])\ns = json.dumps(1)\np = os.path.join('a')"))
+    b = a.stage("b")
+    assert {name: d.source for name, d in b.copied.items()} == {
+        "json": "import json\n", "np": "import numpy as np\n", "os": "import os.path\n"}
+    assert b.inputs == {"x": "a"}
+    assert a.stage("a").outputs == ["x"]  # modules are never data
+
+
+@pytest.mark.parametrize(
+    ("stage_a", "needed"),
+    [
+        ("import functools\n@functools.lru_cache(maxsize=None)\ndef f(x):\n    return x * 2",
+         "functools"),
+        ("SCALE = 3\ndef f(x, s=SCALE):\n    return x * s", "SCALE"),
+        ("import numbers\nclass f(numbers.Number):\n    pass", "numbers"),
+    ],
+)
+def test_copied_definition_brings_what_its_def_statement_evaluates(stage_a: str,
+                                                                   needed: str) -> None:
+    # Decorators, default values and base classes run when the copied `def`/`class`
+    # runs in the consuming stage, so the names they read must be there too.
+    a = run((["stage:a"], stage_a), (["stage:b"], "y = f"))
+    b = a.stage("b")
+    assert "f" in b.copied
+    assert needed in b.copied or needed in b.inputs, (
+        f"stage b copies {list(b.copied)} and loads {list(b.inputs)}: running the copied "
+        f"definition raises NameError: {needed!r}")

@@ -1,0 +1,113 @@
+"""CLI basics: --help, --version, `check` writes nothing, and a light import of nb2prod.cli."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nb2prod
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "example_notebooks"
+HEAVY = ("rich", "nbformat", "papermill", "kubernetes", "boto3", "botocore", "flask",
+         "jupytext", "jinja2", "IPython", "numpy", "pandas", "sklearn", "gunicorn")
+
+
+def nb2prod_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_commands() -> None:
+    done = nb2prod_cli("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: nb2prod")
+    for command in ("split", "check", "run"):
+        assert f"  {command} " in done.stdout
+    assert done.stderr == ""
+
+
+def test_split_help_lists_its_options() -> None:
+    done = nb2prod_cli("split", "-h")
+    assert done.returncode == 0, done.stderr
+    for option in ("--output", "--force", "--check", "--templates"):
+        assert option in done.stdout
+
+
+def test_version() -> None:
+    done = nb2prod_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"nb2prod, version {nb2prod.__version__}"
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("nb2prod")
+    assert script is not None, "the nb2prod console script is not on PATH"
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and nb2prod.__version__ in done.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    done = nb2prod_cli("splitt", "x.ipynb")
+    assert done.returncode == 2
+    assert "No such command" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_prints_the_table_and_writes_nothing(tmp_path: Path) -> None:
+    notebook = tmp_path / "wine_parallel.ipynb"
+    shutil.copyfile(EXAMPLES / "wine_parallel.ipynb", notebook)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    done = nb2prod_cli("check", notebook.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    out = done.stdout
+    assert "can be split" in out
+    for column in ("stage", "type", "cells", "inputs", "outputs", "requirements"):
+        assert column in out
+    for directory in ("stage-1-prepare", "stage-2-train_forest", "stage-3-train_logreg",
+                      "stage-4-evaluate", "stage-5-serve"):
+        assert directory in out
+    assert "scikit-learn" in out
+    assert "prepare >> train_forest" in out
+
+
+def test_check_of_a_bad_notebook_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    notebook = tmp_path / "bad.ipynb"
+    notebook.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "a", "outputs": [],
+                   "metadata": {"tags": ["train"]}, "source": "y = undefined_name"}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    done = nb2prod_cli("check", notebook.name, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("nb2prod: error: bad.ipynb, cell 0: stage 'train' reads "
+                                   "'undefined_name' but no earlier cell defines it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ipynb"]
+
+
+@pytest.mark.parametrize("module", ["nb2prod.cli", "nb2prod"])
+def test_importing_the_cli_stays_light(module: str) -> None:
+    code = (f"import sys, {module}\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"importing {module} imported: {done.stdout.strip()}"
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = ("import sys\nfrom nb2prod.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print('LOADED=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "LOADED="

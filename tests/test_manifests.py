@@ -1,0 +1,478 @@
+"""The Kubernetes objects of a deploy, checked field by field and against the schemas.
+
+`nb2prod.manifests` is pure, so everything here runs without a cluster: the
+bundled examples are split once per module and turned into objects; each
+object must validate in strict mode (unknown keys rejected) for Kubernetes
+1.28 and the newest schema kubernetes-validate ships.  The stand-in tests in
+test_deploy.py then prove the objects actually run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nb2prod import manifests as m
+from nb2prod.errors import UserError
+from nb2prod.pipeline import load_pipeline
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_notebooks"
+RUN = "20260101t000000-abcd"
+LABEL_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+              "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+              "app.kubernetes.io/managed-by"}
+
+
+@pytest.fixture(scope="module")
+def split_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from nb2prod.split import split_notebook
+
+    out = {}
+    for name in ("iris", "wine_parallel"):
+        target = tmp_path_factory.mktemp("split") / f"{name}-pipeline"
+        split_notebook(EXAMPLES / f"{name}.ipynb", target)
+        out[name] = target
+    return out
+
+
+@pytest.fixture
+def iris_dir(split_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    """A private copy of the iris pipeline that a test may edit."""
+    target = tmp_path / "iris-pipeline"
+    shutil.copytree(split_dirs["iris"], target)
+    return target
+
+
+def options(**kw: object) -> m.Options:
+    base: dict = {"namespace": "ml", "store": "s3://bucket/prefix", "run_id": RUN}
+    base.update(kw)
+    return m.Options(**base)  # type: ignore[arg-type]
+
+
+def set_ini(path: Path, section: str, key: str, value: str) -> None:
+    """Edit one key of an .ini file the way a user would (text, comments kept)."""
+    lines = path.read_text().splitlines()
+    out, in_section, done = [], False, False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if in_section and not done:
+                out.append(f"{key} = {value}")
+                done = True
+            in_section = stripped == f"[{section}]"
+        elif in_section and stripped.split("=")[0].strip() == key:
+            out.append(f"{key} = {value}")
+            done = True
+            continue
+        out.append(line)
+    if not done:
+        if not in_section:
+            out.append(f"[{section}]")
+        out.append(f"{key} = {value}")
+    path.write_text("\n".join(out) + "\n")
+
+
+def env_of(container: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def container_of(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+# -- schemas ------------------------------------------------------------------------------
+@pytest.mark.parametrize("image", [None, "registry.example/iris:1"])
+@pytest.mark.parametrize("store", ["s3://bucket/prefix", "pvc://models/iris"])
+def test_every_object_validates_strictly(split_dirs: dict[str, Path], image: str | None,
+                                         store: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    from kubernetes_validate import utils
+
+    versions = ["1.28.0", utils.latest_version()]
+    assert versions[1] != versions[0]
+    for directory in split_dirs.values():
+        objects = m.plan(load_pipeline(directory), options(image=image, store=store)).objects()
+        assert objects
+        for version in versions:
+            for obj in objects:
+                kv.validate(obj, version, strict=True)
+
+
+def test_ingress_validates(iris_dir: Path) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    set_ini(iris_dir / "stage-2-serve/config.ini", "service", "INGRESS", "true")
+    set_ini(iris_dir / "stage-2-serve/config.ini", "service", "INGRESS_HOST", "iris.example.com")
+    objs = m.plan(load_pipeline(iris_dir), options()).services["serve"]
+    ing = objs[2]
+    assert ing["kind"] == "Ingress"
+    rule = ing["spec"]["rules"][0]
+    assert rule["host"] == "iris.example.com"
+    assert rule["http"]["paths"][0]["path"] == "/predict"
+    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "iris-serve"
+    kv.validate(ing, "1.28.0", strict=True)
+
+
+def test_render_yaml_round_trips(split_dirs: dict[str, Path]) -> None:
+    import yaml
+
+    objects = m.plan(load_pipeline(split_dirs["wine_parallel"]), options()).objects()
+    text = m.to_yaml(objects, header="# rendered\n")
+    assert text.startswith("# rendered\n---\n")
+    assert list(yaml.safe_load_all(text)) == objects
+    assert "&id" not in text  # no YAML anchors: kubectl users read this
+
+
+# -- labels and names ---------------------------------------------------------------------
+def test_every_object_is_labelled(split_dirs: dict[str, Path]) -> None:
+    pipeline = load_pipeline(split_dirs["wine_parallel"])
+    p = m.plan(pipeline, options())
+    for obj in p.objects():
+        lbls = obj["metadata"]["labels"]
+        if obj["kind"] == "Namespace":  # shared by pipelines: never deleted with one
+            assert lbls["app.kubernetes.io/managed-by"] == "nb2prod"
+            assert "app.kubernetes.io/instance" not in lbls
+            continue
+        assert LABEL_KEYS <= set(lbls), obj["kind"]
+        assert lbls["app.kubernetes.io/instance"] == pipeline.name
+        assert lbls["app.kubernetes.io/managed-by"] == "nb2prod"
+        assert lbls["app.kubernetes.io/part-of"] == "nb2prod"
+        assert obj["metadata"]["namespace"] == "ml"
+    for stage, job in p.jobs.items():
+        assert job["metadata"]["labels"]["nb2prod.io/run-id"] == RUN
+        assert job["metadata"]["labels"]["app.kubernetes.io/component"] == stage
+        assert job["spec"]["template"]["metadata"]["labels"]["nb2prod.io/run-id"] == RUN
+    kinds = {o["metadata"]["labels"]["app.kubernetes.io/component"]
+             for o in p.setup if o["kind"] != "ConfigMap"}
+    assert kinds == {"rbac"}
+    assert {o["metadata"]["labels"]["app.kubernetes.io/component"]
+            for o in p.setup if o["kind"] == "ConfigMap"} == {"code"}
+
+
+def test_underscores_become_dashes_and_names_fit(split_dirs: dict[str, Path]) -> None:
+    pipeline = load_pipeline(split_dirs["wine_parallel"])
+    p = m.plan(pipeline, options())
+    names = [o["metadata"]["name"] for o in p.objects()]
+    assert all("_" not in n for n in names)
+    job = p.jobs["train_forest"]["metadata"]["name"]
+    assert job.startswith("wine-parallel-train-forest-") and len(job) <= 63
+    assert m.job_name(pipeline, "train_forest", "other-run") != job
+    assert m.job_name(pipeline, "train_forest", RUN) == job  # deterministic per run
+    long = "x" * 40
+    assert len(m.job_name(pipeline, long, RUN)) <= 63
+    assert m.promote_job_name(pipeline, RUN) != m.job_name(pipeline, "promote", RUN)
+
+
+def test_pipeline_name_must_suit_kubernetes(iris_dir: Path) -> None:
+    set_ini(iris_dir / "nb2prod.ini", "project", "NAME", "9lives")
+    with pytest.raises(UserError, match="NAME = '9lives'"):
+        m.plan(load_pipeline(iris_dir), options())
+
+
+# -- code ConfigMaps ------------------------------------------------------------------------
+def test_configmap_holds_every_file_named_by_content(iris_dir: Path) -> None:
+    pipeline = load_pipeline(iris_dir)
+    p = m.plan(pipeline, options())
+    cms = {o["metadata"]["labels"]["nb2prod.io/stage"]: o for o in p.setup
+           if o["kind"] == "ConfigMap"}
+    train = cms["train"]
+    assert train["immutable"] is True
+    files = {f.name for f in (iris_dir / "stage-1-train").iterdir() if f.is_file()}
+    assert set(train["data"]) == files
+    assert train["data"]["config.ini"] == (iris_dir / "stage-1-train/config.ini").read_text()
+    assert "app.py" in cms["serve"]["data"]
+    name = train["metadata"]["name"]
+    assert name.startswith("iris-train-") and len(name.rsplit("-", 1)[1]) == 10
+    # unchanged files -> same name (a re-deploy reuses it); any change -> a new one
+    assert m.plan(pipeline, options(run_id="another")).setup == p.setup
+    (iris_dir / "stage-1-train/train.py").write_text("# edited\n")
+    again = m.plan(load_pipeline(iris_dir), options())
+    new = next(o for o in again.setup if o["kind"] == "ConfigMap"
+           and o["metadata"]["labels"]["nb2prod.io/stage"] == "train")
+    assert new["metadata"]["name"] != name
+    job_volume = again.jobs["train"]["spec"]["template"]["spec"]["volumes"][0]
+    assert job_volume["configMap"]["name"] == new["metadata"]["name"]
+
+
+def test_binary_and_nested_files(iris_dir: Path) -> None:
+    stage_dir = iris_dir / "stage-1-train"
+    (stage_dir / "weights.bin").write_bytes(bytes(range(256)))
+    (stage_dir / "lib").mkdir()
+    (stage_dir / "lib" / "helpers.py").write_text("X = 1\n")
+    (stage_dir / "__pycache__").mkdir()
+    (stage_dir / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    (stage_dir / ".ipynb_checkpoints").mkdir()
+    (stage_dir / ".ipynb_checkpoints" / "train-checkpoint.ipynb").write_text("{}")
+    p = m.plan(load_pipeline(iris_dir), options())
+    cm = next(o for o in p.setup if o["kind"] == "ConfigMap"
+          and o["metadata"]["labels"]["nb2prod.io/stage"] == "train")
+    assert "weights.bin" in cm["binaryData"] and "weights.bin" not in cm["data"]
+    assert cm["data"]["lib__helpers.py"] == "X = 1\n"
+    assert not any("pyc" in k or "checkpoint" in k for k in (*cm["data"], *cm["binaryData"]))
+    items = p.jobs["train"]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]
+    assert {"key": "lib__helpers.py", "path": "lib/helpers.py"} in items
+    assert {"key": "weights.bin", "path": "weights.bin"} in items
+
+
+def test_code_over_one_mib_is_refused_naming_the_stage(iris_dir: Path) -> None:
+    (iris_dir / "stage-1-train" / "data.csv").write_text("1,2,3\n" * 200_000)
+    with pytest.raises(UserError) as info:
+        m.plan(load_pipeline(iris_dir), options())
+    text = str(info.value)
+    assert "stage 'train'" in text and "data.csv" in text and "\n" not in text
+
+
+# -- stores ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("uri", ["file:///tmp/store", "file://.nb2prod/artifacts", "/abs/dir"])
+def test_file_store_refused_in_one_line(iris_dir: Path, uri: str) -> None:
+    with pytest.raises(UserError) as info:
+        m.plan(load_pipeline(iris_dir), options(store=uri))
+    assert "pods cannot reach" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pvc_store_mounts_the_claim(iris_dir: Path) -> None:
+    p = m.plan(load_pipeline(iris_dir), options(store="pvc://models/team/iris"))
+    spec = p.jobs["train"]["spec"]["template"]["spec"]
+    assert {"name": "store", "persistentVolumeClaim": {"claimName": "models"}} in spec["volumes"]
+    mounts = {v["name"]: v["mountPath"] for v in spec["containers"][0]["volumeMounts"]}
+    assert mounts["store"] == "/nb2prod/store"
+    assert env_of(spec["containers"][0])["NB2PROD_STORE"] == "file:///nb2prod/store/team/iris"
+    # no boto3 needed for a volume store
+    assert "boto3" not in spec["containers"][0]["command"][2]
+
+
+def test_s3_store_and_endpoint(iris_dir: Path) -> None:
+    p = m.plan(load_pipeline(iris_dir), options(endpoint_url="http://minio:9000",
+                                                boto3_requirement="boto3==1.2.3"))
+    c = container_of(p.jobs["train"])
+    env = env_of(c)
+    assert env["NB2PROD_STORE"] == "s3://bucket/prefix"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert "boto3==1.2.3" in c["command"][2]
+
+
+# -- batch Jobs -----------------------------------------------------------------------------
+def test_batch_job_settings(iris_dir: Path) -> None:
+    cfg = iris_dir / "stage-1-train/config.ini"
+    set_ini(cfg, "batch", "RETRIES", "4")
+    set_ini(cfg, "batch", "MAX_COMPLETION_TIME_SECONDS", "600")
+    set_ini(cfg, "default", "CPU_REQUEST", "0.25")
+    set_ini(cfg, "default", "MEMORY_REQUEST_MB", "300")
+    set_ini(cfg, "default", "CPU_LIMIT", "2")
+    set_ini(cfg, "default", "MEMORY_LIMIT_MB", "2048")
+    set_ini(cfg, "default", "GPU", "1")
+    job = m.plan(load_pipeline(iris_dir), options(params={"max_iter": 50})).jobs["train"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 4
+    assert spec["activeDeadlineSeconds"] == 600
+    assert spec["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    c = pod["containers"][0]
+    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "300Mi"},
+                              "limits": {"cpu": "2", "memory": "2048Mi", "nvidia.com/gpu": "1"}}
+    assert c["image"] == "python:3.11-slim"
+    env = env_of(c)
+    assert env["NB2PROD_RUN_ID"] == RUN
+    assert env["NB2PROD_PIPELINE"] == "iris" and env["NB2PROD_STAGE"] == "train"
+    assert json.loads(env["NB2PROD_PARAMS"]) == {"max_iter": 50}
+    assert c["command"][:2] == ["sh", "-c"]
+    assert c["command"][2].rstrip().endswith("exec python nb2prod_runtime.py run-stage")
+
+
+def test_limit_below_request_is_a_config_error(iris_dir: Path) -> None:
+    cfg = iris_dir / "stage-1-train/config.ini"
+    set_ini(cfg, "default", "CPU_LIMIT", "0.1")
+    with pytest.raises(UserError, match="config.ini"):
+        m.plan(load_pipeline(iris_dir), options())
+
+
+def test_image_precedence(iris_dir: Path) -> None:
+    pipeline = load_pipeline(iris_dir)
+    assert container_of(m.plan(pipeline, options()).jobs["train"])["image"] == "python:3.11-slim"
+    set_ini(iris_dir / "nb2prod.ini", "kubernetes", "IMAGE", "python:3.12-slim")
+    set_ini(iris_dir / "stage-1-train/config.ini", "default", "IMAGE", "ghcr.io/me/train:2")
+    pipeline = load_pipeline(iris_dir)
+    p = m.plan(pipeline, options())
+    assert container_of(p.jobs["train"])["image"] == "ghcr.io/me/train:2"
+    assert container_of(p.services["serve"][0])["image"] == "python:3.12-slim"
+    p = m.plan(pipeline, options(image="registry/x:1"))
+    assert {container_of(o)["image"] for o in (p.jobs["train"], p.services["serve"][0],
+                                              p.promote)} == {"registry/x:1"}
+
+
+def test_pod_hardening(split_dirs: dict[str, Path]) -> None:
+    p = m.plan(load_pipeline(split_dirs["iris"]), options())
+    for obj in (*p.jobs.values(), p.promote, p.services["serve"][0]):
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == "iris-stages"
+        c = pod["containers"][0]
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]},
+                                        "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+        mounts = {v["mountPath"]: v for v in c["volumeMounts"]}
+        assert mounts["/nb2prod/code"]["readOnly"] is True
+        writable = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        assert {"tmp", "work", "deps"} <= writable
+        assert {mounts[p]["name"] for p in ("/tmp", "/nb2prod/work", "/nb2prod/deps")} == {
+            "tmp", "work", "deps"}
+        assert env_of(c)["HOME"] == "/tmp"
+
+
+def test_default_image_script_pip_installs_into_an_emptydir(split_dirs: dict[str, Path]
+                                                            ) -> None:
+    p = m.plan(load_pipeline(split_dirs["iris"]), options(boto3_requirement="boto3==9"))
+    job_script = container_of(p.jobs["train"])["command"][2]
+    lines = job_script.strip().splitlines()
+    assert lines[0] == "set -eu"
+    assert lines[1] == "cp -rL /nb2prod/code/* /nb2prod/work/"
+    assert lines[2] == "cd /nb2prod/work"
+    assert lines[3].startswith("python -m pip install --no-cache-dir")
+    assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[3]
+    assert lines[4] == "exec python nb2prod_runtime.py run-stage"
+    assert env_of(container_of(p.jobs["train"]))["PYTHONPATH"] == "/nb2prod/deps"
+    promote = container_of(p.promote)["command"][2]
+    assert "-r requirements.txt" not in promote and "boto3==9" in promote
+    for obj in (p.jobs["train"], p.promote, p.services["serve"][0]):
+        script = container_of(obj)["command"][2]
+        subprocess.run(["sh", "-n", "-c", script], check=True)  # valid shell
+    # --image: dependencies are in the image; nothing is installed, no PYTHONPATH
+    p = m.plan(load_pipeline(split_dirs["iris"]), options(image="reg/iris:1"))
+    script = container_of(p.jobs["train"])["command"][2]
+    assert "pip" not in script
+    assert "PYTHONPATH" not in env_of(container_of(p.jobs["train"]))
+    volumes = {v["name"] for v in p.jobs["train"]["spec"]["template"]["spec"]["volumes"]}
+    assert "deps" not in volumes
+
+
+def test_startup_script_runs_the_stage_from_a_writable_copy(tmp_path: Path) -> None:
+    """Execute the generated shell with the container paths pointed at temp dirs."""
+    code, work = tmp_path / "code", tmp_path / "work"
+    code.mkdir()
+    work.mkdir()
+    (code / "..data").mkdir()  # what a ConfigMap volume has besides the files
+    (code / "x.txt").write_text("hello")
+    (code / "sub").mkdir()
+    (code / "sub" / "y.txt").write_text("nested")
+    script = m.startup_script("sh -c 'cat x.txt sub/y.txt; touch written'",
+                                options(image="img"))
+    script = script.replace(m.CODE_DIR, str(code)).replace(m.WORK_DIR, str(work))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout == "hellonested"
+    assert (work / "written").exists() and not (work / "..data").exists()
+
+
+def test_promote_job(iris_dir: Path) -> None:
+    set_ini(iris_dir / "nb2prod.ini", "promotion", "METRIC", "accuracy")
+    set_ini(iris_dir / "nb2prod.ini", "promotion", "MIN", "0.9")
+    p = m.plan(load_pipeline(iris_dir), options())
+    job = p.promote
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "promote"
+    assert job["metadata"]["labels"]["nb2prod.io/run-id"] == RUN
+    script = container_of(job)["command"][2]
+    assert script.rstrip().endswith(
+        f"exec python nb2prod_runtime.py promote --pipeline iris --run-id {RUN} "
+        "--metric accuracy --min 0.9")
+    set_ini(iris_dir / "nb2prod.ini", "promotion", "MIN", "high")
+    with pytest.raises(UserError, match="MIN"):
+        m.plan(load_pipeline(iris_dir), options())
+
+
+# -- secrets --------------------------------------------------------------------------------
+def test_secrets_only_as_secret_key_refs(iris_dir: Path) -> None:
+    set_ini(iris_dir / "nb2prod.ini", "secrets", "AWS_ACCESS_KEY_ID", "s3-credentials")
+    set_ini(iris_dir / "nb2prod.ini", "secrets", "AWS_SECRET_ACCESS_KEY", "s3-credentials")
+    set_ini(iris_dir / "stage-2-serve/config.ini", "secrets", "NB2PROD_API_TOKEN",
+            "api:token")
+    p = m.plan(load_pipeline(iris_dir), options())
+    train, serve = container_of(p.jobs["train"]), container_of(p.services["serve"][0])
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in serve["env"] if "valueFrom" in e}
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"},
+        "NB2PROD_API_TOKEN": {"name": "api", "key": "token"},
+    }
+    train_refs = {e["name"] for e in train["env"] if "valueFrom" in e}
+    assert train_refs == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all("value" not in e for e in serve["env"] if "valueFrom" in e)
+    set_ini(iris_dir / "nb2prod.ini", "secrets", "NB2PROD_STORE", "x")
+    with pytest.raises(UserError, match="NB2PROD_STORE"):
+        m.plan(load_pipeline(iris_dir), options())
+
+
+# -- services -------------------------------------------------------------------------------
+def test_deployment_and_service(iris_dir: Path) -> None:
+    cfg = iris_dir / "stage-2-serve/config.ini"
+    set_ini(cfg, "service", "REPLICAS", "3")
+    set_ini(cfg, "service", "PORT", "9090")
+    set_ini(cfg, "service", "WORKERS", "4")
+    set_ini(cfg, "service", "MAX_STARTUP_TIME_SECONDS", "77")
+    p = m.plan(load_pipeline(iris_dir), options(run_id="run-7"))
+    dep, svc = p.services["serve"][:2]
+    assert len(p.services["serve"]) == 2  # INGRESS = false
+    assert dep["metadata"]["name"] == svc["metadata"]["name"] == "iris-serve"
+    spec = dep["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert spec["progressDeadlineSeconds"] == 77
+    sel = spec["selector"]["matchLabels"]
+    tmpl = spec["template"]
+    assert sel.items() <= tmpl["metadata"]["labels"].items()
+    assert svc["spec"]["selector"] == sel
+    assert "nb2prod.io/run-id" not in sel  # selectors are immutable: never per run
+    assert tmpl["metadata"]["annotations"]["nb2prod.io/model-run-id"] == "run-7"
+    assert len(tmpl["metadata"]["annotations"]["nb2prod.io/code-hash"]) == 64
+    c = tmpl["spec"]["containers"][0]
+    assert c["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["initialDelaySeconds"] >= 77
+    assert env_of(c)["MODEL_RUN_ID"] == "run-7"
+    assert "exec python -m gunicorn --chdir /nb2prod/work -w 4 -b 0.0.0.0:9090 " \
+           "--graceful-timeout 30" in c["command"][2]
+    assert c["command"][2].rstrip().endswith("app:app")
+    assert tmpl["spec"]["terminationGracePeriodSeconds"] > 30
+    assert tmpl["spec"]["restartPolicy"] == "Always"
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
+                                     "protocol": "TCP"}]
+    assert m.service_url(load_pipeline(iris_dir), load_pipeline(iris_dir).stages["serve"],
+                         "ml") == "http://iris-serve.ml.svc.cluster.local/predict"
+
+
+def test_privileged_port_refused(iris_dir: Path) -> None:
+    set_ini(iris_dir / "stage-2-serve/config.ini", "service", "PORT", "80")
+    with pytest.raises(UserError, match="PORT = 80"):
+        m.plan(load_pipeline(iris_dir), options())
+
+
+# -- RBAC -----------------------------------------------------------------------------------
+def test_rbac_is_minimal(split_dirs: dict[str, Path], iris_dir: Path) -> None:
+    p = m.plan(load_pipeline(split_dirs["iris"]), options())
+    by_kind = {}
+    for obj in p.setup:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    accounts = {o["metadata"]["name"]: o for o in by_kind["ServiceAccount"]}
+    assert accounts["iris-stages"]["automountServiceAccountToken"] is False
+    assert "iris-roller" in accounts
+    (role,) = by_kind["Role"]
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
+                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]}]
+    (binding,) = by_kind["RoleBinding"]
+    assert binding["roleRef"]["name"] == "iris-roller"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "iris-roller",
+                                    "namespace": "ml"}]
+    # a pipeline without services gets no Role at all (empty resourceNames = every object)
+    shutil.rmtree(iris_dir / "stage-2-serve")
+    set_ini(iris_dir / "nb2prod.ini", "workflow", "DAG", "train")
+    p = m.plan(load_pipeline(iris_dir), options())
+    assert {o["kind"] for o in p.setup} == {"ServiceAccount", "ConfigMap"}
+    assert not p.services

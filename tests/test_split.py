@@ -1,0 +1,310 @@
+"""`nb2prod split`: re-splitting keeps the user's work, `--check`, `--templates`, Kale notebooks.
+
+The CLI runs in-process through `nb2prod.cli.main` (same exit codes and messages as the
+console script, much faster than a subprocess); tests/test_bad_inputs.py covers the
+subprocess path.
+"""
+
+from __future__ import annotations
+
+import configparser
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nb2prod.cli import main
+from nb2prod.notebook import import_nbformat
+from nb2prod.split import split_notebook
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "example_notebooks"
+KALE = REPO / "tests" / "data" / "kale" / "kale_pipeline.ipynb"
+
+import_nbformat()  # nbformat through nb2prod's fast path before jupytext imports it
+
+
+class CLI:
+    """Run `nb2prod ...` in-process and capture its output."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # `split --check` exits 1 through sys.exit
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
+    return CLI(capsys)
+
+
+@pytest.fixture
+def iris(tmp_path: Path) -> Path:
+    notebook = tmp_path / "iris.ipynb"
+    shutil.copyfile(EXAMPLES / "iris.ipynb", notebook)
+    return notebook
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path)
+    return parser
+
+
+def edit_notebook(notebook: Path, cell: int, source: str) -> None:
+    data = json.loads(notebook.read_text())
+    data["cells"][cell]["source"] = source
+    notebook.write_text(json.dumps(data, indent=1))
+
+
+# -- re-split keeps the user's work -----------------------------------------------------------
+def test_resplit_keeps_an_edited_config_value_and_says_so(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    assert cli("split", iris, "-o", out)[0] == 0
+    config = out / "stage-1-train" / "config.ini"
+    config.write_text(config.read_text().replace("RETRIES = 2", "RETRIES = 5"))
+
+    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    assert code == 0
+    assert "kept your edit: stage-1-train/config.ini [batch] RETRIES" in stdout
+    assert ini(config)["batch"]["RETRIES"] == "5"
+    assert ini(config)["batch"]["MAX_COMPLETION_TIME_SECONDS"] == "1800"
+
+
+def test_an_edit_kept_once_is_kept_on_every_later_split(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    config = out / "stage-1-train" / "config.ini"
+    config.write_text(config.read_text().replace("RETRIES = 2", "RETRIES = 5"))
+    cli("split", iris, "-o", out, "--force")
+    assert ini(config)["batch"]["RETRIES"] == "5"
+    # unchanged notebook, unchanged pipeline: it is up to date, and stays as edited
+    assert cli("split", iris, "-o", out, "--check")[0] == 0
+    cli("split", iris, "-o", out, "--force")
+    assert ini(config)["batch"]["RETRIES"] == "5"
+
+
+def test_resplit_keeps_nb2prod_ini_edits_but_derived_keys_follow_the_notebook(
+        cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    top = out / "nb2prod.ini"
+    top.write_text(top.read_text().replace("IMAGE = python:3.11-slim", "IMAGE = my/image:1"))
+    config = out / "stage-2-serve" / "config.ini"
+    config.write_text(config.read_text().replace("INPUTS = model, species", "INPUTS = bogus")
+                      .replace("REPLICAS = 2", "REPLICAS = 3"))
+    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    assert code == 0
+    assert ini(top)["kubernetes"]["IMAGE"] == "my/image:1"
+    assert ini(config)["service"]["REPLICAS"] == "3"
+    assert ini(config)["default"]["INPUTS"] == "model, species"  # derived: not kept
+
+
+def test_edited_generated_files_are_backed_up(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    script = out / "stage-1-train" / "train.py"
+    stage_nb = out / "stage-2-serve" / "serve.ipynb"
+    edited_script = script.read_text() + "\n# my note\n"
+    script.write_text(edited_script)
+    edited_nb = stage_nb.read_text().replace('"source": "def predict', '"source": "#x\\ndef predict')
+    assert edited_nb != stage_nb.read_text()
+    stage_nb.write_text(edited_nb)
+
+    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    assert code == 0
+    assert "replaced your edited stage-1-train/train.py" in stdout
+    assert "replaced your edited stage-2-serve/serve.ipynb" in stdout
+    assert "# my note" not in script.read_text()  # regenerated
+    backups = sorted((out / ".nb2prod" / "backup").iterdir())
+    assert len(backups) == 1
+    assert (backups[0] / "stage-1-train" / "train.py").read_text() == edited_script
+    assert (backups[0] / "stage-2-serve" / "serve.ipynb").read_text() == edited_nb
+    # files the user did not touch are not backed up
+    assert sorted(p.relative_to(backups[0]).as_posix() for p in backups[0].rglob("*")
+                  if p.is_file()) == ["stage-1-train/train.py", "stage-2-serve/serve.ipynb"]
+
+
+def test_user_files_and_run_state_survive_a_resplit(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    added = {
+        "NOTES.md": b"my notes\n",
+        "stage-1-train/extra_data.csv": b"a,b\n1,2\n",
+        "stage-2-serve/static/logo.txt": b"logo\n",
+        "docs/readme.txt": b"hello\n",
+    }
+    state = {
+        ".nb2prod/artifacts/iris/runs/r1/train/model.joblib": b"\x00model",
+        ".nb2prod/artifacts/iris/latest.json": b'{"run_id": "r1"}',
+    }
+    for rel, data in {**added, **state}.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    edit_notebook(iris, 5, "model = LogisticRegression(max_iter=max_iter + 1)\n"
+                           "model.fit(X_train, y_train)\n")
+
+    assert cli("split", iris, "-o", out, "--force")[0] == 0
+    after = files(out)
+    for rel, data in {**added, **state}.items():
+        assert after.get(rel) == data, f"{rel} did not survive the re-split"
+    assert "max_iter + 1" in (out / "stage-1-train" / "train.py").read_text()
+    assert [p.name for p in iris.parent.iterdir() if p.name.startswith(".")] == []  # no temp dirs
+
+
+def test_removed_stage_directory_disappears_on_resplit(tmp_path: Path) -> None:
+    notebook = tmp_path / "wine.ipynb"
+    shutil.copyfile(EXAMPLES / "wine_parallel.ipynb", notebook)
+    out = tmp_path / "wine-pipeline"
+    split_notebook(notebook, out)
+    data = json.loads(notebook.read_text())
+    data["cells"][5]["metadata"]["tags"] = []  # train_logreg joins train_forest
+    data["cells"][6]["source"] = "".join(data["cells"][6]["source"]).replace(
+        '"logreg": logreg.score(X_test, y_test)', '"logreg": 0.0')
+    notebook.write_text(json.dumps(data))
+    split_notebook(notebook, out, force=True)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("stage-")) == [
+        "stage-1-prepare", "stage-2-train_forest", "stage-3-evaluate", "stage-4-serve"]
+
+
+# -- --check ---------------------------------------------------------------------------------
+def test_check_is_0_when_fresh_and_1_after_the_notebook_changes(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    before = files(out)
+    code, stdout, _ = cli("split", iris, "-o", out, "--check")
+    assert code == 0, stdout
+    assert "up to date" in stdout
+
+    edit_notebook(iris, 1, "test_size = 0.3\nrandom_state = 42\nmax_iter = 200\n")
+    code, _, stderr = cli("split", iris, "-o", out, "--check")
+    assert code == 1
+    assert "stale" in stderr
+    assert "stage-1-train/train.ipynb" in stderr
+    assert files(out) == before  # --check writes nothing
+
+    cli("split", iris, "-o", out, "--force")
+    assert cli("split", iris, "-o", out, "--check")[0] == 0
+
+
+def test_check_detects_a_deleted_generated_file(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    (out / "stage-2-serve" / "app.py").unlink()
+    code, _, stderr = cli("split", iris, "-o", out, "--check")
+    assert code == 1 and "stage-2-serve/app.py" in stderr
+
+
+def test_check_of_a_text_notebook_is_fresh_right_after_split(cli: CLI, tmp_path: Path) -> None:
+    notebook = tmp_path / "diabetes.py"
+    shutil.copyfile(EXAMPLES / "diabetes.py", notebook)
+    out = tmp_path / "diabetes-pipeline"
+    assert cli("split", notebook, "-o", out)[0] == 0
+    code, stdout, stderr = cli("split", notebook, "-o", out, "--check")
+    assert code == 0, stderr  # jupytext gives cells random ids: they must not leak into output
+
+
+# -- --templates -----------------------------------------------------------------------------
+def test_templates_dir_overrides_one_template_and_keeps_the_others(cli: CLI, iris: Path,
+                                                                   tmp_path: Path) -> None:
+    templates = tmp_path / "my_templates"
+    templates.mkdir()
+    (templates / "requirements.txt.j2").write_text(
+        "# custom requirements for {{ stage.name }}\n"
+        "{% for line in requirements %}\n{{ line }}\n{% endfor %}\n"
+        "my-company-logging==1.0\n")
+    default = iris.parent / "default-pipeline"
+    custom = iris.parent / "custom-pipeline"
+    assert cli("split", iris, "-o", default)[0] == 0
+    assert cli("split", iris, "-o", custom, "--templates", templates)[0] == 0
+
+    reqs = (custom / "stage-1-train" / "requirements.txt").read_text().splitlines()
+    assert reqs[0] == "# custom requirements for train"
+    assert reqs[-1] == "my-company-logging==1.0"
+    assert [r for r in reqs[1:-1]] == [
+        r for r in (default / "stage-1-train" / "requirements.txt").read_text().splitlines()
+        if not r.startswith("#")]
+    # every other file comes from the default templates
+    for rel, data in files(default).items():
+        if rel.endswith("requirements.txt") or rel.startswith(".nb2prod/"):
+            continue
+        if rel == "nb2prod.ini":
+            assert files(custom)[rel].replace(b"custom-pipeline", b"default-pipeline") == data
+            continue
+        assert files(custom)[rel] == data, rel
+
+
+def test_missing_templates_dir_is_a_user_error(cli: CLI, iris: Path) -> None:
+    code, _, stderr = cli("split", iris, "-o", iris.parent / "out", "--templates",
+                          iris.parent / "nope")
+    assert code == 2
+    assert "templates directory does not exist" in stderr
+    assert not (iris.parent / "out").exists()
+
+
+# -- a Kale-tagged notebook -------------------------------------------------------------------
+def _closure(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    closure = set(edges)
+    while True:
+        more = {(a, d) for (a, b), (c, d) in itertools.product(closure, closure) if b == c}
+        if more <= closure:
+            return closure
+        closure |= more
+
+
+def test_kale_notebook_splits_unedited_into_kales_steps_and_edges(cli: CLI,
+                                                                  tmp_path: Path) -> None:
+    notebook = tmp_path / "kale_pipeline.ipynb"
+    shutil.copyfile(KALE, notebook)
+    out = tmp_path / "kale-pipeline"
+    code, stdout, stderr = cli("split", notebook, "-o", out)
+    assert code == 0, stderr
+    assert "warning" not in stderr  # every Kale tag is understood
+
+    # Kale's steps: block:load (+ the untagged cell below it), block:train, step:evaluate
+    top = ini(out / "nb2prod.ini")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("stage-")) == [
+        "stage-1-load", "stage-2-train", "stage-3-evaluate"]
+    # Kale's edges come from prev: tags; nb2prod may add data edges Kale implies transitively
+    kale_edges = {("load", "train"), ("train", "evaluate")}
+    edges = {tuple(line.split(" >> ")) for line in top["workflow"]["DAG"].split("\n")}
+    assert kale_edges <= edges
+    assert _closure(edges) == _closure(kale_edges)
+
+    stages = {name: ini(out / f"stage-{i}-{name}" / "config.ini")
+              for i, name in enumerate(["load", "train", "evaluate"], start=1)}
+    assert stages["train"]["default"]["INPUTS"] == "X_train, y_train"
+    assert stages["evaluate"]["default"]["INPUTS"] == "X_test, model, y_test"
+    assert stages["evaluate"]["default"]["METRICS"] == "accuracy"  # pipeline-metrics
+    # limit:nvidia.com/gpu:1 and limit:memory:2Gi land in the train stage's config.ini
+    assert stages["train"]["default"]["GPU"] == "1"
+    assert stages["train"]["default"]["MEMORY_REQUEST_MB"] == "2048"
+    assert stages["load"]["default"]["GPU"] == "0"
+
+    for name, cells in {"load": [4, 5], "train": [7], "evaluate": [9, 10]}.items():
+        i = ["load", "train", "evaluate"].index(name) + 1
+        stage_nb = json.loads((out / f"stage-{i}-{name}" / f"{name}.ipynb").read_text())
+        first = stage_nb["cells"][0]
+        assert first["metadata"]["tags"] == ["parameters"]  # pipeline-parameters, for papermill
+        assert first["source"] == "n_samples = 200\nseed = 7"
+        sources = [c["source"] for c in stage_nb["cells"]]
+        assert sources[1].startswith("import numpy as np")  # imports
+        assert sources[2].startswith("def accuracy_of")  # functions
+        by_id = stage_nb["metadata"]["nb2prod"]["source_cells_by_id"]
+        assert sorted(i for i in by_id.values() if i > 3) == cells
+        assert not any("exploration only" in s for s in sources)  # skip

@@ -490,6 +490,18 @@ def test_deployment_becomes_available_serves_through_service_proxy_and_rolls_out
     wait_for(lambda: len(pods_of(v1, ns, "app=web")) == 1, "the old pod to terminate")
     assert "Directory listing" in v1.connect_get_namespaced_service_proxy_with_path("web:80", ns, path="")
 
+    # Roll back as `kubectl rollout undo` does: put revision 1's template back (without the hash label).
+    template = replica_sets["1"].spec.template
+    del template.metadata.labels["pod-template-hash"]
+    current = apps.read_namespaced_deployment("web", ns)
+    current.spec.template = template
+    apps.replace_namespaced_deployment("web", ns, current)
+    wait_for(lambda: rolled_out("3"), "the rollback to roll out")
+    revisions = {r.metadata.name: r.metadata.annotations["deployment.kubernetes.io/revision"]
+                 for r in apps.list_namespaced_replica_set(ns).items}
+    assert revisions[rs.metadata.name] == "3"  # the first ReplicaSet is reused, not recreated
+    assert len(revisions) == 2
+
     scaled = apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 2}})
     assert scaled.spec.replicas == 2
     wait_for(lambda: apps.read_namespaced_deployment("web", ns).status.ready_replicas == 2, "two ready replicas")
@@ -615,6 +627,86 @@ def test_delete_cascades_background_foreground_and_job_default_orphans(api: ApiC
     wait_for(lambda: not pods_of(v1, ns, "job-name=cascaded"), "the cascaded job's pods to go")
     [orphan] = pods_of(v1, ns, "job-name=orphaned")
     assert not orphan.metadata.owner_references
+
+
+def test_namespace_deletion_empties_it_and_refuses_new_content(api: ApiClient) -> None:
+    v1 = client.CoreV1Api(api)
+    v1.create_namespace({"metadata": {"name": "doomed"}})
+    v1.create_namespaced_config_map("doomed", {"metadata": {"name": "cfg"}})
+    v1.create_namespaced_pod("doomed", pod_body("sleeper", [container("c", ["sleep", "60"])]))
+    wait_for(lambda: pod_phase(v1, "doomed", "sleeper", "Running"), "the pod to run")
+    v1.delete_namespace("doomed")
+    assert v1.read_namespace("doomed").status.phase == "Terminating"
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_config_map("doomed", {"metadata": {"name": "late"}})
+    assert (exc.value.status, error(exc)["reason"]) == (403, "Forbidden")
+    wait_for(lambda: gone(lambda: v1.read_namespace("doomed")), "the namespace to disappear")
+    assert v1.list_pod_for_all_namespaces(field_selector="metadata.namespace=doomed").items == []
+
+
+# --------------------------------------------------------------------------- other kinds and patch strategies
+
+def test_rbac_ingress_secrets_and_strategic_merge_of_named_lists(api: ApiClient, ns: str) -> None:
+    v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    rbac, net = client.RbacAuthorizationV1Api(api), client.NetworkingV1Api(api)
+    v1.create_namespaced_service_account(ns, {"metadata": {"name": "runner"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "pod-reader"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]}]})
+    binding = {"metadata": {"name": "runner-reads"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": ns}]}
+    rbac.create_namespaced_role_binding(ns, binding)
+    with pytest.raises(ApiException) as exc:
+        rbac.patch_namespaced_role_binding("runner-reads", ns, {"roleRef": {"name": "other"}})
+    assert [c["field"] for c in error(exc)["details"]["causes"]] == ["roleRef"]
+    assert [r.metadata.name for r in rbac.list_namespaced_role(ns).items] == ["pod-reader"]
+
+    ingress = net.create_namespaced_ingress(ns, {"metadata": {"name": "web"}, "spec": {"rules": [{
+        "host": "web.example", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+            "service": {"name": "web", "port": {"number": 80}}}}]}}]}})
+    assert ingress.metadata.generation == 1
+
+    secret = v1.create_namespaced_secret(ns, {"metadata": {"name": "creds"}, "stringData": {"user": "ml"}})
+    assert (secret.type, secret.data, secret.string_data) == ("Opaque", {"user": "bWw="}, None)
+
+    base = web_deployment("patched", replicas=0)
+    base["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"},
+                                                                {"name": "B", "value": "2"}]
+    base["spec"]["template"]["spec"]["volumes"] = [{"name": "cache", "emptyDir": {}}]
+    apps.create_namespaced_deployment(ns, base)
+    patch = {"spec": {"template": {"spec": {
+        "volumes": [{"name": "models", "configMap": {"name": "models"}}],
+        "containers": [{"name": "web", "env": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}],
+                        "volumeMounts": [{"name": "models", "mountPath": "/models"}]}]}}}}
+    spec = apps.patch_namespaced_deployment("patched", ns, patch).spec.template.spec
+    assert [v.name for v in spec.volumes] == ["cache", "models"]
+    [web] = spec.containers
+    assert web.command[:2] == ["python", "-m"]  # merged by name, not replaced
+    assert [(e.name, e.value) for e in web.env] == [("B", "3")]
+    assert [m.mount_path for m in web.volume_mounts] == ["/models"]
+
+    replaced = apps.patch_namespaced_deployment(
+        "patched", ns, {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1"}]}}}},
+        _content_type="application/merge-patch+json").spec.template.spec.containers
+    assert [(c.name, c.command) for c in replaced] == [("web", None)]  # JSON merge patch replaces lists
+
+
+def test_liveness_probe_failure_restarts_the_container(api: ApiClient, ns: str) -> None:
+    v1 = client.CoreV1Api(api)
+    probe = {"httpGet": {"path": "/missing", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}
+    v1.create_namespaced_pod(ns, pod_body("sick", [container(
+        "web", ["python", "-m", "http.server", "8080"], ports=[{"containerPort": 8080}], livenessProbe=probe)],
+        restart="Always"))
+
+    def restarted() -> Any:
+        status = (v1.read_namespaced_pod("sick", ns).status.container_statuses or [None])[0]
+        return status if status is not None and status.restart_count >= 1 else None
+
+    status = wait_for(restarted, "a liveness restart")
+    assert status.last_state.terminated.exit_code == 137
+    reasons = {e.reason for e in v1.list_namespaced_event(
+        ns, field_selector="involvedObject.name=sick").items}
+    assert {"Unhealthy", "Killing"} <= reasons
 
 
 # --------------------------------------------------------------------------- validation

@@ -11,7 +11,9 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 from tests.test_run_e2e import (
     EXAMPLES,
     RUN_DATA,
+    RUN_TIMEOUT,
     SERVING_LINE,
     Command,
     clean_env,
@@ -55,12 +58,53 @@ class Branches:
     pipeline_dir: Path
     good_run: str
     latest_after_good: bytes
-    failed: object  # CompletedProcess of the failing run
+    failed: subprocess.CompletedProcess[str]
     failed_run: str
 
 
+@dataclass
+class Iris:
+    work: Path
+    pipeline_dir: Path
+    good_run: str
+    latest: bytes  # latest.json right after the good run
+    gated: subprocess.CompletedProcess[str]  # a later run that misses MIN = 0.99
+
+
+def prepare_iris(work: Path) -> Iris:
+    """Split iris, run it (promoted), then set a gate it cannot pass and run it again."""
+    shutil.copy(EXAMPLES / "iris.ipynb", work)
+    split = nb2prod("split", "iris.ipynb", cwd=work)
+    assert split.returncode == 0, split.stderr
+    good = nb2prod("run", "iris-pipeline", "--no-serve", cwd=work)
+    assert good.returncode == 0, good.stdout + good.stderr
+    pipeline_dir = work / "iris-pipeline"
+    latest = latest_bytes(pipeline_dir, "iris")
+    set_promotion_gate(pipeline_dir, "accuracy", 0.99)
+    gated = nb2prod("run", "iris-pipeline", "--no-serve", "--param", "max_iter=1", cwd=work)
+    return Iris(work, pipeline_dir, run_id_of(good.stdout), latest, gated)
+
+
 @pytest.fixture(scope="module")
-def branches(tmp_path_factory: pytest.TempPathFactory) -> Branches:
+def iris_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Iris]]:
+    """The iris runs, started in the background so they overlap the branches runs.
+
+    Each run is mostly one busy process at a time; two runs side by side use both cores.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(prepare_iris, tmp_path_factory.mktemp("iris-gate"))
+        yield future
+
+
+@pytest.fixture(scope="module")
+def iris_good(iris_future: Future[Iris]) -> Iris:
+    return iris_future.result(timeout=2 * RUN_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def branches(tmp_path_factory: pytest.TempPathFactory,
+             iris_future: Future[Iris]) -> Branches:
+    # iris_future: start the iris runs first, so they overlap these.
     work = tmp_path_factory.mktemp("branches")
     shutil.copy(RUN_DATA / "branches.ipynb", work)
     split = nb2prod("split", "branches.ipynb", "-o", "pl", cwd=work)
@@ -178,26 +222,6 @@ def test_bad_input_exits_2_with_one_line(branches: Branches, args: tuple[str, ..
 # --------------------------------------------------------------------------- promotion gate
 
 
-@dataclass
-class Iris:
-    work: Path
-    pipeline_dir: Path
-    good_run: str
-    latest: bytes
-
-
-@pytest.fixture(scope="module")
-def iris_good(tmp_path_factory: pytest.TempPathFactory) -> Iris:
-    work = tmp_path_factory.mktemp("iris-gate")
-    shutil.copy(EXAMPLES / "iris.ipynb", work)
-    split = nb2prod("split", "iris.ipynb", cwd=work)
-    assert split.returncode == 0, split.stderr
-    good = nb2prod("run", "iris-pipeline", "--no-serve", cwd=work)
-    assert good.returncode == 0, good.stdout + good.stderr
-    pipeline_dir = work / "iris-pipeline"
-    return Iris(work, pipeline_dir, run_id_of(good.stdout), latest_bytes(pipeline_dir, "iris"))
-
-
 def set_promotion_gate(pipeline_dir: Path, metric: str, minimum: float) -> None:
     ini = pipeline_dir / "nb2prod.ini"
     text, count = re.subn(r"^\[promotion\]\n", f"[promotion]\nMETRIC = {metric}\n"
@@ -207,9 +231,7 @@ def set_promotion_gate(pipeline_dir: Path, metric: str, minimum: float) -> None:
 
 
 def test_promotion_gate_keeps_previous_model_latest_and_served(iris_good: Iris) -> None:
-    set_promotion_gate(iris_good.pipeline_dir, "accuracy", 0.99)
-    gated = nb2prod("run", "iris-pipeline", "--no-serve", "--param", "max_iter=1",
-                    cwd=iris_good.work)
+    gated = iris_good.gated  # run with [promotion] METRIC = accuracy, MIN = 0.99
     assert gated.returncode == 1, gated.stdout + gated.stderr
     gated_run = run_id_of(gated.stdout)
     message = gated.stderr.strip().splitlines()[-1]

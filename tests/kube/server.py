@@ -524,6 +524,7 @@ class Handler(BaseHTTPRequestHandler):
             raise service_unavailable(f"error trying to reach service: dial tcp 127.0.0.1:{local}: {exc}") from exc
         finally:
             conn.close()
+        self.status_code = resp.status
         self.send_response(resp.status)
         for key, value in resp.getheaders():
             if key.lower() not in HOP_HEADERS:

@@ -107,6 +107,7 @@ class _Builder:
             self.problem("the notebook has no code cells")
             return
         current: str | None = None
+        block: str | None = None  # Kale: untagged cells after a prelude cell join it
         for cell in code:
             tags = parse_tags(list(cell.tags))
             self.tags[cell.index] = tags
@@ -122,6 +123,12 @@ class _Builder:
                 continue
             if tags.role in PRELUDE_ROLES:
                 self.prelude[tags.role].append(cell.index)
+                block = tags.role
+                continue
+            if tags.stage or tags.after or tags.hints or tags.secrets or tags.metrics:
+                block = None
+            elif block is not None:
+                self.prelude[block].append(cell.index)
                 continue
             if tags.stage:
                 current = tags.stage

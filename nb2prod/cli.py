@@ -285,7 +285,7 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         click.echo("nothing was changed (`nb2prod render` prints the YAML)")
         return
     client = kube.Kube(context)
-    with Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
+    with kube.api_errors(), Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
         deployer = kube.Deployer(client, pipeline, opts, progress, click.echo)
         click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
@@ -354,7 +354,8 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
     from nb2prod.runners import kubernetes as kube
 
     pipeline = load_pipeline(target)
-    info = kube.status(pipeline, _namespace(pipeline, namespace), context=context)
+    with kube.api_errors():
+        info = kube.status(pipeline, _namespace(pipeline, namespace), context=context)
     console = _console()
     if not info["runs"] and not any(s["exists"] for s in info["services"].values()):
         click.echo(f"{pipeline.name}: nothing deployed in namespace {info['namespace']}")
@@ -398,8 +399,9 @@ def logs(stage: str, target: Path, namespace: str | None, context: str | None,
     if stage not in pipeline.stages:
         raise UserError(Problem(f"no stage '{stage}' (have: {', '.join(pipeline.order)})"))
     ns = _namespace(pipeline, namespace)
-    shown = kube.logs(pipeline.name, ns, stage, run_id=run_id, follow=follow, context=context,
-                      echo=click.echo)
+    with kube.api_errors():
+        shown = kube.logs(pipeline.name, ns, stage, run_id=run_id, follow=follow,
+                          context=context, echo=click.echo)
     if not shown:
         which = f" of run {run_id}" if run_id else ""
         raise PipelineFailure(f"no pods of stage '{stage}'{which} in namespace {ns} "
@@ -421,8 +423,9 @@ def delete(target: Path, namespace: str | None, context: str | None, purge_artif
 
     pipeline = load_pipeline(target)
     ns = _namespace(pipeline, namespace)
-    counts = kube.delete(pipeline, ns, context=context, purge_artifacts=purge_artifacts,
-                         store=store, echo=click.echo)
+    with kube.api_errors():
+        counts = kube.delete(pipeline, ns, context=context, purge_artifacts=purge_artifacts,
+                             store=store, echo=click.echo)
     objects = {k: v for k, v in counts.items() if k != "artifacts"}
     if not objects:
         click.echo(f"nothing of {pipeline.name} in namespace {ns}")

@@ -319,7 +319,8 @@ class _ScopeWalker(ast.NodeVisitor):
         self.bind(node.name)
         if not self.conditional:
             self.definitions[node.name] = Definition(
-                "def", self._segment(node), info.free_reads, info.free_mutates, info.global_writes
+                "def", self._segment(node), info.free_reads | _definition_reads(node),
+                info.free_mutates, info.global_writes
             )
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
@@ -338,7 +339,9 @@ class _ScopeWalker(ast.NodeVisitor):
         self.bind(node.name)
         if not self.conditional:
             self.definitions[node.name] = Definition(
-                "class", self._segment(node), info.free_reads, info.free_mutates, info.global_writes
+                "class", self._segment(node),
+                info.free_reads | info.body_reads | _definition_reads(node),
+                info.free_mutates, info.global_writes
             )
 
     def visit_If(self, node: ast.If) -> None:
@@ -690,3 +693,16 @@ def _import_source(alias: ast.alias, module: str | None, level: int) -> str:
     if module is None and level == 0:
         return f"import {alias.name}{asname}\n"
     return f"from {'.' * level}{module or ''} import {alias.name}{asname}\n"
+
+
+def _definition_reads(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> frozenset[str]:
+    """Names a `def`/`class` statement itself evaluates: decorators, defaults, annotations, bases."""
+    parts: list[ast.AST] = list(node.decorator_list)
+    if isinstance(node, ast.ClassDef):
+        parts += node.bases + [kw.value for kw in node.keywords]
+    else:
+        parts += node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+        parts += [a.annotation for a in _all_args(node.args) if a.annotation is not None]
+        if node.returns is not None:
+            parts.append(node.returns)
+    return frozenset(name for part in parts for name in _loaded_names(part)) - BUILTIN_NAMES

@@ -76,6 +76,12 @@ def message_of(exc: BaseException) -> str:
     status = status_of(exc)
     if status is not None:
         return f"{status} {getattr(exc, 'reason', '')}".strip()
+    cause = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the real error
+    if isinstance(cause, BaseException):
+        text = str(cause).split(": ", 1)[-1] if ": " in str(cause) else str(cause)
+        url = getattr(exc, "url", "") or ""
+        return f"cannot reach {getattr(getattr(exc, 'pool', None), 'host', '?')}"\
+               f"{' (' + url.split('?')[0] + ')' if url else ''}: {text}".splitlines()[0]
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 

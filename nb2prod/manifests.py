@@ -410,6 +410,9 @@ def pod_spec(pipeline: Pipeline, code: StageCode, code_name: str, opts: Options,
         **container,
         "image": image_for(pipeline, stage, opts),
         "workingDir": WORK_DIR,
+        # A failed container's status then carries its log tail: why it failed is
+        # visible in `kubectl describe` and to nb2prod without fetching logs.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,

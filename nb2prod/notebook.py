@@ -96,7 +96,7 @@ def load_notebook(path: Path) -> Notebook:
             cell_type=c.cell_type,
             source=c.source if isinstance(c.source, str) else "".join(c.source),
             tags=tuple(c.get("metadata", {}).get("tags", [])),
-            cell_id=c.get("id"),
+            cell_id=None if path.suffix.lower() in TEXT_SUFFIXES else c.get("id"),  # jupytext ids are random
             metadata=dict(c.get("metadata", {})),
         )
         for i, c in enumerate(nb.cells)

@@ -43,6 +43,7 @@ class Rendered:
 
     files: dict[str, bytes] = field(default_factory=dict)
     configs: dict[str, Config] = field(default_factory=dict)  # relative path -> values
+    generated: dict[str, Config] = field(default_factory=dict)  # the same, before user edits
     requirements: dict[str, list[str]] = field(default_factory=dict)  # stage -> lines
 
 
@@ -64,7 +65,8 @@ def render(
     nb = analysis.notebook
     name = pipeline_name(nb.path)
     out = Rendered()
-    top = _top_config(analysis, name, output, user_configs.get("nb2prod.ini", {}))
+    out.generated["nb2prod.ini"] = _top_config(analysis, name, output)
+    top = _merge(out.generated["nb2prod.ini"], user_configs.get("nb2prod.ini", {}))
     out.configs["nb2prod.ini"] = top
     overrides = dict(top.get("requirements", {}))
     local = _local_modules(nb.path.parent)
@@ -75,10 +77,11 @@ def render(
         out.requirements[stage.name] = reqs
         base = stage.directory
         ctx = {"stage": stage, "pipeline": name, "version": __version__}
-        config = _merge(_stage_config(stage, name), user_configs.get(f"{base}/config.ini", {}))
-        if stage.type == "service" and not config["service"].get("SAMPLE_REQUEST"):
-            config["service"]["SAMPLE_REQUEST"] = sample_request(analysis,
-                                                                 config["service"]["ENTRYPOINT"])
+        generated = _stage_config(stage, name)
+        if stage.type == "service":
+            generated["service"]["SAMPLE_REQUEST"] = sample_request(analysis, "predict")
+        out.generated[f"{base}/config.ini"] = generated
+        config = _merge(generated, user_configs.get(f"{base}/config.ini", {}))
         out.configs[f"{base}/config.ini"] = config
         out.files[f"{base}/config.ini"] = _text(env, "config.ini.j2", config=config, **ctx)
         out.files[f"{base}/requirements.txt"] = _text(
@@ -106,7 +109,7 @@ def render(
 
 
 # -- config values ---------------------------------------------------------------
-def _top_config(analysis: Analysis, name: str, output: Path, user: Config) -> Config:
+def _top_config(analysis: Analysis, name: str, output: Path) -> Config:
     nb_path = analysis.notebook.path.resolve()
     try:
         rel = Path(_relpath(nb_path, output.resolve()))
@@ -114,7 +117,7 @@ def _top_config(analysis: Analysis, name: str, output: Path, user: Config) -> Co
         rel = nb_path
     edges = analysis.edges
     order = [s.name for s in analysis.stages]
-    generated: Config = {
+    return {
         "project": {"NAME": name, "NOTEBOOK": rel.as_posix(),
                     "SOURCE_SHA256": analysis.notebook.sha256},
         "workflow": {"DAG": dag.format_dag(order, edges)},
@@ -126,7 +129,6 @@ def _top_config(analysis: Analysis, name: str, output: Path, user: Config) -> Co
         "secrets": {},
         "schedule": {},
     }
-    return _merge(generated, user)
 
 
 def _relpath(target: Path, start: Path) -> str:
@@ -204,7 +206,7 @@ def _parameter_names(analysis: Analysis) -> set[str]:
 # -- requirements ----------------------------------------------------------------
 def _stage_imports(analysis: Analysis, stage: Stage) -> list[tuple[str, int]]:
     cells = [i for role in ("parameters", "imports", "functions") for i in analysis.prelude[role]]
-    found = [imp for i in cells + stage.cells for imp in analysis.flows[i].imports]
+    found = [(module, i) for i in cells + stage.cells for module, _ in analysis.flows[i].imports]
     for definition in stage.copied.values():
         if definition.kind == "import":
             module = definition.source.split()[1].split(".")[0]

@@ -86,6 +86,9 @@ def split_notebook(path: Path, output: Path | None = None, force: bool = False,
     if templates is not None and not Path(templates).is_dir():
         raise UserError(Problem("templates directory does not exist", file=str(templates)))
     exists = output.exists()
+    if exists and not output.is_dir():
+        raise UserError(Problem("exists and is not a directory; choose another -o",
+                                file=str(output)))
     if exists and not (output / "nb2prod.ini").is_file() and any(output.iterdir()):
         raise UserError(Problem("exists and is not an nb2prod pipeline; choose another -o",
                                 file=str(output)))
@@ -134,7 +137,7 @@ def _digest(data: bytes) -> str:
 
 def _record_bytes(rendered: Rendered) -> bytes:
     record = {"files": {rel: _digest(data) for rel, data in sorted(rendered.files.items())},
-              "configs": rendered.configs}
+              "configs": rendered.generated}
     return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
 
 

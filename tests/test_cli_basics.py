@@ -23,7 +23,8 @@ def nb2prod_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
     env["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def test_help_lists_the_commands() -> None:
@@ -51,7 +52,8 @@ def test_version() -> None:
 def test_console_script_is_installed() -> None:
     script = shutil.which("nb2prod")
     assert script is not None, "the nb2prod console script is not on PATH"
-    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode == 0 and nb2prod.__version__ in done.stdout
 
 
@@ -98,7 +100,7 @@ def test_importing_the_cli_stays_light(module: str) -> None:
     code = (f"import sys, {module}\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"importing {module} imported: {done.stdout.strip()}"
 
@@ -108,6 +110,6 @@ def test_help_does_not_import_heavy_modules() -> None:
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             f"print('LOADED=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "LOADED="

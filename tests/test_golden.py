@@ -35,13 +35,10 @@ import_nbformat()  # nbformat through nb2prod's fast path before jupytext import
 
 
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
-def split_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One split per example, shared by the tests of this module (read-only for them)."""
-    return split_example(request.param, tmp_path_factory.mktemp(request.param))
-
-
-def _example(split_dir: Path) -> str:
-    return split_dir.parent.name.rstrip("0123456789")
+def split(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(example, pipeline dir): one split per example, shared (read-only) by this module."""
+    return request.param, split_example(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def _diff(rel: str, expected: bytes, actual: bytes) -> str:
@@ -57,8 +54,8 @@ def test_every_example_has_golden_files() -> None:
         assert golden_tree(name), f"no golden files for {name}; run tests/update_golden.py"
 
 
-def test_split_matches_golden_files(split_dir: Path) -> None:
-    example = _example(split_dir)
+def test_split_matches_golden_files(split: tuple[str, Path]) -> None:
+    example, split_dir = split
     expected = golden_tree(example)
     actual = normalised_tree(split_dir)
     assert sorted(actual) == sorted(expected), (
@@ -69,7 +66,8 @@ def test_split_matches_golden_files(split_dir: Path) -> None:
                                        for rel in different)
 
 
-def test_runtime_copy_is_artifacts_py_verbatim(split_dir: Path) -> None:
+def test_runtime_copy_is_artifacts_py_verbatim(split: tuple[str, Path]) -> None:
+    _, split_dir = split
     source = Path(artifacts.__file__).read_text(encoding="utf-8")
     copies = {rel: data for rel, data in tree(split_dir).items()
               if rel.endswith("/" + RUNTIME_FILE)}
@@ -79,7 +77,8 @@ def test_runtime_copy_is_artifacts_py_verbatim(split_dir: Path) -> None:
         assert runtime_body(data) == source, f"{rel} is not a verbatim copy of artifacts.py"
 
 
-def test_split_record_is_written(split_dir: Path) -> None:
+def test_split_record_is_written(split: tuple[str, Path]) -> None:
+    _, split_dir = split
     record = json.loads((split_dir / ".nb2prod" / "split.json").read_text())
     assert set(record["files"]) == set(tree(split_dir))  # every generated file is recorded
     assert "nb2prod.ini" in record["configs"]

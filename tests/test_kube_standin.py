@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,8 +181,9 @@ def test_cli_prints_address_and_writes_kubeconfig(tmp_path: Path) -> None:
         assert line.startswith("Kubernetes stand-in listening on http://127.0.0.1:")
         url = line.split()[-1]
         wait_for(kubeconfig.exists, "the kubeconfig file", timeout=10)
-        config.load_kube_config(config_file=str(kubeconfig))
-        with ApiClient() as api_client:
+        configuration = client.Configuration()  # not the global default: other tests must not see it
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        with ApiClient(configuration) as api_client:
             assert api_client.configuration.host == url
             created = client.CoreV1Api(api_client).create_namespace({"metadata": {"name": "manual"}})
             assert created.status.phase == "Active"
@@ -373,8 +375,9 @@ def test_job_runs_python_with_env_volumes_and_logs(api: ApiClient, ns: str) -> N
     assert log.splitlines() == ["hello from a configmap", f"token s3cr3t mode batch pod {pod.metadata.name}",
                                 "team ml ns True", "ok"]
     assert v1.read_namespaced_pod_log(pod.metadata.name, ns, tail_lines=1) == "ok\n"
-    stamped = v1.read_namespaced_pod_log(pod.metadata.name, ns, timestamps=True).splitlines()
-    assert dt.datetime.fromisoformat(stamped[0].split(" ")[0][:26]) is not None
+    stamp, first_line = v1.read_namespaced_pod_log(pod.metadata.name, ns, timestamps=True).splitlines()[0].split(" ", 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", stamp)
+    assert first_line == "hello from a configmap"
     with pytest.raises(ApiException) as exc:
         v1.read_namespaced_pod_log(pod.metadata.name, ns, container="nope")
     assert exc.value.status == 400
@@ -403,16 +406,19 @@ def test_job_backoff_limit_and_active_deadline(api: ApiClient, ns: str) -> None:
 
 def test_log_follow_streams_output_while_the_container_runs(api: ApiClient, ns: str) -> None:
     v1 = client.CoreV1Api(api)
-    script = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.4)"
+    script = ("import time\nprint('line 0', flush=True)\ntime.sleep(2)\n"
+              "for i in (1, 2):\n    print('line', i, flush=True)\n    time.sleep(0.3)")
     v1.create_namespaced_pod(ns, pod_body("ticker", [container("main", ["python", "-c", script])]))
     wait_for(lambda: pod_phase(v1, ns, "ticker", "Running", "Succeeded"), "the ticker pod to start")
+    wait_for(lambda: v1.read_namespaced_pod_log("ticker", ns), "the first line")
 
     resp = v1.read_namespaced_pod_log("ticker", ns, follow=True, _preload_content=False)
     arrivals: list[tuple[float, bytes]] = [(time.monotonic(), chunk) for chunk in resp.stream(amt=None)]
     resp.release_conn()
     text = b"".join(chunk for _, chunk in arrivals).decode()
     assert text == "line 0\nline 1\nline 2\n"
-    assert arrivals[-1][0] - arrivals[0][0] >= 0.3  # streamed, not buffered until exit
+    assert arrivals[0][1] == b"line 0\n"
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.5  # streamed while running, not buffered until exit
 
     lines = list(watch.Watch().stream(v1.read_namespaced_pod_log, name="ticker", namespace=ns))
     assert lines == ["line 0", "line 1", "line 2"]
@@ -489,6 +495,7 @@ def test_deployment_becomes_available_serves_through_service_proxy_and_rolls_out
     assert replica_sets["2"].spec.replicas == 1
     wait_for(lambda: len(pods_of(v1, ns, "app=web")) == 1, "the old pod to terminate")
     assert "Directory listing" in v1.connect_get_namespaced_service_proxy_with_path("web:80", ns, path="")
+    assert "Directory listing" in v1.connect_get_namespaced_service_proxy_with_path("web", ns, path="")
 
     # Roll back as `kubectl rollout undo` does: put revision 1's template back (without the hash label).
     template = replica_sets["1"].spec.template
@@ -633,14 +640,20 @@ def test_namespace_deletion_empties_it_and_refuses_new_content(api: ApiClient) -
     v1 = client.CoreV1Api(api)
     v1.create_namespace({"metadata": {"name": "doomed"}})
     v1.create_namespaced_config_map("doomed", {"metadata": {"name": "cfg"}})
-    v1.create_namespaced_pod("doomed", pod_body("sleeper", [container("c", ["sleep", "60"])]))
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('armed', flush=True); "
+                "time.sleep(60)")
+    v1.create_namespaced_pod("doomed", pod_body("sleeper", [container("c", ["python", "-c", stubborn])],
+                                                terminationGracePeriodSeconds=2))
     wait_for(lambda: pod_phase(v1, "doomed", "sleeper", "Running"), "the pod to run")
+    wait_for(lambda: v1.read_namespaced_pod_log("sleeper", "doomed") == "armed\n", "SIGTERM to be ignored")
+    began = time.monotonic()
     v1.delete_namespace("doomed")
     assert v1.read_namespace("doomed").status.phase == "Terminating"
     with pytest.raises(ApiException) as exc:
         v1.create_namespaced_config_map("doomed", {"metadata": {"name": "late"}})
     assert (exc.value.status, error(exc)["reason"]) == (403, "Forbidden")
     wait_for(lambda: gone(lambda: v1.read_namespace("doomed")), "the namespace to disappear")
+    assert time.monotonic() - began >= 1.5  # the pod ignored SIGTERM: SIGKILL came after the grace period
     assert v1.list_pod_for_all_namespaces(field_selector="metadata.namespace=doomed").items == []
 
 
@@ -774,7 +787,7 @@ def test_fault_kill_restarts_a_deployment_container(api: ApiClient, ns: str, kub
 
     restarted = wait_for(restarted_and_ready, "the container to restart")
     assert restarted.last_state.terminated.exit_code == 137
-    assert v1.read_namespaced_pod_log(pod.metadata.name, ns, previous=True) is not None
+    assert '"GET / HTTP/1.1" 200' in v1.read_namespaced_pod_log(pod.metadata.name, ns, previous=True)
 
 
 def test_fault_injected_api_errors(api: ApiClient, ns: str, kube_standin: KubeStandIn) -> None:

@@ -32,9 +32,9 @@ RUN_DATA = Path(__file__).resolve().parent / "data" / "run"
 
 #: "serving serve (run 20261122t001835-9b55) at http://127.0.0.1:18123/predict"
 SERVING_LINE = re.compile(r"^serving (?P<stage>\S+) \(run (?P<run_id>\S+)\) at "
-                          r"(?P<url>http://\S+)$", re.M)
+                          r"(?P<url>http://\S+)$", re.MULTILINE)
 #: "run 20261122t001835-9b55: 1 batch stage(s), store file:///..."
-RUN_LINE = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.M)
+RUN_LINE = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
 
 # Generous: a loaded 2-core machine needs ~5-25 s per papermill stage.
 RUN_TIMEOUT = 300
@@ -59,7 +59,7 @@ def nb2prod(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run `python -m nb2prod ARGS` to completion; stdout and stderr captured separately."""
     return subprocess.run(
-        [sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd,
+        [sys.executable, "-m", "nb2prod", *map(str, args)], check=False, cwd=cwd,
         env=env if env is not None else clean_env(), capture_output=True, text=True,
         timeout=timeout, stdin=subprocess.DEVNULL,
     )

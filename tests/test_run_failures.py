@@ -36,7 +36,7 @@ from tests.test_run_e2e import (
     start_serving,
 )
 
-RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.M)
+RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
 
 
 def run_id_of(output: str) -> str:
@@ -225,7 +225,7 @@ def test_bad_input_exits_2_with_one_line(branches: Branches, args: tuple[str, ..
 def set_promotion_gate(pipeline_dir: Path, metric: str, minimum: float) -> None:
     ini = pipeline_dir / "nb2prod.ini"
     text, count = re.subn(r"^\[promotion\]\n", f"[promotion]\nMETRIC = {metric}\n"
-                          f"MIN = {minimum}\n", ini.read_text(), flags=re.M)
+                          f"MIN = {minimum}\n", ini.read_text(), flags=re.MULTILINE)
     assert count == 1
     ini.write_text(text)
 

@@ -108,7 +108,7 @@ def test_resplit_keeps_nb2prod_ini_edits_but_derived_keys_follow_the_notebook(
     config = out / "stage-2-serve" / "config.ini"
     config.write_text(config.read_text().replace("INPUTS = model, species", "INPUTS = bogus")
                       .replace("REPLICAS = 2", "REPLICAS = 3"))
-    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    code, _, _ = cli("split", iris, "-o", out, "--force")
     assert code == 0
     assert ini(top)["kubernetes"]["IMAGE"] == "my/image:1"
     assert ini(config)["service"]["REPLICAS"] == "3"
@@ -215,7 +215,7 @@ def test_check_of_a_text_notebook_is_fresh_right_after_split(cli: CLI, tmp_path:
     shutil.copyfile(EXAMPLES / "diabetes.py", notebook)
     out = tmp_path / "diabetes-pipeline"
     assert cli("split", notebook, "-o", out)[0] == 0
-    code, stdout, stderr = cli("split", notebook, "-o", out, "--check")
+    code, _, stderr = cli("split", notebook, "-o", out, "--check")
     assert code == 0, stderr  # jupytext gives cells random ids: they must not leak into output
 
 
@@ -272,7 +272,7 @@ def test_kale_notebook_splits_unedited_into_kales_steps_and_edges(cli: CLI,
     notebook = tmp_path / "kale_pipeline.ipynb"
     shutil.copyfile(KALE, notebook)
     out = tmp_path / "kale-pipeline"
-    code, stdout, stderr = cli("split", notebook, "-o", out)
+    code, _, stderr = cli("split", notebook, "-o", out)
     assert code == 0, stderr
     assert "warning" not in stderr  # every Kale tag is understood
 

@@ -26,6 +26,7 @@ show both the same way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -58,14 +59,33 @@ TEMPLATE_HASH = "nb2prod.io/template-hash"
 
 
 # -- cluster access ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def api_errors(what: str = "Kubernetes API") -> Iterator[None]:
+    """Turn an API or connection error that survived the retries into one line (exit 1)."""
+    try:
+        yield
+    except (UserError, PipelineFailure):
+        raise
+    except Exception as exc:
+        from kubernetes.client.exceptions import ApiException
+
+        if isinstance(exc, ApiException) or k8s_retry.is_transient(exc) or \
+                isinstance(exc, OSError):
+            raise PipelineFailure(f"{what}: {k8s_retry.message_of(exc)}") from None
+        raise
+
+
 class Kube:
     """API clients for one cluster: kubeconfig (with `context`) or the in-cluster account."""
 
     def __init__(self, context: str | None = None) -> None:
         from kubernetes import client, config
 
+        # The client reads KUBECONFIG once, at import; read it now so a changed
+        # environment (tests, a long-lived Jupyter server) is honoured.
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         try:
-            api_client = config.new_client_from_config(context=context)
+            api_client = config.new_client_from_config(config_file=path, context=context)
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
             if context:
                 raise UserError(Problem(f"--context {context}: {str(exc).splitlines()[0]}")
@@ -135,8 +155,11 @@ class Kube:
                          obj)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
+        # Raw response: depending on the kind and version the server answers with the
+        # object or a Status, which the typed client would fail to deserialize.
         k8s_retry.delete(self.method("delete", kind), name, namespace,
-                         propagation_policy="Background", _request_timeout=(10, 60))
+                         propagation_policy="Background", _preload_content=False,
+                         _request_timeout=(10, 60))
 
     def list(self, kind: str, namespace: str, selector: str) -> list[Obj]:
         data = self.json(self.method("list", kind), namespace, label_selector=selector)
@@ -265,7 +288,7 @@ class LogFollower(threading.Thread):
             try:
                 resp = self.kube.core.read_namespaced_pod_log(
                     self.pod, self.namespace, container=self.container, follow=True,
-                    _preload_content=False, _request_timeout=(10, None))
+                    _preload_content=False, _request_timeout=(10, 600))
                 try:
                     for index, line in enumerate(_lines(resp)):
                         if index < len(self.lines):
@@ -328,7 +351,7 @@ def _summary_line(lines: Sequence[str]) -> str | None:
     """The runtime's own one-line verdict (`nb2prod: stage 'x' failed in cell 3: ...`)."""
     for line in reversed(lines):
         text = line.strip()
-        if text.startswith(("nb2prod:", "not promoted:", "error: promote")):
+        if text.startswith(("nb2prod:", "promoted run", "not promoted:", "error: promote")):
             return text
     return None
 
@@ -352,7 +375,7 @@ class Unit:
     pods: dict[str, LogFollower] = field(default_factory=dict)
     failed_pods: set[str] = field(default_factory=set)
     exit_codes: list[int] = field(default_factory=list)
-    log_tail: list[str] = field(default_factory=list)
+    termination: str = ""    # last failed container's termination message (its log tail)
 
     @property
     def elapsed(self) -> float:
@@ -546,6 +569,8 @@ class Deployer:
                 continue
             unit.failed_pods.add(name)
             unit.exit_codes.append(code)
+            unit.termination = str(term.get("message") or "").strip() or \
+                f"exit code {code} ({term.get('reason', 'Error')})"
             if unit.name == PROMOTE_UNIT and code == PROMOTE_NOT_PASSED_CODE:
                 self.finish_promote(unit, passed=False, pod=pod)
                 return
@@ -583,7 +608,10 @@ class Deployer:
         for follower in unit.pods.values():
             follower.join(timeout=3.0)
         lines = [line for f in unit.pods.values() for line in f.lines]
-        return _summary_line(lines)
+        found = _summary_line(lines) or _summary_line(unit.termination.splitlines())
+        if found is None and unit.termination:
+            found = unit.termination.splitlines()[-1].strip()
+        return found
 
     def descendants(self, name: str) -> list[Unit]:
         found: list[Unit] = []

@@ -125,6 +125,10 @@ class JobController:
         elif (completions is not None and succeeded >= int(completions)) or (
                 completions is None and succeeded > 0 and not active):
             outcome = ("Complete", "CompletionsReached", "Reached expected number of succeeded pods")
+        if outcome is not None and outcome[0] == "Failed":
+            failed += len(active)  # terminated by the controller: counted as failed, as upstream does
+            for pod in active:
+                seen[pod["metadata"]["uid"]] = "Failed"
         if outcome is not None or spec.get("suspend"):
             for pod in active:
                 self.api.internal_delete(BY_PLURAL["pods"], ns, pod["metadata"]["name"])
@@ -136,11 +140,11 @@ class JobController:
             backed_off = time.monotonic() - self._last_failure.get(uid, 0.0) >= delay
             if len(active) < want and backed_off:
                 for _ in range(want - len(active)):
-                    pod = self._create_pod(job)
-                    if pod is None:
+                    created = self._create_pod(job)
+                    if created is None:
                         break
-                    seen[pod["metadata"]["uid"]] = "active"
-                    active.append(pod)
+                    seen[created["metadata"]["uid"]] = "active"
+                    active.append(created)
             elif len(active) > want:
                 for pod in active[want:]:
                     self.api.internal_delete(BY_PLURAL["pods"], ns, pod["metadata"]["name"])
@@ -250,9 +254,9 @@ class CronJobController:
         if self.api.store.peek("jobs", namespace, job_name) is not None:
             return None
         if active and policy == "Replace":
-            for job in active:
-                self.api.internal_delete(self.jobs, namespace, job["metadata"]["name"], "Background")
-                self.api.record_event(cj, "SuccessfulDelete", f"Deleted job {job['metadata']['name']}",
+            for running in active:
+                self.api.internal_delete(self.jobs, namespace, running["metadata"]["name"], "Background")
+                self.api.record_event(cj, "SuccessfulDelete", f"Deleted job {running['metadata']['name']}",
                                       component="cronjob-controller")
         template = spec.get("jobTemplate") or {}
         tmeta = template.get("metadata") or {}

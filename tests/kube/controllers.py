@@ -150,7 +150,8 @@ class ControllerManager:
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
             wanted.add((ns, name))
             reqs = from_label_selector({"matchLabels": selector})
-            ready, not_ready = [], []
+            ready: list[Obj] = []
+            not_ready: list[Obj] = []
             for pod in store.scan("pods", ns):
                 ip = (pod.get("status") or {}).get("podIP")
                 if not ip or pod["metadata"].get("deletionTimestamp") or not matches(

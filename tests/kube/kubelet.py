@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import signal
 import threading
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,11 @@ class Kubelet:
         """Start the kubelet thread."""
         self._thread.start()
 
-    def stop(self, grace: float = 2.0) -> None:
+    def wake(self) -> None:
+        """Run a sync pass now (e.g. after a test changed the node's schedulability)."""
+        self._wake.set()
+
+    def stop(self, grace: float = 1.0) -> None:
         """Stop the loop and terminate every pod's processes (SIGTERM, SIGKILL after ``grace``)."""
         self._stopping.set()
         self._wake.set()
@@ -94,6 +99,8 @@ class Kubelet:
                 self.sync()
             except ApiError:
                 continue
+            except Exception:  # noqa: BLE001 - keep the node alive; print so the bug is visible
+                traceback.print_exc()
 
     # ------------------------------------------------------------------ reconcile
     def sync(self) -> None:
@@ -228,7 +235,7 @@ class Kubelet:
         if not logs:
             statuses = (pod.get("status") or {}).get("containerStatuses", []) + \
                 (pod.get("status") or {}).get("initContainerStatuses", [])
-            waiting = next((s["state"].get("waiting", {}) for s in statuses if s["name"] == container), {})
+            waiting: dict[str, str] = next((s["state"].get("waiting", {}) for s in statuses if s["name"] == container), {})
             reason = waiting.get("reason", "ContainerCreating")
             text = {"ErrImagePull": "trying and failing to pull image",
                     "ImagePullBackOff": "trying and failing to pull image"}.get(reason, reason)

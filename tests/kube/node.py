@@ -25,7 +25,7 @@ class NodeConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     crash_backoff_seconds: float = 0.5
     crash_backoff_max_seconds: float = 5.0
-    image_pull_retry_seconds: float = 1.0
+    image_pull_retry_seconds: float = 0.5
     apiserver_port: int = 0
 
 

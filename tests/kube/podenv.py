@@ -184,12 +184,13 @@ class PodEnv:
     # ------------------------------------------------------------------ remapping
     def remap(self, text: str, mounts: list[tuple[str, str]]) -> str:
         """Substitute container ports by local ports, then mount paths by local directories."""
-        for container_port, local in self.ports.items():
-            text = re.sub(rf"(?<!\d){container_port}(?!\d)", str(local), text)
-        for mount_path, local in mounts:
+        for container_port, local_port in self.ports.items():
+            text = re.sub(rf"(?<!\d){container_port}(?!\d)", str(local_port), text)
+        for mount_path, local_dir in mounts:
             if mount_path == "/":
                 continue
-            text = re.sub(rf"(?<![\w./-]){re.escape(mount_path)}(?=/|$|[^\w.-])", lambda _m, lp=local: lp, text)
+            pattern = rf"(?<![\w./-]){re.escape(mount_path)}(?=/|$|[^\w.-])"
+            text = re.sub(pattern, local_dir.replace("\\", "\\\\"), text)
         return text
 
     # ------------------------------------------------------------------ environment
@@ -218,14 +219,14 @@ class PodEnv:
                 kind, key = ("configmap", "configMapKeyRef") if source.get("configMapKeyRef") else \
                     ("secret", "secretKeyRef")
                 ref = source[key]
-                data = self._config(kind, ref.get("name", ""), bool(ref.get("optional")))
-                if data is None or ref["key"] not in data:
+                values = self._config(kind, ref.get("name", ""), bool(ref.get("optional")))
+                if values is None or ref["key"] not in values:
                     if ref.get("optional"):
                         continue
                     label = "ConfigMap" if kind == "configmap" else "Secret"
                     raise NotReadyError("CreateContainerConfigError",
                                         f"couldn't find key {ref['key']} in {label} {self.ns}/{ref.get('name')}")
-                env[name] = data[ref["key"]].decode(errors="replace")
+                env[name] = values[ref["key"]].decode(errors="replace")
         return env
 
     def _resource_field(self, container: Obj, ref: Obj) -> str:

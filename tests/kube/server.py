@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import select
+import socket
 import threading
 import time
 import traceback
@@ -132,10 +134,10 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
 
 def _int(query: dict[str, list[str]], name: str) -> int | None:
     value = _one(query, name)
-    if value in (None, ""):
+    if value is None or value == "":
         return None
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except ValueError as exc:
         raise bad_request(f"invalid value for {name}: {value!r}") from exc
 
@@ -243,6 +245,14 @@ class Handler(BaseHTTPRequestHandler):
     def _end_chunked(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _peer_gone(self) -> bool:
+        """Whether the client hung up (so an idle watch/follow stream can end instead of lingering)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -416,12 +426,12 @@ class Handler(BaseHTTPRequestHandler):
             return obj is not None and matches(labels, obj["metadata"].get("labels")) and fields_match(fields, obj)
 
         with store.lock:
-            if rv_param in (None, "", "0"):
+            if rv_param is None or rv_param in ("", "0"):
                 initial = [o for o in store.scan(res.plural, ns) if selected(o)]
                 last = store.resource_version
             else:
                 try:
-                    last = int(rv_param)  # type: ignore[arg-type]
+                    last = int(rv_param)
                 except ValueError as exc:
                     raise bad_request(f"invalid resource version: {rv_param!r}") from exc
                 if store.too_old(last):
@@ -430,7 +440,7 @@ class Handler(BaseHTTPRequestHandler):
         self._start_chunked("application/json")
         for obj in initial:
             self._chunk(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
-        while not store.closed:
+        while not store.closed and not self._peer_gone():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -477,7 +487,7 @@ class Handler(BaseHTTPRequestHandler):
         sent = len(payload)
         self._start_chunked("text/plain")
         self._chunk(payload)
-        while not self.server.api.store.closed and (limit is None or sent < limit):
+        while not self.server.api.store.closed and (limit is None or sent < limit) and not self._peer_gone():
             finished = source.finished()
             records, offset = source.read(offset)
             data = b"".join(r.render(timestamps) for r in records)

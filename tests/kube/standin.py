@@ -144,7 +144,7 @@ class KubeStandIn:
     @unschedulable.setter
     def unschedulable(self, value: bool) -> None:
         self.node.unschedulable = value
-        self.kubelet._wake.set()
+        self.kubelet.wake()
 
     @property
     def node_capacity(self) -> dict[str, str]:

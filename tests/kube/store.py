@@ -11,9 +11,9 @@ snapshots stay valid and readers that only look (``peek``) need no copy.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,9 @@ class Store:
         self.changed = threading.Condition(self.lock)
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {}
         self._rv = 1000
-        self._events: deque[Event] = deque(maxlen=history)
+        self._history = history
+        self._events: list[Event] = []
+        self._trimmed = False
         self._listeners: list[Callable[[], None]] = []
         self.closed = False
 
@@ -85,7 +87,7 @@ class Store:
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             self._objects[plural][key] = obj
-            self._events.append(Event(self._rv, "MODIFIED" if old else "ADDED", plural, key[0], obj, old))
+            self._record(Event(self._rv, "MODIFIED" if old else "ADDED", plural, key[0], obj, old))
             self._notify()
             return copy.deepcopy(obj)
 
@@ -97,7 +99,7 @@ class Store:
                 return None
             self._rv += 1
             final = dict(old, metadata=dict(old["metadata"], resourceVersion=str(self._rv)))
-            self._events.append(Event(self._rv, "DELETED", plural, namespace, final, old))
+            self._record(Event(self._rv, "DELETED", plural, namespace, final, old))
             self._notify()
             return copy.deepcopy(final)
 
@@ -114,17 +116,22 @@ class Store:
             return self.write(plural, new)
 
     # ------------------------------------------------------------------ watching
+    def _record(self, event: Event) -> None:
+        self._events.append(event)
+        if len(self._events) > 2 * self._history:  # compaction, like etcd's
+            del self._events[: len(self._events) - self._history]
+            self._trimmed = True
+
     def events_after(self, rv: int) -> list[Event]:
         """Events with resourceVersion > rv (caller checks :meth:`too_old` first)."""
         with self.lock:
-            if not self._events or self._events[-1].rv <= rv:
-                return []
-            return [e for e in self._events if e.rv > rv]
+            start = bisect.bisect_right(self._events, rv, key=lambda e: e.rv)
+            return self._events[start:]
 
     def too_old(self, rv: int) -> bool:
-        """Whether events after ``rv`` were already dropped from the history."""
+        """Whether events after ``rv`` were already dropped from the history (watch gets 410 Gone)."""
         with self.lock:
-            return bool(self._events) and len(self._events) == self._events.maxlen and self._events[0].rv > rv + 1
+            return self._trimmed and bool(self._events) and self._events[0].rv > rv + 1
 
     def wait(self, after_rv: int, timeout: float) -> bool:
         """Block until something newer than ``after_rv`` is written (or close/timeout)."""

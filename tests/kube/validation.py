@@ -243,8 +243,9 @@ def _resources_causes(field: str, resources: dict[str, Any] | None) -> list[Caus
     for name, value in parsed.get("requests", {}).items():
         limit = parsed.get("limits", {}).get(name)
         if limit is not None and value > limit:
-            out.append(inv(f"{field}.requests", resources["requests"][name],  # type: ignore[index]
-                           f"must be less than or equal to {name} limit of {resources['limits'][name]}")),  # type: ignore[index]
+            raw = resources or {}
+            out.append(inv(f"{field}.requests", raw["requests"][name],
+                           f"must be less than or equal to {name} limit of {raw['limits'][name]}"))
     return out
 
 

@@ -148,7 +148,7 @@ class ReplicaSetController:
         template = rs["spec"].get("template") or {}
         tmeta = template.get("metadata") or {}
         for _ in range(count):
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            pod: Obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {
                 "generateName": f"{rs['metadata']['name']}-", "namespace": rs["metadata"]["namespace"],
                 "labels": dict(tmeta.get("labels") or {}), "annotations": dict(tmeta.get("annotations") or {}),
                 "ownerReferences": [owner_ref(rs)]}, "spec": copy.deepcopy(template.get("spec") or {})}

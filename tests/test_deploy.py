@@ -1,0 +1,510 @@
+"""`nb2prod deploy` / `status` / `logs` / `delete` against the Kubernetes stand-in.
+
+Every call goes through the official client over HTTP to the stand-in's API
+server; its controllers run the Jobs and Deployments and its process kubelet
+runs each container's command as a local process (the `--image` given is
+recorded, never pulled, so pods use this interpreter with everything
+installed: the prebuilt-image path).  The artifact store is moto's S3 server,
+reached by the pods with credentials from a Kubernetes Secret.
+
+The iris lifecycle is one test on purpose: each deploy costs a real papermill
+run, so the steps (first deploy, a re-deploy that must roll back, a failing
+train, status/logs/delete) reuse one cluster and one bucket instead of
+repeating the first deploy for every assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nb2prod import cli
+from nb2prod.runners import kubernetes as kube
+from tests.kube.standin import KubeStandIn
+from tests.s3server import S3Server, s3_env, s3_server  # noqa: F401
+from tests.test_manifests import set_ini
+
+pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = pytest.mark.timeout(420)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_notebooks"
+IMAGE = "python:3.11-slim"  # recorded by the stand-in, never pulled
+NS = "ml"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+IRIS_REQUEST = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+IRIS_ANSWER = {"predictions": ["setosa", "virginica"]}
+
+
+# -- helpers --------------------------------------------------------------------------------
+def split(notebook: Path, target: Path) -> Path:
+    from nb2prod.split import split_notebook
+
+    split_notebook(notebook, target)
+    return target
+
+
+def use_secret_credentials(pipeline_dir: Path) -> None:
+    """Stages read the store credentials from the Secret `s3-credentials` (secretKeyRef)."""
+    ini = pipeline_dir / "nb2prod.ini"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        set_ini(ini, "secrets", key, "s3-credentials")
+
+
+def create_secret(standin: KubeStandIn, namespace: str, secret_value: str) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(standin.api_client())
+    try:
+        core.create_namespace({"metadata": {"name": namespace}})
+    except client.exceptions.ApiException as exc:
+        assert exc.status == 409
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret_value,
+                       "AWS_DEFAULT_REGION": "us-east-1"}})
+
+
+def labelled(standin: KubeStandIn, pipeline: str, namespace: str = NS) -> list[str]:
+    """Every object in `namespace` carrying this pipeline's nb2prod labels."""
+    from tests.kube.resources import BY_PLURAL
+
+    found = []
+    for plural in BY_PLURAL:
+        for obj in standin.store.scan(plural, namespace):
+            labels = obj["metadata"].get("labels") or {}
+            if labels.get("app.kubernetes.io/managed-by") == "nb2prod" and \
+                    labels.get("app.kubernetes.io/instance") == pipeline:
+                found.append(f"{plural}/{obj['metadata']['name']}")
+    return found
+
+
+def predict(standin: KubeStandIn, service: str, payload: dict, namespace: str = NS
+            ) -> tuple[int, Any]:
+    """POST through the API server's service proxy, as `kubectl proxy` users would."""
+    url = f"{standin.url}/api/v1/namespaces/{namespace}/services/{service}:80/proxy/predict"
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with OPENER.open(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+class Recorder:
+    """Collects deploy events and log lines (what the CLI and JupyterLab would show)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.lines: list[str] = []
+
+    def event(self, event: dict) -> None:
+        self.events.append(event)
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def states(self, stage: str) -> list[str]:
+        return [e["state"] for e in self.events if e["stage"] == stage]
+
+
+def deploy(directory: Path, store: str, rec: Recorder | None = None, **kw: Any) -> dict:
+    rec = rec or Recorder()
+    return kube.deploy(directory, NS, image=IMAGE, store=store, on_event=rec.event,
+                       on_log=rec.log, **kw)
+
+
+def kill_when_running(standin: KubeStandIn, job_prefix: str, after: float = 1.0
+                      ) -> threading.Thread:
+    """Kill the first pod of a Job (named with `job_prefix`) once it has run `after` seconds."""
+    def worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pod in standin.store.scan("pods", NS):
+                if not pod["metadata"]["name"].startswith(job_prefix):
+                    continue
+                if (pod.get("status") or {}).get("phase") == "Running":
+                    time.sleep(after)
+                    standin.kill_pod(NS, pod["metadata"]["name"])
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def cluster(kube_standin: KubeStandIn, s3_env: S3Server) -> Iterator[tuple[KubeStandIn, str]]:  # noqa: F811
+    """The stand-in plus a fresh bucket; the deploying env has AWS_ENDPOINT_URL set."""
+    bucket = s3_env.make_bucket()
+    yield kube_standin, f"s3://{bucket}/artifacts"
+
+
+@pytest.fixture(scope="module")
+def iris_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return split(EXAMPLES / "iris.ipynb", tmp_path_factory.mktemp("iris") / "iris-pipeline")
+
+
+# -- the iris lifecycle ---------------------------------------------------------------------
+def test_iris_deploy_rollback_failed_train_status_logs_delete(
+        cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path,
+        s3_env: S3Server, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    standin, store = cluster
+    bucket = store.split("/")[2]
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    use_secret_credentials(directory)
+    secret = f"sekrit-{uuid.uuid4().hex}"
+    create_secret(standin, NS, secret)
+
+    # 1. First deploy, through the CLI, with a flaky API server.
+    standin.inject_api_errors("create", "jobs", 500, count=2)
+    standin.inject_api_errors("create", "configmaps", 503, count=1)
+    standin.inject_api_errors("create", "deployments", 409, count=1)
+    standin.inject_api_errors("list", "pods", 500, count=1)
+    standin.inject_api_errors("watch", "jobs", 500, count=1)
+    standin.inject_api_errors("get", "namespaces", 429, count=1)
+    code, output = run_cli(["deploy", str(directory), "--namespace", NS, "--image", IMAGE,
+                            "--store", store], capsys)
+    assert code == 0, output
+    assert "[train] test accuracy:" in output           # stage log streamed with its prefix
+    assert "stage train: done" in output                 # progress lines
+    assert "serving serve (run " in output
+    assert "http://iris-serve.ml.svc.cluster.local/predict" in output
+    assert "kubectl -n ml port-forward svc/iris-serve 8080:80" in output
+    assert "/api/v1/namespaces/ml/services/iris-serve:80/proxy/predict" in output
+    run1 = output.split("run ", 1)[1].split(":", 1)[0]
+    assert all(i.remaining == 0 for i in standin.faults.injections), "faults not exercised"
+
+    # Jobs completed in DAG order: train, then promote.
+    from kubernetes import client
+
+    batch = client.BatchV1Api(standin.api_client())
+    jobs = batch.list_namespaced_job(NS, label_selector=f"nb2prod.io/run-id={run1}").items
+    done = {j.metadata.labels["app.kubernetes.io/component"]: j for j in jobs}
+    assert set(done) == {"train", "promote"}
+    for job in done.values():
+        true = {c.type for c in job.status.conditions if c.status == "True"}
+        assert "Complete" in true and "Failed" not in true
+    assert done["train"].status.completion_time <= done["promote"].status.start_time
+
+    # Artifacts, executed notebook, HTML and latest.json are in the bucket.
+    s3 = s3_env.client()
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    prefix = f"artifacts/iris/runs/{run1}/train/"
+    assert {prefix + f for f in ("manifest.json", "metrics.json", "model.joblib", "train.ipynb",
+                                 "train.html", "result.json")} <= keys
+    latest = json.loads(s3.get_object(Bucket=bucket, Key="artifacts/iris/latest.json")["Body"]
+                        .read())
+    assert latest["run_id"] == run1
+
+    # The Deployment is available and answers through the Service.
+    apps = client.AppsV1Api(standin.api_client())
+    dep = apps.read_namespaced_deployment("iris-serve", NS)
+    assert dep.status.available_replicas == 2
+    assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run1
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+
+    # The secret's value is nowhere but in its Secret (and the pods' process env).
+    from tests.kube.resources import BY_PLURAL
+
+    for plural in BY_PLURAL:
+        if plural == "secrets":
+            continue
+        for obj in standin.store.scan(plural):
+            assert secret not in json.dumps(obj), f"{plural}/{obj['metadata']['name']}"
+    logs = list((standin.root).rglob("*.log"))
+    assert logs
+    for path in logs:
+        assert secret not in path.read_text(errors="replace"), path
+    assert secret not in output
+
+    # 2. Re-deploy: the service now fails at start-up; the train pod is killed once.
+    serve_nb = directory / "stage-2-serve" / "serve.ipynb"
+    nb = json.loads(serve_nb.read_text())
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
+                        "outputs": [], "source": "raise RuntimeError('broken on purpose')"})
+    serve_nb.write_text(json.dumps(nb))
+    set_ini(directory / "stage-2-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
+            "12")
+    standin.inject_api_errors("update", "deployments", 409, count=2)
+    standin.inject_api_errors("get", "deployments", 500, count=1)
+    killer = kill_when_running(standin, "iris-train-", after=0.5)
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            answers.append(predict(standin, "iris-serve", IRIS_REQUEST))
+            stop.wait(0.5)
+
+    asker = threading.Thread(target=keep_asking, daemon=True)
+    asker.start()
+    rec = Recorder()
+    try:
+        result = deploy(directory, store, rec)
+    finally:
+        stop.set()
+        asker.join(timeout=30)
+    killer.join(timeout=1)
+    run2 = result["run_id"]
+    assert result["status"] == "failed", result
+    assert result["stages"]["train"]["state"] == "done"
+    assert result["stages"]["train"]["attempts"] == 2          # killed once, retried
+    assert any("attempt 1 failed (exit code 137" in e["message"] for e in rec.events)
+    service = result["services"]["serve"]
+    assert service["status"] == "rolled_back"
+    assert f"rolled back to run {run1}" in service["message"]
+    assert "ProgressDeadlineExceeded" in service["message"]
+    assert rec.states("serve")[-1] == "failed"
+    assert answers and all(a == (200, IRIS_ANSWER) for a in answers), answers[:5]
+    dep = apps.read_namespaced_deployment("iris-serve", NS)
+    assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run1
+    saved = json.loads(dep.metadata.annotations["nb2prod.io/previous-template"])
+    assert saved["metadata"]["annotations"]["nb2prod.io/model-run-id"] == run1
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dep = apps.read_namespaced_deployment("iris-serve", NS)
+        if (dep.status.available_replicas or 0) == 2 and (dep.status.replicas or 0) == 2:
+            break
+        time.sleep(0.2)
+    assert (dep.status.available_replicas, dep.status.replicas) == (2, 2)
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+    assert run2 != run1
+
+    # 3. A failing train stage: nothing downstream runs, the Deployment is untouched.
+    set_ini(directory / "stage-1-train" / "config.ini", "batch", "RETRIES", "0")
+    before = apps.read_namespaced_deployment("iris-serve", NS)
+    rec = Recorder()
+    result = deploy(directory, store, rec, params=["max_iter=-5"])
+    assert result["status"] == "failed"
+    train = result["stages"]["train"]
+    assert train["state"] == "failed"
+    assert "BackoffLimitExceeded" in train["message"]
+    assert "stage 'train' failed in cell" in train["message"]
+    assert "max_iter" in train["message"]
+    assert result["stages"]["(promote)"]["state"] == "skipped"
+    assert rec.states("serve") == ["skipped"]
+    after = apps.read_namespaced_deployment("iris-serve", NS)
+    assert after.metadata.generation == before.metadata.generation
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+
+    # 4. status, logs, delete through the CLI.
+    code, output = run_cli(["status", str(directory), "-n", NS], capsys)
+    assert code == 0, output
+    assert run1 in output and run2 in output and "iris-serve" in output
+    assert "2/2" in output
+    code, output = run_cli(["logs", "train", str(directory), "-n", NS, "--run", run1], capsys)
+    assert code == 0, output
+    assert "[train] test accuracy:" in output
+    code, output = run_cli(["logs", "train", str(directory), "-n", NS, "--run", "nope"], capsys)
+    assert code == 1 and "no pods of stage 'train' of run nope" in output
+    code, output = run_cli(["delete", str(directory), "-n", NS], capsys)
+    assert code == 0, output
+    assert "deleted from ml:" in output
+    assert labelled(standin, "iris") == []
+    assert standin.store.peek("secrets", NS, "s3-credentials") is not None  # not ours
+    assert "artifacts/iris/latest.json" in {
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}  # kept
+
+
+# -- the parallel-branch example ------------------------------------------------------------
+def test_parallel_branches_run_as_overlapping_jobs(cluster: tuple[KubeStandIn, str],
+                                                   tmp_path: Path) -> None:
+    standin, store = cluster
+    directory = split(EXAMPLES / "wine_parallel.ipynb", tmp_path / "wine-pipeline")
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    rec = Recorder()
+    result = deploy(directory, store, rec)
+    assert result["status"] == "succeeded", result
+    times: dict[tuple[str, str], float] = {(t["event"], t["unit"]): t["time"]
+                                           for t in result["timeline"]}
+    forest = (times[("create", "train_forest")], times[("complete", "train_forest")])
+    logreg = (times[("create", "train_logreg")], times[("complete", "train_logreg")])
+    assert forest[0] < logreg[1] and logreg[0] < forest[1], "branches did not overlap"
+    # each branch starts right after its input is complete, the join after both
+    prepared = times[("complete", "prepare")]
+    assert 0 <= forest[0] - prepared < 2 and 0 <= logreg[0] - prepared < 2
+    assert times[("create", "evaluate")] >= max(forest[1], logreg[1])
+    assert times[("create", "(promote)")] >= times[("complete", "evaluate")]
+    status, body = predict(standin, "wine-parallel-serve", {"instances": [[13.0] * 13]})
+    assert status == 200 and len(body["predictions"]) == 1
+
+
+# -- failure modes ------------------------------------------------------------------------------
+def test_err_image_pull_fails_the_stage_fast_with_the_reason(
+        kube_standin: KubeStandIn, iris_split: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    image = "registry.invalid/iris:missing"
+    kube_standin.unpullable_images.add(image)
+    started = time.monotonic()
+    result = kube.deploy(directory, NS, image=image, store="s3://bucket-not-used/x")
+    elapsed = time.monotonic() - started
+    assert result["status"] == "failed"
+    message = result["stages"]["train"]["message"]
+    assert "ErrImagePull" in message and image in message
+    assert elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
+    assert kube_standin.store.scan("jobs", NS) == [] or all(
+        j["metadata"].get("deletionTimestamp") for j in kube_standin.store.scan("jobs", NS))
+    assert kube_standin.store.peek("deployments", NS, "iris-serve") is None
+
+
+def test_failed_first_deploy_leaves_no_service_behind(
+        cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path) -> None:
+    """A serving-only pipeline whose model cannot load (nothing promoted in this bucket)."""
+    standin, store = cluster
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    shutil.rmtree(directory / "stage-1-train")
+    set_ini(directory / "nb2prod.ini", "workflow", "DAG", "serve")
+    set_ini(directory / "stage-2-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
+            "6")
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    rec = Recorder()
+    result = deploy(directory, store, rec)
+    assert result["status"] == "failed"
+    assert result["services"]["serve"]["status"] == "removed"
+    assert "first deploy removed" in result["services"]["serve"]["message"]
+    deadline = time.monotonic() + 30
+    leftovers: list[str] = []
+    while time.monotonic() < deadline:
+        leftovers = [x for x in labelled(standin, "iris")
+                     if x.split("/")[0] in ("deployments", "replicasets", "services", "pods",
+                                            "ingresses")]
+        if not leftovers:
+            break
+        time.sleep(0.2)
+    assert leftovers == []
+
+
+def test_dry_run_render_and_refusals(kube_standin: KubeStandIn, iris_split: Path,
+                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    import yaml
+    from kubernetes_validate import utils
+
+    directory = iris_split
+    before = len(kube_standin.requests)
+    code, output = run_cli(["deploy", str(directory), "-n", NS, "--store", "s3://b/x",
+                            "--dry-run"], capsys)
+    assert code == 0, output
+    assert "Job/iris-train-" in output and "Deployment/iris-serve" in output
+    assert len(kube_standin.requests) == before  # not a single API call
+
+    target = tmp_path / "iris.yaml"
+    code, output = run_cli(["render", str(directory), "-n", NS, "--store", "pvc://models/iris",
+                            "-o", str(target)], capsys)
+    assert code == 0, output
+    docs = list(yaml.safe_load_all(target.read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert kinds[0] == "Namespace" and kinds.count("Job") == 2 and "Deployment" in kinds
+    for version in ("1.28.0", utils.latest_version()):
+        for doc in docs:
+            kv.validate(doc, version, strict=True)
+
+    code, output = run_cli(["deploy", str(directory), "-n", NS], capsys)  # file:// store
+    assert code == 2
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pods cannot reach" in lines[0]
+    assert len(kube_standin.requests) == before
+
+    code, output = run_cli(["deploy", str(directory), "--store", "s3://b/x"], capsys)
+    assert code == 2 and "--namespace is required" in output
+
+
+def test_missing_kubeconfig_is_one_line(iris_split: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, output = run_cli(["status", str(iris_split), "-n", NS], capsys)
+    assert code == 2
+    assert output.strip().count("\n") == 0 and "Kubernetes configuration" in output
+
+
+def test_unit_helpers() -> None:
+    """Pure pieces of the runner: rollout verdicts and stuck-pod reasons."""
+    dep: dict[str, Any] = {"metadata": {"name": "d", "generation": 2},
+                           "spec": {"replicas": 2, "progressDeadlineSeconds": 5},
+                           "status": {"observedGeneration": 1}}
+    assert kube.rollout_verdict(dep) is None
+    dep["status"] = {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 3,
+                     "availableReplicas": 2}
+    assert kube.rollout_verdict(dep) is None  # an old pod is still there
+    dep["status"]["replicas"] = 2
+    assert kube.rollout_verdict(dep) == (True, "")
+    dep["status"]["conditions"] = [{"type": "Progressing", "status": "False",
+                                    "reason": "ProgressDeadlineExceeded", "message": "m"}]
+    verdict = kube.rollout_verdict(dep)
+    assert verdict is not None and not verdict[0] and "ProgressDeadlineExceeded" in verdict[1]
+    pod = {"status": {"containerStatuses": [{"state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "s" not found'}}}]}}
+    assert kube.stuck_reason(pod) == 'CreateContainerConfigError: secret "s" not found'
+    pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                                      "reason": "Unschedulable", "message": "0/1 nodes"}]}}
+    assert kube.stuck_reason(pod) == "Unschedulable: 0/1 nodes"
+    assert kube.stuck_reason({"status": {"containerStatuses": [
+        {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}) is None
+
+
+def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from nb2prod import k8s_retry
+
+    monkeypatch.setattr(k8s_retry, "FIRST_DELAY", 0.001)
+
+    def failing(statuses: list[int], reason: str = "") -> Callable[[], str]:
+        def fn() -> str:
+            if statuses:
+                exc = ApiException(status=statuses.pop(0))
+                exc.body = json.dumps({"reason": reason})
+                raise exc
+            return "ok"
+        return fn
+
+    assert k8s_retry.call(failing([500, 503, 429, 504])) == "ok"
+    with pytest.raises(ApiException):
+        k8s_retry.call(failing([422]))
+    with pytest.raises(ApiException):
+        k8s_retry.call(failing([500] * 20), attempts=3)
+    assert k8s_retry.create(failing([409], "AlreadyExists")) is None
+    assert k8s_retry.create(failing([409, 409], "Conflict")) == "ok"
+    assert k8s_retry.delete(failing([404])) is None
+    reads: list[int] = []
+    writes = [409, 409]
+
+    def write(current: int) -> int:
+        if writes:
+            writes.pop(0)
+            exc = ApiException(status=409)
+            exc.body = json.dumps({"reason": "Conflict"})
+            raise exc
+        return current
+
+    def read() -> int:
+        reads.append(1)
+        return len(reads)
+
+    assert k8s_retry.update(read, write) == 3  # re-read before every retry

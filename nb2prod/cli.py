@@ -80,7 +80,7 @@ def split(notebook: Path, output: Path | None, force: bool, check: bool,
                        f"{notebook} -o {report.output} --force`:", err=True)
             for rel in report.stale:
                 click.echo(f"  {rel}", err=True)
-            sys.exit(1)
+            raise click.exceptions.Exit(1)
         click.echo(f"{report.output}: up to date with {notebook}")
         return
     _stage_table(report, f"pipeline written to {report.output}")

@@ -6,6 +6,9 @@ Import it into ``tests/conftest.py``::
 
 Each test gets a fresh cluster (start-up takes milliseconds once the schemas
 are loaded), so tests cannot leak objects or processes into each other.
+
+PYTEST_DONT_REWRITE: this module has no asserts, and it may be imported by a
+conftest before a test module lists it in ``pytest_plugins``.
 """
 
 from __future__ import annotations

@@ -67,6 +67,12 @@ class JobObserver(threading.Thread):
         self.complete: dict[str, float] = {}
 
     def run(self) -> None:
+        try:
+            self._observe()
+        except Exception:  # noqa: BLE001, S110 - the stand-in shut down under the watch
+            pass
+
+    def _observe(self) -> None:
         for event in self.watch.stream(self.batch.list_namespaced_job, self.namespace,
                                        timeout_seconds=3600):
             now = time.time()

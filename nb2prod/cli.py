@@ -22,7 +22,9 @@ PathArg = click.Path(path_type=Path)
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200  # pipes and logs: don't fold run ids
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _print_warnings(report) -> None:
@@ -266,8 +268,12 @@ _context_option = click.option("--context", help="kubeconfig context [current co
               help="Override a notebook parameter (typed like its default); repeatable.")
 @click.option("--dry-run", is_flag=True, help="List the objects a deploy would create; change "
               "nothing.")
+@click.option("--no-wait", is_flag=True, help="Return at once; the deploy goes on in a "
+              "background process (log under DIR/.nb2prod/).")
+@click.option("--run-id", hidden=True, help="Use this run id (for --no-wait's background process).")
 def deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
-           store: str | None, params: tuple[str, ...], dry_run: bool) -> None:
+           store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
+           run_id: str | None) -> None:
     """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
     from nb2prod import manifests
     from nb2prod.progress import Progress
@@ -275,7 +281,11 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
 
     pipeline = _open_pipeline(target)
     opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
-                            params=list(params))
+                            params=list(params), run_id=run_id)
+    if no_wait and not dry_run:
+        manifests.plan(pipeline, opts)  # bad input fails here, in the foreground
+        _detach_deploy(pipeline, opts, context, image, store, params)
+        return
     if dry_run:
         plan = manifests.plan(pipeline, opts)
         click.echo(f"deploy of {pipeline.name} (run {opts.run_id}) to namespace "
@@ -296,6 +306,34 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         raise PipelineFailure(f"deploy of run {result['run_id']} {result['status']}"
                               .replace("not_promoted", "not promoted")
                               + (f": {result['reason']}" if result["reason"] else ""))
+
+
+def _detach_deploy(pipeline, opts, context: str | None, image: str | None, store: str | None,
+                   params: tuple[str, ...]) -> None:
+    """Start the same deploy in a detached process that outlives this one.
+
+    The DAG is driven by the deploying process (it creates each Job when the
+    previous one completes), so `--no-wait` hands that work to a background
+    process instead of dropping it; its output goes to a log file.
+    """
+    import subprocess
+
+    log_dir = pipeline.root / ".nb2prod"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"deploy-{opts.run_id}.log"
+    args = [sys.executable, "-m", "nb2prod", "deploy", str(pipeline.root), "--namespace",
+            opts.namespace, "--run-id", opts.run_id]
+    for flag, value in (("--context", context), ("--image", image), ("--store", store)):
+        if value:
+            args += [flag, value]
+    for item in params:
+        args += ["--param", item]
+    with open(log_path, "ab") as log:
+        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    click.echo(f"run {opts.run_id}: deploying to {opts.namespace} in the background; "
+               f"log: {log_path}")
+    click.echo(f"follow with: nb2prod status {pipeline.root} -n {opts.namespace}")
 
 
 def _deploy_summary(result: dict) -> None:
@@ -362,7 +400,8 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
         return
     table = Table(title=f"{pipeline.name} in {info['namespace']}: runs", title_justify="left")
     batch = [s for s in info["stages"] if pipeline.stages[s].type == "batch"]
-    for column in ("run", "status", *batch, "promotion"):
+    table.add_column("run", no_wrap=True)
+    for column in ("status", *batch, "promotion"):
         table.add_column(column, overflow="fold")
     for run in info["runs"][:10]:
         table.add_row(run["run_id"], run["status"], *(run["stages"].get(s, "-") for s in batch),
@@ -370,8 +409,10 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
     console.print(table)
     if info["services"]:
         table = Table(title="services", title_justify="left")
-        for column in ("stage", "deployment", "ready", "rollout", "serving run", "url"):
+        for column in ("stage", "deployment", "ready", "rollout"):
             table.add_column(column, overflow="fold")
+        table.add_column("serving run", no_wrap=True)
+        table.add_column("url", overflow="fold")
         for name, svc in info["services"].items():
             if not svc["exists"]:
                 table.add_row(name, svc["deployment"], "-", "not deployed", "-", "-")

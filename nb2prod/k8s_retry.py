@@ -31,6 +31,8 @@ ATTEMPTS = 8
 FIRST_DELAY = 0.1
 MAX_DELAY = 4.0
 BUDGET_SECONDS = 60.0
+#: Attempts when the server does not answer at all (each is already retried by urllib3).
+TRANSPORT_ATTEMPTS = 3
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -110,11 +112,17 @@ def call(fn: Callable[..., T], *args: Any, attempts: int = ATTEMPTS,
          **kwargs: Any) -> T:
     """`fn(*args, **kwargs)`, repeated on transient errors (and on `retry_if(exc)`)."""
     started = time.monotonic()
+    unreachable = 0
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             retry = is_transient(exc) or (retry_if is not None and retry_if(exc))
+            if status_of(exc) is None and retry:
+                # No HTTP answer at all: the client already retried the connection a few
+                # times, and a wrong address will not start answering: give up sooner.
+                unreachable += 1
+                retry = unreachable < TRANSPORT_ATTEMPTS
             delay = _delay(attempt, exc)
             if not retry or attempt == attempts - 1 or \
                     time.monotonic() - started + delay > budget:

@@ -339,6 +339,8 @@ def pod_env(pipeline: Pipeline, stage_name: str, opts: Options, extra: dict[str,
         "NB2PROD_PIPELINE": pipeline.name,
         "NB2PROD_STAGE": stage_name,
         "HOME": TMP_DIR,
+        # uid 1000 has no passwd entry in python:*-slim: getpass.getuser() needs USER.
+        "USER": "nb2prod",
         "PYTHONUNBUFFERED": "1",
         "MPLBACKEND": "Agg",
         **extra,

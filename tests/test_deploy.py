@@ -116,6 +116,7 @@ class Recorder:
 
     def event(self, event: dict) -> None:
         self.events.append(event)
+        print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
 
     def log(self, line: str) -> None:
         self.lines.append(line)
@@ -236,6 +237,18 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
         assert secret not in path.read_text(errors="replace"), path
     assert secret not in output
 
+    def versions() -> dict[str, str]:
+        found = {}
+        for plural in ("serviceaccounts", "roles", "rolebindings", "services", "configmaps"):
+            for obj in standin.store.scan(plural, NS):
+                if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") \
+                        == "iris":
+                    found[f"{plural}/{obj['metadata']['name']}"] = \
+                        obj["metadata"]["resourceVersion"]
+        return found
+
+    first_versions = versions()
+
     # 2. Re-deploy: the service now fails at start-up; the train pod is killed once.
     serve_nb = directory / "stage-2-serve" / "serve.ipynb"
     nb = json.loads(serve_nb.read_text())
@@ -288,6 +301,11 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     assert (dep.status.available_replicas, dep.status.replicas) == (2, 2)
     assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
     assert run2 != run1
+    # Re-deploying rewrote nothing that did not change: one new ConfigMap (serve's code).
+    second_versions = versions()
+    added = set(second_versions) - set(first_versions)
+    assert len(added) == 1 and added.pop().startswith("configmaps/iris-serve-")
+    assert {k: second_versions[k] for k in first_versions} == first_versions
 
     # 3. A failing train stage: nothing downstream runs, the Deployment is untouched.
     set_ini(directory / "stage-1-train" / "config.ini", "batch", "RETRIES", "0")
@@ -324,6 +342,11 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     assert standin.store.peek("secrets", NS, "s3-credentials") is not None  # not ours
     assert "artifacts/iris/latest.json" in {
         o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}  # kept
+    code, output = run_cli(["delete", str(directory), "-n", NS, "--purge-artifacts",
+                            "--store", store], capsys)
+    assert code == 0, output
+    assert "nothing of iris in namespace ml" in output and "artifact file(s)" in output
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="artifacts/iris/").get("KeyCount") == 0
 
 
 # -- the parallel-branch example ------------------------------------------------------------
@@ -351,47 +374,110 @@ def test_parallel_branches_run_as_overlapping_jobs(cluster: tuple[KubeStandIn, s
 
 
 # -- failure modes ------------------------------------------------------------------------------
-def test_err_image_pull_fails_the_stage_fast_with_the_reason(
+def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
         kube_standin: KubeStandIn, iris_split: Path, tmp_path: Path) -> None:
     directory = tmp_path / "iris-pipeline"
     shutil.copytree(iris_split, directory)
     image = "registry.invalid/iris:missing"
     kube_standin.unpullable_images.add(image)
-    started = time.monotonic()
-    result = kube.deploy(directory, NS, image=image, store="s3://bucket-not-used/x")
-    elapsed = time.monotonic() - started
-    assert result["status"] == "failed"
-    message = result["stages"]["train"]["message"]
-    assert "ErrImagePull" in message and image in message
-    assert elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
-    assert kube_standin.store.scan("jobs", NS) == [] or all(
-        j["metadata"].get("deletionTimestamp") for j in kube_standin.store.scan("jobs", NS))
+
+    def failing(expected: str, **kw: Any) -> str:
+        started = time.monotonic()
+        result = kube.deploy(directory, NS, store="s3://bucket-not-used/x", **kw)
+        elapsed = time.monotonic() - started
+        assert result["status"] == "failed"
+        message = result["stages"]["train"]["message"]
+        assert expected in message, message
+        assert elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
+        assert result["stages"]["(promote)"]["state"] == "skipped"
+        job = kube_standin.store.peek("jobs", NS, result["stages"]["train"]["job"])
+        assert job is None or job["metadata"].get("deletionTimestamp")  # stopped, not left
+        return message
+
+    assert image in failing("ErrImagePull", image=image)
+    set_ini(directory / "stage-1-train" / "config.ini", "secrets", "API_TOKEN", "missing-secret")
+    assert "missing-secret" in failing("CreateContainerConfigError", image=IMAGE)
+    set_ini(directory / "stage-1-train" / "config.ini", "secrets", "API_TOKEN", "")
+    kube_standin.unschedulable = True
+    failing("Unschedulable", image=IMAGE)
     assert kube_standin.store.peek("deployments", NS, "iris-serve") is None
 
 
-def test_failed_first_deploy_leaves_no_service_behind(
-        cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path) -> None:
-    """A serving-only pipeline whose model cannot load (nothing promoted in this bucket)."""
-    standin, store = cluster
+def test_no_wait_deploys_in_the_background(kube_standin: KubeStandIn, iris_split: Path,
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "iris-pipeline"
     shutil.copytree(iris_split, directory)
-    shutil.rmtree(directory / "stage-1-train")
-    set_ini(directory / "nb2prod.ini", "workflow", "DAG", "serve")
+    image = "registry.invalid/iris:missing"
+    kube_standin.unpullable_images.add(image)
+    code, output = run_cli(["deploy", str(directory), "-n", NS, "--image", image, "--store",
+                            "s3://bucket-not-used/x", "--no-wait"], capsys)
+    assert code == 0, output
+    assert "in the background" in output
+    run_id = output.split("run ", 1)[1].split(":", 1)[0]
+    log = directory / ".nb2prod" / f"deploy-{run_id}.log"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and "nb2prod: deploy of run" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.3)
+    text = log.read_text()
+    assert f"nb2prod: deploy of run {run_id} failed" in text, text
+    assert "ErrImagePull" in text
+
+
+GATED = [
+    ("parameters", "quality = 0.5"),
+    ("stage:score", "accuracy = quality"),
+    ("metrics", "accuracy"),
+    ("serve", "def predict(payload):\n    return {'accuracy': accuracy}"),
+    (None, "raise RuntimeError('this service never starts')"),
+]
+
+
+def write_notebook(path: Path, cells: list[tuple[str | None, str]]) -> Path:
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
+        {"cell_type": "code", "id": f"c{i}", "source": src, "outputs": [],
+         "execution_count": None, "metadata": {"tags": [tag] if tag else []}}
+        for i, (tag, src) in enumerate(cells)]}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, str],
+                                                  tmp_path: Path) -> None:
+    standin, store = cluster
+    directory = split(write_notebook(tmp_path / "gated.ipynb", GATED), tmp_path / "gated")
+    set_ini(directory / "nb2prod.ini", "promotion", "METRIC", "accuracy")
+    set_ini(directory / "nb2prod.ini", "promotion", "MIN", "0.9")
     set_ini(directory / "stage-2-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
             "6")
     use_secret_credentials(directory)
     create_secret(standin, NS, "testing")
+
+    # Below the gate: the promote Job says so (exit 3), nothing is rolled out.
     rec = Recorder()
     result = deploy(directory, store, rec)
-    assert result["status"] == "failed"
+    assert result["status"] == "not_promoted", result
+    assert result["promoted"] is False
+    assert "accuracy = 0.5 < minimum 0.9" in result["reason"]
+    assert rec.states("serve") == ["skipped"]
+    assert standin.store.peek("deployments", NS, "gated-serve") is None
+
+    # Above the gate, but the service never becomes ready: its first deploy is removed.
+    rec = Recorder()
+    result = deploy(directory, store, rec, params=["quality=0.95"])
+    assert result["status"] == "failed", result
+    assert result["promoted"] is True
     assert result["services"]["serve"]["status"] == "removed"
     assert "first deploy removed" in result["services"]["serve"]["message"]
     deadline = time.monotonic() + 30
     leftovers: list[str] = []
     while time.monotonic() < deadline:
-        leftovers = [x for x in labelled(standin, "iris")
-                     if x.split("/")[0] in ("deployments", "replicasets", "services", "pods",
-                                            "ingresses")]
+        leftovers = [x for x in labelled(standin, "gated")  # (code ConfigMaps stay)
+                     if x.split("/")[1].startswith("gated-serve") and
+                     x.split("/")[0] in ("deployments", "replicasets", "services", "pods",
+                                         "ingresses", "endpoints")]
         if not leftovers:
             break
         time.sleep(0.2)

@@ -21,7 +21,9 @@ def source_cell(notebook: dict, index: int | None) -> int | None:
     """Index of the original notebook cell behind cell `index` of an executed stage notebook."""
     if index is None:
         return None
-    cells = notebook.get("cells", [])
+    # papermill inserts error-marker cells before raising; its index counts them
+    cells = [c for c in notebook.get("cells", [])
+             if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
     if not 0 <= index < len(cells):
         return None
     ids = notebook.get("metadata", {}).get("nb2prod", {}).get("source_cells_by_id", {})
@@ -40,6 +42,9 @@ def to_html(notebook_path: Path, html_path: Path) -> None:
 
 def execute(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
     """Run the notebook; never raises for notebook errors, returns the result record."""
+    from nb2prod.notebook import import_nbformat
+
+    import_nbformat()  # before papermill imports it: skips a 2.8 s grammar build
     import papermill
     from papermill.exceptions import PapermillExecutionError
 

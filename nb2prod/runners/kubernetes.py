@@ -397,7 +397,6 @@ class Deployer:
         self.plan = manifests.plan(pipeline, opts)
         self.on_event = on_event or (lambda event: None)
         self.on_log = on_log or (lambda line: None)
-        self.lock = threading.Lock()
         self.units: dict[str, Unit] = {}
         self.timeline: list[dict] = []   # (what, unit, time): for benchmarks and debugging
         self.services: dict[str, dict] = {}
@@ -820,12 +819,13 @@ class Deployer:
     def roll_back(self, dname: str, stage: Any) -> str:
         """Put back the pod template saved before this deploy changed it; return its run id."""
         restored = "?"
+        restored_hash: str | None = None
 
         def read() -> Obj:
             return self.kube.json(self.kube.apps.read_namespaced_deployment, dname, self.ns)
 
         def write(current: Obj) -> Obj:
-            nonlocal restored
+            nonlocal restored, restored_hash
             notes = dict(current["metadata"].get("annotations") or {})
             saved = notes.get(manifests.PREVIOUS_TEMPLATE)
             if not saved:
@@ -837,13 +837,13 @@ class Deployer:
                 manifests.MODEL_RUN_ID, "?")
             body = copy.deepcopy(current)
             body["spec"]["template"] = template
-            notes[TEMPLATE_HASH] = template_hash(template)
+            restored_hash = notes[TEMPLATE_HASH] = template_hash(template)
             body["metadata"]["annotations"] = notes
             return self.kube.replace(body)
 
         k8s_retry.update(read, write)
         self.emit(stage.name, "running", f"rolling back to run {restored}")
-        ok, why = self.await_rollout(dname, stage, restored, None)
+        ok, why = self.await_rollout(dname, stage, restored, restored_hash)
         if not ok:
             self.on_log(f"[{stage.name}] rollback to run {restored} not complete: {why}")
         return restored
@@ -884,6 +884,7 @@ class Deployer:
             "namespace": self.ns,
             "store": self.opts.store,
             "status": status,
+            "ok": status == "succeeded",
             "promoted": bool(self.promoted) if self.plan.promote is not None else None,
             "reason": self.reason,
             "seconds": round(time.time() - started, 3),
@@ -904,14 +905,14 @@ def rollout_verdict(dep: Obj) -> tuple[bool, str] | None:
     """(True, "") when the Deployment's current template is fully rolled out, (False, why)
     on a progress deadline, None while still in progress."""
     meta, spec, status = dep["metadata"], dep.get("spec") or {}, dep.get("status") or {}
+    if int(status.get("observedGeneration", 0)) < int(meta.get("generation", 0)):
+        return None  # the controller has not seen this spec yet: its conditions are stale
     progressing = _conditions(dep).get("Progressing")
     if progressing and progressing.get("status") == "False" and \
             progressing.get("reason") == "ProgressDeadlineExceeded":
         return False, (f"rollout of {meta['name']} did not become ready within "
                        f"{spec.get('progressDeadlineSeconds', '?')}s (ProgressDeadlineExceeded: "
                        f"{progressing.get('message', '')})")
-    if int(status.get("observedGeneration", 0)) < int(meta.get("generation", 0)):
-        return None
     replicas = int(spec.get("replicas", 1))
     if int(status.get("updatedReplicas", 0)) < replicas:
         return None

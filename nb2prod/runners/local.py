@@ -255,7 +255,8 @@ def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
     metrics = artifacts.read_run_metrics(runner.store, pipeline.name, runner.run_id)
     promoted, reason = False, ""
     if failed:
-        status, reason = "failed", "; ".join(states[s].message for s in failed if states[s].message)
+        status = "failed"
+        reason = "; ".join(states[s].message for s in failed if states[s].state == "failed")
     elif only is not None:
         status, reason = "succeeded", "a single-stage run is never promoted"
     else:

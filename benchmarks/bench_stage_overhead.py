@@ -1,0 +1,179 @@
+"""Per-stage overhead of `nb2prod run --no-serve` vs `python` running the same code.
+
+A one-stage pipeline (a parameters cell and one `stage:work` cell computing a sum, plus
+a metrics cell) is run with `nb2prod run --no-serve`; the baseline is `python work.py`
+with the same code.  Both are whole processes, timed in the same run, several repeats,
+medians.  Then the pieces of the stage run are timed separately, each in a fresh
+process so that imports are paid as they are in a real run:
+
+  python start            `python -c pass`
+  CLI start               `python -m nb2prod --help` (click; nothing heavy imported)
+  stage process, total    `python -m nb2prod.runners.execute ...` (what the runner spawns)
+    import rfc3987_syntax pulled in by papermill -> nbformat -> jsonschema when installed
+                          (it builds a Lark grammar at import); timed on its own
+    import papermill      the rest of papermill's imports
+    kernel start          jupyter_client.start_new_kernel (an ipykernel process) + shutdown
+    papermill execute     execute_notebook on the stage notebook (kernel start included)
+    import nbconvert      + HTMLExporter
+    HTML rendering        HTMLExporter().from_notebook_node on the executed notebook
+  runner bookkeeping      run total - CLI start - stage process (split read, run.json,
+                          uploads of notebook/HTML/log, metrics, latest.json)
+
+Target: overhead (run - script) <= 0.5 s.
+
+Usage: python benchmarks/bench_stage_overhead.py [--repeats 5] [--n 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+CODE = "total = sum(i * i for i in range(n))"
+
+PHASES = textwrap.dedent('''
+    import json, sys, time
+    stage_dir, executable, out = sys.argv[1:4]
+    t = {}
+    t0 = time.perf_counter()
+    try:  # jsonschema's optional "iri" format checker; nbformat imports jsonschema
+        import rfc3987_syntax
+    except ImportError:
+        pass
+    t["import rfc3987_syntax"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    import papermill
+    t["import papermill (rest)"] = time.perf_counter() - t0
+
+    from jupyter_client.manager import start_new_kernel
+    t0 = time.perf_counter()
+    km, kc = start_new_kernel(kernel_name="python3")
+    t["kernel start (alone)"] = time.perf_counter() - t0
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+    t0 = time.perf_counter()
+    papermill.execute_notebook(f"{stage_dir}/{executable}", f"{out}/executed.ipynb",
+                               cwd=stage_dir, kernel_name="python3", progress_bar=False,
+                               log_output=True)
+    t["papermill execute (kernel start incl.)"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    import nbformat
+    from nbconvert import HTMLExporter
+    t["import nbconvert"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nb = nbformat.read(f"{out}/executed.ipynb", as_version=4)
+    HTMLExporter().from_notebook_node(nb)
+    t["HTML rendering"] = time.perf_counter() - t0
+    print(json.dumps(t))
+''')
+
+
+def notebook(n: int) -> dict:
+    cells = [
+        ({"tags": ["parameters"]}, f"n = {n}"),
+        ({"tags": ["stage:work"]}, CODE),
+        ({"tags": ["metrics"]}, "total"),
+    ]
+    return {
+        "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": meta, "source": src,
+                   "outputs": [], "execution_count": None}
+                  for i, (meta, src) in enumerate(cells)],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}, {load}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, default=200_000, help="size of the stage's loop")
+    args = parser.parse_args()
+    py = sys.executable
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="nb2prod-bench-stage-") as tmp:
+        work = Path(tmp)
+        (work / "one.ipynb").write_text(json.dumps(notebook(args.n)))
+        (work / "work.py").write_text(f"n = {args.n}\n{CODE}\nprint(total)\n")
+        subprocess.run([py, "-m", "nb2prod", "split", "one.ipynb", "-o", "pl"], cwd=work,
+                       check=True, stdout=subprocess.DEVNULL)
+        stage_dir = next((work / "pl").glob("stage-*-work"))
+        env = dict(os.environ, NB2PROD_STORE=f"file://{work / 'scratch'}",
+                   NB2PROD_PIPELINE="one", NB2PROD_STAGE="work", NB2PROD_RUN_ID="bench")
+        (work / "params.json").write_text("{}")
+        samples: dict[str, list[float]] = {}
+
+        def add(name: str, value: float) -> None:
+            samples.setdefault(name, []).append(value)
+
+        for i in range(args.repeats):
+            add("python work.py", timed([py, "work.py"], work))
+            add("nb2prod run --no-serve", timed([py, "-m", "nb2prod", "run", "pl", "--no-serve"],
+                                                work))
+            add("python start", timed([py, "-c", "pass"], work))
+            add("CLI start (nb2prod --help)", timed([py, "-m", "nb2prod", "--help"], work))
+            add("stage process, total", timed(
+                [py, "-m", "nb2prod.runners.execute", str(stage_dir), "work.ipynb",
+                 str(work / f"exec{i}"), str(work / "params.json")], work, env))
+            out = work / f"phases{i}"
+            out.mkdir()
+            phases = subprocess.run([py, "-c", PHASES, str(stage_dir), "work.ipynb", str(out)],
+                                    cwd=work, env=env, check=True, capture_output=True,
+                                    text=True).stdout
+            for name, value in json.loads(phases.strip().splitlines()[-1]).items():
+                add(name, value)
+
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"one-stage pipeline, loop n={args.n}, {args.repeats} repeats, medians:")
+    for name in ("python work.py", "nb2prod run --no-serve"):
+        print(f"  {name:42s} {med[name]:6.2f} s")
+    overhead = med["nb2prod run --no-serve"] - med["python work.py"]
+    print(f"  {'overhead (run - script)':42s} {overhead:6.2f} s  (target <= 0.5 s; "
+          f"{med['nb2prod run --no-serve'] / med['python work.py']:.1f}x the script)")
+    print("where the time goes (each piece in a fresh process):")
+    for name in ("python start", "CLI start (nb2prod --help)", "stage process, total",
+                 "import rfc3987_syntax", "import papermill (rest)", "kernel start (alone)",
+                 "papermill execute (kernel start incl.)", "import nbconvert", "HTML rendering"):
+        indent = "    " if name in ("import rfc3987_syntax", "import papermill (rest)",
+                                    "kernel start (alone)",
+                                    "papermill execute (kernel start incl.)",
+                                    "import nbconvert", "HTML rendering") else "  "
+        print(f"{indent}{name:{44 - len(indent)}s} {med[name]:6.2f} s")
+    bookkeeping = (med["nb2prod run --no-serve"] - med["CLI start (nb2prod --help)"]
+                   - med["stage process, total"])
+    print(f"  {'runner bookkeeping (rest of the run)':42s} {bookkeeping:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -477,7 +477,9 @@ def delete(target: Path, namespace: str | None, context: str | None, purge_artif
 def main(argv: list[str] | None = None) -> int:
     """Entry point: map our exceptions to exit codes and one-line messages."""
     try:
-        cli.main(args=argv, prog_name="nb2prod", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="nb2prod", standalone_mode=False)
+        if isinstance(code, int):  # click returns an Exit's code when not standalone
+            return code
     except UserError as exc:
         for problem in exc.problems:
             click.echo(f"nb2prod: error: {problem}", err=True)

@@ -16,7 +16,7 @@ from nb2prod.errors import Problem
 
 #: What the generated code itself needs, by stage type.
 RUNTIME_REQUIREMENTS = {
-    "batch": ("papermill", "ipykernel", "joblib"),
+    "batch": ("papermill", "ipykernel", "nbconvert", "joblib"),
     "service": ("flask", "gunicorn", "joblib"),
 }
 

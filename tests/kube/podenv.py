@@ -186,11 +186,13 @@ class PodEnv:
         """Substitute container ports by local ports, then mount paths by local directories."""
         for container_port, local_port in self.ports.items():
             text = re.sub(rf"(?<!\d){container_port}(?!\d)", str(local_port), text)
-        for mount_path, local_dir in mounts:
-            if mount_path == "/":
-                continue
-            pattern = rf"(?<![\w./-]){re.escape(mount_path)}(?=/|$|[^\w.-])"
-            text = re.sub(pattern, local_dir.replace("\\", "\\\\"), text)
+        # one pass, longest mount first: a local dir must never be remapped again
+        # (an emptyDir at /tmp would otherwise rewrite paths under the pod root)
+        table = {m: d for m, d in mounts if m != "/"}
+        if table:
+            alternatives = "|".join(re.escape(m) for m in sorted(table, key=len, reverse=True))
+            pattern = rf"(?:^|(?<=[^\w./-])|(?<=//))({alternatives})(?=/|$|[^\w.-])"
+            text = re.sub(pattern, lambda match: table[match.group(1)], text)
         return text
 
     # ------------------------------------------------------------------ environment

@@ -36,7 +36,7 @@ r2
 # nb2prod: save outputs for later stages
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.save({name: globals()[name] for name in ["regressor"] if name in globals()})
+_nb2prod.save({name: globals()[name] for name in ["regressor"] if name in globals()});
 
 # %%
 # nb2prod: record metrics of this stage

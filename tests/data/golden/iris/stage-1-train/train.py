@@ -43,7 +43,7 @@ print(f"test accuracy: {accuracy:.3f}")
 # nb2prod: save outputs for later stages
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.save({name: globals()[name] for name in ["model", "species"] if name in globals()})
+_nb2prod.save({name: globals()[name] for name in ["model", "species"] if name in globals()});
 
 # %%
 # nb2prod: record metrics of this stage

@@ -37,4 +37,4 @@ X_train, X_test, y_train, y_test = train_test_split(
 # nb2prod: save outputs for later stages
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.save({name: globals()[name] for name in ["X_train", "y_train", "X_test", "y_test", "classes"] if name in globals()})
+_nb2prod.save({name: globals()[name] for name in ["X_train", "y_train", "X_test", "y_test", "classes"] if name in globals()});

@@ -41,4 +41,4 @@ forest.fit(X_train, y_train)
 # nb2prod: save outputs for later stages
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.save({name: globals()[name] for name in ["forest"] if name in globals()})
+_nb2prod.save({name: globals()[name] for name in ["forest"] if name in globals()});

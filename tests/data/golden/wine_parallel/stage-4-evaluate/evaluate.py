@@ -50,7 +50,7 @@ print(best_name, accuracy)
 # nb2prod: save outputs for later stages
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.save({name: globals()[name] for name in ["best_model", "best_name"] if name in globals()})
+_nb2prod.save({name: globals()[name] for name in ["best_model", "best_name"] if name in globals()});
 
 # %%
 # nb2prod: record metrics of this stage

@@ -594,3 +594,27 @@ def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
         return len(reads)
 
     assert k8s_retry.update(read, write) == 3  # re-read before every retry
+
+
+def test_pvc_store_deploys_end_to_end(kube_standin: KubeStandIn, iris_split: Path,
+                                      tmp_path: Path) -> None:
+    """`pvc://CLAIM/path`: the claim is mounted into every pod and holds the artifacts."""
+    from kubernetes import client
+
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    core = client.CoreV1Api(kube_standin.api_client())
+    core.create_namespace({"metadata": {"name": NS}})
+    core.create_namespaced_persistent_volume_claim(NS, {
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadWriteMany"],
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    result = deploy(directory, "pvc://models/team")
+    assert result["status"] == "succeeded", result
+    claim = kube_standin.root / "kubelet" / "pvc" / NS / "models" / "team" / "iris"
+    latest = json.loads((claim / "latest.json").read_text())
+    manifest = json.loads(
+        (claim / "runs" / latest["run_id"] / "train" / "manifest.json").read_text())
+    assert "model" in manifest["artifacts"]
+    status, body = predict(kube_standin, "iris-serve", {"instances": [[5.1, 3.5, 1.4, 0.2]]})
+    assert (status, body["predictions"]) == (200, ["setosa"])

@@ -308,9 +308,10 @@ def _notebook_bytes(notebook: dict) -> bytes:
 
 def _percent_script(notebook: dict) -> bytes:
     """The jupytext percent rendering, paired with the .ipynb for review and diffs."""
-    import jupytext
-
     from nb2prod.notebook import import_nbformat
 
-    nb = import_nbformat().from_dict(notebook)
+    nbformat = import_nbformat()  # first: jupytext would import it the slow way
+    import jupytext
+
+    nb = nbformat.from_dict(notebook)
     return jupytext.writes(nb, fmt="py:percent").encode("utf-8")

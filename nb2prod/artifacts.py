@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -1102,28 +1103,74 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     return result
 
 
+def _termination_message(record: dict) -> None:
+    """Leave a JSON verdict as the container's termination message (in-cluster runs).
+
+    ``NB2PROD_TERMINATION_LOG`` names the container's terminationMessagePath;
+    `nb2prod history` reads the failing stage and reason from there.
+    """
+    path = os.environ.get("NB2PROD_TERMINATION_LOG")
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps(record, sort_keys=True, default=str)[:4000],
+                              encoding="utf-8")
+
+
+def _failure_reason(result: dict) -> str:
+    cell = result.get("cell")
+    where = f" in cell {cell}" if cell is not None else ""
+    evalue = str(result.get("evalue", "")).replace("\n", " ")[:500]
+    return f"failed{where}: {result.get('ename')}: {evalue}"
+
+
+def _on_sigterm(stage: str, timeout: float | None) -> None:
+    """SIGTERM (pod deleted, or `timeout` at MAX_COMPLETION_TIME_SECONDS): say why, exit 143."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        reason = (f"exceeded MAX_COMPLETION_TIME_SECONDS ({timeout:g}s)" if timeout
+                  else "terminated (SIGTERM)")
+        print(f"nb2prod: stage '{stage}' {reason}", file=sys.stderr, flush=True)
+        _termination_message({"stage": stage, "status": "failed", "reason": reason})
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _run_stage_main(args: argparse.Namespace) -> int:
     import logging
 
     # papermill logs each cell's output (log_output=True): show it as the stage's log.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
-    try:
-        params = _stage_params(args.params) if args.params is not None else None
-        result = run_stage(params, args.output_dir)
-    except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
-        message = str(exc).replace("\n", " ") or type(exc).__name__
-        print(f"nb2prod: error: run-stage: {message}", file=sys.stderr, flush=True)
-        return 1
-    seconds = result["finished"] - result["started"]
-    if result["status"] == "succeeded":
-        print(f"nb2prod: stage '{result['stage']}' succeeded in {seconds:.1f}s", flush=True)
-        return 0
-    cell = result.get("cell")
-    where = f" in cell {cell}" if cell is not None else ""
-    evalue = str(result.get("evalue", "")).replace("\n", " ")[:500]
-    print(f"nb2prod: stage '{result['stage']}' failed{where}: {result.get('ename')}: {evalue}",
-          file=sys.stderr, flush=True)
+    stage = os.environ.get("NB2PROD_STAGE") or "?"
+    _on_sigterm(stage, args.timeout)
+    attempts = max(0, args.retries) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            params = _stage_params(args.params) if args.params is not None else None
+            result = run_stage(params, args.output_dir)
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
+            message = str(exc).replace("\n", " ") or type(exc).__name__
+            print(f"nb2prod: error: run-stage: {message}", file=sys.stderr, flush=True)
+            _termination_message({"stage": stage, "status": "failed", "attempts": attempt,
+                                  "reason": message})
+            return 1
+        seconds = result["finished"] - result["started"]
+        if result["status"] == "succeeded":
+            print(f"nb2prod: stage '{result['stage']}' succeeded in {seconds:.1f}s", flush=True)
+            _termination_message({"stage": result["stage"], "status": "succeeded",
+                                  "attempts": attempt, "seconds": round(seconds, 1)})
+            return 0
+        reason = _failure_reason(result)
+        if attempt < attempts:
+            print(f"nb2prod: stage '{result['stage']}' attempt {attempt}/{attempts} {reason}; "
+                  "retrying", file=sys.stderr, flush=True)
+            continue
+        print(f"nb2prod: stage '{result['stage']}' {reason}", file=sys.stderr, flush=True)
+        _termination_message({"stage": result["stage"], "status": "failed", "attempts": attempt,
+                              "reason": reason, "cell": result.get("cell")})
     return 1
 
 
@@ -1145,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--min", dest="minimum", type=float, default=None)
     cmd.add_argument("--store", default=None,
                      help="store URI (default: NB2PROD_STORE, config.ini, " + DEFAULT_STORE + ")")
+    cmd.add_argument("--json", action="store_true",
+                     help="also print the verdict as one JSON line (passed, reason, metrics)")
     run = commands.add_parser(
         "run-stage", help="execute this stage's notebook (cwd) with papermill and upload "
         "the executed notebook, its HTML and result.json to the store")
@@ -1152,6 +1201,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="JSON object of parameter values (default: NB2PROD_PARAMS)")
     run.add_argument("--output-dir", default=None,
                      help="where to keep the executed notebook locally (default: a temp dir)")
+    run.add_argument("--retries", type=int, default=0,
+                     help="run the notebook again (fresh kernel) up to N times when it fails")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="the stage's time limit, enforced by the caller (`timeout`): only "
+                     "used to explain a SIGTERM")
     args = parser.parse_args(argv)
     if args.command == "run-stage":
         return _run_stage_main(args)
@@ -1161,7 +1215,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure: one line, no traceback, exit 1
         message = str(exc).replace("\n", " ") or type(exc).__name__
         print(f"error: promote {args.pipeline}/{args.run_id}: {message}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"passed": False, "reason": f"promote failed: {message}"}))
         return 1
+    if args.json:
+        metrics = read_run_metrics(store, args.pipeline, args.run_id)
+        print(json.dumps({"passed": passed, "reason": reason, "metrics": metrics},
+                         sort_keys=True, default=str))
     if passed:
         print(f"promoted run {args.run_id} of {args.pipeline}: {reason}")
         return 0

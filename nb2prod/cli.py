@@ -268,12 +268,10 @@ _context_option = click.option("--context", help="kubeconfig context [current co
               help="Override a notebook parameter (typed like its default); repeatable.")
 @click.option("--dry-run", is_flag=True, help="List the objects a deploy would create; change "
               "nothing.")
-@click.option("--no-wait", is_flag=True, help="Return at once; the deploy goes on in a "
-              "background process (log under DIR/.nb2prod/).")
-@click.option("--run-id", hidden=True, help="Use this run id (for --no-wait's background process).")
+@click.option("--no-wait", is_flag=True, help="Start one run in the cluster and return at once "
+              "(the mechanism `schedule` uses; see `nb2prod history`).")
 def deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
-           store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
-           run_id: str | None) -> None:
+           store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool) -> None:
     """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
     from nb2prod import manifests
     from nb2prod.progress import Progress
@@ -281,10 +279,15 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
 
     pipeline = _open_pipeline(target)
     opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
-                            params=list(params), run_id=run_id)
+                            params=list(params))
     if no_wait and not dry_run:
-        manifests.plan(pipeline, opts)  # bad input fails here, in the foreground
-        _detach_deploy(pipeline, opts, context, image, store, params)
+        from nb2prod.runners import schedule as incluster
+
+        with kube.api_errors():
+            started = incluster.start_run(pipeline, opts, context=context)
+        click.echo(f"run {started['run_id']} started in namespace {opts.namespace} (Job "
+                   f"{started['run_id']}); it trains, gates and rolls out in the cluster")
+        click.echo(f"follow with: nb2prod history {pipeline.root} -n {opts.namespace}")
         return
     if dry_run:
         plan = manifests.plan(pipeline, opts)
@@ -308,34 +311,6 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
                               + (f": {result['reason']}" if result["reason"] else ""))
 
 
-def _detach_deploy(pipeline, opts, context: str | None, image: str | None, store: str | None,
-                   params: tuple[str, ...]) -> None:
-    """Start the same deploy in a detached process that outlives this one.
-
-    The DAG is driven by the deploying process (it creates each Job when the
-    previous one completes), so `--no-wait` hands that work to a background
-    process instead of dropping it; its output goes to a log file.
-    """
-    import subprocess
-
-    log_dir = pipeline.root / ".nb2prod"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"deploy-{opts.run_id}.log"
-    args = [sys.executable, "-m", "nb2prod", "deploy", str(pipeline.root), "--namespace",
-            opts.namespace, "--run-id", opts.run_id]
-    for flag, value in (("--context", context), ("--image", image), ("--store", store)):
-        if value:
-            args += [flag, value]
-    for item in params:
-        args += ["--param", item]
-    with open(log_path, "ab") as log:
-        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    click.echo(f"run {opts.run_id}: deploying to {opts.namespace} in the background; "
-               f"log: {log_path}")
-    click.echo(f"follow with: nb2prod status {pipeline.root} -n {opts.namespace}")
-
-
 def _deploy_summary(result: dict) -> None:
     verdict = {True: "promoted", False: "not promoted", None: ""}[result.get("promoted")]
     click.echo(f"run {result['run_id']} {result['status'].replace('_', ' ')}"
@@ -356,28 +331,182 @@ def _deploy_summary(result: dict) -> None:
 @click.option("--store", help="Artifact store URI (s3://bucket/prefix or pvc://CLAIM/path).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a notebook parameter; repeatable.")
+@click.option("--cron", "cron_expr", metavar="EXPR", help="Render the scheduled form instead: "
+              "a CronJob that retrains, gates and rolls [nb2prod.ini [schedule] CRON].")
+@click.option("--time-zone", help="IANA time zone of --cron [nb2prod.ini [schedule] TIME_ZONE].")
 @click.option("-o", "--output", type=PathArg, help="Write the YAML here [stdout].")
 def render(target: Path, namespace: str | None, image: str | None, store: str | None,
-           params: tuple[str, ...], output: Path | None) -> None:
-    """Print every Kubernetes object of a deploy of DIR as YAML (for kubectl / GitOps)."""
+           params: tuple[str, ...], cron_expr: str | None, time_zone: str | None,
+           output: Path | None) -> None:
+    """Print every Kubernetes object of a deploy of DIR as YAML (for kubectl / GitOps).
+
+    With --cron (or [schedule] CRON in nb2prod.ini): the objects of `nb2prod
+    schedule` instead, which a plain `kubectl apply` can run on its own.
+    """
     from nb2prod import manifests
     from nb2prod.runners import kubernetes as kube
 
     pipeline = _open_pipeline(target)
+    cron_expr, time_zone, _ = _schedule_settings(pipeline, cron_expr, time_zone, False,
+                                                 required=False)
     opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
                             params=list(params))
-    plan = manifests.plan(pipeline, opts)
-    order = " then ".join(pipeline.batch) or "none"
-    header = (f"# nb2prod {__version__}: pipeline {pipeline.name}, run {opts.run_id}, namespace "
-              f"{opts.namespace}.\n# The Jobs must run in DAG order ({order}, then the promote "
-              "Job) before the\n# Deployments roll out; `kubectl apply` does not wait: "
-              "`nb2prod deploy` does.\n")
-    text = manifests.to_yaml(plan.objects(), header)
+    if cron_expr:
+        from nb2prod.runners import schedule as incluster
+
+        splan, cronjob = incluster.scheduled_objects(pipeline, opts, cron_expr, time_zone,
+                                                     False, serve_latest=True)
+        objects = [splan.namespace, *splan.setup, cronjob,
+                   *(o for objs in splan.services.values() for o in objs)]
+        zone = f" ({time_zone})" if time_zone else " (UTC)"
+        header = (f"# nb2prod {__version__}: pipeline {pipeline.name}, namespace "
+                  f"{opts.namespace}, retrained on '{cron_expr}'{zone}.\n# Each run is one Job "
+                  "(stages in DAG order, then the promotion gate and the roll-out);\n# start "
+                  f"one now with: kubectl -n {opts.namespace} create job --from=cronjob/"
+                  f"{cronjob['metadata']['name']} NAME\n")
+    else:
+        plan = manifests.plan(pipeline, opts)
+        objects = plan.objects()
+        order = " then ".join(pipeline.batch) or "none"
+        header = (f"# nb2prod {__version__}: pipeline {pipeline.name}, run {opts.run_id}, "
+                  f"namespace {opts.namespace}.\n# The Jobs must run in DAG order ({order}, "
+                  "then the promote Job) before the\n# Deployments roll out; `kubectl apply` "
+                  "does not wait: `nb2prod deploy` does\n# (or render with --cron for "
+                  "objects that run on their own).\n")
+    text = manifests.to_yaml(objects, header)
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {len(plan.objects())} objects to {output}", err=True)
+        click.echo(f"wrote {len(objects)} objects to {output}", err=True)
+
+
+def _schedule_settings(pipeline, cron_expr: str | None, time_zone: str | None, suspend: bool,
+                       *, required: bool) -> tuple[str | None, str | None, bool]:
+    """--cron/--time-zone/--suspend, else `[schedule]` of nb2prod.ini; checked (exit 2)."""
+    from nb2prod import cron
+    from nb2prod.errors import Problem
+
+    ini = str(pipeline.root / "nb2prod.ini")
+    where = "--cron"
+    if not cron_expr:
+        cron_expr = pipeline.value("schedule", "CRON") or None
+        where = f"{ini}: [schedule] CRON"
+    if not time_zone:
+        time_zone = pipeline.value("schedule", "TIME_ZONE") or None
+    suspend = suspend or pipeline.value("schedule", "SUSPEND").lower() in ("1", "true", "yes")
+    if not cron_expr:
+        if required:
+            raise UserError(Problem("--cron is required (or set [schedule] CRON in nb2prod.ini)"))
+        return None, time_zone, suspend
+    cron.checked(cron_expr, time_zone, where)
+    return cron_expr, time_zone, suspend
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+@click.option("--cron", "cron_expr", metavar="EXPR",
+              help='When to retrain, e.g. "0 3 * * *" [nb2prod.ini [schedule] CRON].')
+@click.option("--time-zone", help="IANA time zone of the schedule, e.g. Europe/Berlin [UTC].")
+@click.option("--suspend", is_flag=True, help="Create or update the schedule but do not run it.")
+@click.option("--image", help="Image with the stages' requirements preinstalled.")
+@click.option("--store", help="Artifact store URI (s3://bucket/prefix or pvc://CLAIM/path).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a notebook parameter for every scheduled run; repeatable.")
+def schedule(target: Path, namespace: str | None, context: str | None, cron_expr: str | None,
+             time_zone: str | None, suspend: bool, image: str | None, store: str | None,
+             params: tuple[str, ...]) -> None:
+    """Retrain DIR on a cron schedule in the cluster; promote and roll out only passing runs."""
+    from nb2prod.runners import kubernetes as kube
+    from nb2prod.runners import schedule as incluster
+
+    pipeline = _open_pipeline(target)
+    cron_expr, time_zone, suspend = _schedule_settings(pipeline, cron_expr, time_zone, suspend,
+                                                       required=True)
+    opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
+                            params=list(params))
+    with kube.api_errors():
+        info = incluster.schedule(pipeline, opts, cron_expr, time_zone, suspend, context=context)
+    zone = info["time_zone"] or "UTC"
+    click.echo(f"{info['action']} CronJob {info['cronjob']} in {info['namespace']}: "
+               f"'{info['schedule']}' ({zone})" + (", suspended" if suspend else ""))
+    if info["next_run"]:
+        click.echo(f"next run: {info['next_run']}")
+    for name, state in info["services"].items():
+        if state == "created":
+            click.echo(f"service {name}: created with 0 replicas; the first passing run "
+                       "rolls it out")
+    click.echo(f"run it now: kubectl -n {info['namespace']} create job "
+               f"--from=cronjob/{info['cronjob']} {info['cronjob']}-manual; "
+               f"see runs: nb2prod history -n {info['namespace']}")
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+def unschedule(target: Path, namespace: str | None, context: str | None) -> None:
+    """Stop retraining DIR on a schedule (a run in progress finishes; history is kept)."""
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+    from nb2prod.runners import schedule as incluster
+
+    pipeline = load_pipeline(target)
+    ns = _namespace(pipeline, namespace)
+    with kube.api_errors():
+        removed = incluster.unschedule(pipeline, ns, context=context)
+    click.echo(f"removed the schedule of {pipeline.name} from {ns}" if removed
+               else f"{pipeline.name} is not scheduled in {ns}")
+
+
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@_namespace_option
+@_context_option
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Show at most this many runs.")
+def history(target: Path, namespace: str | None, context: str | None, as_json: bool,
+            limit: int) -> None:
+    """In-cluster runs of DIR (scheduled and `deploy --no-wait`), newest first."""
+    import json
+
+    from rich.table import Table
+
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+    from nb2prod.runners import schedule as incluster
+
+    pipeline = load_pipeline(target)
+    ns = _namespace(pipeline, namespace)
+    with kube.api_errors():
+        runs = incluster.history(pipeline, ns, context=context)[:limit]
+        scheduled = incluster.cron_status(pipeline, ns, context=context)
+    if as_json:
+        click.echo(json.dumps({"schedule": scheduled, "runs": runs}, indent=2, sort_keys=True))
+        return
+    if scheduled:
+        click.echo(f"schedule: '{scheduled['schedule']}' ({scheduled['time_zone'] or 'UTC'})"
+                   + (", suspended" if scheduled["suspend"] else "")
+                   + f"; last scheduled {incluster.format_time(scheduled['last_schedule'])}")
+    else:
+        click.echo(f"{pipeline.name} is not scheduled in {ns}")
+    if not runs:
+        click.echo("no in-cluster runs recorded")
+        return
+    table = Table(title=f"{pipeline.name} in {ns}: runs", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    for column in ("trigger", "start", "end", "status", "metrics", "failed stage", "reason"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in run["metrics"].items())
+        table.add_row(run["run_id"], run["trigger"], incluster.format_time(run["start"]),
+                      incluster.format_time(run["end"]), run["status"].replace("_", " "),
+                      metrics or "-", run["failed_stage"] or "-", run["reason"] or "-")
+    _console().print(table)
 
 
 @cli.command()

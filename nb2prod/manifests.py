@@ -57,6 +57,8 @@ MODEL_RUN_ID = "nb2prod.io/model-run-id"
 PREVIOUS_TEMPLATE = "nb2prod.io/previous-template"
 AFTER = "nb2prod.io/after"
 PROMOTE = "promote"
+PROMOTE_RESOURCES: Obj = {"requests": {"cpu": "100m", "memory": "128Mi"},
+                          "limits": {"cpu": "500m", "memory": "512Mi"}}
 
 _SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints", ".nb2prod", ".git"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -385,30 +387,10 @@ def _extra_installs(opts: Options) -> list[str]:
     return [opts.boto3_requirement] if opts.store.lower().startswith("s3://") else []
 
 
-def pod_spec(pipeline: Pipeline, code: StageCode, code_name: str, opts: Options, *,
-             stage: StageSpec | None, container: Obj, restart: str) -> Obj:
-    """Pod spec shared by Jobs and Deployments: hardening, volumes, service account."""
-    mount = store_mount(opts.store)
-    volumes: list[Obj] = [
-        {"name": "code", "configMap": {"name": code_name, "defaultMode": 0o444}},
-        {"name": "work", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    items = _code_items(code)
-    if items:
-        volumes[0]["configMap"]["items"] = items
-    mounts: list[Obj] = [
-        {"name": "code", "mountPath": CODE_DIR, "readOnly": True},
-        {"name": "work", "mountPath": WORK_DIR},
-        {"name": "tmp", "mountPath": TMP_DIR},
-    ]
-    if not opts.prebuilt:
-        volumes.append({"name": "deps", "emptyDir": {}})
-        mounts.append({"name": "deps", "mountPath": DEPS_DIR})
-    if mount.claim:
-        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": mount.claim}})
-        mounts.append({"name": "store", "mountPath": STORE_DIR})
-    container = {
+def harden(pipeline: Pipeline, stage: StageSpec | None, opts: Options, container: Obj,
+           mounts: list[Obj]) -> Obj:
+    """A container with image, working dir, mounts and the restricted security context."""
+    return {
         **container,
         "image": image_for(pipeline, stage, opts),
         "workingDir": WORK_DIR,
@@ -423,8 +405,12 @@ def pod_spec(pipeline: Pipeline, code: StageCode, code_name: str, opts: Options,
             "runAsNonRoot": True,
         },
     }
+
+
+def pod_base(account: str, restart: str) -> Obj:
+    """Pod-level settings every nb2prod pod shares (non-root, no API token, no service links)."""
     return {
-        "serviceAccountName": stages_account(pipeline),
+        "serviceAccountName": account,
         "automountServiceAccountToken": False,  # stage code needs no API access
         "enableServiceLinks": False,            # no env vars for every Service in the namespace
         "restartPolicy": restart,
@@ -432,12 +418,71 @@ def pod_spec(pipeline: Pipeline, code: StageCode, code_name: str, opts: Options,
             "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
-        "volumes": volumes,
+    }
+
+
+def code_volume(name: str, pipeline: Pipeline, code: StageCode) -> Obj:
+    """The (read-only) ConfigMap volume holding a stage's files."""
+    volume: Obj = {"name": name, "configMap": {"name": code_configmap_name(pipeline, code),
+                                               "defaultMode": 0o444}}
+    items = _code_items(code)
+    if items:
+        volume["configMap"]["items"] = items
+    return volume
+
+
+def scratch_mounts(opts: Options, sub_path: str | None = None) -> list[Obj]:
+    """Writable work dir, /tmp, pip's target dir and the pvc:// store of a container.
+
+    `sub_path` gives each container of a multi-container pod its own part of the
+    pod's emptyDirs (stages of one run must not see each other's files).
+    """
+    extra = {"subPath": sub_path} if sub_path else {}
+    mounts: list[Obj] = [{"name": "work", "mountPath": WORK_DIR, **extra},
+                         {"name": "tmp", "mountPath": TMP_DIR, **extra}]
+    if not opts.prebuilt:
+        mounts.append({"name": "deps", "mountPath": DEPS_DIR, **extra})
+    if store_mount(opts.store).claim:
+        mounts.append({"name": "store", "mountPath": STORE_DIR})
+    return mounts
+
+
+def scratch_volumes(opts: Options) -> list[Obj]:
+    """The emptyDirs (and pvc:// claim) behind :func:`scratch_mounts`."""
+    volumes: list[Obj] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    if not opts.prebuilt:
+        volumes.append({"name": "deps", "emptyDir": {}})
+    claim = store_mount(opts.store).claim
+    if claim:
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": claim}})
+    return volumes
+
+
+def pod_spec(pipeline: Pipeline, code: StageCode, opts: Options, *,
+             stage: StageSpec | None, container: Obj, restart: str) -> Obj:
+    """Pod spec shared by Jobs and Deployments: hardening, volumes, service account."""
+    mounts = [{"name": "code", "mountPath": CODE_DIR, "readOnly": True}, *scratch_mounts(opts)]
+    return {
+        **pod_base(stages_account(pipeline), restart),
+        "containers": [harden(pipeline, stage, opts, container, mounts)],
+        "volumes": [code_volume("code", pipeline, code), *scratch_volumes(opts)],
     }
 
 
 # -- batch ------------------------------------------------------------------------------------
+def batch_limits(stage: StageSpec) -> tuple[int, int]:
+    """`[batch] RETRIES` and `MAX_COMPLETION_TIME_SECONDS`, checked."""
+    retries = stage.integer("batch", "RETRIES", 2)
+    deadline = stage.integer("batch", "MAX_COMPLETION_TIME_SECONDS", 1800)
+    where = str(stage.directory / "config.ini")
+    if retries < 0:
+        raise UserError(Problem(f"[batch] RETRIES = {retries} must not be negative", file=where))
+    if deadline <= 0:
+        raise UserError(Problem(f"[batch] MAX_COMPLETION_TIME_SECONDS = {deadline} must be "
+                                "positive", file=where))
+    return retries, deadline
+
+
 def batch_job(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Options) -> Obj:
     """The Job running one batch stage for `opts.run_id`."""
     name = job_name(pipeline, stage.name, opts.run_id)
@@ -453,16 +498,9 @@ def batch_job(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Optio
                             install=_extra_installs(opts))
     container = {"name": "stage", "command": ["sh", "-c", script], "env": env,
                  "resources": resources(stage)}
-    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=stage,
+    spec = pod_spec(pipeline, code, opts, stage=stage,
                     container=container, restart="Never")
-    retries = stage.integer("batch", "RETRIES", 2)
-    deadline = stage.integer("batch", "MAX_COMPLETION_TIME_SECONDS", 1800)
-    where = str(stage.directory / "config.ini")
-    if retries < 0:
-        raise UserError(Problem(f"[batch] RETRIES = {retries} must not be negative", file=where))
-    if deadline <= 0:
-        raise UserError(Problem(f"[batch] MAX_COMPLETION_TIME_SECONDS = {deadline} must be "
-                                "positive", file=where))
+    retries, deadline = batch_limits(stage)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(name, opts.namespace, lbls, annotations),
@@ -476,17 +514,9 @@ def batch_job(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Optio
     }
 
 
-def promote_job(pipeline: Pipeline, code: StageCode, opts: Options) -> Obj:
-    """The last Job of a run: apply `[promotion]` in-cluster and move latest.json.
-
-    It runs where the store is reachable with the stages' credentials, so the
-    deploying machine needs no store access.  Exit code 3 means "gate not
-    passed"; the runner reads it from the pod and stops there.  (A podFailurePolicy
-    could fail the Job on exit 3 without a retry, but the 1.28 schema rejects an
-    onExitCodes-only rule, and promote is idempotent, so one retry is harmless.)
-    """
-    args = ["python", "nb2prod_runtime.py", "promote", "--pipeline", pipeline.name,
-            "--run-id", opts.run_id]
+def promotion_args(pipeline: Pipeline) -> list[str]:
+    """`--metric M --min X` for the runtime's promote command, from `[promotion]`."""
+    args: list[str] = []
     metric = pipeline.value("promotion", "METRIC")
     minimum = pipeline.value("promotion", "MIN")
     if metric:
@@ -498,14 +528,27 @@ def promote_job(pipeline: Pipeline, code: StageCode, opts: Options) -> Obj:
             raise UserError(Problem(f"[promotion] MIN = {minimum!r} is not a number",
                                     file=str(pipeline.root / "nb2prod.ini"))) from None
         args += ["--min", minimum]
+    return args
+
+
+def promote_job(pipeline: Pipeline, code: StageCode, opts: Options) -> Obj:
+    """The last Job of a run: apply `[promotion]` in-cluster and move latest.json.
+
+    It runs where the store is reachable with the stages' credentials, so the
+    deploying machine needs no store access.  Exit code 3 means "gate not
+    passed"; the runner reads it from the pod and stops there.  (A podFailurePolicy
+    could fail the Job on exit 3 without a retry, but the 1.28 schema rejects an
+    onExitCodes-only rule, and promote is idempotent, so one retry is harmless.)
+    """
+    args = ["python", "nb2prod_runtime.py", "promote", "--pipeline", pipeline.name,
+            "--run-id", opts.run_id, *promotion_args(pipeline)]
     final = " ".join(shlex.quote(a) for a in args)
     script = startup_script(final, opts, install=_extra_installs(opts), requirements=False)
     lbls = {**labels(pipeline, PROMOTE), RUN_ID_LABEL: opts.run_id}
     env = pod_env(pipeline, code.stage, opts, {"NB2PROD_RUN_ID": opts.run_id}, None)
     container = {"name": PROMOTE, "command": ["sh", "-c", script], "env": env,
-                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                               "limits": {"cpu": "500m", "memory": "512Mi"}}}
-    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=None,
+                 "resources": PROMOTE_RESOURCES}
+    spec = pod_spec(pipeline, code, opts, stage=None,
                     container=container, restart="Never")
     return {
         "apiVersion": "batch/v1", "kind": "Job",
@@ -566,7 +609,7 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
     select = {"app.kubernetes.io/instance": pipeline.name,
               "app.kubernetes.io/component": stage.name}
     lbls = labels(pipeline, stage.name, stage.name)
-    spec = pod_spec(pipeline, code, code_configmap_name(pipeline, code), opts, stage=stage,
+    spec = pod_spec(pipeline, code, opts, stage=stage,
                     container=container, restart="Always")
     spec["terminationGracePeriodSeconds"] = GRACEFUL_TIMEOUT + 10
     return {

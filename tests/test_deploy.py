@@ -403,28 +403,6 @@ def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
     assert kube_standin.store.peek("deployments", NS, "iris-serve") is None
 
 
-def test_no_wait_deploys_in_the_background(kube_standin: KubeStandIn, iris_split: Path,
-                                           tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    directory = tmp_path / "iris-pipeline"
-    shutil.copytree(iris_split, directory)
-    image = "registry.invalid/iris:missing"
-    kube_standin.unpullable_images.add(image)
-    code, output = run_cli(["deploy", str(directory), "-n", NS, "--image", image, "--store",
-                            "s3://bucket-not-used/x", "--no-wait"], capsys)
-    assert code == 0, output
-    assert "in the background" in output
-    run_id = output.split("run ", 1)[1].split(":", 1)[0]
-    log = directory / ".nb2prod" / f"deploy-{run_id}.log"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and "nb2prod: deploy of run" not in (
-            log.read_text() if log.exists() else ""):
-        time.sleep(0.3)
-    text = log.read_text()
-    assert f"nb2prod: deploy of run {run_id} failed" in text, text
-    assert "ErrImagePull" in text
-
-
 GATED = [
     ("parameters", "quality = 0.5"),
     ("stage:score", "accuracy = quality"),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import queue
@@ -43,6 +42,7 @@ from nb2prod import k8s_retry, manifests
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline, load_pipeline, notebook_parameters, run_parameters
+from nb2prod.roller import TEMPLATE_HASH, rollout_verdict, template_hash
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -55,7 +55,6 @@ PROMOTE_UNIT = "(promote)"
 WATCH_SECONDS = 60
 #: Extra time past a Job's activeDeadlineSeconds before we stop waiting for its condition.
 DEADLINE_SLACK = 120.0
-TEMPLATE_HASH = "nb2prod.io/template-hash"
 
 
 # -- cluster access ---------------------------------------------------------------------------
@@ -154,11 +153,12 @@ class Kube:
         return self.json(self.method("replace", obj["kind"]), meta["name"], meta["namespace"],
                          obj)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background"
+               ) -> None:
         # Raw response: depending on the kind and version the server answers with the
         # object or a Status, which the typed client would fail to deserialize.
         k8s_retry.delete(self.method("delete", kind), name, namespace,
-                         propagation_policy="Background", _preload_content=False,
+                         propagation_policy=propagation, _preload_content=False,
                          _request_timeout=(10, 60))
 
     def list(self, kind: str, namespace: str, selector: str) -> list[Obj]:
@@ -356,8 +356,71 @@ def _summary_line(lines: Sequence[str]) -> str | None:
     return None
 
 
-def template_hash(template: Obj) -> str:
-    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+# -- applying objects ------------------------------------------------------------------------
+def ensure_namespace(kube: Kube, namespace: Obj) -> None:
+    """Create the namespace unless it exists (or we may not even look: then assume it does)."""
+    try:
+        exists = kube.json(kube.core.read_namespace, namespace["metadata"]["name"])
+    except Exception as exc:
+        status = k8s_retry.status_of(exc)
+        if status == 403:
+            return  # no cluster-scope rights: assume an admin made it for us
+        if status != 404:
+            raise
+        exists = None
+    if exists is None:
+        k8s_retry.create(kube.core.create_namespace, namespace,
+                         _request_timeout=(10, 60))
+
+
+def ensure_object(kube: Kube, obj: Obj) -> None:
+    """Create `obj`; if it exists with different content (RBAC only), bring it up to date."""
+    if kube.create(obj) is not None or obj["kind"] == "ConfigMap":
+        return  # ConfigMaps are named by content: same name, same data
+    meta = obj["metadata"]
+
+    def read() -> Obj:
+        return kube.json(kube.method("read", obj["kind"]), meta["name"], meta["namespace"])
+
+    def write(current: Obj) -> Obj | None:
+        body = copy.deepcopy(current)
+        changed = False
+        for key in ("rules", "subjects", "automountServiceAccountToken"):
+            if key in obj and body.get(key) != obj[key]:
+                body[key] = obj[key]
+                changed = True
+        labels = {**(body["metadata"].get("labels") or {}), **meta["labels"]}
+        if labels != body["metadata"].get("labels"):
+            body["metadata"]["labels"] = labels
+            changed = True
+        return kube.replace(body) if changed else None
+
+    k8s_retry.update(read, write)
+
+
+def ensure_networking(kube: Kube, obj: Obj) -> None:
+    """Create the Service/Ingress, or converge an existing one's spec to ours."""
+    if kube.create(obj) is not None:
+        return
+    meta = obj["metadata"]
+
+    def read() -> Obj:
+        return kube.json(kube.method("read", obj["kind"]), meta["name"], meta["namespace"])
+
+    def write(current: Obj) -> Obj | None:
+        body = copy.deepcopy(current)
+        if obj["kind"] == "Service":
+            body["spec"]["selector"] = obj["spec"]["selector"]
+            body["spec"]["ports"] = obj["spec"]["ports"]
+        else:
+            body["spec"] = obj["spec"]
+        body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}),
+                                      **meta["labels"]}
+        if body == current:
+            return None
+        return kube.replace(body)
+
+    k8s_retry.update(read, write)
 
 
 @dataclass
@@ -420,43 +483,10 @@ class Deployer:
 
     # -- setup ----------------------------------------------------------------------------------
     def ensure_namespace(self) -> None:
-        try:
-            exists = self.kube.json(self.kube.core.read_namespace, self.ns)
-        except Exception as exc:
-            status = k8s_retry.status_of(exc)
-            if status == 403:
-                return  # no cluster-scope rights: assume an admin made it for us
-            if status != 404:
-                raise
-            exists = None
-        if exists is None:
-            k8s_retry.create(self.kube.core.create_namespace, self.plan.namespace,
-                             _request_timeout=(10, 60))
+        ensure_namespace(self.kube, self.plan.namespace)
 
     def ensure(self, obj: Obj) -> None:
-        """Create `obj`; if it exists with different content (RBAC only), bring it up to date."""
-        if self.kube.create(obj) is not None or obj["kind"] == "ConfigMap":
-            return  # ConfigMaps are named by content: same name, same data
-        meta = obj["metadata"]
-
-        def read() -> Obj:
-            return self.kube.json(self.kube.method("read", obj["kind"]), meta["name"],
-                                  meta["namespace"])
-
-        def write(current: Obj) -> Obj | None:
-            body = copy.deepcopy(current)
-            changed = False
-            for key in ("rules", "subjects", "automountServiceAccountToken"):
-                if key in obj and body.get(key) != obj[key]:
-                    body[key] = obj[key]
-                    changed = True
-            labels = {**(body["metadata"].get("labels") or {}), **meta["labels"]}
-            if labels != body["metadata"].get("labels"):
-                body["metadata"]["labels"] = labels
-                changed = True
-            return self.kube.replace(body) if changed else None
-
-        k8s_retry.update(read, write)
+        ensure_object(self.kube, obj)
 
     def setup(self) -> None:
         self.ensure_namespace()
@@ -738,28 +768,7 @@ class Deployer:
         return result
 
     def ensure_networking(self, obj: Obj) -> None:
-        """Create the Service/Ingress, or converge an existing one's spec to ours."""
-        if self.kube.create(obj) is not None:
-            return
-        meta = obj["metadata"]
-
-        def read() -> Obj:
-            return self.kube.json(self.kube.method("read", obj["kind"]), meta["name"], self.ns)
-
-        def write(current: Obj) -> Obj | None:
-            body = copy.deepcopy(current)
-            if obj["kind"] == "Service":
-                body["spec"]["selector"] = obj["spec"]["selector"]
-                body["spec"]["ports"] = obj["spec"]["ports"]
-            else:
-                body["spec"] = obj["spec"]
-            body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}),
-                                          **meta["labels"]}
-            if body == current:
-                return None
-            return self.kube.replace(body)
-
-        k8s_retry.update(read, write)
+        ensure_networking(self.kube, obj)
 
     def remove_stale_ingress(self, name: str) -> None:
         existing = self.kube.read("Ingress", self.ns, name)
@@ -901,28 +910,6 @@ class Deployer:
 PROMOTE_NOT_PASSED_CODE = manifests.PROMOTE_NOT_PASSED
 
 
-def rollout_verdict(dep: Obj) -> tuple[bool, str] | None:
-    """(True, "") when the Deployment's current template is fully rolled out, (False, why)
-    on a progress deadline, None while still in progress."""
-    meta, spec, status = dep["metadata"], dep.get("spec") or {}, dep.get("status") or {}
-    if int(status.get("observedGeneration", 0)) < int(meta.get("generation", 0)):
-        return None  # the controller has not seen this spec yet: its conditions are stale
-    progressing = _conditions(dep).get("Progressing")
-    if progressing and progressing.get("status") == "False" and \
-            progressing.get("reason") == "ProgressDeadlineExceeded":
-        return False, (f"rollout of {meta['name']} did not become ready within "
-                       f"{spec.get('progressDeadlineSeconds', '?')}s (ProgressDeadlineExceeded: "
-                       f"{progressing.get('message', '')})")
-    replicas = int(spec.get("replicas", 1))
-    if int(status.get("updatedReplicas", 0)) < replicas:
-        return None
-    if int(status.get("replicas", 0)) > replicas:
-        return None  # old pods still being removed
-    if int(status.get("availableReplicas", 0)) < replicas:
-        return None
-    return True, ""
-
-
 def _params(pipeline: Pipeline, params: Mapping[str, object] | Sequence[str] | None
             ) -> dict[str, object]:
     """`--param k=v` strings (typed like the notebook defaults) or an already typed mapping."""
@@ -1021,6 +1008,15 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
         labels = job["metadata"].get("labels") or {}
         run = labels.get(manifests.RUN_ID_LABEL, "?")
         component = labels.get("app.kubernetes.io/component", "?")
+        if component == "run":  # an in-cluster run (schedule, --no-wait): one Job, its name
+            state = _job_state(job)
+            runs[job["metadata"]["name"]] = {
+                "run_id": job["metadata"]["name"], "stages": {}, "in_cluster": True,
+                "promotion": "see `nb2prod history`",
+                "created": job["metadata"].get("creationTimestamp"),
+                "status": {"Complete": "succeeded", "Running": "running",
+                           "Pending": "pending"}.get(state, "failed")}
+            continue
         entry = runs.setdefault(run, {"run_id": run, "stages": {}, "promotion": None,
                                       "created": job["metadata"].get("creationTimestamp")})
         state = _job_state(job)
@@ -1030,6 +1026,8 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
         else:
             entry["stages"][component] = state
     for entry in runs.values():
+        if entry.get("in_cluster"):
+            continue
         states = list(entry["stages"].values())
         if any(s.startswith("Failed") for s in states):
             entry["status"] = "failed"
@@ -1070,6 +1068,13 @@ def stage_pods(kube: Kube, pipeline: str, namespace: str, stage: str, run_id: st
     sel = (f"app.kubernetes.io/managed-by=nb2prod,app.kubernetes.io/instance={pipeline},"
            f"{manifests.STAGE_LABEL}={stage}")
     pods = kube.list("Pod", namespace, sel)
+    if not pods or (run_id and not any(
+            (p["metadata"].get("labels") or {}).get(manifests.RUN_ID_LABEL) == run_id
+            for p in pods)):
+        in_cluster = run_pods(kube, pipeline, namespace, stage, run_id)
+        if in_cluster:
+            return in_cluster, run_id or (in_cluster[-1]["metadata"].get("labels") or {}).get(
+                "job-name")
     runs = sorted({(p["metadata"].get("labels") or {}).get(manifests.RUN_ID_LABEL)
                    for p in pods} - {None})
     chosen = run_id
@@ -1085,6 +1090,29 @@ def stage_pods(kube: Kube, pipeline: str, namespace: str, stage: str, run_id: st
     return pods, chosen
 
 
+def run_pods(kube: Kube, pipeline: str, namespace: str, stage: str, run_id: str | None
+             ) -> list[Obj]:
+    """Pods of in-cluster runs (one container per batch stage) that ran `stage`, oldest first."""
+    sel = (f"app.kubernetes.io/managed-by=nb2prod,app.kubernetes.io/instance={pipeline},"
+           "app.kubernetes.io/component=run")
+    pods = [p for p in kube.list("Pod", namespace, sel) if stage_container(p, stage)]
+    if run_id:
+        pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == run_id]
+    pods.sort(key=lambda p: (p["metadata"].get("creationTimestamp") or "",
+                             p["metadata"]["name"]))
+    return pods if run_id else pods[-1:]
+
+
+def stage_container(pod: Obj, stage: str) -> str | None:
+    """The container of `pod` that runs `stage` (the only one, for a stage's own pods)."""
+    from nb2prod.retrain import STAGES_ANNOTATION
+
+    names = (pod["metadata"].get("annotations") or {}).get(STAGES_ANNOTATION)
+    if names is None:
+        return pod["spec"]["containers"][0]["name"]
+    return next((c for c, s in json.loads(names).items() if s == stage), None)
+
+
 def logs(pipeline: str, namespace: str, stage: str, *, run_id: str | None = None,
          follow: bool = False, context: str | None = None,
          echo: Callable[[str], None] = print) -> int:
@@ -1097,7 +1125,7 @@ def logs(pipeline: str, namespace: str, stage: str, *, run_id: str | None = None
     followers = []
     for pod in pods:
         name = pod["metadata"]["name"]
-        container = pod["spec"]["containers"][0]["name"]
+        container = stage_container(pod, stage) or pod["spec"]["containers"][0]["name"]
         prefix = f"[{stage} {name}] " if many else f"[{stage}] "
         if follow:
             follower = LogFollower(kube, namespace, name, container, prefix, echo)

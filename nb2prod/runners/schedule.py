@@ -1,0 +1,238 @@
+"""In-cluster runs on Kubernetes: `schedule`, `unschedule`, `history`, `deploy --no-wait`.
+
+The objects come from :mod:`nb2prod.retrain` (pure); this module applies them
+and reads back what happened.  Nothing here waits for a run: the cluster runs
+it (the CronJob controller, the Job's pod), and `history` reconstructs each
+run from its Job and pod status, including the termination messages the
+stage runtime and the roller leave behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from nb2prod import cron, manifests, retrain
+from nb2prod.errors import Problem, UserError
+from nb2prod.manifests import Obj
+from nb2prod.pipeline import Pipeline
+from nb2prod.runners.kubernetes import (
+    Kube,
+    _summary_line,
+    _true,
+    ensure_namespace,
+    ensure_networking,
+    ensure_object,
+    stuck_reason,
+)
+
+
+def apply_plan(kube: Kube, plan: retrain.RetrainPlan) -> dict[str, str]:
+    """Create what a run needs; a Deployment that exists is left exactly as it is.
+
+    Returns service stage -> "created" / "kept".  Serving only ever changes
+    through a run that passed (the roller), never by scheduling.
+    """
+    ensure_namespace(kube, plan.namespace)
+    for obj in plan.setup:
+        ensure_object(kube, obj)
+    services = {}
+    for name, objs in plan.services.items():
+        services[name] = "created" if kube.create(objs[0]) is not None else "kept"
+        for obj in objs[1:]:
+            ensure_networking(kube, obj)
+    return services
+
+
+def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | None = None
+              ) -> dict:
+    """Start one in-cluster run now (`deploy --no-wait`); returns at once."""
+    plan = retrain.plan(pipeline, opts)
+    job = plan.run_job(pipeline, opts.run_id, opts.namespace)
+    kube = Kube(context)
+    services = apply_plan(kube, plan)
+    if kube.create(job) is None:
+        raise UserError(Problem(f"Job {job['metadata']['name']} exists already in namespace "
+                                f"{opts.namespace}"))
+    return {"run_id": job["metadata"]["name"], "pipeline": pipeline.name,
+            "namespace": opts.namespace, "status": "started", "services": services}
+
+
+def scheduled_objects(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
+                      time_zone: str | None, suspend: bool, *, serve_latest: bool = False
+                      ) -> tuple[retrain.RetrainPlan, Obj]:
+    """The plan and CronJob of a schedule (pure; cron and zone already checked)."""
+    plan = retrain.plan(pipeline, opts, serve_latest=serve_latest)
+    return plan, retrain.cronjob(pipeline, plan, opts.namespace, cron_expr, time_zone, suspend)
+
+
+def schedule(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
+             time_zone: str | None = None, suspend: bool = False, *,
+             context: str | None = None) -> dict:
+    """Create or update the pipeline's CronJob (and everything its runs need)."""
+    parsed = cron.checked(cron_expr, time_zone)
+    plan, cronjob = scheduled_objects(pipeline, opts, cron_expr, time_zone, suspend)
+    kube = Kube(context)
+    services = apply_plan(kube, plan)
+    name = cronjob["metadata"]["name"]
+    action = "created"
+    if kube.create(cronjob) is None:
+        current = kube.read("CronJob", opts.namespace, name)
+        body = dict(cronjob)
+        body["metadata"] = {**cronjob["metadata"],
+                            "resourceVersion": current["metadata"]["resourceVersion"]}
+        kube.replace(body)
+        action = "updated"
+    upcoming = None if suspend else cron.next_run(parsed, time_zone)
+    return {"cronjob": name, "action": action, "schedule": cronjob["spec"]["schedule"],
+            "time_zone": time_zone, "suspend": suspend, "namespace": opts.namespace,
+            "next_run": upcoming.isoformat() if upcoming else None, "services": services}
+
+
+def unschedule(pipeline: Pipeline, namespace: str, *, context: str | None = None) -> bool:
+    """Delete the CronJob; runs already started finish, and their history is kept.
+
+    (Orphan propagation: the Jobs stay, labelled as the pipeline's, so `history`
+    still shows them and `delete` removes them.)  False when nothing was scheduled.
+    """
+    kube = Kube(context)
+    name = retrain.cronjob_name(pipeline)
+    if kube.read("CronJob", namespace, name) is None:
+        return False
+    kube.delete("CronJob", namespace, name, propagation="Orphan")
+    return True
+
+
+# -- history --------------------------------------------------------------------------------
+def _message(status: Obj) -> tuple[Obj, str]:
+    """(JSON verdict, text) of a container's termination message."""
+    term = (status.get("state") or {}).get("terminated") or {}
+    text = (term.get("message") or "").strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text), text
+        except ValueError:
+            pass
+    return {}, text
+
+
+def _reason_of(status: Obj) -> str:
+    verdict, text = _message(status)
+    if verdict.get("reason"):
+        return str(verdict["reason"])
+    lines = text.splitlines()
+    line = _summary_line(lines) or (lines[-1].strip() if lines else "")
+    term = (status.get("state") or {}).get("terminated") or {}
+    return line or f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})"
+
+
+def _flat_metrics(metrics: Any) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for stage, values in (metrics or {}).items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                flat[f"{stage}.{name}"] = value
+        else:
+            flat[stage] = values
+    return flat
+
+
+def run_summary(job: Obj, pods: list[Obj]) -> dict:
+    """One run of the history from its Job and pods (pure).
+
+    status: running, pending, succeeded, not_promoted or failed; for a failure
+    the stage that failed (a stage name, "promote-and-roll", or the Job itself
+    when it ran out of time) and why, from termination messages and conditions.
+    """
+    meta, jstatus = job["metadata"], job.get("status") or {}
+    owners = [o.get("kind") for o in meta.get("ownerReferences") or []]
+    failed_cond = _true(job, "Failed")
+    record: dict[str, Any] = {
+        "run_id": meta["name"],
+        "trigger": "schedule" if "CronJob" in owners else "manual",
+        "start": jstatus.get("startTime") or meta.get("creationTimestamp"),
+        "end": jstatus.get("completionTime") or (failed_cond or {}).get("lastTransitionTime"),
+        "status": "succeeded" if _true(job, "Complete") else (
+            "failed" if failed_cond else ("running" if jstatus.get("active") else "pending")),
+        "promoted": None, "metrics": {}, "failed_stage": None, "reason": None, "stages": {},
+    }
+    pods = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    if not pods:
+        if failed_cond:
+            record["reason"] = f"{failed_cond.get('reason')}: {failed_cond.get('message', '')}"
+        return record
+    pod = pods[-1]
+    names = json.loads((pod["metadata"].get("annotations") or {}).get(
+        retrain.STAGES_ANNOTATION, "{}"))
+    pstatus = pod.get("status") or {}
+    statuses = [(names.get(s["name"], s["name"]), s)
+                for s in pstatus.get("initContainerStatuses") or []]
+    statuses += [(s["name"], s) for s in pstatus.get("containerStatuses") or []]
+    for stage, status in statuses:
+        state = status.get("state") or {}
+        term = state.get("terminated")
+        if term is not None:
+            ok = term.get("exitCode") == 0
+            record["stages"][stage] = "succeeded" if ok else "failed"
+            if not ok and record["failed_stage"] is None:
+                record["failed_stage"], record["reason"] = stage, _reason_of(status)
+        elif state.get("running"):
+            record["stages"][stage] = "running"
+        else:
+            waiting = (state.get("waiting") or {}).get("reason", "waiting")
+            record["stages"][stage] = "pending" if waiting == "PodInitializing" else waiting
+    verdict, _ = _message(next((s for n, s in statuses if n == retrain.FINISH), {}))
+    if verdict:
+        record["metrics"] = _flat_metrics(verdict.get("metrics"))
+        record["promoted"] = verdict.get("promoted")
+        if verdict.get("status") == "not_promoted":
+            record["status"] = "not_promoted"
+            record["failed_stage"] = None
+            record["reason"] = verdict.get("reason")
+    if record["status"] == "failed" and record["failed_stage"] is None:
+        stuck = stuck_reason(pod)
+        running = [n for n, st in record["stages"].items() if st != "succeeded"]
+        record["failed_stage"] = running[0] if running else None
+        record["reason"] = stuck or (f"{failed_cond.get('reason')}: "
+                                     f"{failed_cond.get('message', '')}" if failed_cond else None)
+    return record
+
+
+def history(pipeline: Pipeline, namespace: str, *, context: str | None = None) -> list[dict]:
+    """Every in-cluster run still recorded in the cluster, newest first."""
+    kube = Kube(context)
+    sel = f"{manifests.selector(pipeline)},app.kubernetes.io/component={retrain.RUN}"
+    jobs = kube.list("Job", namespace, sel)
+    by_job: dict[str, list[Obj]] = {}
+    for pod in kube.list("Pod", namespace, sel):
+        job_name = (pod["metadata"].get("labels") or {}).get("job-name")
+        if job_name:
+            by_job.setdefault(job_name, []).append(pod)
+    runs = [run_summary(job, by_job.get(job["metadata"]["name"], [])) for job in jobs]
+    return sorted(runs, key=lambda r: (r["start"] or "", r["run_id"]), reverse=True)
+
+
+def cron_status(pipeline: Pipeline, namespace: str, *, context: str | None = None
+                ) -> Obj | None:
+    """The CronJob's schedule, suspension and last schedule time (None if unscheduled)."""
+    kube = Kube(context)
+    obj = kube.read("CronJob", namespace, retrain.cronjob_name(pipeline))
+    if obj is None:
+        return None
+    spec, status = obj["spec"], obj.get("status") or {}
+    return {"cronjob": obj["metadata"]["name"], "schedule": spec["schedule"],
+            "time_zone": spec.get("timeZone"), "suspend": bool(spec.get("suspend")),
+            "last_schedule": status.get("lastScheduleTime"),
+            "active": [a.get("name") for a in status.get("active") or []]}
+
+
+def format_time(value: str | None) -> str:
+    """An API timestamp as local `YYYY-MM-DD HH:MM:SS` (or "-")."""
+    if not value:
+        return "-"
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")

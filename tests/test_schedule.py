@@ -1,0 +1,376 @@
+"""`nb2prod schedule` / `unschedule` / `history` / `deploy --no-wait` on the Kubernetes stand-in.
+
+A run in the cluster is one Job: init containers run the batch stages, the
+last container (nb2prod_roller.py) gates, promotes and rolls the serving
+Deployment through the API over TLS with the pod's service-account token.
+The stand-in's CronJob controller is driven by `trigger_cronjob` (it never
+fires on a clock); everything else (pods, probes, RBAC for service-account
+tokens, termination messages) runs as on a cluster.  The store is moto's S3
+server, reached by pods with credentials from a Secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nb2prod import cron
+from tests.kube.standin import KubeStandIn
+from tests.s3server import S3Server, s3_env, s3_server  # noqa: F401
+from tests.test_deploy import (
+    IMAGE,
+    IRIS_ANSWER,
+    IRIS_REQUEST,
+    NS,
+    OPENER,
+    create_secret,
+    predict,
+    run_cli,
+    split,
+    use_secret_credentials,
+    write_notebook,
+)
+from tests.test_manifests import set_ini
+
+pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = pytest.mark.timeout(420)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_notebooks"
+ROLLER = "system:serviceaccount:ml:iris-roller"
+
+
+# -- helpers --------------------------------------------------------------------------------
+@pytest.fixture
+def cluster(kube_standin: KubeStandIn, s3_env: S3Server) -> tuple[KubeStandIn, str]:  # noqa: F811
+    bucket = s3_env.make_bucket()
+    create_secret(kube_standin, NS, "testing")
+    return kube_standin, f"s3://{bucket}/artifacts"
+
+
+@pytest.fixture(scope="module")
+def iris_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return split(EXAMPLES / "iris.ipynb", tmp_path_factory.mktemp("iris") / "iris-pipeline")
+
+
+def wait_job(standin: KubeStandIn, name: str, timeout: float = 240) -> dict:
+    """The Job once it has a Complete or Failed condition."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = standin.store.peek("jobs", NS, name)
+        conditions = {c["type"] for c in ((job or {}).get("status") or {}).get("conditions")
+                      or [] if c.get("status") == "True"}
+        if conditions & {"Complete", "Failed"}:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"Job {name} did not finish: {json.dumps(job, indent=1)[:3000]}")
+
+
+def run_pod(standin: KubeStandIn, job: str) -> dict:
+    pods = [p for p in standin.store.scan("pods", NS)
+            if (p["metadata"].get("labels") or {}).get("job-name") == job]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def history(capsys: pytest.CaptureFixture[str], directory: Path) -> dict:
+    code, output = run_cli(["history", str(directory), "-n", NS, "--json"], capsys)
+    assert code == 0, output
+    return json.loads(output)
+
+
+def latest(s3_env: S3Server, store: str) -> str | None:  # noqa: F811
+    bucket = store.split("/")[2]
+    try:
+        body = s3_env.client().get_object(Bucket=bucket, Key="artifacts/iris/latest.json")
+    except Exception:  # noqa: BLE001 - NoSuchKey
+        return None
+    return json.loads(body["Body"].read())["run_id"]
+
+
+def info(standin: KubeStandIn, service: str) -> dict[str, Any]:
+    url = f"{standin.url}/api/v1/namespaces/{NS}/services/{service}:80/proxy/info"
+    with OPENER.open(urllib.request.Request(url), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def served_run(standin: KubeStandIn, name: str) -> tuple[str, int]:
+    dep = standin.store.peek("deployments", NS, name)
+    return (dep["spec"]["template"]["metadata"]["annotations"]["nb2prod.io/model-run-id"],
+            dep["spec"]["replicas"])
+
+
+# -- the iris schedule ----------------------------------------------------------------------
+def test_scheduled_retraining_rolls_only_passing_runs(
+        cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path,
+        s3_env: S3Server, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    standin, store = cluster
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    use_secret_credentials(directory)
+    base = ["schedule", str(directory), "-n", NS, "--image", IMAGE, "--store", store]
+
+    # Bad schedules are refused before a single API call.
+    before = len(standin.requests)
+    for bad, fragment in ((["--cron", "61 3 * * *"], "minute: 61 is outside 0-59"),
+                          (["--cron", "0 3 * *"], "expected 5 fields"),
+                          (["--cron", "0 3 * * *", "--time-zone", "Mars/Olympus"],
+                           "unknown time zone 'Mars/Olympus'")):
+        code, output = run_cli(base + bad, capsys)
+        assert code == 2, output
+        assert fragment in output and "Traceback" not in output
+        assert len(output.strip().splitlines()) == 1
+    assert len(standin.requests) == before
+
+    # Schedule: a Forbid CronJob; the Deployment is created idle until a run passes.
+    code, output = run_cli(base + ["--cron", "0 3 * * *", "--time-zone", "Europe/Berlin"],
+                           capsys)
+    assert code == 0, output
+    assert "created CronJob iris-retrain in ml: '0 3 * * *' (Europe/Berlin)" in output
+    cronjob = standin.store.peek("cronjobs", NS, "iris-retrain")
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["timeZone"] == "Europe/Berlin"
+    assert spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    pod_spec = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["train"]
+    assert [c["name"] for c in pod_spec["containers"]] == ["promote-and-roll"]
+    assert served_run(standin, "iris-serve") == ("latest", 0)
+
+    # The roller's Role: get and patch on the pipeline's Deployment, by name, nothing else.
+    role = standin.store.peek("roles", NS, "iris-roller")
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
+                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]}]
+
+    # A triggered run: train, then gate + promote + roll.  A second trigger while it
+    # runs starts nothing (Forbid).
+    # (The stand-in's controller is told the scheduled time: "0 3 * * *" last fired hours
+    # ago, past startingDeadlineSeconds, and a real controller would skip that one.)
+    now = dt.datetime.now(dt.timezone.utc)
+    assert standin.trigger_cronjob(NS, "iris-retrain", now - dt.timedelta(hours=1)) is None
+    job = standin.trigger_cronjob(NS, "iris-retrain", now)
+    assert job is not None
+    run1 = job["metadata"]["name"]
+    assert standin.trigger_cronjob(NS, "iris-retrain", now + dt.timedelta(minutes=1)) is None
+    assert [j["metadata"]["name"] for j in standin.store.scan("jobs", NS)] == [run1]
+    done = wait_job(standin, run1)
+    assert any(c["type"] == "Complete" for c in done["status"]["conditions"]), done["status"]
+    pod = run_pod(standin, run1)
+    train = pod["status"]["initContainerStatuses"][0]["state"]["terminated"]
+    finish = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert train["exitCode"] == 0 and finish["exitCode"] == 0
+    assert train["finishedAt"] <= finish["startedAt"]
+    assert latest(s3_env, store) == run1
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and served_run(standin, "iris-serve") != (run1, 2):
+        time.sleep(0.3)
+    assert served_run(standin, "iris-serve") == (run1, 2)
+    assert info(standin, "iris-serve")["run_id"] == run1
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+
+    # Only the roller's token touched the Deployment, and only with get/patch.
+    by_roller = [r for r in standin.requests if r.user == ROLLER]
+    assert by_roller, "the roll step made no API call with its own token"
+    assert {(r.verb, r.resource, r.name) for r in by_roller} <= {
+        ("get", "deployments", "iris-serve"), ("patch", "deployments", "iris-serve")}
+
+    runs = history(capsys, directory)["runs"]
+    assert [r["run_id"] for r in runs] == [run1]
+    assert runs[0]["status"] == "succeeded" and runs[0]["trigger"] == "schedule"
+    assert runs[0]["promoted"] is True
+    assert 0.8 < runs[0]["metrics"]["train.accuracy"] <= 1.0
+    assert runs[0]["start"] and runs[0]["end"]
+
+    # A failing run (a bad parameter, one retry): latest and the Deployment stay put.
+    set_ini(directory / "stage-1-train" / "config.ini", "batch", "RETRIES", "1")
+    code, output = run_cli(base + ["--cron", "0 3 * * *", "--param", "max_iter=-1"], capsys)
+    assert code == 0, output
+    assert "updated CronJob iris-retrain" in output
+    dep_before = standin.store.peek("deployments", NS, "iris-serve")
+    job = standin.trigger_cronjob(NS, "iris-retrain", now + dt.timedelta(minutes=2))
+    assert job is not None
+    run2 = job["metadata"]["name"]
+    done = wait_job(standin, run2)
+    assert any(c["type"] == "Failed" for c in done["status"]["conditions"])
+    assert latest(s3_env, store) == run1
+    dep_after = standin.store.peek("deployments", NS, "iris-serve")
+    assert dep_after["spec"] == dep_before["spec"]
+    assert dep_after["metadata"]["generation"] == dep_before["metadata"]["generation"]
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+    pod = run_pod(standin, run2)
+    assert "promote-and-roll" not in json.dumps(
+        [c for c in pod["status"].get("containerStatuses") or []
+         if (c.get("state") or {}).get("terminated")])
+    code, output = run_cli(["logs", "train", str(directory), "-n", NS, "--run", run2], capsys)
+    assert "attempt 1/2 failed" in output, output
+
+    report = history(capsys, directory)
+    assert [r["run_id"] for r in report["runs"]] == [run2, run1]
+    failed = report["runs"][0]
+    assert failed["status"] == "failed"
+    assert failed["failed_stage"] == "train"
+    assert "max_iter" in failed["reason"], failed
+    assert report["schedule"]["schedule"] == "0 3 * * *"
+    code, output = run_cli(["history", str(directory), "-n", NS], capsys)
+    assert code == 0 and run2 in output and "failed" in output and "train" in output
+
+    # unschedule: no more runs, the history stays.
+    code, output = run_cli(["unschedule", str(directory), "-n", NS], capsys)
+    assert code == 0 and "removed the schedule" in output, output
+    assert standin.store.peek("cronjobs", NS, "iris-retrain") is None
+    assert [r["run_id"] for r in history(capsys, directory)["runs"]] == [run2, run1]
+    code, output = run_cli(["unschedule", str(directory), "-n", NS], capsys)
+    assert code == 0 and "is not scheduled" in output
+
+
+# -- the promotion gate and deploy --no-wait ---------------------------------------------------
+GATED = [
+    ("parameters", "quality = 0.5"),
+    ("stage:score", "accuracy = quality"),
+    ("metrics", "accuracy"),
+    ("serve", "def predict(payload):\n    return {'accuracy': accuracy}"),
+]
+
+
+def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
+        cluster: tuple[KubeStandIn, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    standin, store = cluster
+    directory = split(write_notebook(tmp_path / "gated.ipynb", GATED), tmp_path / "gated")
+    set_ini(directory / "nb2prod.ini", "promotion", "METRIC", "accuracy")
+    set_ini(directory / "nb2prod.ini", "promotion", "MIN", "0.9")
+    use_secret_credentials(directory)
+    base = ["deploy", str(directory), "-n", NS, "--image", IMAGE, "--store", store, "--no-wait"]
+
+    started = time.monotonic()
+    code, output = run_cli(base + ["--param", "quality=0.95"], capsys)
+    returned_after = time.monotonic() - started
+    assert code == 0, output
+    run1 = output.split("run ", 1)[1].split(" ", 1)[0]
+    job = standin.store.peek("jobs", NS, run1)
+    assert job is not None and not (job.get("status") or {}).get("conditions"), \
+        "deploy --no-wait waited for the run"
+    assert returned_after < 20
+    wait_job(standin, run1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and served_run(standin, "gated-serve") != (run1, 2):
+        time.sleep(0.3)
+    assert served_run(standin, "gated-serve") == (run1, 2)
+    assert predict(standin, "gated-serve", {}) == (200, {"accuracy": 0.95})
+
+    # Below the gate: trained and recorded, not promoted, not rolled.
+    dep_before = standin.store.peek("deployments", NS, "gated-serve")
+    code, output = run_cli(base, capsys)
+    assert code == 0, output
+    run2 = output.split("run ", 1)[1].split(" ", 1)[0]
+    wait_job(standin, run2)
+    runs = history(capsys, directory)["runs"]
+    assert [r["run_id"] for r in runs[:2]] == [run2, run1]
+    weak = runs[0]
+    assert weak["status"] == "not_promoted", weak
+    assert weak["promoted"] is False
+    assert weak["metrics"] == {"score.accuracy": 0.5}
+    assert "accuracy = 0.5 < minimum 0.9" in weak["reason"]
+    assert runs[1]["status"] == "succeeded" and runs[1]["trigger"] == "manual"
+    assert standin.store.peek("deployments", NS, "gated-serve")["spec"] == dep_before["spec"]
+    assert predict(standin, "gated-serve", {}) == (200, {"accuracy": 0.95})
+
+    from nb2prod import artifacts
+
+    recorded = artifacts.read_json(store, f"gated/runs/{run2}/run.json")
+    assert recorded["promoted"] is False and recorded["metrics"] == {"score": {"accuracy": 0.5}}
+    assert artifacts.read_latest(store, "gated")["run_id"] == run1
+
+
+# -- render --cron and cron checks ---------------------------------------------------------
+def test_render_cron_validates_and_runs_on_its_own(iris_split: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+    from kubernetes_validate import utils
+
+    out = tmp_path / "scheduled.yaml"
+    code, output = run_cli(["render", str(iris_split), "-n", NS, "--store", "s3://b/x",
+                            "--cron", "*/30 2-4 * * MON-FRI", "--time-zone", "Asia/Tokyo",
+                            "-o", str(out)], capsys)
+    assert code == 0, output
+    docs = list(yaml.safe_load_all(out.read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert "CronJob" in kinds and "Job" not in kinds
+    for version in ("1.28.0", utils.latest_version()):
+        for doc in docs:
+            utils.validate(doc, version, strict=True)
+    cronjob = next(d for d in docs if d["kind"] == "CronJob")
+    assert cronjob["spec"]["timeZone"] == "Asia/Tokyo"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2  # GitOps: serve latest, never scaled to zero by a sync
+    # Every ConfigMap the CronJob's pod mounts is rendered too (or published by Kubernetes).
+    rendered = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    mounted = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert mounted <= rendered
+    assert not any("secret" in json.dumps(d).lower() and "secretKeyRef" not in json.dumps(d)
+                   for d in docs if d["kind"] == "ConfigMap" and "roll" in d["metadata"]["name"])
+
+    # [schedule] CRON in nb2prod.ini does the same; a bad one names the file and key.
+    directory = tmp_path / "iris"
+    shutil.copytree(iris_split, directory)
+    set_ini(directory / "nb2prod.ini", "schedule", "CRON", "@daily")
+    code, output = run_cli(["render", str(directory), "-n", NS, "--store", "s3://b/x"], capsys)
+    assert code == 0 and "kind: CronJob" in output and "schedule: '@daily'" in output, output
+    set_ini(directory / "nb2prod.ini", "schedule", "CRON", "0 25 * * *")
+    code, output = run_cli(["render", str(directory), "-n", NS, "--store", "s3://b/x"], capsys)
+    assert code == 2
+    assert "nb2prod.ini: [schedule] CRON '0 25 * * *': hour: 25 is outside 0-23" in output
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("* * * * * *", "expected 5 fields"),
+    ("60 * * * *", "minute: 60 is outside 0-59"),
+    ("0 0 0 * *", "day of month: 0 is outside 1-31"),
+    ("0 0 * 13 *", "month: 13 is outside 1-12"),
+    ("0 0 * * 7", "day of week: 7 is outside 0-6"),
+    ("0 0 * * FOO", "day of week: 'FOO' is not a number"),
+    ("*/0 * * * *", "step in '*/0' must be a positive number"),
+    ("5-1 * * * *", "range '5-1' runs backwards"),
+    ("@weekdays", "unknown descriptor @weekdays"),
+    ("@every 0s", "at least 1s"),
+    ("@every soon", "expected a duration"),
+    ("CRON_TZ=UTC 0 3 * * *", "use --time-zone"),
+    ("0 0 31 2 *", "never fires"),
+    ("", "empty"),
+])
+def test_invalid_cron_expressions(expr: str, message: str) -> None:
+    with pytest.raises(cron.CronError, match=message.replace("*", r"\*").replace("(", r"\(")):
+        cron.parse(expr)
+
+
+def test_cron_next_run_and_time_zones() -> None:
+    now = dt.datetime(2026, 3, 28, 23, 59, 30, tzinfo=dt.timezone.utc)  # Sat; DST starts Sun
+    assert cron.next_run(cron.parse("0 3 * * *"), None, now) == dt.datetime(
+        2026, 3, 29, 3, 0, tzinfo=dt.timezone.utc)
+    berlin = cron.next_run(cron.parse("0 3 * * *"), "Europe/Berlin", now)
+    assert berlin is not None and (berlin.year, berlin.month, berlin.day, berlin.hour) == (
+        2026, 3, 29, 3)
+    assert str(berlin.tzinfo) == "Europe/Berlin"
+    weekday = cron.next_run(cron.parse("30 9 * * MON-FRI"), None, now)
+    assert weekday == dt.datetime(2026, 3, 30, 9, 30, tzinfo=dt.timezone.utc)
+    # Day-of-month OR day-of-week when both are restricted (cron's rule).
+    either = cron.parse("0 0 1 * SUN")
+    assert either.next_after(dt.datetime(2026, 3, 28, 12, 0)) == dt.datetime(2026, 3, 29)
+    assert cron.parse("@hourly").next_after(dt.datetime(2026, 1, 1, 10, 0)) == \
+        dt.datetime(2026, 1, 1, 11, 0)
+    assert cron.parse("@every 90m").every == dt.timedelta(minutes=90)
+    for zone in ("Europe/Berlin", "UTC", "America/Argentina/Buenos_Aires"):
+        cron.time_zone(zone)
+    for bad in ("Mars/Olympus", "CET+1", "../../etc/passwd", " UTC", ""):
+        with pytest.raises(cron.CronError):
+            cron.time_zone(bad)

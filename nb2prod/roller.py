@@ -140,7 +140,7 @@ def _pointer(key: str) -> str:
 
 
 def patch_template(api: Api, name: str, template: Obj, replicas: int,
-                   remember_previous: bool) -> Obj:
+                   remember_previous: bool, progress_deadline: int | None = None) -> Obj:
     """Give Deployment `name` this pod template and replica count; returns the old object.
 
     A JSON patch with a ``test`` of the resourceVersion: a concurrent change makes
@@ -161,6 +161,9 @@ def patch_template(api: Api, name: str, template: Obj, replicas: int,
             {"op": "replace", "path": "/spec/replicas", "value": replicas},
             {"op": "add", "path": "/metadata/annotations", "value": notes},
         ]
+        if progress_deadline is not None:
+            ops.append({"op": "add", "path": "/spec/progressDeadlineSeconds",
+                        "value": progress_deadline})
         try:
             api.request("PATCH", name, ops, "application/json-patch+json")
             return current
@@ -188,9 +191,11 @@ def roll(api: Api, name: str, wanted: Obj, run_id: str, log: Any = print) -> Obj
     """Roll one Deployment to `run_id`; put the previous template back if that fails."""
     template = json.loads(json.dumps(wanted["template"]).replace(RUN_ID_PLACEHOLDER, run_id))
     replicas = int(wanted["replicas"])
-    deadline = float(wanted.get("progressDeadlineSeconds", 600)) + DEADLINE_SLACK
+    progress = int(wanted.get("progressDeadlineSeconds", 600))
+    deadline = progress + DEADLINE_SLACK
     log(f"rolling Deployment {name} to run {run_id} ({replicas} replica(s))")
-    before = patch_template(api, name, template, replicas, remember_previous=True)
+    before = patch_template(api, name, template, replicas, remember_previous=True,
+                            progress_deadline=progress)
     ok, why = wait_available(api, name, template_hash(template), deadline)
     if ok:
         log(f"Deployment {name} serves run {run_id}")
@@ -199,7 +204,8 @@ def roll(api: Api, name: str, wanted: Obj, run_id: str, log: Any = print) -> Obj
     restored = (previous.get("metadata", {}).get("annotations") or {}).get(MODEL_RUN_ID, "?")
     log(f"rollout of {name} failed: {why}; rolling back to run {restored}")
     patch_template(api, name, previous, int(before["spec"].get("replicas", 1)),
-                   remember_previous=False)
+                   remember_previous=False,
+                   progress_deadline=before["spec"].get("progressDeadlineSeconds"))
     back, back_why = wait_available(api, name, template_hash(previous), deadline)
     if not back:
         log(f"rollback of {name} not complete: {back_why}")

@@ -289,6 +289,30 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     assert recorded["promoted"] is False and recorded["metrics"] == {"score": {"accuracy": 0.5}}
     assert artifacts.read_latest(store, "gated")["run_id"] == run1
 
+    # Passing, but the new serving code never becomes ready: the roller puts the
+    # previous template back and the run fails at its last step.
+    broken = write_notebook(tmp_path / "gated.ipynb",
+                            [*GATED, (None, "raise RuntimeError('cannot start')")])
+    from nb2prod.split import split_notebook
+
+    split_notebook(broken, directory, force=True)  # keeps the [promotion]/[secrets] edits
+    set_ini(directory / "stage-2-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
+            "6")
+    code, output = run_cli(base + ["--param", "quality=0.97"], capsys)
+    assert code == 0, output
+    run3 = output.split("run ", 1)[1].split(" ", 1)[0]
+    done = wait_job(standin, run3)
+    assert any(c["type"] == "Failed" for c in done["status"]["conditions"])
+    failed = history(capsys, directory)["runs"][0]
+    assert failed["run_id"] == run3 and failed["status"] == "failed", failed
+    assert failed["failed_stage"] == "promote-and-roll"
+    assert f"rolled back to run {run1}" in failed["reason"], failed
+    assert served_run(standin, "gated-serve") == (run1, 2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and predict(standin, "gated-serve", {})[0] != 200:
+        time.sleep(0.5)
+    assert predict(standin, "gated-serve", {}) == (200, {"accuracy": 0.95})
+
 
 # -- render --cron and cron checks ---------------------------------------------------------
 def test_render_cron_validates_and_runs_on_its_own(iris_split: Path, tmp_path: Path,

@@ -868,3 +868,344 @@ def test_fault_unschedulable_pods_stay_pending(api: ApiClient, ns: str, kube_sta
     assert "node affinity/selector" in wait_for(lambda: unschedulable("gpu-only"), "selector mismatch")
     kube_standin.node_capacity = {"cpu": "128", "memory": "64Gi", "pods": "110"}
     wait_for(lambda: pod_phase(v1, ns, "too-big", "Succeeded"), "the big pod to fit a bigger node")
+
+
+# --------------------------------------------------------------------------- TLS, service-account tokens, RBAC
+
+def status_of(exc: pytest.ExceptionInfo[ApiException]) -> tuple[int, str, str, dict[str, Any]]:
+    """(code, reason, message, details) of an API error."""
+    body = error(exc)
+    return exc.value.status, body["reason"], body["message"], body.get("details", {})
+
+
+def test_tls_endpoint_certificate_and_kube_root_ca_configmaps(api: ApiClient, ns: str,
+                                                              kube_standin: KubeStandIn) -> None:
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from cryptography import x509
+
+    v1 = client.CoreV1Api(api)
+    assert kube_standin.url.startswith("http://")  # the kubeconfig stays on plain HTTP
+    assert kube_standin.tls_url.startswith("https://127.0.0.1:") and kube_standin.tls_url != kube_standin.url
+    assert kube_standin.ca_pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert kube_standin.ca_file.read_text() == kube_standin.ca_pem
+
+    # Like the root-ca-cert-publisher: every namespace, boot-time or new, has kube-root-ca.crt with the CA.
+    for namespace in ("default", "kube-system", "kube-public", ns):
+        cm = v1.read_namespaced_config_map("kube-root-ca.crt", namespace)
+        assert cm.data == {"ca.crt": kube_standin.ca_pem}
+        assert cm.metadata.labels is None
+
+    # The serving certificate: signed by that CA, valid for the in-cluster names and loopback.
+    ca = x509.load_pem_x509_certificate(kube_standin.ca_pem.encode())
+    pem = ssl.get_server_certificate(("127.0.0.1", kube_standin.tls_port))
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    assert cert.issuer == ca.subject
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"} <= \
+        set(san.get_values_for_type(x509.DNSName))
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+    trusted = ssl.create_default_context(cafile=str(kube_standin.ca_file))
+    for host in ("127.0.0.1", "localhost"):
+        with urllib.request.urlopen(f"https://{host}:{kube_standin.tls_port}/version", context=trusted,
+                                    timeout=10) as resp:
+            assert json.load(resp)["minor"] == "30"
+    with pytest.raises(urllib.error.URLError) as failure:  # not publicly trusted: the CA is needed
+        urllib.request.urlopen(f"{kube_standin.tls_url}/version", context=ssl.create_default_context(), timeout=10)
+    assert isinstance(failure.value.reason, ssl.SSLCertVerificationError)
+    with socket.create_connection(("127.0.0.1", kube_standin.tls_port), timeout=10) as plain:
+        plain.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP on the TLS port: no answer
+        try:
+            answer = plain.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+        assert b"minor" not in answer
+
+    # The official client over TLS with the kubeconfig's (admin) token; a watch streams until its timeout.
+    with kube_standin.api_client(token="standin-token") as tls_api:
+        assert tls_api.configuration.host == kube_standin.tls_url
+        tls_v1 = client.CoreV1Api(tls_api)
+        start = tls_v1.list_namespaced_config_map(ns).metadata.resource_version
+        v1.create_namespaced_config_map(ns, {"metadata": {"name": "over-tls"}})
+        began = time.monotonic()
+        seen = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+            tls_v1.list_namespaced_config_map, ns, resource_version=start, timeout_seconds=2)]
+        assert seen == [("ADDED", "over-tls")]
+        assert time.monotonic() - began >= 1.5  # not cut short by the peer-hang-up check
+        assert tls_v1.read_namespaced_config_map("over-tls", ns).metadata.name == "over-tls"
+    service = v1.read_namespaced_service("kubernetes", "default")
+    assert service.spec.ports[0].target_port == kube_standin.tls_port
+
+
+def test_service_account_tokens_are_authorized_with_rbac(api: ApiClient, ns: str, kube_standin: KubeStandIn) -> None:
+    import urllib.error
+    import urllib.request
+
+    v1, apps, rbac = client.CoreV1Api(api), client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
+    v1.create_namespaced_service_account(ns, {"metadata": {"name": "iris-roller"}})
+    apps.create_namespaced_deployment(ns, web_deployment("iris-serve", replicas=0))
+    apps.create_namespaced_deployment(ns, web_deployment("other", replicas=0))
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "roller"}, "rules": [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["iris-serve"], "verbs": ["get"]},
+        {"apiGroups": ["apps"], "resources": ["*/scale"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]})
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "roller"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "roller"},
+        "subjects": [{"kind": "ServiceAccount", "name": "iris-roller"}]})  # namespace defaults to the binding's
+    watcher = f"cm-watcher-{ns}"
+    rbac.create_cluster_role({"metadata": {"name": watcher}, "rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]})
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "watch-cms"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": watcher},
+        "subjects": [{"kind": "User", "name": f"system:serviceaccount:{ns}:iris-roller"}]})
+    reader = f"ns-reader-{ns}"
+    rbac.create_cluster_role({"metadata": {"name": reader}, "rules": [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]})
+    rbac.create_cluster_role_binding({"metadata": {"name": reader}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
+        "subjects": [{"kind": "Group", "name": f"system:serviceaccounts:{ns}"}]})
+
+    token = kube_standin.service_account_token(ns, "iris-roller")
+    assert re.fullmatch(rf"standin-sa\.{ns}\.iris-roller\.[0-9a-f]{{40}}", token)
+    user = f"system:serviceaccount:{ns}:iris-roller"
+    with kube_standin.api_client(token=token) as sa_api:
+        sa_v1, sa_apps = client.CoreV1Api(sa_api), client.AppsV1Api(sa_api)
+        assert sa_apps.read_namespaced_deployment("iris-serve", ns).metadata.name == "iris-serve"
+        assert client.VersionApi(sa_api).get_code().minor == "30"  # discovery is open to authenticated users
+
+        with pytest.raises(ApiException) as exc:
+            sa_apps.patch_namespaced_deployment("iris-serve", ns, {"spec": {"replicas": 2}})
+        assert status_of(exc) == (403, "Forbidden", (
+            f'deployments.apps "iris-serve" is forbidden: User "{user}" cannot patch resource "deployments" in '
+            f'API group "apps" in the namespace "{ns}"'), {"name": "iris-serve", "group": "apps",
+                                                          "kind": "deployments"})
+        with pytest.raises(ApiException) as exc:
+            sa_apps.read_namespaced_deployment("other", ns)  # resourceNames
+        assert status_of(exc)[0] == 403
+        with pytest.raises(ApiException) as exc:
+            sa_apps.list_namespaced_deployment(ns)  # resourceNames never allow list
+        assert status_of(exc) == (403, "Forbidden", (
+            f'deployments.apps is forbidden: User "{user}" cannot list resource "deployments" in API group '
+            f'"apps" in the namespace "{ns}"'), {"group": "apps", "kind": "deployments"})
+
+        scaled = sa_apps.patch_namespaced_deployment_scale("other", ns, {"spec": {"replicas": 0}})  # */scale
+        assert scaled.spec.replicas == 0
+        sa_apps.patch_namespaced_deployment_scale("iris-serve", ns, {"spec": {"replicas": 1}})
+        assert apps.read_namespaced_deployment("iris-serve", ns).spec.replicas == 1
+        with pytest.raises(ApiException) as exc:
+            sa_apps.replace_namespaced_deployment_scale("iris-serve", ns, {"spec": {"replicas": 1},
+                                                                          "metadata": {"name": "iris-serve"}})
+        assert "cannot update resource \"deployments/scale\"" in status_of(exc)[2]
+
+        # A ClusterRole through a RoleBinding: only in that namespace; list and watch, nothing else.
+        assert "kube-root-ca.crt" in [c.metadata.name for c in sa_v1.list_namespaced_config_map(ns).items]
+        assert list(watch.Watch().stream(sa_v1.list_namespaced_config_map, ns, timeout_seconds=1))
+        with pytest.raises(ApiException) as exc:
+            sa_v1.list_namespaced_config_map("default")
+        assert 'in the namespace "default"' in status_of(exc)[2]
+        with pytest.raises(ApiException) as exc:
+            sa_v1.create_namespaced_config_map(ns, {"metadata": {"name": "nope"}})
+        assert status_of(exc)[2] == (f'configmaps is forbidden: User "{user}" cannot create resource "configmaps" '
+                                     f'in API group "" in the namespace "{ns}"')
+        with pytest.raises(ApiException) as exc:
+            sa_v1.delete_collection_namespaced_config_map(ns)
+        assert "cannot deletecollection resource" in status_of(exc)[2]
+        assert [c.metadata.name for c in v1.list_namespaced_config_map(ns).items] == ["kube-root-ca.crt"]
+
+        # A ClusterRoleBinding to the service accounts' group: cluster-wide, but only the verbs it grants.
+        assert sa_v1.read_namespace(ns).metadata.name == ns
+        assert sa_v1.read_namespace("default").metadata.name == "default"
+        with pytest.raises(ApiException) as exc:
+            sa_v1.list_namespace()
+        assert status_of(exc)[2] == (f'namespaces is forbidden: User "{user}" cannot list resource "namespaces" '
+                                     'in API group "" at the cluster scope')
+
+        # pods/log is its own resource: the log is readable, the pod is not.
+        v1.create_namespaced_pod(ns, pod_body("talker", [container("c", ["echo", "hi"])]))
+        wait_for(lambda: pod_phase(v1, ns, "talker", "Succeeded"), "the talker pod")
+        assert sa_v1.read_namespaced_pod_log("talker", ns) == "hi\n"
+        with pytest.raises(ApiException) as exc:
+            sa_v1.read_namespaced_pod("talker", ns)
+        assert status_of(exc)[3] == {"name": "talker", "kind": "pods"}
+
+        # A binding to a missing role says so; removing a binding revokes at once.
+        rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "dangling"}, "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "missing"},
+            "subjects": [{"kind": "ServiceAccount", "name": "iris-roller", "namespace": ns}]})
+        with pytest.raises(ApiException) as exc:
+            sa_v1.read_namespaced_secret("any", ns)
+        assert status_of(exc)[2].endswith(': RBAC: role.rbac.authorization.k8s.io "missing" not found')
+        rbac.delete_namespaced_role_binding("roller", ns)
+        with pytest.raises(ApiException) as exc:
+            sa_apps.read_namespaced_deployment("iris-serve", ns)
+        assert status_of(exc)[0] == 403
+
+    # Wildcards: everything in the namespace, nothing outside it.
+    v1.create_namespaced_service_account(ns, {"metadata": {"name": "owner"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "all"}, "rules": [
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "owner"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "all"},
+        "subjects": [{"kind": "ServiceAccount", "name": "owner", "namespace": ns}]})
+    with kube_standin.api_client(token=kube_standin.service_account_token(ns, "owner")) as owner_api:
+        owner_v1 = client.CoreV1Api(owner_api)
+        owner_v1.create_namespaced_config_map(ns, {"metadata": {"name": "mine"}})
+        client.AppsV1Api(owner_api).delete_namespaced_deployment("other", ns)
+        owner_v1.delete_collection_namespaced_config_map(ns, label_selector="none=here")
+        with pytest.raises(ApiException) as exc:
+            owner_v1.read_namespaced_config_map("kube-root-ca.crt", "default")
+        assert status_of(exc)[0] == 403
+
+    # Authentication: forged tokens, unknown accounts, deleted accounts and unknown tokens are 401.
+    def call(token: str | None, path: str = f"/api/v1/namespaces/{ns}") -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(kube_standin.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    unauthorized = (401, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+    assert call(token) == (200, call(token)[1])
+    assert call(token[:-1] + ("0" if token[-1] != "0" else "1")) == unauthorized
+    assert call(kube_standin.service_account_token(ns, "ghost")) == unauthorized
+    assert call("some-other-token") == unauthorized
+    assert call("some-other-token", "/version") == unauthorized
+    assert call(None)[0] == 200 and call("standin-token")[0] == 200  # no token / kubeconfig token: admin
+    v1.delete_namespaced_service_account("iris-roller", ns)
+    assert call(token) == unauthorized
+
+    # The request log names the user of every request.
+    mine = [(r.verb, r.resource, r.name, r.code) for r in kube_standin.requests if r.user == user]
+    assert ("patch", "deployments", "iris-serve", 403) in mine
+    assert ("patch", "deployments/scale", "iris-serve", 200) in mine
+    assert ("get", "pods/log", "talker", 200) in mine
+    assert {r.user for r in kube_standin.requests if r.code == 401} == {""}
+    assert {r.user for r in kube_standin.requests if r.verb == "create" and r.resource == "roles"} == \
+        {"kubernetes-admin"}
+
+
+def test_termination_messages_from_file_and_log_fallback(api: ApiClient, ns: str,
+                                                         kube_standin: KubeStandIn) -> None:
+    v1 = client.CoreV1Api(api)
+
+    def py(code: str) -> list[str]:
+        return ["python", "-c", code]
+
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    containers = [
+        container("file", py("open('/dev/termination-log', 'w').write('done: 42')")),
+        container("via-env", py("import os; open(os.environ['MSG'], 'w').write('from env'); raise SystemExit(1)"),
+                  env=[{"name": "MSG", "value": "/dev/termination-log"}], **fallback),
+        container("custom", py("open('/tmp/why', 'w').write('custom path'); print('a log line'); "
+                               "raise SystemExit(1)"), terminationMessagePath="/tmp/why", **fallback),
+        container("fallback", py("import sys\nfor i in range(100): print('line', i)\nsys.exit(2)"), **fallback),
+        container("fallback-ok", py("print('all good')"), **fallback),
+        container("file-policy", py("print('not a message'); raise SystemExit(3)")),
+        container("big", py("open('/dev/termination-log', 'w').write('a' * 1000 + 'b' * 4000)")),
+    ]
+    init = container("setup", py("open('/dev/termination-log', 'w').write('init says hi')"))
+    v1.create_namespaced_pod(ns, pod_body("msgs", containers, initContainers=[init]))
+    pod = wait_for(lambda: pod_phase(v1, ns, "msgs", "Failed"), "the pod to finish")
+    spec = {c.name: c for c in pod.spec.containers}
+    assert (spec["file"].termination_message_path, spec["file"].termination_message_policy) == \
+        ("/dev/termination-log", "File")
+    messages = {s.name: (s.state.terminated.exit_code, s.state.terminated.message)
+                for s in pod.status.container_statuses}
+    tail = "".join(f"line {i}\n" for i in range(20, 100))  # the last 80 lines (they fit in 2048 bytes)
+    assert messages == {
+        "file": (0, "done: 42"),
+        "via-env": (1, "from env"),
+        "custom": (1, "custom path"),  # the file wins over the log tail
+        "fallback": (2, tail),
+        "fallback-ok": (0, None),  # the log is used only on failure
+        "file-policy": (3, None),  # File policy never uses the log
+        "big": (0, "a" * 96 + "b" * 4000),  # the last 4096 bytes
+    }
+    assert pod.status.init_container_statuses[0].state.terminated.message == "init says hi"
+    root = kube_standin.pod_root(ns, "msgs")
+    assert root is not None and (root / "termination" / "file" / "0").read_text() == "done: 42"
+
+    # Each container instance gets a new, empty file: a restart does not see the last message.
+    counter = ("import pathlib, sys\nc = pathlib.Path('/state/n')\nn = int(c.read_text()) + 1 if c.exists() else 1\n"
+               "c.write_text(str(n))\nopen('/dev/termination-log', 'a').write(f'attempt {n}')\nsys.exit(n < 2)")
+    v1.create_namespaced_pod(ns, pod_body("again", [container("c", py(counter), volumeMounts=[
+        {"name": "state", "mountPath": "/state"}])], restart="OnFailure", volumes=[{"name": "state", "emptyDir": {}}]))
+    done = wait_for(lambda: pod_phase(v1, ns, "again", "Succeeded"), "the retried pod to succeed")
+    [status] = done.status.container_statuses
+    assert status.restart_count == 1
+    assert (status.last_state.terminated.exit_code, status.last_state.terminated.message) == (1, "attempt 1")
+    assert (status.state.terminated.exit_code, status.state.terminated.message) == (0, "attempt 2")
+
+
+def test_pod_calls_the_api_over_tls_with_its_projected_token(api: ApiClient, ns: str,
+                                                             kube_standin: KubeStandIn) -> None:
+    v1, apps, rbac = client.CoreV1Api(api), client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
+    v1.create_namespaced_service_account(ns, {"metadata": {"name": "iris-roller"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "iris-roller"}, "rules": [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["iris-serve"], "verbs": ["get"]}]})
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "iris-roller"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "iris-roller"},
+        "subjects": [{"kind": "ServiceAccount", "name": "iris-roller", "namespace": ns}]})
+    apps.create_namespaced_deployment(ns, web_deployment("iris-serve", replicas=0))
+
+    script = """
+import json, os, ssl, urllib.error, urllib.request
+creds = '/var/run/secrets/api'
+context = ssl.create_default_context(cafile=creds + '/ca.crt')
+token = open(creds + '/token').read().strip()
+host, port = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']
+url = f"https://{host}:{port}/apis/apps/v1/namespaces/{os.environ['NS']}/deployments/iris-serve"
+
+def call(method, body=None):
+    headers = {'Authorization': 'Bearer ' + token, 'Accept': 'application/json'}
+    if body is not None:
+        headers['Content-Type'] = 'application/merge-patch+json'
+    req = urllib.request.Request(url, data=body and json.dumps(body).encode(), method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+code, dep = call('GET')
+denied, status = call('PATCH', {'spec': {'replicas': 3}})
+result = {'get': [code, dep['metadata']['name'], dep['spec']['replicas']],
+          'patch': [denied, status['reason'], status['message']],
+          'env': [host, port, os.environ['KUBERNETES_SERVICE_PORT_HTTPS']]}
+open('/dev/termination-log', 'w').write(json.dumps(result))
+"""
+    volume = {"name": "api", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+    pod = pod_body("caller", [container("main", ["python", "-c", script], env=[
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        volumeMounts=[{"name": "api", "mountPath": "/var/run/secrets/api", "readOnly": True}])],
+        serviceAccountName="iris-roller", automountServiceAccountToken=False, volumes=[volume])
+    created = v1.create_namespaced_pod(ns, pod)
+    assert [v.name for v in created.spec.volumes] == ["api"]  # no kube-api-access-* volume: automount is off
+
+    done = wait_for(lambda: pod_phase(v1, ns, "caller", "Succeeded", "Failed"), "the caller pod to finish")
+    terminated = done.status.container_statuses[0].state.terminated
+    assert done.status.phase == "Succeeded", v1.read_namespaced_pod_log("caller", ns)
+    result = json.loads(terminated.message)
+    user = f"system:serviceaccount:{ns}:iris-roller"
+    assert result == {
+        "get": [200, "iris-serve", 0],
+        "patch": [403, "Forbidden", (f'deployments.apps "iris-serve" is forbidden: User "{user}" cannot patch '
+                                    f'resource "deployments" in API group "apps" in the namespace "{ns}"')],
+        "env": ["127.0.0.1", str(kube_standin.tls_port), str(kube_standin.tls_port)],
+    }
+    assert apps.read_namespaced_deployment("iris-serve", ns).spec.replicas == 0
+    root = kube_standin.pod_root(ns, "caller")
+    assert root is not None
+    assert (root / "volumes" / "api" / "token").read_text() == kube_standin.service_account_token(ns, "iris-roller")
+    assert [(r.verb, r.resource, r.code) for r in kube_standin.requests if r.user == user] == [
+        ("get", "deployments", 200), ("patch", "deployments", 403)]

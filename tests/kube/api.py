@@ -36,6 +36,7 @@ from .util import iso, random_suffix, utcnow
 
 SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINAL = ("Succeeded", "Failed")
+PLACEHOLDER_CA = "-----BEGIN CERTIFICATE-----\nc3RhbmRpbg==\n-----END CERTIFICATE-----\n"
 
 
 def _status_success(res: Resource, obj: Obj) -> Obj:
@@ -48,8 +49,10 @@ def _status_success(res: Resource, obj: Obj) -> Obj:
 class Api:
     """Apiserver semantics over a :class:`Store`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, root_ca_pem: str = PLACEHOLDER_CA) -> None:
         self.store = store
+        # What the root-ca-cert-publisher puts in every namespace's kube-root-ca.crt.
+        self.root_ca_pem = root_ca_pem
         # Set by the kubelet: called when a pod on the node is deleted gracefully.
         self.on_pod_terminating: Callable[[Obj], None] | None = None
 
@@ -234,7 +237,7 @@ class Api:
                     "kube-apiserver when using internal endpoints such as the internal service IP or "
                     "kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes "
                     "clusters."}},
-                "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nc3RhbmRpbg==\n-----END CERTIFICATE-----\n"}})
+                "data": {"ca.crt": self.root_ca_pem}})
 
     # ------------------------------------------------------------------ update
     def replace(self, res: Resource, ns: str, name: str, body: Any, *, subresource: str | None = None,

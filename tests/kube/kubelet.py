@@ -17,6 +17,7 @@ import copy
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,12 @@ def pod_requests(pod: Obj) -> dict[str, float]:
 class Kubelet:
     """Scheduler + kubelet loop over the pods in the store."""
 
-    def __init__(self, api: Api, config: NodeConfig, root: Path) -> None:
+    def __init__(self, api: Api, config: NodeConfig, root: Path,
+                 token_for: Callable[[str, str], str] | None = None) -> None:
         self.api = api
         self.config = config
         self.root = root
+        self.token_for = token_for
         self.runners: dict[str, PodRunner] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -145,7 +148,8 @@ class Kubelet:
             self._ips += 1
             ip = f"127.1.{self._ips // 250}.{self._ips % 250 + 1}"
             root = self.root / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
-            runner = PodRunner(self.api, self.config, pod_copy(pod), root, self.root / "pvc", ip, self._wake.set)
+            runner = PodRunner(self.api, self.config, pod_copy(pod), root, self.root / "pvc", ip, self._wake.set,
+                               self.token_for)
             self.runners[meta["uid"]] = runner
         runner.start()
 

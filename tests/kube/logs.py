@@ -78,10 +78,11 @@ class LogFile:
             records.append(LogRecord(ts.decode(), flag == b"P", data))
         return records, offset + end
 
-    def tail_text(self, limit: int = 2048) -> str:
-        """The last ``limit`` bytes of output (for FallbackToLogsOnError messages)."""
+    def tail_text(self, lines: int = 80, limit: int = 2048) -> str:
+        """The last ``limit`` bytes of the last ``lines`` lines of output, as the kubelet takes them
+        for FallbackToLogsOnError termination messages."""
         records, _ = self.read(0)
-        return b"".join(r.render(False) for r in records)[-limit:].decode(errors="replace")
+        return b"".join(r.render(False) for r in records[-lines:])[-limit:].decode(errors="replace")
 
 
 def pump(stream: IO[bytes], log: LogFile) -> None:

@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def _field_value(pod: Obj, path: str) -> str:
 class PodEnv:
     """Materialised filesystem and port view of one pod."""
 
-    def __init__(self, store: Store, pod: Obj, root: Path, pvc_root: Path) -> None:
+    def __init__(self, store: Store, pod: Obj, root: Path, pvc_root: Path,
+                 token_for: Callable[[str, str], str] | None = None) -> None:
         self.store = store
+        self.token_for = token_for
         self.pod = pod
         self.root = root
         self.pvc_root = pvc_root
@@ -143,7 +146,10 @@ class PodEnv:
             for source in vol["projected"].get("sources") or []:
                 if source.get("serviceAccountToken") is not None:
                     path = target / source["serviceAccountToken"].get("path", "token")
-                    path.write_text("standin-service-account-token")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.unlink(missing_ok=True)  # a retried mount may find a read-only one
+                    path.write_text(self._token())
+                    path.chmod(mode)
                 elif source.get("downwardAPI") is not None:
                     self._downward(target, source["downwardAPI"].get("items") or [], mode)
                 else:
@@ -156,14 +162,29 @@ class PodEnv:
         target.mkdir(parents=True, exist_ok=True)  # emptyDir and anything exotic
         return target
 
+    def _token(self) -> str:
+        """The pod's service-account token (identifies ``system:serviceaccount:<ns>:<name>``)."""
+        account = self.pod["spec"].get("serviceAccountName") or "default"
+        return self.token_for(self.ns, account) if self.token_for else "standin-service-account-token"
+
     def _downward(self, target: Path, items: list[Obj], mode: int) -> None:
         data = {i["path"]: _field_value(self.pod, i["fieldRef"]["fieldPath"]).encode()
                 for i in items if i.get("fieldRef")}
         self._write_files(target, data, None, mode)
 
-    def mounts(self, container: Obj) -> list[tuple[str, str]]:
-        """(mountPath, local path) pairs of a container, longest mount path first."""
+    def termination_file(self, container: Obj, instance: int) -> Path:
+        """A new, empty local file standing in for the container instance's terminationMessagePath."""
+        path = self.root / "termination" / container["name"] / str(instance)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return path
+
+    def mounts(self, container: Obj, termination_file: Path | None = None) -> list[tuple[str, str]]:
+        """(mountPath, local path) pairs of a container, longest mount path first; the
+        terminationMessagePath is mounted from ``termination_file`` like a volume."""
         out = []
+        if termination_file is not None:
+            out.append((container.get("terminationMessagePath") or "/dev/termination-log", str(termination_file)))
         for mount in container.get("volumeMounts") or []:
             local = self.volumes.get(mount["name"])
             if local is None:

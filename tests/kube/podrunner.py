@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .store import Obj
 
 PODS = BY_PLURAL["pods"]
+TERMINATION_MESSAGE_LIMIT = 4096  # kubecontainer.MaxContainerTerminationMessageLength
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ContainerRun:
     pull_attempts: int = 0
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str]] = field(default_factory=list)
+    termination_file: Path | None = None
     cwd: str = ""
     probes: dict[str, ProbeState] = field(default_factory=dict)
     started_at: str = ""
@@ -84,7 +86,7 @@ class PodRunner(threading.Thread):
     """Runs one pod's containers as process groups until they end or the pod is deleted."""
 
     def __init__(self, api: Api, config: NodeConfig, pod: Obj, root: Path, pvc_root: Path, pod_ip: str,
-                 on_done: Callable[[], None]) -> None:
+                 on_done: Callable[[], None], token_for: Callable[[str, str], str] | None = None) -> None:
         super().__init__(daemon=True, name=f"pod-{pod['metadata']['name']}")
         self.api = api
         self.config = config
@@ -95,7 +97,7 @@ class PodRunner(threading.Thread):
         self.pod["status"]["hostIP"] = "127.0.0.1"
         self.root = root
         self.pod_ip = pod_ip
-        self.penv = PodEnv(api.store, self.pod, root, pvc_root)
+        self.penv = PodEnv(api.store, self.pod, root, pvc_root, token_for)
         self.init_runs = [ContainerRun(c, True) for c in pod["spec"].get("initContainers") or []]
         self.main_runs = [ContainerRun(c, False) for c in pod["spec"].get("containers") or []]
         for run in self.main_runs:
@@ -217,7 +219,8 @@ class PodRunner(threading.Thread):
                 run.state = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
             return True
         try:
-            run.mounts = self.penv.mounts(run.spec)
+            run.termination_file = self.penv.termination_file(run.spec, len(run.logs))
+            run.mounts = self.penv.mounts(run.spec, run.termination_file)
             base = self._base_env()
             env = self.penv.environment(run.spec, base)
             env = {k: self.penv.remap(v, run.mounts) for k, v in env.items()}
@@ -294,10 +297,23 @@ class PodRunner(threading.Thread):
             reader.join(timeout=2)
         with self._lock:
             run.proc = None
-        message = None
-        if code != 0 and run.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError" and run.logs:
-            message = run.logs[-1].tail_text()
-        self._finish_instance(run, code, "Completed" if code == 0 else "Error", now, message=message)
+        self._finish_instance(run, code, "Completed" if code == 0 else "Error", now,
+                              message=self._termination_message(run, code))
+
+    def _termination_message(self, run: ContainerRun, code: int) -> str | None:
+        """What the kubelet reports as ``terminated.message``: the last 4096 bytes of the
+        terminationMessagePath file; with FallbackToLogsOnError and a non-zero exit code, the
+        log tail (last 80 lines, at most 2048 bytes) when that file is empty."""
+        data = b""
+        if run.termination_file is not None:
+            with contextlib.suppress(OSError), run.termination_file.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - TERMINATION_MESSAGE_LIMIT))
+                data = fh.read()
+        if not data and code != 0 and run.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError" \
+                and run.logs:
+            return run.logs[-1].tail_text() or None
+        return data.decode(errors="replace") or None
 
     def _finish_instance(self, run: ContainerRun, code: int, reason: str, now: float,
                          message: str | None = None) -> None:

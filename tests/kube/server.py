@@ -3,7 +3,9 @@
 Speaks what the official client expects from kube-apiserver: JSON bodies,
 ``Status`` errors, discovery documents, chunked watch streams of
 ``{"type": ..., "object": ...}`` lines, chunked ``follow`` logs, and the
-``services/NAME:PORT/proxy/...`` and ``pods/NAME:PORT/proxy/...`` paths.
+``services/NAME:PORT/proxy/...`` and ``pods/NAME:PORT/proxy/...`` paths,
+over plain HTTP and (:class:`StandInHTTPSServer`) TLS. Every request is
+authenticated and authorized (:mod:`tests.kube.auth`) first, then logged.
 Fault injection happens here, before a request reaches the API logic, so a
 test can make "the next N patches of deployments" fail exactly as a flaky
 apiserver would.
@@ -11,11 +13,13 @@ apiserver would.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import resources
+from .auth import Attributes, Auth, UserInfo
 from .errors import (
     ApiError,
     bad_request,
@@ -82,6 +87,7 @@ class RequestRecord:
     name: str | None
     code: int = 0
     dry_run: bool = False
+    user: str = ""  # the authenticated user ("" when authentication failed)
 
 
 @dataclass
@@ -92,10 +98,14 @@ class Faults:
     requests: list[RequestRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def log(self, rec: RequestRecord) -> None:
+        """Append a request to the request log."""
+        with self.lock:
+            self.requests.append(rec)
+
     def take(self, rec: RequestRecord) -> ApiError | None:
         """Consume a matching injection, if any, and return its error."""
         with self.lock:
-            self.requests.append(rec)
             for inj in self.injections:
                 if inj.remaining <= 0:
                     continue
@@ -116,11 +126,35 @@ class StandInHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: Api, kubelet: Kubelet, faults: Faults) -> None:
+    def __init__(self, address: tuple[str, int], api: Api, kubelet: Kubelet, faults: Faults, auth: Auth) -> None:
         super().__init__(address, Handler)
         self.api = api
         self.kubelet = kubelet
         self.faults = faults
+        self.auth = auth
+
+
+class StandInHTTPSServer(StandInHTTPServer):
+    """The same API over TLS (the in-cluster endpoint); the handshake runs in the request's thread."""
+
+    def __init__(self, address: tuple[str, int], api: Api, kubelet: Kubelet, faults: Faults, auth: Auth,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(address, api, kubelet, faults, auth)
+        self.ssl_context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """TLS handshake (so a slow client cannot block accepting), then the HTTP exchange."""
+        try:
+            request.settimeout(10)
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except OSError:  # includes ssl.SSLError: a client that does not trust us, or plain HTTP
+            return
+        try:
+            tls.settimeout(None)
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
 
 
 def _flag(query: dict[str, list[str]], name: str) -> bool:
@@ -185,6 +219,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: StandInHTTPServer
     status_code = 0
+    current: RequestRecord | None = None  # the logged request being answered
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Send the status line; the request log gets the code before the client sees it."""
+        self.status_code = code
+        if self.current is not None:
+            self.current.code = code
+        super().send_response(code, message)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging; tests assert on ``Faults.requests`` instead."""
@@ -248,9 +290,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _peer_gone(self) -> bool:
         """Whether the client hung up (so an idle watch/follow stream can end instead of lingering)."""
+        conn = self.connection
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            if isinstance(conn, ssl.SSLSocket):
+                if conn.pending():
+                    return False
+                readable, _, _ = select.select([conn], [], [], 0)
+                if not readable:
+                    return False
+                timeout = conn.gettimeout()
+                conn.setblocking(False)
+                try:
+                    return conn.recv(1) == b""  # TLS cannot peek; a streaming client sends nothing anyway
+                except ssl.SSLWantReadError:
+                    return False
+                finally:
+                    conn.settimeout(timeout)
+            readable, _, _ = select.select([conn], [], [], 0)
+            return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
 
@@ -273,21 +330,24 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query, keep_blank_values=True)
         segments = [unquote(s) for s in url.path.split("/") if s]
         record: RequestRecord | None = None
+        self.current = None
         try:
+            user = self._authenticate(method, segments, query)
             route = parse_route(segments)
             if route is None:
+                path = "/" + "/".join(segments)
+                self.server.auth.authorize(user, Attributes(method.lower(), resource_request=False, path=path))
                 self._non_resource(method, segments)
                 return
-            record = self._record(method, route, query)
+            record = self._record(method, route, query, user.name)
+            self.server.faults.log(record)
+            self.current = record
+            self.server.auth.authorize(user, self._attributes(record, route, query))
             error = self.server.faults.take(record)
             if error is not None:
                 raise error
-            self.status_code = 200
             self._resource(method, route, query, raw)
-            record.code = self.status_code
         except ApiError as exc:
-            if record is not None:
-                record.code = exc.code
             self._json(exc.code, exc.status(), exc.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -295,18 +355,43 @@ class Handler(BaseHTTPRequestHandler):
             traceback.print_exc()
             self._json(500, ApiError(500, "InternalError", f"Internal error occurred: {exc!r}").status())
 
-    def _record(self, method: str, route: Route, query: dict[str, list[str]]) -> RequestRecord:
-        if route.subresource in ("log", "proxy"):
-            verb = "get" if method in ("GET", "HEAD") else method.lower()
-        elif method in ("GET", "HEAD"):
+    def _authenticate(self, method: str, segments: list[str], query: dict[str, list[str]]) -> UserInfo:
+        """The request's user; a rejected token is logged (user "") and answered 401 before anything else."""
+        try:
+            return self.server.auth.authenticate(self.headers.get("Authorization"))
+        except ApiError:
+            with contextlib.suppress(ApiError):
+                route = parse_route(segments)
+                if route is not None:
+                    self.server.faults.log(self._record(method, route, query, "", code=401))
+            raise
+
+    def _record(self, method: str, route: Route, query: dict[str, list[str]], user: str,
+                code: int = 0) -> RequestRecord:
+        """The request as the apiserver's RequestInfo sees it (verb mapping of kube-apiserver)."""
+        if method in ("GET", "HEAD"):
             verb = "get" if route.name else ("watch" if _flag(query, "watch") else "list")
         else:
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "delete")
             if method == "DELETE" and route.name is None:
                 verb = "deletecollection"
         resource = route.res.plural + (f"/{route.subresource}" if route.subresource else "")
-        return RequestRecord(method, verb, resource, route.namespace, route.name,
-                             dry_run=_one(query, "dryRun") == "All")
+        return RequestRecord(method, verb, resource, route.namespace, route.name, code=code,
+                             dry_run=_one(query, "dryRun") == "All", user=user)
+
+    def _attributes(self, record: RequestRecord, route: Route, query: dict[str, list[str]]) -> Attributes:
+        """Authorization attributes: a namespace is its own namespace; list/watch take metadata.name=X."""
+        name = route.name or ""
+        if not name and record.verb in ("list", "watch"):
+            for term in (_one(query, "fieldSelector") or "").split(","):
+                key, sep, value = term.partition("=")
+                if key.strip() == "metadata.name" and sep:
+                    name = value.removeprefix("=").strip()
+        namespace = route.namespace or ""
+        if route.res.plural == "namespaces" and route.name:
+            namespace = route.name
+        return Attributes(record.verb, api_group=route.res.group, resource=route.res.plural,
+                          subresource=route.subresource or "", namespace=namespace, name=name)
 
     def _non_resource(self, method: str, segments: list[str]) -> None:
         if method not in ("GET", "HEAD"):

@@ -23,28 +23,33 @@ from typing import TYPE_CHECKING, Any, final
 
 import yaml
 
+from . import tls
 from .api import Api
+from .auth import Auth
 from .controllers import ControllerManager
 from .kubelet import Kubelet
 from .node import NODE_NAME, NodeConfig, node_object
 from .resources import BY_PLURAL
-from .server import Faults, Injection, RequestRecord, StandInHTTPServer
+from .server import Faults, Injection, RequestRecord, StandInHTTPServer, StandInHTTPSServer
 from .store import Store
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 BOOT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+ADMIN_TOKEN = "standin-token"  # the kubeconfig user's bearer token: cluster admin
 
 
 @final
 class KubeStandIn:
     """A running stand-in cluster; also the object the pytest fixture yields.
 
-    Attributes for tests: ``url``, ``kubeconfig``, ``root``, ``unpullable_images``
-    (set of image refs that fail to pull), ``unschedulable`` (bool),
-    ``node_capacity`` (dict of quantities), ``extra_env`` (env added to every
-    container process), ``requests`` (log of API requests received).
+    Attributes for tests: ``url`` (plain HTTP, the kubeconfig's), ``tls_url``
+    (HTTPS, what pods get), ``ca_pem`` / ``ca_file`` (the cluster CA),
+    ``kubeconfig``, ``root``, ``unpullable_images`` (set of image refs that
+    fail to pull), ``unschedulable`` (bool), ``node_capacity`` (dict of
+    quantities), ``extra_env`` (env added to every container process),
+    ``requests`` (log of API requests received).
     """
 
     def __init__(self, root: Path | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -52,19 +57,28 @@ class KubeStandIn:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="kube-standin-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.pki = tls.generate(self.root / "pki")
+        self.ca_pem = self.pki.ca_pem
+        self.ca_file = self.pki.ca_file
         self.store = Store()
-        self.api = Api(self.store)
+        self.api = Api(self.store, root_ca_pem=self.ca_pem)
+        self.auth = Auth(self.store, ADMIN_TOKEN)
         self.node = NodeConfig()
-        self.kubelet = Kubelet(self.api, self.node, self.root / "kubelet")
+        self.kubelet = Kubelet(self.api, self.node, self.root / "kubelet", token_for=self.auth.token_for)
         self.controllers = ControllerManager(self.api, job_backoff_seconds)
         self.faults = Faults()
-        self._server = StandInHTTPServer((host, port), self.api, self.kubelet, self.faults)
+        self._server = StandInHTTPServer((host, port), self.api, self.kubelet, self.faults, self.auth)
         self.port = int(self._server.server_address[1])
         self.url = f"http://{host}:{self.port}"
-        self.node.apiserver_port = self.port
+        self._tls_server = StandInHTTPSServer((host, 0), self.api, self.kubelet, self.faults, self.auth,
+                                              self.pki.server_context())
+        self.tls_port = int(self._tls_server.server_address[1])
+        self.tls_url = f"https://{host}:{self.tls_port}"
+        self.node.apiserver_port = self.tls_port  # KUBERNETES_SERVICE_PORT in pods: in-cluster clients use TLS
         self.kubeconfig = self.root / "kubeconfig"
-        self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                              daemon=True, name="standin-http")
+        self._serve_threads = [
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name=name)
+            for server, name in ((self._server, "standin-http"), (self._tls_server, "standin-https"))]
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -77,11 +91,13 @@ class KubeStandIn:
         self.api.internal_create(BY_PLURAL["services"], {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
                                                                 "labels": {"component": "apiserver"}},
-            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": self.port}]}})
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443,
+                                                             "targetPort": self.tls_port}]}})
         self.write_kubeconfig(self.kubeconfig)
         self.controllers.start()
         self.kubelet.start()
-        self._serve_thread.start()
+        for thread in self._serve_threads:
+            thread.start()
         self._started = True
         return self
 
@@ -91,10 +107,12 @@ class KubeStandIn:
             return
         self._started = False
         self._server.shutdown()
+        self._tls_server.shutdown()
         self.store.close()
         self.controllers.stop()
         self.kubelet.stop()
         self._server.server_close()
+        self._tls_server.server_close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -107,11 +125,11 @@ class KubeStandIn:
 
     # ------------------------------------------------------------------ client access
     def kubeconfig_dict(self) -> dict[str, Any]:
-        """The kubeconfig content (plain HTTP, bearer token ignored by the server)."""
+        """The kubeconfig content (plain HTTP; the bearer token is the cluster admin's)."""
         return {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {"token": "standin-token"}}],
+            "users": [{"name": "standin", "user": {"token": ADMIN_TOKEN}}],
             "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin",
                                                          "namespace": "default"}}],
             "current-context": "standin",
@@ -124,11 +142,23 @@ class KubeStandIn:
         target.write_text(yaml.safe_dump(self.kubeconfig_dict(), sort_keys=False))
         return target
 
-    def api_client(self) -> ApiClient:
-        """A new official-client ``ApiClient`` configured from :attr:`kubeconfig`."""
-        from kubernetes import config
+    def api_client(self, token: str | None = None) -> ApiClient:
+        """A new official-client ``ApiClient``: from :attr:`kubeconfig`, or, given a ``token``
+        (e.g. :meth:`service_account_token`), over TLS to :attr:`tls_url` verified with the CA
+        (as an in-cluster client would be)."""
+        from kubernetes import client, config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        if token is None:
+            return config.new_client_from_config(config_file=str(self.kubeconfig))
+        configuration = client.Configuration(host=self.tls_url)
+        configuration.ssl_ca_cert = str(self.ca_file)
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+        return client.ApiClient(configuration)
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """The bearer token a pod running as ServiceAccount ``namespace/name`` gets in its
+        projected ``serviceAccountToken`` volume (valid while that ServiceAccount exists)."""
+        return self.auth.token_for(namespace, name)
 
     # ------------------------------------------------------------------ node knobs
     @property
@@ -167,7 +197,7 @@ class KubeStandIn:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """Every API request received so far (verb, resource, namespace, name, code)."""
+        """Every API request received so far (method, verb, resource, namespace, name, code, dry_run, user)."""
         return self.faults.requests
 
     # ------------------------------------------------------------------ fault injection
@@ -228,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         path = standin.write_kubeconfig(args.kubeconfig)
         print(f"Kubernetes stand-in listening on {standin.url}", flush=True)
         print(f"kubeconfig written to {path.resolve()}", flush=True)
+        print(f"TLS endpoint (in-pod clients) {standin.tls_url}, CA {standin.ca_file}", flush=True)
         while not stop.wait(0.5):
             pass
     return 0

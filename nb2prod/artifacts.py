@@ -1013,9 +1013,13 @@ def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None =
 
 # -- run-stage ------------------------------------------------------------------------
 def _source_cell(notebook: dict, index: int | None) -> int | None:
-    """Index of the original notebook cell behind cell ``index`` of a stage notebook."""
-    cells = notebook.get("cells", []) if isinstance(notebook, dict) else []
-    if index is None or not 0 <= index < len(cells):
+    """Index of the original notebook cell behind cell ``index`` of an executed stage notebook."""
+    if index is None or not isinstance(notebook, dict):
+        return None
+    # papermill inserts error-marker cells before raising; its index does not count them
+    cells = [c for c in notebook.get("cells", [])
+             if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    if not 0 <= index < len(cells):
         return None
     ids = notebook.get("metadata", {}).get("nb2prod", {}).get("source_cells_by_id", {})
     return ids.get(cells[index].get("id"))
@@ -1040,6 +1044,47 @@ def _stage_params(raw: str | None) -> dict:
     return params
 
 
+def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
+    """Run a stage notebook with papermill into `work`, plus its HTML rendering (nbconvert).
+
+    Shared by in-cluster stages (`run-stage`) and `nb2prod run`'s per-stage
+    processes.  Returns the result record (status, timings, failing cell and
+    exception); notebook errors are reported there, never raised.
+    """
+    import time
+
+    try:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError as exc:
+        raise ArtifactError(f"papermill is not installed: {exc}") from None
+    work.mkdir(parents=True, exist_ok=True)
+    stem = Path(executable).stem
+    output = work / f"{stem}.ipynb"
+    result: dict[str, Any] = {"status": "succeeded", "started": time.time()}
+    try:
+        papermill.execute_notebook(
+            str(stage_dir / executable), str(output), parameters=params, cwd=str(stage_dir),
+            kernel_name="python3", progress_bar=False, log_output=True)
+    except PapermillExecutionError as exc:
+        executed = json.loads(output.read_text()) if output.is_file() else {}
+        result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
+                      stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
+    except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
+        result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
+    result["finished"] = time.time()
+    if output.is_file():
+        try:
+            import nbformat
+            from nbconvert import HTMLExporter
+
+            body, _ = HTMLExporter().from_notebook_node(nbformat.read(output, as_version=4))
+            (work / f"{stem}.html").write_text(body, encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
+            result["html_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return result
+
+
 def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | None = None
               ) -> dict:
     """Execute this stage's notebook with papermill and upload what it produced.
@@ -1052,48 +1097,16 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     Notebook errors are returned in the record, never raised.
     """
     import tempfile
-    import time
 
     ctx = _write_context("run the stage")
     stage_dir = _stage_dir()
     executable = _stage_executable(stage_dir, ctx.stage)
     params = _stage_params(os.environ.get("NB2PROD_PARAMS")) if params is None else params
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nb2prod-stage-"))
-    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"stage": ctx.stage, "run_id": ctx.run_id, "pipeline": ctx.pipeline,
+                              **execute_notebook(stage_dir, executable, work, params)}
     stem = Path(executable).stem
-    output = work / f"{stem}.ipynb"
-    result: dict[str, Any] = {"status": "succeeded", "stage": ctx.stage, "run_id": ctx.run_id,
-                              "pipeline": ctx.pipeline, "started": time.time()}
-    try:
-        import papermill
-        from papermill.exceptions import PapermillExecutionError
-    except ImportError as exc:
-        raise ArtifactError(f"papermill is not installed: {exc}") from None
-    try:
-        papermill.execute_notebook(
-            str(stage_dir / executable), str(output), parameters=params, cwd=str(stage_dir),
-            kernel_name="python3", progress_bar=False, log_output=True)
-    except PapermillExecutionError as exc:
-        executed = json.loads(output.read_text()) if output.is_file() else {}
-        result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
-                      stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
-    except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
-        result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
-    result["finished"] = time.time()
-    files = [output]
-    if output.is_file():
-        try:
-            import nbformat
-            from nbconvert import HTMLExporter
-        except ImportError:
-            result["html_error"] = "nbconvert is not installed"
-        else:
-            try:
-                body, _ = HTMLExporter().from_notebook_node(nbformat.read(output, as_version=4))
-                (work / f"{stem}.html").write_text(body, encoding="utf-8")
-                files.append(work / f"{stem}.html")
-            except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
-                result["html_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    files = [work / f"{stem}.ipynb", work / f"{stem}.html"]
     store = open_store(ctx.store)
     prefix = _stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)
     for path in files:

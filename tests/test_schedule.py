@@ -107,6 +107,40 @@ def served_run(standin: KubeStandIn, name: str) -> tuple[str, int]:
             dep["spec"]["replicas"])
 
 
+def assert_roller_rights(standin: KubeStandIn) -> None:
+    """With the roller's token: get/patch on its Deployment work, everything else is 403."""
+    from kubernetes import client
+
+    api = standin.api_client(token=standin.service_account_token(NS, "iris-roller"))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    batch = client.BatchV1Api(api)
+    pod = {"containers": [{"name": "c", "image": IMAGE, "command": ["true"]}]}
+    assert apps.read_namespaced_deployment("iris-serve", NS).metadata.name == "iris-serve"
+    apps.patch_namespaced_deployment("iris-serve", NS, {"metadata": {"annotations": {
+        "nb2prod.io/rbac-check": "ok"}}})
+    denied = [
+        lambda: apps.list_namespaced_deployment(NS),
+        lambda: apps.delete_namespaced_deployment("iris-serve", NS),
+        lambda: apps.replace_namespaced_deployment(
+            "iris-serve", NS, apps.read_namespaced_deployment("iris-serve", NS)),
+        lambda: apps.patch_namespaced_deployment_scale("iris-serve", NS, {"spec": {"replicas": 9}}),
+        lambda: apps.create_namespaced_deployment(NS, {"metadata": {"name": "x"}, "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": pod}}}),
+        lambda: apps.read_namespaced_deployment("other", NS),
+        lambda: core.read_namespaced_secret("s3-credentials", NS),
+        lambda: core.list_namespaced_pod(NS),
+        lambda: batch.create_namespaced_job(NS, {"metadata": {"name": "x"}, "spec": {
+            "template": {"spec": {**pod, "restartPolicy": "Never"}}}}),
+        lambda: client.RbacAuthorizationV1Api(api).patch_namespaced_role(
+            "iris-roller", NS, {"rules": []}),
+    ]
+    for call in denied:
+        with pytest.raises(client.exceptions.ApiException) as info:
+            call()
+        assert info.value.status == 403, info.value
+
+
 # -- the iris schedule ----------------------------------------------------------------------
 def test_scheduled_retraining_rolls_only_passing_runs(
         cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path,
@@ -150,6 +184,10 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
                               "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]}]
 
+    # ... and the API enforces exactly that for the roller's token.
+    assert_roller_rights(standin)
+    mark = len(standin.requests)
+
     # A triggered run: train, then gate + promote + roll.  A second trigger while it
     # runs starts nothing (Forbid).
     # (The stand-in's controller is told the scheduled time: "0 3 * * *" last fired hours
@@ -177,7 +215,7 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
 
     # Only the roller's token touched the Deployment, and only with get/patch.
-    by_roller = [r for r in standin.requests if r.user == ROLLER]
+    by_roller = [r for r in standin.requests[mark:] if r.user == ROLLER]
     assert by_roller, "the roll step made no API call with its own token"
     assert {(r.verb, r.resource, r.name) for r in by_roller} <= {
         ("get", "deployments", "iris-serve"), ("patch", "deployments", "iris-serve")}

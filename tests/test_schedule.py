@@ -303,6 +303,8 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
         time.sleep(0.3)
     assert served_run(standin, "gated-serve") == (run1, 2)
     assert predict(standin, "gated-serve", {}) == (200, {"accuracy": 0.95})
+    code, output = run_cli(["status", str(directory), "-n", NS], capsys)
+    assert code == 0 and output.count(run1) == 2, output  # the run, and what is served
 
     # Below the gate: trained and recorded, not promoted, not rolled.
     dep_before = standin.store.peek("deployments", NS, "gated-serve")
@@ -436,3 +438,59 @@ def test_cron_next_run_and_time_zones() -> None:
     for bad in ("Mars/Olympus", "CET+1", "../../etc/passwd", " UTC", ""):
         with pytest.raises(cron.CronError):
             cron.time_zone(bad)
+
+
+# -- the stage runtime's in-cluster behaviour, locally -------------------------------------------
+FLAKY = [
+    ("stage:train", ("import os\nseen = int(open('attempts').read()) if os.path.exists('attempts') "
+                    "else 0\nopen('attempts', 'w').write(str(seen + 1))\n"
+                    "assert seen >= 1, 'first attempt fails'\nmodel = seen")),
+    ("serve", "def predict(payload):\n    return model"),
+]
+SLOW = [("stage:train", "import time\ntime.sleep(60)\nmodel = 1"),
+        ("serve", "def predict(payload):\n    return model")]
+
+
+def run_stage_process(directory: Path, tmp_path: Path, args: list[str]
+                      ) -> tuple[int, dict, str]:
+    """`nb2prod_runtime.py run-stage` as an init container runs it (cwd = the stage)."""
+    import os
+    import subprocess
+    import sys
+
+    stage = directory / "stage-1-train"
+    message = tmp_path / "termination-log"
+    message.write_text("")
+    env = {**os.environ, "NB2PROD_STORE": f"file://{tmp_path / 'store'}",
+           "NB2PROD_PIPELINE": directory.name, "NB2PROD_STAGE": "train",
+           "NB2PROD_RUN_ID": "r1", "NB2PROD_TERMINATION_LOG": str(message)}
+    proc = subprocess.run([*args[:-1], sys.executable, "nb2prod_runtime.py", "run-stage",
+                           *args[-1].split()], cwd=stage, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    text = message.read_text()
+    return proc.returncode, json.loads(text) if text else {}, proc.stdout + proc.stderr
+
+
+def test_run_stage_retries_in_a_fresh_kernel(tmp_path: Path) -> None:
+    directory = split(write_notebook(tmp_path / "flaky.ipynb", FLAKY), tmp_path / "flaky")
+    code, verdict, output = run_stage_process(directory, tmp_path, ["--retries 0"])
+    assert code == 1, output
+    assert verdict["status"] == "failed" and verdict["attempts"] == 1
+    assert "AssertionError: first attempt fails" in verdict["reason"]
+    (directory / "stage-1-train" / "attempts").unlink()
+    code, verdict, output = run_stage_process(directory, tmp_path, ["--retries 2"])
+    assert code == 0, output
+    assert verdict == {"stage": "train", "status": "succeeded", "attempts": 2,
+                       "seconds": verdict["seconds"]}
+    assert "attempt 1/3 failed" in output
+
+
+def test_run_stage_time_limit_is_reported(tmp_path: Path) -> None:
+    directory = split(write_notebook(tmp_path / "slow.ipynb", SLOW), tmp_path / "slow")
+    started = time.monotonic()
+    code, verdict, output = run_stage_process(directory, tmp_path,
+                                              ["timeout", "6", "--timeout 6"])
+    assert time.monotonic() - started < 40
+    assert code == 124, output  # timeout(1): the command timed out
+    assert verdict == {"stage": "train", "status": "failed",
+                       "reason": "exceeded MAX_COMPLETION_TIME_SECONDS (6s)"}

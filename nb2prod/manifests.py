@@ -592,7 +592,8 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
     final = (f"python -m gunicorn --chdir {WORK_DIR} -w {workers} -b 0.0.0.0:{port} "
              f"--graceful-timeout {GRACEFUL_TIMEOUT} --error-logfile - app:app")
     script = startup_script(final, opts, install=_extra_installs(opts))
-    env = pod_env(pipeline, stage.name, opts, {"MODEL_RUN_ID": model_run_id}, stage)
+    env = pod_env(pipeline, stage.name, opts, {"MODEL_RUN_ID": model_run_id,
+                                               "NB2PROD_WORKERS": str(workers)}, stage)
     container = {
         "name": "serve",
         "command": ["sh", "-c", script],

@@ -181,6 +181,7 @@ def start_service(
     full_env = dict(os.environ)
     full_env.update({str(k): str(v) for k, v in env.items()})
     full_env.setdefault("PYTHONUNBUFFERED", "1")  # prints from start-up cells show promptly
+    full_env["NB2PROD_WORKERS"] = str(workers)  # /readyz waits for every worker
     cmd = gunicorn_command(stage_dir, port, workers, host, threads=threads,
                            access_log=access_log, graceful_timeout=graceful_timeout)
     return ServiceProcess(

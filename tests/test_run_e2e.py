@@ -136,6 +136,23 @@ class Command:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
 
 
+def eventually_ready(base: str, timeout: float = 60) -> Any:
+    """/readyz answers 200 without credentials, once every worker finished start-up.
+
+    Readiness is per gunicorn worker: the first 200 (what `nb2prod run` waits
+    for) can come from one worker while its sibling is still loading, so a
+    single later probe may land on the sibling and see 503.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = http(base + "/readyz")
+        assert status in (200, 503), status
+        if status == 200:
+            return body
+        assert time.monotonic() < deadline, "/readyz never answered 200"
+        time.sleep(0.2)
+
+
 def http(url: str, payload: Any = None, *, data: bytes | None = None,
          headers: dict[str, str] | None = None, method: str | None = None,
          timeout: float = 30) -> tuple[int, dict[str, str], Any]:
@@ -267,8 +284,7 @@ def diabetes(launched: dict[str, Launch]) -> Served:
 
 
 def assert_ready_and_info(served: Served, pipeline: str) -> dict:
-    status, _, body = http(served.base + "/readyz")
-    assert (status, body) == (200, {"status": "ready"})
+    assert eventually_ready(served.base) == {"status": "ready"}
     status, _, info = http(served.base + "/info")
     assert status == 200
     assert info["pipeline"] == pipeline

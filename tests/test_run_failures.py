@@ -26,6 +26,7 @@ from tests.test_run_e2e import (
     SERVING_LINE,
     Command,
     clean_env,
+    eventually_ready,
     file_store,
     free_port,
     http,
@@ -260,7 +261,7 @@ def test_promotion_gate_keeps_previous_model_latest_and_served(iris_good: Iris) 
                                                 headers=headers)
             assert status == 401 and body == {"error": "missing or invalid bearer token"}
             assert head["WWW-Authenticate"].startswith("Bearer")
-        assert http(served.base + "/readyz")[0] == 200  # probes stay open
+        eventually_ready(served.base)  # probes need no token
     finally:
         assert served.command.stop(signal.SIGTERM) == 0, served.command.output
     assert not port_open(served.port)

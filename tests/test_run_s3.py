@@ -15,7 +15,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests.s3server import S3Server, s3_server  # noqa: F401
-from tests.test_run_e2e import EXAMPLES, Served, clean_env, http, nb2prod, start_serving
+from tests.test_run_e2e import (
+    EXAMPLES,
+    Served,
+    clean_env,
+    eventually_ready,
+    http,
+    nb2prod,
+    start_serving,
+)
 
 PREFIX = "team/ml"
 
@@ -76,7 +84,7 @@ def test_s3_served_predictions_and_info(s3_run: tuple[Served, str, dict]) -> Non
     status, _, body = served.predict(
         {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]})
     assert (status, body) == (200, {"predictions": ["setosa", "virginica", "versicolor"]})
-    assert http(served.base + "/readyz")[0] == 200
+    eventually_ready(served.base)  # probes need no token
     status, _, info = http(served.base + "/info")
     assert status == 200 and info["run_id"] == served.run_id == served.served_run_id
     listing = nb2prod("runs", served.pipeline_dir, "--store", f"s3://{bucket}/{PREFIX}",

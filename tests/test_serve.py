@@ -13,6 +13,7 @@ import json
 import pickle
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -559,3 +560,52 @@ def test_wait_ready_times_out_with_reason() -> None:
     port = serve.free_port()  # nothing listens there
     with pytest.raises(serve.ServiceError, match=r"not ready after 0\.3s"):
         serve.wait_ready(f"http://127.0.0.1:{port}", 0.3, None)
+
+
+# The first worker to get here goes on at once; any other waits for the file `go`.
+FIRST_WORKER_ONLY = [
+    ("import os, pathlib, time\n"
+    "here = pathlib.Path(os.environ['GATE_DIR'])\n"
+    "try:\n"
+    "    os.close(os.open(here / 'first', os.O_CREAT | os.O_EXCL))\n"
+    "except FileExistsError:\n"
+    "    while not (here / 'go').exists():\n"
+    "        time.sleep(0.05)\n"),
+    "def predict(payload):\n    return os.getpid()\n",
+]
+
+
+def test_ready_only_when_every_worker_finished_startup(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", FIRST_WORKER_ONLY)
+    write_config(tmp_path)
+    port = serve.free_port()
+    proc = serve.start_service(tmp_path, port, {"GATE_DIR": str(tmp_path),
+                                                "NB2PROD_READY_WAIT_SECONDS": "0"}, workers=2)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_listening(Server(base, proc, tmp_path))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        served: set[int] = set()
+        while not served and time.monotonic() < deadline:  # one worker is ready...
+            assert proc.poll() is None, proc.output_tail()
+            reply = post_json(base + "/predict", {})
+            if reply.status == 200:
+                served.add(reply.json())
+            time.sleep(0.05)
+        assert served
+        for _ in range(20):  # ... but the pod is not, whichever worker answers
+            ready = call(base + "/readyz")
+            assert ready.status == 503, ready.json()
+            assert ready.json()["status"] == "starting"
+        (tmp_path / "go").touch()
+        serve.wait_ready(base, STARTUP_TIMEOUT, proc)
+        for _ in range(20):
+            assert call(base + "/readyz").json() == {"status": "ready"}
+        markers = [p for p in Path(tempfile.gettempdir()).iterdir()
+                   if p.name.startswith(f"nb2prod-ready-{proc.pid}-")]
+        assert len(markers) == 2
+    finally:
+        serve.stop_service(proc, 10)
+    assert not [p for p in Path(tempfile.gettempdir()).iterdir()
+                if p.name.startswith(f"nb2prod-ready-{proc.pid}-")]

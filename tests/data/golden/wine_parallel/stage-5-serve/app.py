@@ -13,9 +13,9 @@ A prediction request that arrives during start-up waits up to NB2PROD_READY_WAIT
 gives 500 with a request id and no traceback (the traceback goes to the log).
 
 Each gunicorn worker imports this module, so each runs the start-up and keeps its own
-readiness and metrics.  With WORKERS > 1, /readyz and /metrics describe whichever worker
-answered: a scrape sees that worker's counters only, so counts and rates jump between
-workers.  When exact metrics matter use one worker per pod (threads for concurrency)
+state and metrics.  /readyz answers 200 only once all NB2PROD_WORKERS workers finished
+start-up (markers in the temp dir).  /metrics describes whichever worker answered: a
+scrape sees that worker's counters only, so counts and rates jump between workers.  When exact metrics matter use one worker per pod (threads for concurrency)
 and scale with REPLICAS.
 
 Only the standard library and Flask are used here, so the stage directory runs without
@@ -35,6 +35,7 @@ TEMPLATE_DEFAULTS = {
 }
 NB2PROD_VERSION = "<nb2prod-version>"
 
+import atexit
 import bisect
 import configparser
 import datetime
@@ -47,6 +48,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -156,6 +158,10 @@ def load_settings(config_path: str) -> dict:
         s["ready_wait"] = -1.0
     if not 0 <= s["ready_wait"] <= 300:
         raise ConfigError(f"NB2PROD_READY_WAIT_SECONDS must be 0..300, got {raw_wait!r}")
+    raw_workers = os.environ.get("NB2PROD_WORKERS", "1")
+    s["workers"] = int(raw_workers) if raw_workers.strip().isdigit() else 0
+    if s["workers"] < 1:
+        raise ConfigError(f"NB2PROD_WORKERS must be a positive integer, got {raw_workers!r}")
     return s
 
 
@@ -363,10 +369,62 @@ def run_startup(state: State) -> None:
     state.status = "ready"
     state.predict = fn
     state.done.set()
+    mark_worker_ready()
     log.info(
         "ready after %.2fs: POST %s -> %s (model run %s)",
         state.duration, SETTINGS["route"], name, state.run_id,
     )
+
+
+# Readiness is per process, but a probe should only pass once every gunicorn worker can
+# answer: otherwise the orchestrator (or `nb2prod run`) sends traffic while a sibling is
+# still loading, and requests that land there wait and then get 503.  Each worker that
+# finished start-up leaves a marker named after the master and itself in the temporary
+# directory (an emptyDir in a pod); /readyz counts the live ones.  NB2PROD_WORKERS (set
+# by nb2prod to gunicorn's --workers) says how many to expect; 1 means no markers.
+READY_DIR = os.environ.get("NB2PROD_READY_DIR") or tempfile.gettempdir()
+_READY_PREFIX = "nb2prod-ready-"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def mark_worker_ready() -> None:
+    if SETTINGS["workers"] <= 1:
+        return
+    path = os.path.join(READY_DIR, f"{_READY_PREFIX}{os.getppid()}-{os.getpid()}")
+    try:
+        with open(path, "w", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        log.warning("cannot write the readiness marker %s: %s", path, exc)
+        return
+    atexit.register(_remove, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def workers_ready() -> int:
+    """Live sibling workers (this one included) that finished start-up."""
+    prefix = f"{_READY_PREFIX}{os.getppid()}-"
+    try:
+        names = os.listdir(READY_DIR)
+    except OSError:
+        return 0
+    pids = [name[len(prefix):] for name in names if name.startswith(prefix)]
+    return sum(1 for pid in pids if pid.isdigit() and _alive(int(pid)))
 
 
 def start_background_startup() -> None:
@@ -717,7 +775,14 @@ def create_app() -> Flask:
     def readyz() -> Response:
         state = STATE
         if state.status == "ready":
-            return json_response({"status": "ready"})
+            expected = SETTINGS["workers"]
+            ready = workers_ready() if expected > 1 else 1
+            if ready >= expected:
+                return json_response({"status": "ready"})
+            return json_response(
+                {"status": "starting", "workers_ready": ready, "workers": expected},
+                503, {"Retry-After": "1"},
+            )
         body: dict = {"status": state.status, "elapsed_seconds": round(state.elapsed(), 3)}
         if state.status == "failed":
             body["reason"] = state.public_reason

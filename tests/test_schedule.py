@@ -272,7 +272,8 @@ def test_scheduled_retraining_rolls_only_passing_runs(
 # -- the promotion gate and deploy --no-wait ---------------------------------------------------
 GATED = [
     ("parameters", "quality = 0.5"),
-    ("stage:score", "accuracy = quality"),
+    ("stage:prepare", "measured = quality"),
+    ("stage:score", "accuracy = measured"),
     ("metrics", "accuracy"),
     ("serve", "def predict(payload):\n    return {'accuracy': accuracy}"),
 ]
@@ -285,6 +286,7 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     directory = split(write_notebook(tmp_path / "gated.ipynb", GATED), tmp_path / "gated")
     set_ini(directory / "nb2prod.ini", "promotion", "METRIC", "accuracy")
     set_ini(directory / "nb2prod.ini", "promotion", "MIN", "0.9")
+    set_ini(directory / "stage-1-prepare" / "config.ini", "default", "CPU_REQUEST", "0.25")
     use_secret_credentials(directory)
     base = ["deploy", str(directory), "-n", NS, "--image", IMAGE, "--store", store, "--no-wait"]
 
@@ -298,6 +300,17 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
         "deploy --no-wait waited for the run"
     assert returned_after < 20
     wait_job(standin, run1)
+    # Stages ran one after the other in DAG order, each in its own init container with
+    # its own resources, then the promote-and-roll step.
+    pod = run_pod(standin, run1)
+    inits = pod["status"]["initContainerStatuses"]
+    assert [c["name"] for c in inits] == ["prepare", "score"]
+    prepare, score = (c["state"]["terminated"] for c in inits)
+    finish = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert prepare["finishedAt"] <= score["startedAt"] <= score["finishedAt"] <= \
+        finish["startedAt"]
+    cpus = [c["resources"]["requests"]["cpu"] for c in pod["spec"]["initContainers"]]
+    assert cpus == ["250m", "500m"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and served_run(standin, "gated-serve") != (run1, 2):
         time.sleep(0.3)
@@ -336,7 +349,7 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     from nb2prod.split import split_notebook
 
     split_notebook(broken, directory, force=True)  # keeps the [promotion]/[secrets] edits
-    set_ini(directory / "stage-2-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
+    set_ini(directory / "stage-3-serve" / "config.ini", "service", "MAX_STARTUP_TIME_SECONDS",
             "6")
     code, output = run_cli(base + ["--param", "quality=0.97"], capsys)
     assert code == 0, output

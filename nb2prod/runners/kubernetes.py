@@ -311,7 +311,7 @@ def _conditions(obj: Obj) -> dict[str, Obj]:
     return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def _true(obj: Obj, kind: str) -> Obj | None:
+def condition_true(obj: Obj, kind: str) -> Obj | None:
     cond = _conditions(obj).get(kind)
     return cond if cond is not None and cond.get("status") == "True" else None
 
@@ -347,7 +347,7 @@ def _started(pod: Obj) -> bool:
     return False
 
 
-def _summary_line(lines: Sequence[str]) -> str | None:
+def summary_line(lines: Sequence[str]) -> str | None:
     """The runtime's own one-line verdict (`nb2prod: stage 'x' failed in cell 3: ...`)."""
     for line in reversed(lines):
         text = line.strip()
@@ -562,7 +562,7 @@ class Deployer:
         if etype == "DELETED":
             self.fail(unit, f"Job {job['metadata']['name']} was deleted")
             return
-        if _true(job, "Complete"):
+        if condition_true(job, "Complete"):
             self.mark("complete", unit.name)
             if unit.name == PROMOTE_UNIT:
                 self.finish_promote(unit, passed=True)
@@ -570,7 +570,7 @@ class Deployer:
             self.set_state(unit, "done")
             self.release(unit)
             return
-        failed = _true(job, "Failed")
+        failed = condition_true(job, "Failed")
         if failed:
             if unit.name == PROMOTE_UNIT and PROMOTE_NOT_PASSED_CODE in unit.exit_codes:
                 return  # already reported as "not promoted"
@@ -637,7 +637,7 @@ class Deployer:
         for follower in unit.pods.values():
             follower.join(timeout=3.0)
         lines = [line for f in unit.pods.values() for line in f.lines]
-        found = _summary_line(lines) or _summary_line(unit.termination.splitlines())
+        found = summary_line(lines) or summary_line(unit.termination.splitlines())
         if found is None and unit.termination:
             found = unit.termination.splitlines()[-1].strip()
         return found
@@ -678,11 +678,11 @@ class Deployer:
     def finish_promote(self, unit: Unit, passed: bool, pod: Obj | None = None) -> None:
         if passed:
             self.promoted = True
-            self.reason = _summary_line(self.promote_log(unit, pod)) or "promoted"
+            self.reason = summary_line(self.promote_log(unit, pod)) or "promoted"
             self.set_state(unit, "done", self.reason)
             return
         self.promoted = False
-        self.reason = _summary_line(self.promote_log(unit, pod)) or "promotion gate not passed"
+        self.reason = summary_line(self.promote_log(unit, pod)) or "promotion gate not passed"
         self.set_state(unit, "skipped", self.reason)
 
     def promote_log(self, unit: Unit, pod: Obj | None) -> list[str]:
@@ -988,9 +988,9 @@ def deploy(pipeline_dir: Path, namespace: str, *, context: str | None = None,
 
 # -- status ---------------------------------------------------------------------------------------
 def _job_state(job: Obj) -> str:
-    if _true(job, "Complete"):
+    if condition_true(job, "Complete"):
         return "Complete"
-    failed = _true(job, "Failed")
+    failed = condition_true(job, "Failed")
     if failed:
         return f"Failed ({failed.get('reason', '')})".replace(" ()", "")
     status = job.get("status") or {}

@@ -19,12 +19,12 @@ from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline
 from nb2prod.runners.kubernetes import (
     Kube,
-    _summary_line,
-    _true,
+    condition_true,
     ensure_namespace,
     ensure_networking,
     ensure_object,
     stuck_reason,
+    summary_line,
 )
 
 
@@ -122,7 +122,7 @@ def _reason_of(status: Obj) -> str:
     if verdict.get("reason"):
         return str(verdict["reason"])
     lines = text.splitlines()
-    line = _summary_line(lines) or (lines[-1].strip() if lines else "")
+    line = summary_line(lines) or (lines[-1].strip() if lines else "")
     term = (status.get("state") or {}).get("terminated") or {}
     return line or f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})"
 
@@ -147,13 +147,13 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
     """
     meta, jstatus = job["metadata"], job.get("status") or {}
     owners = [o.get("kind") for o in meta.get("ownerReferences") or []]
-    failed_cond = _true(job, "Failed")
+    failed_cond = condition_true(job, "Failed")
     record: dict[str, Any] = {
         "run_id": meta["name"],
         "trigger": "schedule" if "CronJob" in owners else "manual",
         "start": jstatus.get("startTime") or meta.get("creationTimestamp"),
         "end": jstatus.get("completionTime") or (failed_cond or {}).get("lastTransitionTime"),
-        "status": "succeeded" if _true(job, "Complete") else (
+        "status": "succeeded" if condition_true(job, "Complete") else (
             "failed" if failed_cond else ("running" if jstatus.get("active") else "pending")),
         "promoted": None, "metrics": {}, "failed_stage": None, "reason": None, "stages": {},
     }

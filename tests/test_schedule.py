@@ -507,3 +507,78 @@ def test_run_stage_time_limit_is_reported(tmp_path: Path) -> None:
     assert code == 124, output  # timeout(1): the command timed out
     assert verdict == {"stage": "train", "status": "failed",
                        "reason": "exceeded MAX_COMPLETION_TIME_SECONDS (6s)"}
+
+
+# -- history from Job and pod status (pure) ------------------------------------------------------
+def _job(name: str, conditions: list[dict] | None = None, active: int = 0,
+         owner: str | None = "CronJob") -> dict:
+    status: dict[str, Any] = {"startTime": "2026-11-22T03:00:05Z"}
+    if conditions:
+        status["conditions"] = conditions
+    if active:
+        status["active"] = active
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": "2026-11-22T03:00:00Z"}
+    if owner:
+        meta["ownerReferences"] = [{"kind": owner, "name": "iris-retrain"}]
+    return {"metadata": meta, "status": status}
+
+
+def _pod(inits: list[dict], main: list[dict]) -> dict:
+    return {"metadata": {"name": "p", "creationTimestamp": "2026-11-22T03:00:01Z",
+                         "annotations": {"nb2prod.io/containers": json.dumps(
+                             {"prep-data": "prep_data", "train": "train"})}},
+            "status": {"initContainerStatuses": inits, "containerStatuses": main}}
+
+
+def _terminated(name: str, code: int, message: str = "") -> dict:
+    return {"name": name, "state": {"terminated": {"exitCode": code, "message": message,
+                                                   "reason": "Error" if code else "Completed"}}}
+
+
+def test_history_summaries_of_runs_in_every_state() -> None:
+    from nb2prod.runners.schedule import run_summary
+
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+              "lastTransitionTime": "2026-11-22T03:02:00Z"}
+    # A stage that failed before writing a verdict: the log tail's nb2prod line is the reason.
+    run = run_summary(_job("iris-retrain-1", [failed]), [_pod(
+        [_terminated("prep-data", 0, '{"stage": "prep_data", "status": "succeeded"}'),
+         _terminated("train", 1, "pip noise\nnb2prod: error: run-stage: store unreachable\n")],
+        [{"name": "promote-and-roll", "state": {"waiting": {"reason": "PodInitializing"}}}])])
+    assert run["status"] == "failed" and run["trigger"] == "schedule"
+    assert run["failed_stage"] == "train"
+    assert run["reason"] == "nb2prod: error: run-stage: store unreachable"
+    assert run["stages"] == {"prep_data": "succeeded", "train": "failed",
+                             "promote-and-roll": "pending"}
+    assert run["end"] == "2026-11-22T03:02:00Z"
+
+    # Still running: the current stage is shown, nothing failed.
+    run = run_summary(_job("iris-20261122t030000-abcd", active=1, owner=None), [_pod(
+        [_terminated("prep-data", 0), {"name": "train", "state": {"running": {}}}],
+        [{"name": "promote-and-roll", "state": {"waiting": {"reason": "PodInitializing"}}}])])
+    assert (run["status"], run["trigger"], run["failed_stage"]) == ("running", "manual", None)
+    assert run["stages"]["train"] == "running"
+
+    # A pod stuck on its image: the Job's deadline ends it; the reason says why.
+    deadline = {**failed, "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline"}
+    stuck = _pod([{"name": "prep-data", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}], [])
+    run = run_summary(_job("iris-retrain-2", [deadline]), [stuck])
+    assert run["failed_stage"] == "prep_data"
+    assert run["reason"].startswith("ImagePullBackOff")
+
+    # No pod left (cleaned up): the Job condition is all there is.
+    run = run_summary(_job("iris-retrain-3", [deadline]), [])
+    assert run["status"] == "failed"
+    assert run["reason"] == "DeadlineExceeded: Job was active longer than specified deadline"
+
+    # Succeeded: metrics from the roller's verdict, flattened per stage.
+    verdict = json.dumps({"status": "succeeded", "promoted": True, "reason": "ok",
+                          "metrics": {"train": {"accuracy": 0.97}}})
+    complete = {"type": "Complete", "status": "True"}
+    run = run_summary(_job("iris-retrain-4", [complete]), [_pod(
+        [_terminated("prep-data", 0), _terminated("train", 0)],
+        [_terminated("promote-and-roll", 0, verdict)])])
+    assert (run["status"], run["promoted"], run["metrics"]) == (
+        "succeeded", True, {"train.accuracy": 0.97})

@@ -177,7 +177,7 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
             record["stages"][stage] = "succeeded" if ok else "failed"
             if not ok and record["failed_stage"] is None:
                 record["failed_stage"], record["reason"] = stage, _reason_of(status)
-        elif state.get("running"):
+        elif "running" in state:
             record["stages"][stage] = "running"
         else:
             waiting = (state.get("waiting") or {}).get("reason", "waiting")

@@ -20,7 +20,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -31,6 +30,8 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+
+from _common import machine
 
 from nb2prod import serve
 
@@ -216,22 +217,6 @@ def python_round(port: int, duration: float, connections: int) -> dict:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        load = ""
-    return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}, {load}"
 
 
 def main() -> None:

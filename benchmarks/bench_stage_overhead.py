@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from _common import machine
 
 CODE = "total = sum(i * i for i in range(n))"
 
@@ -100,19 +101,6 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float
     subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}, {load}"
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import cron
 from .errors import ApiError, not_found
+from .podtemplate import create_pod
 from .resources import BY_PLURAL
-from .util import condition, controller_uid, iso, owner_ref, parse_time, set_condition, utcnow
+from .util import by_controller, condition, iso, owner_ref, parse_time, set_condition, utcnow
 
 if TYPE_CHECKING:
     from .api import Api
@@ -60,11 +61,7 @@ class JobController:
 
     def sync(self) -> None:
         """Reconcile every Job."""
-        pods_by_owner: dict[str, list[Obj]] = {}
-        for pod in self.api.store.scan("pods"):
-            uid = controller_uid(pod)
-            if uid:
-                pods_by_owner.setdefault(uid, []).append(pod)
+        pods_by_owner = by_controller(self.api.store.scan("pods"))
         live = set()
         for job in self.api.store.scan("jobs"):
             live.add(job["metadata"]["uid"])
@@ -181,22 +178,10 @@ class JobController:
         self.api.internal_status(self.res, ns, meta["name"], update)
 
     def _create_pod(self, job: Obj) -> Obj | None:
-        template = job["spec"].get("template") or {}
-        tmeta = template.get("metadata") or {}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "generateName": f"{job['metadata']['name']}-", "namespace": job["metadata"]["namespace"],
-            "labels": dict(tmeta.get("labels") or {}),
-            "annotations": {**(tmeta.get("annotations") or {}), "batch.kubernetes.io/job-tracking": ""},
-            "ownerReferences": [owner_ref(job)]}, "spec": copy.deepcopy(template.get("spec") or {})}
         try:
-            created = self.api.internal_create(BY_PLURAL["pods"], pod)
-        except ApiError as exc:
-            self.api.record_event(job, "FailedCreate", f"Error creating: {exc.message}", "Warning",
-                                  "job-controller")
+            return create_pod(self.api, job, "job-controller", {"batch.kubernetes.io/job-tracking": ""})
+        except ApiError:
             return None
-        self.api.record_event(job, "SuccessfulCreate", f"Created pod: {created['metadata']['name']}",
-                              component="job-controller")
-        return created
 
     def _ttl(self, job: Obj) -> None:
         ttl = job["spec"].get("ttlSecondsAfterFinished")
@@ -285,11 +270,7 @@ class CronJobController:
 
     def sync(self) -> None:
         """Prune ``status.active``, record ``lastSuccessfulTime``, enforce the history limits."""
-        jobs_by_owner: dict[str, list[Obj]] = {}
-        for job in self.api.store.scan("jobs"):
-            uid = controller_uid(job)
-            if uid:
-                jobs_by_owner.setdefault(uid, []).append(job)
+        jobs_by_owner = by_controller(self.api.store.scan("jobs"))
         for cj in self.api.store.scan("cronjobs"):
             if not cj["metadata"].get("deletionTimestamp"):
                 self._sync_one(cj, jobs_by_owner.get(cj["metadata"]["uid"], []))

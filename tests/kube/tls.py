@@ -48,6 +48,27 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+             not_before: dt.datetime, not_after: dt.datetime, *, ca: bool) -> x509.CertificateBuilder:
+    """A certificate builder with a fresh serial, basic constraints and key usage for a CA or a leaf.
+
+    A CA may sign certificates and CRLs; a leaf only signs (ECDSA's digital signature).
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                                     crl_sign=ca, encipher_only=False, decipher_only=False), critical=True)
+    )
+
+
 def generate(directory: Path) -> Pki:
     """Create a CA and a CA-signed serving certificate; write them as PEM files under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,17 +78,8 @@ def generate(directory: Path) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("kubernetes-standin-ca"))
-        .issuer_name(_name("kubernetes-standin-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        _builder(_name("kubernetes-standin-ca"), _name("kubernetes-standin-ca"), ca_key.public_key(),
+                 not_before, not_after, ca=True)
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -76,17 +88,7 @@ def generate(directory: Path) -> Pki:
     san = x509.SubjectAlternativeName(
         [x509.DNSName(n) for n in SERVER_DNS_NAMES] + [x509.IPAddress(ipaddress.ip_address(a)) for a in SERVER_IPS])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("kube-apiserver"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        _builder(_name("kube-apiserver"), ca_cert.subject, key.public_key(), not_before, not_after, ca=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .add_extension(san, critical=False)

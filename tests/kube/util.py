@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Iterable
 from typing import Any
 
 # The alphabet Kubernetes uses for generated name suffixes and template hashes (no vowels).
@@ -102,3 +103,13 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
         if ref.get("controller"):
             return str(ref["uid"])
     return None
+
+
+def by_controller(objs: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group objects by the uid of their controlling owner; objects without one are left out."""
+    owned: dict[str, list[dict[str, Any]]] = {}
+    for obj in objs:
+        uid = controller_uid(obj)
+        if uid:
+            owned.setdefault(uid, []).append(obj)
+    return owned

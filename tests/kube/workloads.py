@@ -18,11 +18,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
+from .podtemplate import create_pod
 from .resources import BY_PLURAL
 from .util import (
     SAFE_ALPHABET,
+    by_controller,
     condition,
-    controller_uid,
     owner_ref,
     parse_time,
     set_condition,
@@ -94,11 +95,7 @@ class ReplicaSetController:
 
     def sync(self) -> None:
         """Reconcile every ReplicaSet."""
-        pods_by_owner: dict[str, list[Obj]] = {}
-        for pod in self.api.store.scan("pods"):
-            uid = controller_uid(pod)
-            if uid:
-                pods_by_owner.setdefault(uid, []).append(pod)
+        pods_by_owner = by_controller(self.api.store.scan("pods"))
         for rs in self.api.store.scan("replicasets"):
             self._sync_one(rs, pods_by_owner.get(rs["metadata"]["uid"], []))
 
@@ -145,23 +142,11 @@ class ReplicaSetController:
         self.api.internal_status(self.res, ns, meta["name"], update)
 
     def _create_pods(self, rs: Obj, count: int) -> str | None:
-        template = rs["spec"].get("template") or {}
-        tmeta = template.get("metadata") or {}
         for _ in range(count):
-            pod: Obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "generateName": f"{rs['metadata']['name']}-", "namespace": rs["metadata"]["namespace"],
-                "labels": dict(tmeta.get("labels") or {}), "annotations": dict(tmeta.get("annotations") or {}),
-                "ownerReferences": [owner_ref(rs)]}, "spec": copy.deepcopy(template.get("spec") or {})}
-            if not pod["metadata"]["annotations"]:
-                pod["metadata"].pop("annotations")
             try:
-                created = self.api.internal_create(BY_PLURAL["pods"], pod)
+                create_pod(self.api, rs, "replicaset-controller")
             except ApiError as exc:
-                self.api.record_event(rs, "FailedCreate", f"Error creating: {exc.message}", "Warning",
-                                      "replicaset-controller")
                 return exc.message
-            self.api.record_event(rs, "SuccessfulCreate", f"Created pod: {created['metadata']['name']}",
-                                  component="replicaset-controller")
         return None
 
 
@@ -175,11 +160,8 @@ class DeploymentController:
 
     def sync(self) -> None:
         """Reconcile every Deployment."""
-        owned: dict[str, list[Obj]] = {}
-        for rs in self.api.store.scan("replicasets"):
-            uid = controller_uid(rs)
-            if uid and not rs["metadata"].get("deletionTimestamp"):
-                owned.setdefault(uid, []).append(rs)
+        owned = by_controller(rs for rs in self.api.store.scan("replicasets")
+                              if not rs["metadata"].get("deletionTimestamp"))
         for d in self.api.store.scan("deployments"):
             if not d["metadata"].get("deletionTimestamp"):
                 self._sync_one(d, owned.get(d["metadata"]["uid"], []))

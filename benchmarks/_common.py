@@ -1,0 +1,25 @@
+"""Helpers shared by the benchmark scripts (imported as a sibling module: a script run by
+path has its own directory first on ``sys.path``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> str:
+    """One line describing the machine: CPU count and model, Python version, load average."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        load = ""
+    return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}, {load}"

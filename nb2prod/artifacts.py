@@ -1044,6 +1044,9 @@ def _stage_params(raw: str | None) -> dict:
     return params
 
 
+_KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying")
+
+
 def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
     """Run a stage notebook with papermill into `work`, plus its HTML rendering (nbconvert).
 
@@ -1062,16 +1065,24 @@ def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict)
     stem = Path(executable).stem
     output = work / f"{stem}.ipynb"
     result: dict[str, Any] = {"status": "succeeded", "started": time.time()}
-    try:
-        papermill.execute_notebook(
-            str(stage_dir / executable), str(output), parameters=params, cwd=str(stage_dir),
-            kernel_name="python3", progress_bar=False, log_output=True)
-    except PapermillExecutionError as exc:
-        executed = json.loads(output.read_text()) if output.is_file() else {}
-        result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
-                      stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
-    except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
-        result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
+    for attempt in (1, 2):
+        try:
+            papermill.execute_notebook(
+                str(stage_dir / executable), str(output), parameters=params,
+                cwd=str(stage_dir), kernel_name="python3", progress_bar=False, log_output=True)
+        except PapermillExecutionError as exc:
+            executed = json.loads(output.read_text()) if output.is_file() else {}
+            result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
+                          stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
+        except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
+            if attempt == 1 and any(m in str(exc) for m in _KERNEL_START_FAILURES):
+                # Not the notebook's fault (kernels started at the same moment can race
+                # for ports; a loaded machine can be slow): one more kernel, same notebook.
+                print(f"nb2prod: the kernel did not start ({exc}); starting another",
+                      file=sys.stderr, flush=True)
+                continue
+            result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
+        break
     result["finished"] = time.time()
     if output.is_file():
         try:

@@ -758,3 +758,36 @@ def test_version_warning_silent_when_versions_match(stage: SimpleNamespace) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         artifacts.load("X", producer="train")
+
+
+def test_a_kernel_that_does_not_start_gets_one_more_try(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    import papermill
+
+    calls: list[str] = []
+
+    def flaky(source: str, output: str, **kwargs: object) -> None:
+        calls.append(source)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel didn't respond in 60 seconds")
+        Path(output).write_text(Path(source).read_text())
+
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
+    (tmp_path / "s.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    result = artifacts.execute_notebook(tmp_path, "s.ipynb", tmp_path / "out", {})
+    assert result["status"] == "succeeded" and len(calls) == 2
+    assert "the kernel did not start" in capsys.readouterr().err
+
+    # Twice in a row, or any other error, is the stage's failure (no endless retries).
+    calls.clear()
+
+    def dead(source: str, output: str, **kwargs: object) -> None:
+        calls.append(source)
+        raise RuntimeError("Kernel didn't respond in 60 seconds")
+
+    monkeypatch.setattr(papermill, "execute_notebook", dead)
+    result = artifacts.execute_notebook(tmp_path, "s.ipynb", tmp_path / "out", {})
+    assert (result["status"], result["ename"], len(calls)) == ("failed", "RuntimeError", 2)

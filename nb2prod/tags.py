@@ -86,6 +86,8 @@ def suggest(tag: str) -> str | None:
     prefixes = list(BATCH_PREFIXES) + list(AFTER_PREFIXES) + list(HINT_PREFIXES) + ["serve"]
     if lowered in simple:
         return lowered  # only the case differed
+    if lowered in BATCH_PREFIXES + AFTER_PREFIXES:
+        return f"{lowered}:NAME"  # a bare `stage`/`block`: the name was forgotten
     for prefix in prefixes:
         rest = lowered[len(prefix):]
         if lowered.startswith(prefix) and rest[:1] in (":", " ", "=", "_", "-") and rest[1:].strip():

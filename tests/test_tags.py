@@ -263,3 +263,12 @@ def test_other_tools_tags_are_ignored(tag: str) -> None:
     tags = parse_tags([tag])
     assert tags == CellTags(), f"{tag!r} was not ignored: {tags}"
     assert parse_tags(["stage:train", tag]) == CellTags(stage="train", stage_type="batch")
+
+
+@pytest.mark.parametrize("tag", ["stage", "block", "step", "after", "Stage"])
+def test_a_stage_tag_without_its_name_is_flagged(tag: str) -> None:
+    parsed = parse_tags([tag])
+    assert parsed.stage is None
+    assert parsed.warnings == [
+        f"tag '{tag}' is not an nb2prod tag; did you mean '{tag.lower()}:NAME'?"]
+    assert parse_tags(["cpu"]).warnings == []  # resource hints are not stage names

@@ -96,6 +96,7 @@ class _Builder:
         self.flows: dict[int, CellFlow] = {}
         self.edges: list[dag.Edge] = []
         self._providers: dict[str, list[int]] | None = None  # name -> stage cells providing it
+        self._deleters: dict[str, list[int]] | None = None   # name -> stage cells deleting it
 
     def problem(self, message: str, cell: int | None = None) -> None:
         self.problems.append(Problem(message, cell=cell, file=self.file))
@@ -206,6 +207,24 @@ class _Builder:
                 return stage, self.flows[index].definitions.get(name)
         return None
 
+    def deleted_after_provider(self, name: str, before: int, consumer: str) -> int | None:
+        """A cell of another stage that `del`s `name` after its last provider, before `before`."""
+        if self._deleters is None:
+            self._deleters = {}
+            for index in sorted(self.cell_stage):
+                flow = self.flows.get(index)
+                for deleted in flow.deletes if flow else ():
+                    self._deleters.setdefault(deleted, []).append(index)
+        deleters = self._deleters.get(name)
+        if not deleters:
+            return None
+        providers = (self._providers or {}).get(name, [])
+        last_provider = next((i for i in reversed(providers[: bisect.bisect_left(providers, before)])
+                              if self.cell_stage[i] != consumer), -1)
+        found = [i for i in deleters[: bisect.bisect_left(deleters, before)]
+                 if i > last_provider and self.cell_stage[i] != consumer]
+        return found[-1] if found else None
+
     def resolve_inputs(self) -> None:
         prelude, prelude_functions = self.prelude_names()
         modules = self.import_names()
@@ -245,6 +264,12 @@ class _Builder:
         if name in stage.inputs or name in stage.copied:
             return
         found = self.provider(name, index, stage.name)
+        deleted = self.deleted_after_provider(name, index, stage.name)
+        if deleted is not None and definite:
+            self.problem(f"stage '{stage.name}' reads '{name}', but cell {deleted} (stage "
+                         f"'{self.cell_stage[deleted]}') deletes it before: the notebook "
+                         "would fail here too", index)
+            return
         if found is not None:
             provider, definition = found
             if definition is not None:  # an import, def or class: copy the source

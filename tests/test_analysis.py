@@ -350,8 +350,8 @@ def test_copied_definition_brings_what_its_def_statement_evaluates(stage_a: str,
 def test_a_name_deleted_by_an_earlier_stage_is_not_loaded_from_before_the_delete() -> None:
     found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = x + 1\ndel x"),
                      (["stage:c"], "print(x, y)"))
-    assert found == ["nb.ipynb, cell 2: stage 'c' reads 'x', but cell 1 (stage 'b') deletes "
-                     "it before: the notebook would fail here too"]
+    assert found == [("nb.ipynb, cell 2: stage 'c' reads 'x', but cell 1 (stage 'b') deletes "
+                      "it before: the notebook would fail here too")]
     # Defined again after the delete: read from the new definition.
     again = run((["stage:a"], "x = 1"), (["stage:b"], "del x\nx = 2"), (["stage:c"], "print(x)"))
     assert shape(again)["c"][1] == {"x": "b"}

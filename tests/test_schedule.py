@@ -260,6 +260,15 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     code, output = run_cli(["history", str(directory), "-n", NS], capsys)
     assert code == 0 and run2 in output and "failed" in output and "train" in output
 
+    # --suspend keeps the schedule but starts nothing; history says so.
+    code, output = run_cli(base + ["--cron", "0 3 * * *", "--suspend"], capsys)
+    assert code == 0 and "updated CronJob iris-retrain" in output and "suspended" in output
+    assert "next run" not in output, output
+    assert standin.store.peek("cronjobs", NS, "iris-retrain")["spec"]["suspend"] is True
+    assert standin.trigger_cronjob(NS, "iris-retrain", now + dt.timedelta(minutes=3)) is None
+    assert history(capsys, directory)["schedule"]["suspend"] is True
+    assert len(standin.store.scan("jobs", NS)) == 2
+
     # unschedule: no more runs, the history stays.
     code, output = run_cli(["unschedule", str(directory), "-n", NS], capsys)
     assert code == 0 and "removed the schedule" in output, output

@@ -8,16 +8,19 @@ process so that imports are paid as they are in a real run:
 
   python start            `python -c pass`
   CLI start               `python -m nb2prod --help` (click; nothing heavy imported)
-  stage process, total    `python -m nb2prod.runners.execute ...` (what the runner spawns)
+  stage process, total    `python -m nb2prod.runners.execute ...` (what the runner spawns:
+                          kernel started first, papermill imported while it boots)
+    the pieces below are each timed alone, one after the other; the run overlaps them:
     import rfc3987_syntax pulled in by papermill -> nbformat -> jsonschema when installed
-                          (it builds a Lark grammar at import); timed on its own
+                          (it builds a Lark grammar at import); the stage process hides it
     import papermill      the rest of papermill's imports
     kernel start          jupyter_client.start_new_kernel (an ipykernel process) + shutdown
     papermill execute     execute_notebook on the stage notebook (kernel start included)
     import nbconvert      + HTMLExporter
     HTML rendering        HTMLExporter().from_notebook_node on the executed notebook
-  runner bookkeeping      run total - CLI start - stage process (split read, run.json,
-                          uploads of notebook/HTML/log, metrics, latest.json)
+  runner bookkeeping      run total - CLI start - stage process (split read, run.json, the
+                          HTML report (nbconvert imported and warmed in the runner while the
+                          stage runs), uploads of notebook/HTML/log, metrics, latest.json)
 
 Target: overhead (run - script) <= 0.5 s.
 

@@ -1047,29 +1047,171 @@ def _stage_params(raw: str | None) -> dict:
 _KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying")
 
 
-def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
+def _current_thread_id() -> int:
+    import threading
+
+    return threading.get_ident()
+
+
+class _KernelHead:
+    """A kernel started before papermill is imported, so that the two overlap.
+
+    Booting ipykernel (~1.3 s) and importing papermill (~0.6 s) each take a good
+    part of a stage's fixed cost; the kernel is a separate process, so starting
+    it first lets both proceed at once.  nbclient uses a kernel manager it is
+    given as it is (``km=``) and leaves its shutdown to us.  Any problem here
+    just means papermill starts its own kernel, as it would without this.
+    """
+
+    def __init__(self, cwd: Path) -> None:
+        self.km: Any = None
+        self.given = False
+        self.stopping: Any = None
+        try:
+            import asyncio
+
+            from jupyter_client.kernelspec import KernelSpecManager
+            from jupyter_client.manager import AsyncKernelManager
+            from jupyter_core.paths import jupyter_path
+
+            # The same directories jupyter_client searches by default, but without
+            # importing IPython (0.4 s) just to learn where ~/.ipython is.
+            ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(
+                os.path.expanduser("~"), ".ipython")
+            specs = KernelSpecManager(
+                kernel_dirs=[*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")])
+            km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
+            asyncio.run(km.start_kernel(cwd=str(cwd)))
+            self.km = km
+        except Exception:  # noqa: BLE001 - fall back to papermill's own start
+            self.km = None
+
+    def take(self) -> dict:
+        """papermill keyword arguments using this kernel, the first time only."""
+        if self.km is None or self.given:
+            return {}
+        self.given = True
+        return {"km": self.km}
+
+    def shutdown_soon(self) -> None:
+        """Stop the kernel in the background (while the HTML renders)."""
+        import threading
+
+        self.stopping = threading.Thread(target=self.shutdown, name="nb2prod-kernel-stop",
+                                         daemon=True)
+        self.stopping.start()
+
+    def shutdown(self) -> None:
+        """Stop the kernel now (or wait for `shutdown_soon` to have done it)."""
+        if self.stopping is not None and self.stopping.ident != _current_thread_id():
+            self.stopping.join()
+        km, self.km = self.km, None
+        if km is not None:
+            import asyncio
+
+            with contextlib.suppress(Exception):  # the kernel exits with us anyway
+                asyncio.run(km.shutdown_kernel(now=True))
+
+
+class HtmlRenderer:
+    """nbconvert's HTML exporter, imported and warmed in a thread, then shared.
+
+    Importing nbconvert and compiling its templates (~1 s) would otherwise come
+    after a notebook finished.  `run-stage` warms it while its kernel runs;
+    `nb2prod run` warms one in the runner process, which is idle while its
+    stage processes work, and renders each stage's notebook there.  Rendering
+    errors are returned, never raised: a report must not fail a stage.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.exporter: Any = None
+        self.error: str | None = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._warm, name="nb2prod-html", daemon=True)
+        self.thread.start()
+
+    def _warm(self) -> None:
+        try:
+            _hide_slow_format_checker()
+            import nbformat
+            from nbconvert import HTMLExporter
+
+            exporter = HTMLExporter()
+            exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[
+                nbformat.v4.new_code_cell("1")]))  # compiles the templates once
+            self.exporter = exporter
+        except Exception as exc:  # noqa: BLE001 - reported by render()
+            self.error = str(exc).splitlines()[0] if str(exc) else repr(exc)
+
+    def render(self, notebook_path: Path, html_path: Path) -> str | None:
+        """Write the HTML rendering; returns an error message instead of raising."""
+        self.thread.join()
+        if self.exporter is None:
+            return self.error or "nbconvert is not available"
+        try:
+            import nbformat
+
+            notebook = nbformat.read(notebook_path, as_version=4)
+            with self.lock:  # one exporter, possibly several stage threads
+                body, _ = self.exporter.from_notebook_node(notebook)
+            html_path.write_text(body, encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
+            return str(exc).splitlines()[0] if str(exc) else repr(exc)
+        return None
+
+
+def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
+                     render_html: bool = True) -> dict:
     """Run a stage notebook with papermill into `work`, plus its HTML rendering (nbconvert).
 
     Shared by in-cluster stages (`run-stage`) and `nb2prod run`'s per-stage
-    processes.  Returns the result record (status, timings, failing cell and
-    exception); notebook errors are reported there, never raised.
+    processes (which leave the HTML to the runner: ``render_html=False``).
+    Returns the result record (status, timings, failing cell and exception);
+    notebook errors are reported there, never raised.
     """
     import time
 
+    kernel = _KernelHead(stage_dir)
+    try:
+        return _execute_with(kernel, stage_dir, executable, work, params, render_html,
+                             time.time)
+    finally:
+        kernel.shutdown()
+
+
+def _hide_slow_format_checker() -> None:
+    """Keep jsonschema from importing `rfc3987_syntax` in this (stage) process.
+
+    When that optional package is installed, every ``import jsonschema`` (so
+    nbformat's, so papermill's) builds its grammar: ~2 s of CPU, for an IRI
+    format check the notebook schema never uses.  Only this process's imports
+    are affected; the kernel is a process of its own.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
+def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: Path,
+                  params: dict, render_html: bool, clock: Callable[[], float]) -> dict:
+    _hide_slow_format_checker()
     try:
         import papermill
         from papermill.exceptions import PapermillExecutionError
     except ImportError as exc:
         raise ArtifactError(f"papermill is not installed: {exc}") from None
+    html = HtmlRenderer() if render_html else None
     work.mkdir(parents=True, exist_ok=True)
     stem = Path(executable).stem
     output = work / f"{stem}.ipynb"
-    result: dict[str, Any] = {"status": "succeeded", "started": time.time()}
+    result: dict[str, Any] = {"status": "succeeded", "started": clock()}
     for attempt in (1, 2):
         try:
             papermill.execute_notebook(
                 str(stage_dir / executable), str(output), parameters=params,
-                cwd=str(stage_dir), kernel_name="python3", progress_bar=False, log_output=True)
+                cwd=str(stage_dir), kernel_name="python3", progress_bar=False, log_output=True,
+                **kernel.take())
         except PapermillExecutionError as exc:
             executed = json.loads(output.read_text()) if output.is_file() else {}
             result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
@@ -1083,16 +1225,12 @@ def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict)
                 continue
             result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
         break
-    result["finished"] = time.time()
-    if output.is_file():
-        try:
-            import nbformat
-            from nbconvert import HTMLExporter
-
-            body, _ = HTMLExporter().from_notebook_node(nbformat.read(output, as_version=4))
-            (work / f"{stem}.html").write_text(body, encoding="utf-8")
-        except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
-            result["html_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    result["finished"] = clock()
+    kernel.shutdown_soon()
+    if html is not None and output.is_file():
+        error = html.render(output, work / f"{stem}.html")
+        if error:
+            result["html_error"] = error
     return result
 
 

@@ -768,8 +768,11 @@ def test_a_kernel_that_does_not_start_gets_one_more_try(tmp_path: Path,
 
     calls: list[str] = []
 
+    given: list[bool] = []
+
     def flaky(source: str, output: str, **kwargs: object) -> None:
         calls.append(source)
+        given.append("km" in kwargs)
         if len(calls) == 1:
             raise RuntimeError("Kernel didn't respond in 60 seconds")
         Path(output).write_text(Path(source).read_text())
@@ -780,6 +783,8 @@ def test_a_kernel_that_does_not_start_gets_one_more_try(tmp_path: Path,
     result = artifacts.execute_notebook(tmp_path, "s.ipynb", tmp_path / "out", {})
     assert result["status"] == "succeeded" and len(calls) == 2
     assert "the kernel did not start" in capsys.readouterr().err
+    # The first try gets the kernel started ahead of papermill; the retry a fresh one.
+    assert given == [True, False]
 
     # Twice in a row, or any other error, is the stage's failure (no endless retries).
     calls.clear()
@@ -791,3 +796,28 @@ def test_a_kernel_that_does_not_start_gets_one_more_try(tmp_path: Path,
     monkeypatch.setattr(papermill, "execute_notebook", dead)
     result = artifacts.execute_notebook(tmp_path, "s.ipynb", tmp_path / "out", {})
     assert (result["status"], result["ename"], len(calls)) == ("failed", "RuntimeError", 2)
+
+
+def test_stage_kernel_is_started_in_the_stage_dir_and_stopped(tmp_path: Path) -> None:
+    """The kernel started ahead of papermill runs where papermill's would, and is gone after."""
+    stage = tmp_path / "stage dir"
+    stage.mkdir()
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "id": "c1", "source": "import os\nprint(os.getcwd())\nprint(os.getpid())"}
+    nb = {"nbformat": 4, "nbformat_minor": 5, "cells": [cell], "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+    (stage / "s.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "out"
+    result = artifacts.execute_notebook(stage, "s.ipynb", out, {}, render_html=False)
+    assert result["status"] == "succeeded", result
+    executed = json.loads((out / "s.ipynb").read_text())
+    cwd, pid = "".join(executed["cells"][-1]["outputs"][0]["text"]).splitlines()
+    assert Path(cwd) == stage
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)
+    assert not (out / "s.html").exists()  # left to the caller (nb2prod run's runner)
+
+    renderer = artifacts.HtmlRenderer()
+    assert renderer.render(out / "s.ipynb", out / "s.html") is None
+    assert str(stage) in (out / "s.html").read_text()
+    assert "no such file" in renderer.render(out / "missing.ipynb", out / "m.html").lower()

@@ -5,7 +5,7 @@ parallel, each with its own environment (run id, store) and a kernel that a
 Ctrl-C or a failure can kill cleanly.  The work itself is the stage runtime's
 :func:`nb2prod.artifacts.execute_notebook` (the same code in-cluster stages
 run through `nb2prod_runtime.py run-stage`); this wrapper writes its record to
-WORK_DIR/result.json for the parent to report and upload.
+WORK_DIR/result.json for the parent to report, render as HTML and upload.
 
 Usage: python -m nb2prod.runners.execute STAGE_DIR EXECUTABLE WORK_DIR PARAMS_JSON
 """
@@ -19,12 +19,10 @@ from pathlib import Path
 
 def execute(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
     """Run the notebook; never raises for notebook errors, returns the result record."""
-    from nb2prod.notebook import import_nbformat
-
-    import_nbformat()  # before papermill imports it: skips a 2.8 s grammar build
     from nb2prod.artifacts import execute_notebook
 
-    result = execute_notebook(stage_dir, executable, work, params)
+    # The HTML report is rendered by the runner (warm and idle meanwhile).
+    result = execute_notebook(stage_dir, executable, work, params, render_html=False)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -83,6 +83,15 @@ class LocalRunner:
         self.processes: dict[str, subprocess.Popen] = {}
         self.interrupted = False
         self.started: float | None = None  # kept in every run.json write
+        self._html: artifacts.HtmlRenderer | None = None
+
+    @property
+    def html(self) -> artifacts.HtmlRenderer:
+        """The HTML renderer for executed stage notebooks, warming from first use."""
+        with self.lock:
+            if self._html is None:
+                self._html = artifacts.HtmlRenderer()
+            return self._html
 
     # -- environment ------------------------------------------------------------------
     def stage_env(self, stage: StageSpec, input_run_id: str | None = None) -> dict[str, str]:
@@ -149,6 +158,11 @@ class LocalRunner:
             result = json.loads(result_file.read_text()) if result_file.is_file() else {
                 "status": "failed", "ename": "ProcessError",
                 "evalue": f"stage process exited with code {code}"}
+            executed = work / "out" / f"{Path(stage.executable).stem}.ipynb"
+            if executed.is_file():
+                error = self.html.render(executed, executed.with_suffix(".html"))
+                if error:
+                    result["html_error"] = error
             uploaded = self.upload(name, work, stage)
             state = self.states[name]
             state.result = {**result, **uploaded}
@@ -190,6 +204,7 @@ class LocalRunner:
             self.on_event({"stage": name, "state": "waiting", "message": "", "elapsed": 0.0,
                            "run_id": self.run_id})
         self.started = time.time()
+        _ = self.html  # start importing nbconvert while the first stages run
         self.write_run("running")
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:

@@ -65,6 +65,7 @@ __all__ = [
     "read_json",
     "read_latest",
     "record_metrics",
+    "record_run",
     "register_store",
     "registered_schemes",
     "run_prefix",
@@ -486,7 +487,10 @@ def list_runs(store: Store | str, pipeline: str) -> list[dict]:
     Each is the run's ``run.json`` (if any; runners write ``status``, ``stages``,
     ``metrics``, ``promoted``...) plus derived ``run_id``, ``stage_dirs`` (stage
     directories present in the store) and ``latest`` (latest.json points at it).
-    Keys from run.json win over the derived ones.
+    Keys from run.json win over the derived ones.  In-cluster runs have no
+    runner writing ``stages``: those come from each stage's ``result.json``
+    (written by ``run-stage``), so a run that failed in a pod, long after the
+    cluster forgot its Job, still shows which stage failed and why.
     """
     store = open_store(store)
     base = f"{_check_segment(pipeline, 'pipeline name')}/runs/"
@@ -502,11 +506,58 @@ def list_runs(store: Store | str, pipeline: str) -> list[dict]:
     for run_id in sorted(stage_dirs):
         info = read_json(store, f"{base}{run_id}/{RUN_JSON}", default=None)
         record = dict(info) if isinstance(info, dict) else {}
+        if "stages" not in record:
+            _add_stage_results(store, f"{base}{run_id}", sorted(stage_dirs[run_id]), record)
         record.setdefault("run_id", run_id)
         record.setdefault("stage_dirs", sorted(stage_dirs[run_id]))
         record.setdefault("latest", run_id == latest_id)
         runs.append(record)
-    return runs
+    # Local run ids sort by time; in-cluster ones (Job names) need their start time.
+    return sorted(runs, key=lambda r: (r["started"] if isinstance(r.get("started"), (int, float))
+                                       else 0, r["run_id"]))
+
+
+def _add_stage_results(store: Store, prefix: str, stages: list[str], record: dict) -> None:
+    """Fill `stages`, `status`, `started`, `finished` of a run from its stages' result.json."""
+    found = {}
+    for stage in stages:
+        result = read_json(store, f"{prefix}/{stage}/result.json", default=None)
+        if not isinstance(result, dict) or "status" not in result:
+            continue
+        entry = {k: result[k] for k in ("status", "started", "finished", "cell") if k in result}
+        if result["status"] != "succeeded":
+            entry["reason"] = _failure_reason(result)
+        found[stage] = entry
+    if not found:
+        return
+    record["stages"] = found
+    times = [v for e in found.values() for k, v in e.items()
+             if k in ("started", "finished") and isinstance(v, (int, float))]
+    if times:
+        record.setdefault("started", min(times))
+        record.setdefault("finished", max(times))
+    failed = [name for name, e in found.items() if e["status"] != "succeeded"]
+    if failed:
+        record.setdefault("status", "failed")
+        record.setdefault("reason", f"stage '{failed[0]}' {found[failed[0]]['reason']}")
+    else:
+        # Every stage that left a result succeeded, but nobody promoted the run (yet).
+        record.setdefault("status", "incomplete")
+
+
+def record_run(store: Store | str, pipeline: str, run_id: str, values: dict) -> dict:
+    """Merge `values` into a run's run.json (atomically); returns the new record.
+
+    The in-cluster roll step uses it to leave the roll-out's outcome next to the
+    promotion verdict, so the store alone tells what became of every run.
+    """
+    store = open_store(store)
+    key = f"{run_prefix(pipeline, run_id)}/{RUN_JSON}"
+    record = read_json(store, key, default=None)
+    record = record if isinstance(record, dict) else {}
+    record.update(values)
+    write_json(store, key, record, atomic=True)
+    return record
 
 
 def upload_file(store: Store | str, key: str, path: str | os.PathLike[str]) -> None:
@@ -1356,6 +1407,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="store URI (default: NB2PROD_STORE, config.ini, " + DEFAULT_STORE + ")")
     cmd.add_argument("--json", action="store_true",
                      help="also print the verdict as one JSON line (passed, reason, metrics)")
+    rec = commands.add_parser(
+        "record", help="merge a JSON object into a run's run.json (the roll step's outcome)")
+    rec.add_argument("--pipeline", required=True)
+    rec.add_argument("--run-id", required=True)
+    rec.add_argument("--values", required=True, help="JSON object to merge")
+    rec.add_argument("--store", default=None)
     run = commands.add_parser(
         "run-stage", help="execute this stage's notebook (cwd) with papermill and upload "
         "the executed notebook, its HTML and result.json to the store")
@@ -1371,6 +1428,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run-stage":
         return _run_stage_main(args)
+    if args.command == "record":
+        try:
+            values = json.loads(args.values)
+            if not isinstance(values, dict):
+                raise TypeError("--values must be a JSON object")
+            record_run(args.store or _base_context()[0], args.pipeline, args.run_id, values)
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
+            message = str(exc).replace("\n", " ") or type(exc).__name__
+            print(f"error: record {args.pipeline}/{args.run_id}: {message}", file=sys.stderr)
+            return 1
+        return 0
     try:
         store = args.store or _base_context()[0]
         passed, reason = promote(store, args.pipeline, args.run_id, args.metric, args.minimum)

@@ -507,6 +507,8 @@ def history(target: Path, namespace: str | None, context: str | None, as_json: b
                       incluster.format_time(run["end"]), run["status"].replace("_", " "),
                       metrics or "-", run["failed_stage"] or "-", run["reason"] or "-")
     _console().print(table)
+    click.echo("The cluster keeps the newest runs only ([schedule] SUCCESSFUL_RUNS_KEPT, "
+               "FAILED_RUNS_KEPT); every run, from the store: nb2prod runs DIR --store URI")
 
 
 @cli.command()

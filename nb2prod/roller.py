@@ -289,18 +289,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ApiError, OSError, ValueError, KeyError) as exc:
         record.update(status="failed", reason=f"rolling out: {exc}")
         print(f"nb2prod: roll failed: {exc}", file=sys.stderr, flush=True)
-        write_termination_message(record)
-        return 1
+        return finish_rollout(args, record)
     failed = {n: r for n, r in record["rolled"].items() if r["status"] != "serving"}
     if failed:
         record.update(status="failed", reason="; ".join(
             f"{n}: {r['message']}; rolled back to run {r['model_run_id']}"
             for n, r in failed.items()))
-        write_termination_message(record)
-        return 1
+        return finish_rollout(args, record)
     record["status"] = "succeeded"
+    return finish_rollout(args, record)
+
+
+def finish_rollout(args: argparse.Namespace, record: Obj) -> int:
+    """Report a promoted run's roll-out: termination message, and run.json in the store.
+
+    run.json already holds the promotion verdict; adding the roll-out's outcome
+    there keeps the store a complete record after the cluster has deleted the
+    Job (CronJob history limits).  Failing to write it only costs that record.
+    """
     write_termination_message(record)
-    return 0
+    values: Obj = {"status": record["status"], "rollout": record.get("rolled") or {}}
+    if record["status"] != "succeeded":
+        values["reason"] = record.get("reason", "")
+    cmd = [sys.executable, "nb2prod_runtime.py", "record", "--pipeline", args.pipeline,
+           "--run-id", args.run_id, "--values", json.dumps(values, sort_keys=True, default=str)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"nb2prod: the roll-out was not recorded in run.json: {proc.stderr.strip()}",
+              file=sys.stderr, flush=True)
+    return 0 if record["status"] == "succeeded" else 1
 
 
 if __name__ == "__main__":

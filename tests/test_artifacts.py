@@ -464,6 +464,44 @@ def _run_with_metrics(store, run_id: str, **stages: dict) -> None:
         artifacts.write_json(store, f"iris/runs/{run_id}/{stage_name}/metrics.json", metrics)
 
 
+def test_list_runs_of_in_cluster_runs_come_from_stage_results(tmp_path: Path) -> None:
+    """Runs without a runner's `stages` (in-cluster) are described by their result.json files."""
+    store = FileStore(tmp_path)
+    ok = {"status": "succeeded", "started": 2000.0, "finished": 2010.0}
+    artifacts.write_json(store, "iris/runs/iris-retrain-9/prepare/result.json", ok)
+    artifacts.write_json(store, "iris/runs/iris-retrain-9/train/result.json", {
+        "status": "failed", "started": 2011.0, "finished": 2020.0, "cell": 3,
+        "ename": "ValueError", "evalue": "max_iter must be positive"})
+    artifacts.write_json(store, "iris/runs/iris-retrain-5/train/result.json",
+                         {**ok, "started": 1000.0, "finished": 1005.0})
+    artifacts.write_json(store, "iris/runs/iris-retrain-5/run.json",
+                         {"status": "succeeded", "promoted": True, "reason": "accuracy ok"})
+    artifacts.write_json(store, "iris/runs/iris-retrain-7/train/result.json",
+                         {**ok, "started": 1500.0})
+    runs = artifacts.list_runs(store, "iris")
+    # Ordered by start time (Job names do not sort by time).
+    assert [r["run_id"] for r in runs] == ["iris-retrain-5", "iris-retrain-7", "iris-retrain-9"]
+    promoted, unfinished, failed = runs
+    assert promoted["status"] == "succeeded" and promoted["promoted"] is True
+    assert promoted["reason"] == "accuracy ok" and promoted["started"] == 1000.0
+    assert unfinished["status"] == "incomplete"
+    assert failed["status"] == "failed" and (failed["started"], failed["finished"]) == (2000, 2020)
+    assert failed["stages"]["prepare"] == ok
+    assert failed["stages"]["train"]["reason"] == \
+        "failed in cell 3: ValueError: max_iter must be positive"
+    assert failed["reason"].startswith("stage 'train' failed in cell 3")
+
+    # The roll step's outcome, merged into run.json by the runtime's `record` command.
+    code = artifacts.main(["record", "--pipeline", "iris", "--run-id", "iris-retrain-5",
+                           "--store", store.uri, "--values",
+                           '{"status": "failed", "reason": "rolled back"}'])
+    assert code == 0
+    record = artifacts.read_json(store, "iris/runs/iris-retrain-5/run.json")
+    assert record == {"status": "failed", "promoted": True, "reason": "rolled back"}
+    assert artifacts.main(["record", "--pipeline", "iris", "--run-id", "iris-retrain-5",
+                           "--store", store.uri, "--values", "[1]"]) == 1
+
+
 def test_list_runs(tmp_path) -> None:
     store = FileStore(tmp_path)
     _run_with_metrics(store, "20260101t000000-aaaa", train={"acc": 0.8})

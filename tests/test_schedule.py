@@ -260,6 +260,17 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     code, output = run_cli(["history", str(directory), "-n", NS], capsys)
     assert code == 0 and run2 in output and "failed" in output and "train" in output
 
+    # The store tells the same without the cluster (whose CronJob deletes old Jobs).
+    from nb2prod import artifacts
+
+    stored = {r["run_id"]: r for r in artifacts.list_runs(store, "iris")}
+    assert stored[run1]["status"] == "succeeded" and stored[run1]["rollout"]["iris-serve"] == {
+        "status": "serving", "model_run_id": run1}
+    assert stored[run2]["status"] == "failed" and "max_iter" in stored[run2]["reason"]
+    assert stored[run2]["stages"]["train"]["status"] == "failed"
+    code, output = run_cli(["runs", str(directory), "--store", store], capsys)
+    assert code == 0 and output.count("failed") >= 1 and "train" in output, output
+
     # --suspend keeps the schedule but starts nothing; history says so.
     code, output = run_cli(base + ["--cron", "0 3 * * *", "--suspend"], capsys)
     assert code == 0 and "updated CronJob iris-retrain" in output and "suspended" in output
@@ -349,7 +360,11 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
 
     recorded = artifacts.read_json(store, f"gated/runs/{run2}/run.json")
     assert recorded["promoted"] is False and recorded["metrics"] == {"score": {"accuracy": 0.5}}
+    assert "rollout" not in recorded
     assert artifacts.read_latest(store, "gated")["run_id"] == run1
+    recorded = artifacts.read_json(store, f"gated/runs/{run1}/run.json")
+    assert recorded["status"] == "succeeded" and recorded["promoted"] is True
+    assert recorded["rollout"] == {"gated-serve": {"status": "serving", "model_run_id": run1}}
 
     # Passing, but the new serving code never becomes ready: the roller puts the
     # previous template back and the run fails at its last step.
@@ -370,6 +385,11 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     assert failed["failed_stage"] == "promote-and-roll"
     assert f"rolled back to run {run1}" in failed["reason"], failed
     assert served_run(standin, "gated-serve") == (run1, 2)
+    # The store keeps the outcome too, for when the cluster has deleted the Job.
+    recorded = artifacts.read_json(store, f"gated/runs/{run3}/run.json")
+    assert recorded["status"] == "failed" and recorded["promoted"] is True
+    assert recorded["rollout"]["gated-serve"]["status"] == "rolled_back"
+    assert f"rolled back to run {run1}" in recorded["reason"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and predict(standin, "gated-serve", {})[0] != 200:
         time.sleep(0.5)

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from nb2prod import cli
+from nb2prod.errors import UserError
 from nb2prod.runners import kubernetes as kube
 from tests.kube.standin import KubeStandIn
 from tests.s3server import S3Server, s3_env, s3_server  # noqa: F401
@@ -381,14 +382,14 @@ def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
     image = "registry.invalid/iris:missing"
     kube_standin.unpullable_images.add(image)
 
-    def failing(expected: str, **kw: Any) -> str:
+    def failing(expected: str, at_least: float = 0.0, **kw: Any) -> str:
         started = time.monotonic()
         result = kube.deploy(directory, NS, store="s3://bucket-not-used/x", **kw)
         elapsed = time.monotonic() - started
         assert result["status"] == "failed"
         message = result["stages"]["train"]["message"]
         assert expected in message, message
-        assert elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
+        assert at_least <= elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
         assert result["stages"]["(promote)"]["state"] == "skipped"
         job = kube_standin.store.peek("jobs", NS, result["stages"]["train"]["job"])
         assert job is None or job["metadata"].get("deletionTimestamp")  # stopped, not left
@@ -398,9 +399,53 @@ def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
     set_ini(directory / "stage-1-train" / "config.ini", "secrets", "API_TOKEN", "missing-secret")
     assert "missing-secret" in failing("CreateContainerConfigError", image=IMAGE)
     set_ini(directory / "stage-1-train" / "config.ini", "secrets", "API_TOKEN", "")
+    # Unschedulable gets [kubernetes] UNSCHEDULABLE_GRACE_SECONDS to resolve (a node may be
+    # added or freed), then fails the stage with the scheduler's message.
+    set_ini(directory / "nb2prod.ini", "kubernetes", "UNSCHEDULABLE_GRACE_SECONDS", "3")
     kube_standin.unschedulable = True
-    failing("Unschedulable", image=IMAGE)
+    assert "(for 3s)" in failing("Unschedulable: 0/1 nodes are available", at_least=3,
+                                 image=IMAGE)
     assert kube_standin.store.peek("deployments", NS, "iris-serve") is None
+    set_ini(directory / "nb2prod.ini", "kubernetes", "UNSCHEDULABLE_GRACE_SECONDS", "soon")
+    with pytest.raises(UserError, match="UNSCHEDULABLE_GRACE_SECONDS = 'soon'"):
+        kube.deploy(directory, NS, store="s3://bucket-not-used/x", image=IMAGE)
+
+
+def test_a_pod_waits_for_a_node_within_the_grace_period(cluster: tuple[KubeStandIn, str],
+                                                        tmp_path: Path) -> None:
+    """A stage whose pod is unschedulable for a while (autoscaler, busy node) still runs."""
+    standin, store = cluster
+    directory = split(write_notebook(tmp_path / "small.ipynb", [
+        ("parameters", "q = 1"), ("stage:work", "total = q + 1"), ("metrics", "total")]),
+        tmp_path / "small")
+    set_ini(directory / "nb2prod.ini", "kubernetes", "UNSCHEDULABLE_GRACE_SECONDS", "60")
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    standin.unschedulable = True
+    waited: list[str] = []
+
+    def free_a_node() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for pod in standin.store.scan("pods", NS):
+                conditions = (pod.get("status") or {}).get("conditions") or []
+                if any(c.get("reason") == "Unschedulable" for c in conditions):
+                    waited.append(pod["metadata"]["name"])
+                    time.sleep(2)
+                    standin.unschedulable = False
+                    return
+            time.sleep(0.1)
+        standin.unschedulable = False
+
+    helper = threading.Thread(target=free_a_node, daemon=True)
+    helper.start()
+    rec = Recorder()
+    result = deploy(directory, store, rec)
+    helper.join()
+    assert waited, "no pod was ever unschedulable"
+    assert result["status"] == "succeeded", result
+    assert any("waiting up to 60s for a node: Unschedulable" in e["message"]
+               for e in rec.events if e["stage"] == "work"), rec.events
 
 
 GATED = [
@@ -530,6 +575,26 @@ def test_unit_helpers() -> None:
     assert kube.stuck_reason(pod) == "Unschedulable: 0/1 nodes"
     assert kube.stuck_reason({"status": {"containerStatuses": [
         {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}) is None
+
+    # Only Unschedulable gets a grace period; the pod is forgotten once scheduled.
+    pod["metadata"] = {"name": "p"}
+    pulling = {"metadata": {"name": "q"}, "status": {"containerStatuses": [{"state": {
+        "waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]}}
+    pending = kube.PendingPods(grace=0.3)
+    assert pending.check(pod, "train") is None and pending.waiting("p")
+    assert pending.check(pulling, "train") == "ErrImagePull: no such image"
+    assert pending.overdue() == []
+    time.sleep(0.35)
+    assert pending.check(pod, "train") == "Unschedulable: 0/1 nodes (for 0s)"
+    assert [(p, o) for p, o, _ in pending.overdue()] == [("p", "train")]
+    assert not pending.waiting("p")
+    pending.check(pod, "train")
+    pending.check({"metadata": {"name": "p"}, "status": {}}, "train")  # scheduled now
+    assert not pending.waiting("p")
+    pending.check(pod, "serve")
+    pending.forget("serve")
+    assert not pending.waiting("p")
+    assert kube.PendingPods(grace=0).check(pod) == "Unschedulable: 0/1 nodes"
 
 
 def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -586,7 +586,17 @@ def test_history_summaries_of_runs_in_every_state() -> None:
         [_terminated("prep-data", 0), {"name": "train", "state": {"running": {}}}],
         [{"name": "promote-and-roll", "state": {"waiting": {"reason": "PodInitializing"}}}])])
     assert (run["status"], run["trigger"], run["failed_stage"]) == ("running", "manual", None)
-    assert run["stages"]["train"] == "running"
+    assert run["stages"]["train"] == "running" and run["reason"] is None
+
+    # Waiting for a node: pending, and the scheduler's message says why.
+    waiting = _pod([{"name": "prep-data", "state": {"waiting": {"reason": "PodInitializing"}}}],
+                   [])
+    waiting["status"]["conditions"] = [{"type": "PodScheduled", "status": "False",
+                                        "reason": "Unschedulable",
+                                        "message": "0/3 nodes are available: Insufficient cpu"}]
+    run = run_summary(_job("iris-retrain-0", []), [waiting])
+    assert run["status"] == "pending" and run["failed_stage"] is None
+    assert run["reason"] == "Unschedulable: 0/3 nodes are available: Insufficient cpu"
 
     # A pod stuck on its image: the Job's deadline ends it; the reason says why.
     deadline = {**failed, "reason": "DeadlineExceeded",

@@ -329,6 +329,68 @@ def stuck_reason(pod: Obj) -> str | None:
     return None
 
 
+class PendingPods:
+    """Unschedulable pods, given time to be scheduled before their stage fails.
+
+    The other stuck reasons (image pulls, missing Secrets) do not resolve by
+    themselves; ``PodScheduled=False, reason=Unschedulable`` often does: a
+    cluster autoscaler adds a node, or a parallel stage finishes and frees the
+    CPU a small cluster lacked.  A pod still unschedulable after ``grace``
+    seconds (``[kubernetes] UNSCHEDULABLE_GRACE_SECONDS``) fails its stage with
+    the scheduler's message; 0 fails it at once.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.since: dict[str, tuple[float, str, str]] = {}  # pod -> (first seen, reason, owner)
+
+    def check(self, pod: Obj, owner: str = "") -> str | None:
+        """Why the pod's stage should fail now; None while it is fine or still waiting."""
+        name = pod["metadata"]["name"]
+        reason = stuck_reason(pod)
+        if reason is None or self.grace <= 0 or not reason.startswith("Unschedulable"):
+            self.since.pop(name, None)
+            return reason
+        first = self.since.get(name, (time.monotonic(), reason, owner))[0]
+        self.since[name] = (first, reason, owner)
+        return self._late(first, reason)
+
+    def waiting(self, name: str) -> bool:
+        return name in self.since
+
+    def overdue(self) -> list[tuple[str, str, str]]:
+        """(pod, owner, reason) of every pod whose grace is over; they are forgotten."""
+        found = []
+        for name, (first, reason, owner) in list(self.since.items()):
+            late = self._late(first, reason)
+            if late is not None:
+                del self.since[name]
+                found.append((name, owner, late))
+        return found
+
+    def forget(self, owner: str) -> None:
+        for name in [n for n, v in self.since.items() if v[2] == owner]:
+            del self.since[name]
+
+    def _late(self, first: float, reason: str) -> str | None:
+        waited = time.monotonic() - first
+        return f"{reason} (for {waited:.0f}s)" if waited >= self.grace else None
+
+
+def unschedulable_grace(pipeline: Pipeline) -> float:
+    """`[kubernetes] UNSCHEDULABLE_GRACE_SECONDS` of nb2prod.ini (default 120), checked."""
+    raw = pipeline.value("kubernetes", "UNSCHEDULABLE_GRACE_SECONDS", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise UserError(Problem(f"[kubernetes] UNSCHEDULABLE_GRACE_SECONDS = {raw!r}: expected "
+                                "a number of seconds from 0 to 86400",
+                                file=str(pipeline.root / "nb2prod.ini")))
+    return value
+
+
 def _terminated(pod: Obj) -> list[Obj]:
     status = pod.get("status") or {}
     found = []
@@ -465,6 +527,8 @@ class Deployer:
         self.services: dict[str, dict] = {}
         self.promoted: bool | None = None
         self.reason = ""
+        self.grace = unschedulable_grace(pipeline)
+        self.pending = PendingPods(self.grace)
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, stage: str, state: str, message: str = "", elapsed: float = 0.0) -> None:
@@ -526,7 +590,9 @@ class Deployer:
                     kind, etype, obj = events.get(timeout=1.0)
                 except queue.Empty:
                     self.check_deadlines()
+                    self.check_pending()
                     continue
+                self.check_pending()
                 unit = by_job.get(obj["metadata"].get("name") if kind == "job" else
                                   obj["metadata"].get("labels", {}).get("job-name", ""))
                 if unit is None and kind == "pod":
@@ -581,9 +647,15 @@ class Deployer:
         name = pod["metadata"]["name"]
         if etype == "DELETED":
             return
-        reason = stuck_reason(pod)
+        waiting = self.pending.waiting(name)
+        reason = self.pending.check(pod, unit.name)
         if reason is not None:
             self.fail(unit, f"pod {name} cannot start: {reason}", delete_job=True)
+            return
+        if self.pending.waiting(name):
+            if not waiting:
+                self.emit(unit.name, "running", f"waiting up to {self.grace:.0f}s for a node: "
+                          f"{stuck_reason(pod)}", unit.elapsed)
             return
         if _started(pod) and name not in unit.pods:
             unit.started = unit.started or time.time()
@@ -620,6 +692,7 @@ class Deployer:
     def fail(self, unit: Unit, why: str, *, delete_job: bool = False) -> None:
         if unit.state not in ("waiting", "running"):
             return
+        self.pending.forget(unit.name)
         if delete_job:
             try:
                 self.kube.delete("Job", self.ns, unit.job["metadata"]["name"])
@@ -652,6 +725,13 @@ class Deployer:
                     found.append(unit)
                     frontier.append(unit.name)
         return found
+
+    def check_pending(self) -> None:
+        """Fail the stages of pods that stayed unschedulable past the grace period."""
+        for pod, owner, reason in self.pending.overdue():
+            unit = self.units.get(owner)
+            if unit is not None and unit.state == "running":
+                self.fail(unit, f"pod {pod} cannot start: {reason}", delete_job=True)
 
     def check_deadlines(self) -> None:
         """Backstop for a cluster that never sets a condition (a dead Job controller)."""
@@ -799,16 +879,19 @@ class Deployer:
         for watcher in watchers:
             watcher.start()
         limit = time.monotonic() + deadline_s + DEADLINE_SLACK
+        pending = PendingPods(self.grace)
         try:
             while time.monotonic() < limit:
+                for pod, _, reason in pending.overdue():
+                    return False, f"pod {pod} cannot start: {reason}"
                 try:
                     kind, etype, obj = events.get(timeout=1.0)
                 except queue.Empty:
                     continue
                 if kind == "pod":
                     notes = obj["metadata"].get("annotations") or {}
-                    if notes.get(manifests.MODEL_RUN_ID) == model_run_id:
-                        reason = stuck_reason(obj)
+                    if notes.get(manifests.MODEL_RUN_ID) == model_run_id and etype != "DELETED":
+                        reason = pending.check(obj)
                         if reason:
                             return False, f"pod {obj['metadata']['name']} cannot start: {reason}"
                     continue

@@ -190,6 +190,10 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
             record["status"] = "not_promoted"
             record["failed_stage"] = None
             record["reason"] = verdict.get("reason")
+    if record["status"] in ("pending", "running"):
+        # Not failed (yet): say what it waits for when that will not fix itself
+        # (an image pull, a missing Secret) or needs a node (Unschedulable).
+        record["reason"] = stuck_reason(pod)
     if record["status"] == "failed" and record["failed_stage"] is None:
         stuck = stuck_reason(pod)
         running = [n for n, st in record["stages"].items() if st != "succeeded"]

@@ -287,6 +287,7 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
             started = incluster.start_run(pipeline, opts, context=context)
         click.echo(f"run {started['run_id']} started in namespace {opts.namespace} (Job "
                    f"{started['run_id']}); it trains, gates and rolls out in the cluster")
+        _report_created_services(started)
         click.echo(f"follow with: nb2prod history {pipeline.root} -n {opts.namespace}")
         return
     if dry_run:
@@ -355,7 +356,7 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
         from nb2prod.runners import schedule as incluster
 
         splan, cronjob = incluster.scheduled_objects(pipeline, opts, cron_expr, time_zone,
-                                                     False, serve_latest=True)
+                                                     False, serving="latest")
         objects = [splan.namespace, *splan.setup, cronjob,
                    *(o for objs in splan.services.values() for o in objs)]
         zone = f" ({time_zone})" if time_zone else " (UTC)"
@@ -379,6 +380,19 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {len(objects)} objects to {output}", err=True)
+
+
+def _report_created_services(info: dict) -> None:
+    """Say what a service Deployment created for in-cluster runs serves meanwhile."""
+    for name, state in info["services"].items():
+        if state != "created":
+            continue
+        if info.get("serving"):
+            click.echo(f"service {name}: created serving run {info['serving']} (latest.json "
+                       "in the store) until a run passes")
+        else:
+            click.echo(f"service {name}: created with 0 replicas; the first passing run "
+                       "rolls it out")
 
 
 def _schedule_settings(pipeline, cron_expr: str | None, time_zone: str | None, suspend: bool,
@@ -434,10 +448,7 @@ def schedule(target: Path, namespace: str | None, context: str | None, cron_expr
                f"'{info['schedule']}' ({zone})" + (", suspended" if suspend else ""))
     if info["next_run"]:
         click.echo(f"next run: {info['next_run']}")
-    for name, state in info["services"].items():
-        if state == "created":
-            click.echo(f"service {name}: created with 0 replicas; the first passing run "
-                       "rolls it out")
+    _report_created_services(info)
     click.echo(f"run it now: kubectl -n {info['namespace']} create job "
                f"--from=cronjob/{info['cronjob']} {info['cronjob']}-manual; "
                f"see runs: nb2prod history -n {info['namespace']}")

@@ -246,14 +246,15 @@ def cronjob(pipeline: Pipeline, plan: RetrainPlan, namespace: str, cron: str,
             "spec": spec}
 
 
-def plan(pipeline: Pipeline, opts: Options, *, serve_latest: bool = False) -> RetrainPlan:
+def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> RetrainPlan:
     """Every object an in-cluster run needs besides the Job or CronJob itself.
 
     Deployments are given as they should be created when absent: serving
-    ``latest`` with their replicas (`render --cron`, for GitOps), or with zero
-    replicas until the first run rolls them (`schedule`, `deploy --no-wait`).
-    Existing Deployments are never replaced by these: only a passing run
-    changes what is served.
+    `serving` (``"latest"`` for `render --cron`, for GitOps; the promoted run
+    when `schedule` or `deploy --no-wait` could read it from the store) with
+    their replicas, or, when None, with zero replicas until the first run
+    rolls them.  Existing Deployments are never replaced by these: only a
+    passing run changes what is served.
     """
     manifests.check_pipeline_name(pipeline)
     manifests.store_mount(opts.store)
@@ -267,8 +268,8 @@ def plan(pipeline: Pipeline, opts: Options, *, serve_latest: bool = False) -> Re
     services: dict[str, list[Obj]] = {}
     for name in pipeline.services:
         stage = pipeline.stages[name]
-        dep = manifests.deployment(pipeline, stage, codes[name], opts, "latest")
-        if not serve_latest:
+        dep = manifests.deployment(pipeline, stage, codes[name], opts, serving or "latest")
+        if serving is None:
             dep["spec"]["replicas"] = 0
         objs = [dep, manifests.service(pipeline, stage, opts.namespace)]
         ing = manifests.ingress(pipeline, stage, opts.namespace)

@@ -288,6 +288,23 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     code, output = run_cli(["unschedule", str(directory), "-n", NS], capsys)
     assert code == 0 and "is not scheduled" in output
 
+    # A service Deployment that schedule has to create serves the promoted run at once
+    # (read from the store's latest.json), not zero replicas until the next cron time.
+    from kubernetes import client
+
+    client.AppsV1Api(standin.api_client()).delete_namespaced_deployment("iris-serve", NS)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and standin.store.peek("deployments", NS, "iris-serve"):
+        time.sleep(0.2)
+    code, output = run_cli(base + ["--cron", "0 3 * * *"], capsys)
+    assert code == 0 and f"service serve: created serving run {run1}" in output, output
+    assert served_run(standin, "iris-serve") == (run1, 2)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and predict(standin, "iris-serve", IRIS_REQUEST)[0] != 200:
+        time.sleep(0.5)
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
+    assert info(standin, "iris-serve")["run_id"] == run1
+
 
 # -- the promotion gate and deploy --no-wait ---------------------------------------------------
 GATED = [
@@ -621,3 +638,34 @@ def test_history_summaries_of_runs_in_every_state() -> None:
         [_terminated("promote-and-roll", 0, verdict)])])
     assert (run["status"], run["promoted"], run["metrics"]) == (
         "succeeded", True, {"train.accuracy": 0.97})
+
+
+def test_promoted_run_is_read_only_when_the_store_answers_in_time(
+        iris_split: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nb2prod import artifacts
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners.schedule import promoted_run
+
+    pipeline = load_pipeline(iris_split)
+    asked: list[str] = []
+
+    def slow(store: str, name: str) -> dict:
+        asked.append(store)
+        time.sleep(3)
+        return {"run_id": "too-late"}
+
+    monkeypatch.setattr(artifacts, "read_latest", slow)
+    started = time.monotonic()
+    assert promoted_run(pipeline, "s3://bucket/x", timeout=0.2) is None
+    assert time.monotonic() - started < 1.5 and asked == ["s3://bucket/x"]
+    assert promoted_run(pipeline, "pvc://claim/x") is None and len(asked) == 1
+
+    def unreadable(store: str, name: str) -> dict:
+        raise RuntimeError("NoCredentialsError")
+
+    monkeypatch.setattr(artifacts, "read_latest", unreadable)
+    assert promoted_run(pipeline, "s3://bucket/x") is None
+    monkeypatch.setattr(artifacts, "read_latest", lambda store, name: {"run_id": "r7"})
+    assert promoted_run(pipeline, "s3://bucket/x") == "r7"
+    monkeypatch.setattr(artifacts, "read_latest", lambda store, name: None)
+    assert promoted_run(pipeline, "s3://bucket/x") is None

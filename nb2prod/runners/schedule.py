@@ -28,6 +28,36 @@ from nb2prod.runners.kubernetes import (
 )
 
 
+def promoted_run(pipeline: Pipeline, store: str, timeout: float = 10.0) -> str | None:
+    """The run id of the store's latest.json, if the store answers from here in time.
+
+    A service Deployment that `schedule` or `deploy --no-wait` has to create
+    then serves that run at once, instead of waiting with zero replicas for
+    the first run to pass.  A pvc:// store, missing credentials, or a store
+    reachable only from inside the cluster (a hung connection: hence the
+    thread and the timeout) all mean None, and the zero-replica start.
+    """
+    if not store.startswith("s3://"):
+        return None
+    import threading
+
+    from nb2prod import artifacts
+
+    found: dict[str, str | None] = {}
+
+    def read() -> None:
+        try:
+            latest = artifacts.read_latest(store, pipeline.name)
+        except Exception:  # noqa: BLE001 - unreadable from here: start idle
+            return
+        found["run"] = latest["run_id"] if latest else None
+
+    reader = threading.Thread(target=read, name="nb2prod-read-latest", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found.get("run")
+
+
 def apply_plan(kube: Kube, plan: retrain.RetrainPlan) -> dict[str, str]:
     """Create what a run needs; a Deployment that exists is left exactly as it is.
 
@@ -48,7 +78,8 @@ def apply_plan(kube: Kube, plan: retrain.RetrainPlan) -> dict[str, str]:
 def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | None = None
               ) -> dict:
     """Start one in-cluster run now (`deploy --no-wait`); returns at once."""
-    plan = retrain.plan(pipeline, opts)
+    serving = promoted_run(pipeline, opts.store) if pipeline.services else None
+    plan = retrain.plan(pipeline, opts, serving=serving)
     job = plan.run_job(pipeline, opts.run_id, opts.namespace)
     kube = Kube(context)
     services = apply_plan(kube, plan)
@@ -56,14 +87,15 @@ def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | Non
         raise UserError(Problem(f"Job {job['metadata']['name']} exists already in namespace "
                                 f"{opts.namespace}"))
     return {"run_id": job["metadata"]["name"], "pipeline": pipeline.name,
-            "namespace": opts.namespace, "status": "started", "services": services}
+            "namespace": opts.namespace, "status": "started", "services": services,
+            "serving": serving}
 
 
 def scheduled_objects(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
-                      time_zone: str | None, suspend: bool, *, serve_latest: bool = False
+                      time_zone: str | None, suspend: bool, *, serving: str | None = None
                       ) -> tuple[retrain.RetrainPlan, Obj]:
     """The plan and CronJob of a schedule (pure; cron and zone already checked)."""
-    plan = retrain.plan(pipeline, opts, serve_latest=serve_latest)
+    plan = retrain.plan(pipeline, opts, serving=serving)
     return plan, retrain.cronjob(pipeline, plan, opts.namespace, cron_expr, time_zone, suspend)
 
 
@@ -72,7 +104,9 @@ def schedule(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
              context: str | None = None) -> dict:
     """Create or update the pipeline's CronJob (and everything its runs need)."""
     parsed = cron.checked(cron_expr, time_zone)
-    plan, cronjob = scheduled_objects(pipeline, opts, cron_expr, time_zone, suspend)
+    serving = promoted_run(pipeline, opts.store) if pipeline.services else None
+    plan, cronjob = scheduled_objects(pipeline, opts, cron_expr, time_zone, suspend,
+                                      serving=serving)
     kube = Kube(context)
     services = apply_plan(kube, plan)
     name = cronjob["metadata"]["name"]
@@ -87,7 +121,8 @@ def schedule(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
     upcoming = None if suspend else cron.next_run(parsed, time_zone)
     return {"cronjob": name, "action": action, "schedule": cronjob["spec"]["schedule"],
             "time_zone": time_zone, "suspend": suspend, "namespace": opts.namespace,
-            "next_run": upcoming.isoformat() if upcoming else None, "services": services}
+            "next_run": upcoming.isoformat() if upcoming else None, "services": services,
+            "serving": serving}
 
 
 def unschedule(pipeline: Pipeline, namespace: str, *, context: str | None = None) -> bool:

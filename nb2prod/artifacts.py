@@ -1095,13 +1095,17 @@ def _stage_params(raw: str | None) -> dict:
     return params
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line (its repr when it has no text), for result records."""
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's whole text on one line (its type when it has none), for stderr."""
+    return str(exc).replace("\n", " ") or type(exc).__name__
+
+
 _KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying")
-
-
-def _current_thread_id() -> int:
-    import threading
-
-    return threading.get_ident()
 
 
 class _KernelHead:
@@ -1148,14 +1152,18 @@ class _KernelHead:
         """Stop the kernel in the background (while the HTML renders)."""
         import threading
 
-        self.stopping = threading.Thread(target=self.shutdown, name="nb2prod-kernel-stop",
+        self.stopping = threading.Thread(target=self._stop, name="nb2prod-kernel-stop",
                                          daemon=True)
         self.stopping.start()
 
     def shutdown(self) -> None:
-        """Stop the kernel now (or wait for `shutdown_soon` to have done it)."""
-        if self.stopping is not None and self.stopping.ident != _current_thread_id():
+        """Stop the kernel now, or wait until `shutdown_soon` has."""
+        if self.stopping is not None:
             self.stopping.join()
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
         km, self.km = self.km, None
         if km is not None:
             import asyncio
@@ -1194,7 +1202,7 @@ class HtmlRenderer:
                 nbformat.v4.new_code_cell("1")]))  # compiles the templates once
             self.exporter = exporter
         except Exception as exc:  # noqa: BLE001 - reported by render()
-            self.error = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            self.error = _first_line(exc)
 
     def render(self, notebook_path: Path, html_path: Path) -> str | None:
         """Write the HTML rendering; returns an error message instead of raising."""
@@ -1209,7 +1217,7 @@ class HtmlRenderer:
                 body, _ = self.exporter.from_notebook_node(notebook)
             html_path.write_text(body, encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - rendering must not fail the stage
-            return str(exc).splitlines()[0] if str(exc) else repr(exc)
+            return _first_line(exc)
         return None
 
 
@@ -1222,12 +1230,9 @@ def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
     Returns the result record (status, timings, failing cell and exception);
     notebook errors are reported there, never raised.
     """
-    import time
-
     kernel = _KernelHead(stage_dir)
     try:
-        return _execute_with(kernel, stage_dir, executable, work, params, render_html,
-                             time.time)
+        return _execute_with(kernel, stage_dir, executable, work, params, render_html)
     finally:
         kernel.shutdown()
 
@@ -1245,7 +1250,9 @@ def _hide_slow_format_checker() -> None:
 
 
 def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: Path,
-                  params: dict, render_html: bool, clock: Callable[[], float]) -> dict:
+                  params: dict, render_html: bool) -> dict:
+    import time
+
     _hide_slow_format_checker()
     try:
         import papermill
@@ -1256,7 +1263,7 @@ def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: P
     work.mkdir(parents=True, exist_ok=True)
     stem = Path(executable).stem
     output = work / f"{stem}.ipynb"
-    result: dict[str, Any] = {"status": "succeeded", "started": clock()}
+    result: dict[str, Any] = {"status": "succeeded", "started": time.time()}
     for attempt in (1, 2):
         try:
             papermill.execute_notebook(
@@ -1276,7 +1283,7 @@ def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: P
                 continue
             result.update(status="failed", ename=type(exc).__name__, evalue=str(exc), cell=None)
         break
-    result["finished"] = clock()
+    result["finished"] = time.time()
     kernel.shutdown_soon()
     if html is not None and output.is_file():
         error = html.render(output, work / f"{stem}.html")
@@ -1365,7 +1372,7 @@ def _run_stage_main(args: argparse.Namespace) -> int:
             params = _stage_params(args.params) if args.params is not None else None
             result = run_stage(params, args.output_dir)
         except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
-            message = str(exc).replace("\n", " ") or type(exc).__name__
+            message = _one_line(exc)
             print(f"nb2prod: error: run-stage: {message}", file=sys.stderr, flush=True)
             _termination_message({"stage": stage, "status": "failed", "attempts": attempt,
                                   "reason": message})
@@ -1435,7 +1442,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise TypeError("--values must be a JSON object")
             record_run(args.store or _base_context()[0], args.pipeline, args.run_id, values)
         except Exception as exc:  # noqa: BLE001 - one line, no traceback, exit 1
-            message = str(exc).replace("\n", " ") or type(exc).__name__
+            message = _one_line(exc)
             print(f"error: record {args.pipeline}/{args.run_id}: {message}", file=sys.stderr)
             return 1
         return 0
@@ -1443,7 +1450,7 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store or _base_context()[0]
         passed, reason = promote(store, args.pipeline, args.run_id, args.metric, args.minimum)
     except Exception as exc:  # noqa: BLE001 - any failure: one line, no traceback, exit 1
-        message = str(exc).replace("\n", " ") or type(exc).__name__
+        message = _one_line(exc)
         print(f"error: promote {args.pipeline}/{args.run_id}: {message}", file=sys.stderr)
         if args.json:
             print(json.dumps({"passed": False, "reason": f"promote failed: {message}"}))

@@ -586,13 +586,12 @@ class Deployer:
                 if not unit.preds:
                     self.submit(unit)
             while any(u.state in ("waiting", "running") for u in self.units.values()):
+                self.check_pending()
                 try:
                     kind, etype, obj = events.get(timeout=1.0)
                 except queue.Empty:
                     self.check_deadlines()
-                    self.check_pending()
                     continue
-                self.check_pending()
                 unit = by_job.get(obj["metadata"].get("name") if kind == "job" else
                                   obj["metadata"].get("labels", {}).get("job-name", ""))
                 if unit is None and kind == "pod":

@@ -63,6 +63,8 @@ PROMOTE_RESOURCES: Obj = {"requests": {"cpu": "100m", "memory": "128Mi"},
 _SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints", ".nb2prod", ".git"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 # -- names and labels ---------------------------------------------------------------------
@@ -324,10 +326,35 @@ def image_for(pipeline: Pipeline, stage: StageSpec | None, opts: Options) -> str
             or pipeline.value("kubernetes", "IMAGE") or DEFAULT_IMAGE)
 
 
+#: The variable the stage runtime reads its manifest signing key from.
+SIGNING_KEY_ENV = "NB2PROD_SIGNING_KEY"
+
+
+def signing_secret(pipeline: Pipeline) -> tuple[str, str] | None:
+    """`[artifacts] SIGNING_SECRET = name[:key]`: the Secret holding the manifest key.
+
+    Every stage pod (batch and service) gets it as NB2PROD_SIGNING_KEY, so in-cluster
+    runs sign what they save and services refuse unsigned or tampered manifests; the
+    promote-and-roll step reads no artifacts and does not get it.
+    """
+    raw = pipeline.value("artifacts", "SIGNING_SECRET")
+    if not raw:
+        return None
+    name, _, key = raw.partition(":")
+    name, key = name.strip(), key.strip() or SIGNING_KEY_ENV
+    if not _DNS_SUBDOMAIN.match(name) or not _CONFIGMAP_KEY.match(key):
+        raise UserError(Problem(f"[artifacts] SIGNING_SECRET = {raw!r} is not a Secret name "
+                                "(optionally NAME:KEY)", file=str(pipeline.root / "nb2prod.ini")))
+    return name, key
+
+
 def _secret_env(pipeline: Pipeline, stage: StageSpec | None) -> list[Obj]:
     refs = dict(pipeline.secrets)
     if stage is not None:
         refs.update(stage.secrets)
+        signing = signing_secret(pipeline)
+        if signing is not None:
+            refs[SIGNING_KEY_ENV] = signing
     return [{"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
             for env, (name, key) in sorted(refs.items())]
 

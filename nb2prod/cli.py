@@ -242,6 +242,31 @@ def runs(target: Path, store: str | None) -> None:
     _console().print(table)
 
 
+@cli.command()
+@click.argument("target", type=PathArg, default=Path("."))
+@click.option("-o", "--output", type=PathArg,
+              help="Write the picture here: .svg/.png (Graphviz), .mmd (Mermaid), .dot "
+                   "[Mermaid on stdout].")
+@click.option("--run", "run_id", help="Show this run's stage states [the newest run].")
+@click.option("--store", help="Artifact store URI [nb2prod.ini].")
+def graph(target: Path, output: Path | None, run_id: str | None, store: str | None) -> None:
+    """Draw the DAG of the pipeline in DIR (or of NOTEBOOK): stages, the names passed along
+    each edge and, after a run, each stage's state, duration and metrics."""
+    from nb2prod import graph as graphs
+
+    formatter = graphs.format_for(output) if output is not None else graphs.to_mermaid
+    picture = formatter(graphs.graph_for(target, run_id, store))
+    if output is None:
+        click.echo(picture, nl=False)
+        return
+    from nb2prod.artifacts import FileStore
+
+    data = picture.encode() if isinstance(picture, str) else picture
+    output = output.resolve()
+    FileStore(output.parent).write_atomic(output.name, data)
+    click.echo(f"wrote {output}", err=True)
+
+
 # -- Kubernetes ---------------------------------------------------------------------------
 def _namespace(pipeline, namespace: str | None) -> str:
     """--namespace, else [kubernetes] NAMESPACE of nb2prod.ini; one of them is required."""

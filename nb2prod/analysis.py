@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from nb2prod import dag
+from nb2prod import dag, files
 from nb2prod.dataflow import BUILTIN_NAMES, CellFlow, CellSyntaxError, Definition, analyze_cell
 from nb2prod.errors import Problem, UserError
 from nb2prod.notebook import Notebook
@@ -37,6 +37,7 @@ class Stage:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> providing stage
     outputs: list[str] = field(default_factory=list)
     copied: dict[str, Definition] = field(default_factory=dict)  # imports/defs from other stages
+    file_inputs: dict[str, str] = field(default_factory=dict)  # path literal -> writing stage
     metrics: list[str] = field(default_factory=list)
     hints: dict[str, str] = field(default_factory=dict)
     secrets: list[tuple[str, str, str]] = field(default_factory=list)
@@ -57,6 +58,7 @@ class Analysis:
     prelude: dict[str, list[int]]  # role -> cell indices
     flows: dict[int, CellFlow]
     warnings: list[Problem]
+    paths: dict[int, files.CellPaths] = field(default_factory=dict)  # stage cell -> literals
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -69,6 +71,7 @@ def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
     builder.analyse_flows()
     if not builder.problems:
         builder.resolve_inputs()
+        builder.resolve_files()
         builder.resolve_metrics()
         builder.check_services()
         builder.build_dag()
@@ -97,6 +100,7 @@ class _Builder:
         self.edges: list[dag.Edge] = []
         self._providers: dict[str, list[int]] | None = None  # name -> stage cells providing it
         self._deleters: dict[str, list[int]] | None = None   # name -> stage cells deleting it
+        self.paths: dict[int, files.CellPaths] = {}
 
     def problem(self, message: str, cell: int | None = None) -> None:
         self.problems.append(Problem(message, cell=cell, file=self.file))
@@ -302,6 +306,15 @@ class _Builder:
             self.problem(f"stage '{stage.name}' reads '{name}' but no earlier cell defines it",
                          index)
 
+    def resolve_files(self) -> None:
+        """A path literal one stage writes and a later one reads is a data edge (nb2prod.files)."""
+        by_index = {c.index: c for c in self.nb.cells}
+        self.paths = {i: files.cell_paths(by_index[i].source) for i in sorted(self.cell_stage)}
+        services = {s.name for s in self.stages.values() if s.type == "service"}
+        cells = [(self.cell_stage[i], i, paths) for i, paths in self.paths.items()]
+        for producer, consumer, path in files.plan(cells, services=services).edges:
+            self.stages[consumer].file_inputs.setdefault(path, producer)
+
     # -- 4. metrics ------------------------------------------------------------
     def resolve_metrics(self) -> None:
         """Names a metrics cell mentions are recorded by the stage that provides them."""
@@ -335,7 +348,7 @@ class _Builder:
     def build_dag(self) -> None:
         names = list(self.stages)
         for stage in self.stages.values():
-            for producer in stage.inputs.values():
+            for producer in [*stage.inputs.values(), *stage.file_inputs.values()]:
                 self._edge(producer, stage.name)
             for before in stage.after:
                 if before not in self.stages:
@@ -368,7 +381,8 @@ class _Builder:
 
     def result(self) -> Analysis:
         stages = sorted(self.stages.values(), key=lambda s: s.position)
-        return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings)
+        return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings,
+                        self.paths)
 
 
 def _free_reads(names: set[str], functions: dict[str, Definition]) -> set[str]:

@@ -28,10 +28,10 @@ def _console(stderr: bool = False):
 
 
 def _print_warnings(report) -> None:
-    if not report.analysis.warnings:
+    if not report.warnings:
         return
     err = _console(stderr=True)
-    for warning in report.analysis.warnings:
+    for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {warning}", markup=True)
 
 
@@ -39,15 +39,16 @@ def _stage_table(report, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column in ("stage", "type", "cells", "inputs", "outputs", "requirements"):
+    for column in ("stage", "type", "cells", "inputs", "outputs", "files", "requirements"):
         table.add_column(column, overflow="fold")
     data = report.to_dict()
     for stage in data["stages"]:
-        inputs = ", ".join(f"{n} ← {p}" for n, p in stage["inputs"].items()) or "-"
+        inputs = ", ".join(f"{n} ← {p}" for n, p in
+                           {**stage["inputs"], **stage["file_inputs"]}.items()) or "-"
         reqs = ", ".join(r.split("==")[0] for r in stage["requirements"])
         table.add_row(stage["directory"], stage["type"],
                       ",".join(str(c) for c in stage["cells"]), inputs,
-                      ", ".join(stage["outputs"]) or "-", reqs)
+                      ", ".join(stage["outputs"]) or "-", ", ".join(stage["files"]) or "-", reqs)
     _console().print(table)
     if data["dag"]:
         _console().print("DAG: " + "; ".join(f"{a} >> {b}" for a, b in data["dag"]))

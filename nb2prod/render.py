@@ -9,13 +9,16 @@ notebook and environment give byte-identical files.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import __version__, dag
+from nb2prod import __version__, dag, files, workdir
 from nb2prod.analysis import Analysis, Stage
 from nb2prod.errors import Problem, UserError
+from nb2prod.files import FilePlan
+from nb2prod.localcode import LocalCode
 from nb2prod.requirements import resolve
 from nb2prod.templates import PACKAGE_DIR, environment
 
@@ -25,7 +28,8 @@ Config = dict[str, dict[str, str]]
 DERIVED_KEYS = {
     "project": {"NAME", "NOTEBOOK", "SOURCE_SHA256"},
     "workflow": {"DAG"},
-    "default": {"NAME", "PIPELINE", "STAGE_TYPE", "EXECUTABLE", "INPUTS", "OUTPUTS", "METRICS"},
+    "default": {"NAME", "PIPELINE", "STAGE_TYPE", "EXECUTABLE", "INPUTS", "OUTPUTS", "METRICS",
+                "FILES"},
 }
 
 STAGE_DEFAULTS: Config = {
@@ -45,6 +49,7 @@ class Rendered:
     configs: dict[str, Config] = field(default_factory=dict)  # relative path -> values
     generated: dict[str, Config] = field(default_factory=dict)  # the same, before user edits
     requirements: dict[str, list[str]] = field(default_factory=dict)  # stage -> lines
+    file_plan: FilePlan = field(default_factory=FilePlan)  # input files per stage, warnings
 
 
 def pipeline_name(notebook: Path) -> str:
@@ -69,15 +74,19 @@ def render(
     top = _merge(out.generated["nb2prod.ini"], user_configs.get("nb2prod.ini", {}))
     out.configs["nb2prod.ini"] = top
     overrides = dict(top.get("requirements", {}))
-    local = _local_modules(nb.path.parent)
+    local = LocalCode(nb.path.parent, ignore=[output])
+    local_names = {m.name for m in local.closure(
+        module for stage in analysis.stages for module, _ in _stage_imports(analysis, stage))}
+    out.file_plan = file_plan(analysis, output, top.get("files", {}))
     problems: list[Problem] = []
     runtime = (PACKAGE_DIR / "artifacts.py").read_text()
     for stage in analysis.stages:
-        reqs = _stage_requirements(analysis, stage, overrides, local, problems)
+        reqs = _stage_requirements(analysis, stage, overrides, local_names, problems)
         out.requirements[stage.name] = reqs
         base = stage.directory
         ctx = {"stage": stage, "pipeline": name, "version": __version__}
         generated = _stage_config(stage, name)
+        generated["default"]["FILES"] = ", ".join(out.file_plan.inputs.get(stage.name, []))
         if stage.type == "service":
             generated["service"]["SAMPLE_REQUEST"] = sample_request(analysis, "predict")
         out.generated[f"{base}/config.ini"] = generated
@@ -97,8 +106,8 @@ def render(
                 env, "app.py.j2", pipeline=name, stage=stage.name,
                 executable=f"{stage.name}.ipynb", route=service["ROUTE"],
                 entrypoint=service["ENTRYPOINT"], nb2prod_version=__version__)
-        for module in sorted(_stage_local_imports(analysis, stage, local)):
-            for rel, data in local[module].items():
+        for module in local.closure(m for m, _ in _stage_imports(analysis, stage)):
+            for rel, data in module.files.items():
                 out.files[f"{base}/{rel}"] = data
     if problems:
         raise UserError(problems)
@@ -125,6 +134,7 @@ def _top_config(analysis: Analysis, name: str, output: Path) -> Config:
         "kubernetes": {"IMAGE": "python:3.11-slim", "NAMESPACE": ""},
         "parameters": {},
         "promotion": {},
+        "files": {},
         "requirements": {},
         "secrets": {},
         "schedule": {},
@@ -215,35 +225,34 @@ def _stage_imports(analysis: Analysis, stage: Stage) -> list[tuple[str, int]]:
 
 
 def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, str],
-                        local: dict[str, dict[str, bytes]], problems: list[Problem]) -> list[str]:
+                        local: set[str], problems: list[Problem]) -> list[str]:
     """Its own imports plus those of the stages it loads from (to unpickle their data)."""
     imports = _stage_imports(analysis, stage)
     for producer in sorted(set(stage.inputs.values())):
         imports += _stage_imports(analysis, analysis.stage(producer))
-    result = resolve(imports, stage.type, overrides, set(local), analysis.notebook.path.name)
+    result = resolve(imports, stage.type, overrides, local, analysis.notebook.path.name)
     for problem in result.problems:
         if problem not in problems:
             problems.append(problem)
     return list(result.lines)
 
 
-def _local_modules(directory: Path) -> dict[str, dict[str, bytes]]:
-    """Python modules next to the notebook: copied into stages that import them."""
-    found: dict[str, dict[str, bytes]] = {}
-    for path in sorted(directory.glob("*.py")):
-        found[path.stem] = {path.name: path.read_bytes()}
-    for init in sorted(directory.glob("*/__init__.py")):
-        package = init.parent
-        found[package.name] = {
-            p.relative_to(directory).as_posix(): p.read_bytes()
-            for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts
-        }
-    return found
+def file_plan(analysis: Analysis, output: Path, settings: dict[str, str]) -> FilePlan:
+    """Input files per stage (DESIGN.md "Files and local code"), looked up beside the notebook."""
+    directory = analysis.notebook.path.parent.resolve()
+    ignore = [Path(output)]
+    include = workdir.expand_globs(directory, workdir.split_list(settings.get("INCLUDE", "")),
+                                   ignore)
+    owner = {i: s.name for s in analysis.stages for i in s.cells}
+    cells = [(owner[i], i, paths) for i, paths in sorted(analysis.paths.items()) if i in owner]
 
+    def exists(text: str) -> bool:
+        return (directory / os.path.expanduser(text)).exists()
 
-def _stage_local_imports(analysis: Analysis, stage: Stage,
-                         local: dict[str, dict[str, bytes]]) -> set[str]:
-    return {module for module, _ in _stage_imports(analysis, stage) if module in local}
+    return files.plan(cells, workdir.lookup(directory, ignore), exists, include,
+                      workdir.split_list(settings.get("EXCLUDE", "")),
+                      services={s.name for s in analysis.stages if s.type == "service"},
+                      file=analysis.notebook.path.name)
 
 
 # -- the stage notebook ----------------------------------------------------------

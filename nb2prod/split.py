@@ -39,6 +39,11 @@ class Report:
     backed_up: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
 
+    @property
+    def warnings(self) -> list[Problem]:
+        """The analysis' warnings and the input files' (absolute paths, large inputs)."""
+        return [*self.analysis.warnings, *self.rendered.file_plan.warnings]
+
     def to_dict(self) -> dict:
         a = self.analysis
         return {
@@ -52,6 +57,8 @@ class Report:
                     "cells": s.cells,
                     "inputs": dict(s.inputs),
                     "outputs": list(s.outputs),
+                    "files": self.rendered.file_plan.inputs.get(s.name, []),
+                    "file_inputs": dict(s.file_inputs),
                     "metrics": list(s.metrics),
                     "requirements": self.rendered.requirements.get(s.name, []),
                     "after": [x for x, y in a.edges if y == s.name],
@@ -59,7 +66,7 @@ class Report:
                 for s in a.stages
             ],
             "dag": [list(e) for e in a.edges],
-            "warnings": [p.to_dict() for p in a.warnings],
+            "warnings": [p.to_dict() for p in self.warnings],
             "kept_edits": self.kept_edits,
             "backed_up": self.backed_up,
             "stale": self.stale,

@@ -132,8 +132,11 @@ def _open_pipeline(target: Path, templates: Path | None = None):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--smoke", is_flag=True,
               help="Send each service its SAMPLE_REQUEST, print the answer and stop.")
+@click.option("--no-cache", is_flag=True,
+              help="Run every batch stage, even those an earlier run already ran unchanged.")
 def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,
-        store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool) -> None:
+        store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
+        no_cache: bool) -> None:
     """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
     import os
 
@@ -154,7 +157,7 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
     if batch:
         with Progress(f"pipeline {pipeline.name}") as progress:
             runner = local.LocalRunner(pipeline, store_uri, values, jobs or os.cpu_count() or 1,
-                                       progress)
+                                       progress, use_cache=not no_cache)
             click.echo(f"run {runner.run_id}: {len(batch)} batch stage(s), store {store_uri}")
             result = local.run_batch(pipeline, store_uri=store_uri, params=values,
                                      jobs=runner.jobs, only=stage, runner=runner)
@@ -204,7 +207,9 @@ def _summarise(result) -> None:
     metrics = ", ".join(f"{k}={v:g}" for stage in result.metrics.values()
                         for k, v in stage.items() if isinstance(v, (int, float)))
     verdict = "promoted to latest" if result.promoted else (result.reason or "")
+    cached = [s for s in result.stages.values() if s.state == "cached"]
     click.echo(f"run {result.run_id} {result.status}"
+               + (f"; {len(cached)} of {len(result.stages)} stage(s) cached" if cached else "")
                + (f"; metrics: {metrics}" if metrics else "")
                + (f"; {verdict}" if verdict else ""))
 

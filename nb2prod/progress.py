@@ -11,8 +11,15 @@ import sys
 import threading
 import time
 
-COLOURS = {"waiting": "dim", "running": "cyan", "done": "green", "failed": "red",
-           "skipped": "yellow", "serving": "green"}
+COLOURS = {"waiting": "dim", "running": "cyan", "done": "green", "cached": "blue",
+           "failed": "red", "skipped": "yellow", "serving": "green"}
+
+
+def state_text(event: dict) -> tuple[str, str]:
+    """(state, message) as shown: a cached stage reads `cached (run ID)`."""
+    if event["state"] == "cached" and event.get("message"):
+        return f"cached ({event['message']})", ""
+    return event["state"], event.get("message", "")
 
 
 class Progress:
@@ -35,9 +42,10 @@ class Progress:
             if self._live is not None:
                 self._live.update(self._table())
             elif event["state"] != "waiting":
-                message = f" {event['message']}" if event.get("message") else ""
+                state, message = state_text(event)
+                message = f" {message}" if message else ""
                 elapsed = f" ({event['elapsed']:.1f}s)" if event.get("elapsed") else ""
-                print(f"[{time.strftime('%H:%M:%S')}] stage {name}: {event['state']}"
+                print(f"[{time.strftime('%H:%M:%S')}] stage {name}: {state}"
                       f"{elapsed}{message}", flush=True)
 
     def _table(self):
@@ -51,8 +59,9 @@ class Progress:
             elapsed = row.get("elapsed") or 0.0
             if state == "running" and name in self.started:
                 elapsed = time.time() - self.started[name]
-            table.add_row(name, f"[{COLOURS.get(state, '')}]{state}[/]", f"{elapsed:.1f}s",
-                          row.get("message", ""))
+            shown, message = state_text(row)
+            table.add_row(name, f"[{COLOURS.get(state, '')}]{shown}[/]", f"{elapsed:.1f}s",
+                          message)
         return table
 
     def __enter__(self):  # -> Self (typing.Self needs 3.11)

@@ -167,6 +167,8 @@ def _stage_config(stage: Stage, pipeline: str) -> Config:
         "METRICS": ", ".join(stage.metrics),
     }
     config: Config = {"default": default, stage.type: dict(STAGE_DEFAULTS[stage.type])}
+    if stage.type == "batch" and hints.get("CACHE"):
+        config["batch"]["CACHE"] = hints["CACHE"]  # the no-cache tag
     config["secrets"] = {env: f"{secret}:{key}" for secret, key, env in stage.secrets}
     return config
 

@@ -25,6 +25,7 @@ BATCH_PREFIXES = ("stage", "step", "block")  # step/block: Kale
 AFTER_PREFIXES = ("after", "prev")  # prev: Kale
 HINT_PREFIXES = ("cpu", "memory", "gpu", "image", "secret", "limit")
 IGNORED = {"injected-parameters"}  # papermill's own
+NO_CACHE_TAG = "no-cache"  # the stage always runs (reads live data): config.ini [batch] CACHE
 
 
 @dataclass
@@ -54,6 +55,8 @@ def parse_tags(tags: list[str]) -> CellTags:
             _set_role(out, ROLE_TAGS[tag], tag)
         elif tag in METRICS_TAGS:
             out.metrics = True
+        elif tag == NO_CACHE_TAG:
+            out.hints["CACHE"] = "false"
         elif tag == "train":
             _set_stage(out, "train", "batch", tag)
         elif tag == "serve" or key == "serve":
@@ -82,7 +85,7 @@ def parse_tags(tags: list[str]) -> CellTags:
 def suggest(tag: str) -> str | None:
     """The nb2prod tag a foreign-looking tag was probably meant to be, if any."""
     lowered = tag.strip().lower()
-    simple = sorted(ROLE_TAGS) + sorted(METRICS_TAGS) + ["train", "serve"]
+    simple = sorted(ROLE_TAGS) + sorted(METRICS_TAGS) + ["train", "serve", NO_CACHE_TAG]
     prefixes = list(BATCH_PREFIXES) + list(AFTER_PREFIXES) + list(HINT_PREFIXES) + ["serve"]
     if lowered in simple:
         return lowered  # only the case differed

@@ -23,12 +23,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import artifacts, dag
+from nb2prod import artifacts, cache, dag
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
 
 Event = dict
 OnEvent = Callable[[Event], None]
+OK_STATES = ("done", "cached")
 
 
 @dataclass
@@ -36,11 +37,17 @@ class StageState:
     """Progress of one stage within a run."""
 
     name: str
-    state: str = "waiting"  # waiting | running | done | failed | skipped | serving
+    state: str = "waiting"  # waiting | running | done | cached | failed | skipped | serving
     started: float | None = None
     finished: float | None = None
     message: str = ""
     result: dict = field(default_factory=dict)
+    cached_from: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Finished with outputs: executed, or reused from an earlier run."""
+        return self.state in OK_STATES
 
     @property
     def elapsed(self) -> float:
@@ -51,7 +58,8 @@ class StageState:
     def record(self) -> dict:
         return {"status": self.state, "started": self.started, "finished": self.finished,
                 "seconds": round(self.elapsed, 3), "message": self.message, **{
-                    k: self.result[k] for k in ("cell", "ename", "evalue") if k in self.result}}
+                    k: self.result[k] for k in ("cell", "ename", "evalue") if k in self.result},
+                **({"cached_from": self.cached_from} if self.cached_from else {})}
 
 
 @dataclass
@@ -70,12 +78,13 @@ class LocalRunner:
     """Runs one pipeline's batch stages for one run id."""
 
     def __init__(self, pipeline: Pipeline, store_uri: str, params: dict, jobs: int,
-                 on_event: OnEvent | None = None) -> None:
+                 on_event: OnEvent | None = None, use_cache: bool = True) -> None:
         self.pipeline = pipeline
         self.store_uri = store_uri
         self.store = artifacts.open_store(store_uri)
         self.params = params
         self.jobs = max(1, jobs)
+        self.use_cache = use_cache
         self.on_event = on_event or (lambda event: None)
         self.run_id = artifacts.new_run_id()
         self.states: dict[str, StageState] = {}
@@ -119,7 +128,7 @@ class LocalRunner:
             now = time.time()
             if state == "running":
                 st.started = now
-            elif state in ("done", "failed") and st.started is not None:
+            elif state in ("done", "cached", "failed") and st.started is not None:
                 st.finished = now
         self.on_event({"stage": name, "state": state, "message": message,
                        "elapsed": round(st.elapsed, 3), "run_id": self.run_id})
@@ -137,6 +146,9 @@ class LocalRunner:
         """Execute one batch stage in a subprocess and upload what it produced."""
         stage = self.pipeline.stages[name]
         self.set_state(name, "running")
+        key, hit = self.cache_lookup(stage, input_run_id or self.run_id)
+        if hit is not None:
+            return self.reuse(name, stage, hit)
         with tempfile.TemporaryDirectory(prefix=f"nb2prod-{name}-") as tmp:
             work = Path(tmp)
             params_file = work / "params.json"
@@ -169,10 +181,42 @@ class LocalRunner:
         if self.interrupted:
             self.set_state(name, "failed", "interrupted")
         elif result.get("status") == "succeeded" and code == 0:
+            if key is not None:
+                cache.remember(self.store, self.pipeline.name, name, key, self.run_id)
             self.set_state(name, "done")
         else:
             self.set_state(name, "failed", self.failure_message(name))
         return self.states[name]
+
+    def cache_lookup(self, stage: StageSpec, input_run: str) -> tuple[str | None, dict | None]:
+        """(cache key, verified hit or None); a stage tagged no-cache has neither.
+
+        Any trouble reading the cache is a miss: caching may only make runs faster.
+        """
+        if not cache.enabled(stage):
+            return None, None
+        try:
+            key = cache.key_for(self.store, self.pipeline, stage, self.params, input_run)
+            if key is None or not self.use_cache:
+                return key, None
+            hit = cache.lookup(self.store, self.pipeline.name, stage.name, key)
+            if hit is not None:
+                cache.reuse(self.store, self.pipeline.name, stage.name, hit, self.run_id)
+            return key, hit
+        except Exception:  # noqa: BLE001 - a broken cache entry never fails a run
+            return None, None
+
+    def reuse(self, name: str, stage: StageSpec, hit: dict) -> StageState:
+        """A cache hit: the stage's outputs (and reports) of run `hit` are this run's now."""
+        stem = Path(stage.executable).stem
+        state = self.states[name]
+        state.cached_from = hit["run_id"]
+        state.result = {"status": "succeeded", **{
+            label: self.location(self.key(name, file)) for label, file in (
+                ("notebook", f"{stem}.ipynb"), ("html", f"{stem}.html"), ("log", "log.txt"))
+            if file in hit["files"]}}
+        self.set_state(name, "cached", f"run {hit['run_id']}")
+        return state
 
     def upload(self, name: str, work: Path, stage: StageSpec) -> dict:
         """Copy executed notebook, HTML and log into the store; return their locations."""
@@ -217,7 +261,7 @@ class LocalRunner:
                     if any(self.states[p].state in ("failed", "skipped") for p in preds):
                         self.set_state(name, "skipped", "an upstream stage failed")
                         continue
-                    if all(self.states[p].state == "done" for p in preds):
+                    if all(self.states[p].ok for p in preds):
                         running[pool.submit(self.run_stage, name, input_run_id)] = name
                 if not running:
                     break
@@ -266,7 +310,7 @@ def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
     else:
         stages = pipeline.batch
     states = runner.run(stages, input_run_id)
-    failed = [s for s in stages if states[s].state != "done"]
+    failed = [s for s in stages if not states[s].ok]
     metrics = artifacts.read_run_metrics(runner.store, pipeline.name, runner.run_id)
     promoted, reason = False, ""
     if failed:

@@ -75,7 +75,8 @@ def split(notebook: Path, output: Path | None, force: bool, check: bool,
     """Split NOTEBOOK (.ipynb, or jupytext .py/.md) into a pipeline directory."""
     from nb2prod.split import split_notebook
 
-    report = split_notebook(notebook, output, force=force, templates=templates, check=check)
+    report = split_notebook(notebook, output, force=force, templates=templates, check=check,
+                            on_wait=_say_waiting)
     _print_warnings(report)
     if check:
         if report.stale:
@@ -87,10 +88,30 @@ def split(notebook: Path, output: Path | None, force: bool, check: bool,
         click.echo(f"{report.output}: up to date with {notebook}")
         return
     _stage_table(report, f"pipeline written to {report.output}")
+    _print_split_notes(report)
+
+
+def _say_waiting(message: str) -> None:
+    click.echo(f"nb2prod: {message}", err=True)
+
+
+def _print_split_notes(report) -> None:
+    """What split did with the user's work: kept, backed up, carried, recovered."""
+    for note in report.recovered:
+        click.echo(f"nb2prod: {note}", err=True)
+    for new, old in report.renamed.items():
+        click.echo(f"stage directory {old} is now {new}: your edits and files moved with it")
     for edit in report.kept_edits:
         click.echo(f"kept your edit: {edit}")
+    backup = f"{report.output}/.nb2prod/backup/"
     for rel in report.backed_up:
-        click.echo(f"replaced your edited {rel} (backup under {report.output}/.nb2prod/backup/)")
+        if rel.endswith(".ini"):
+            click.echo(f"backed up your edited {rel} under {backup} (its values and comments "
+                       "are kept)")
+        else:
+            click.echo(f"replaced your edited {rel} (backup under {backup})")
+    for orphan in report.orphans:
+        click.echo(f"nb2prod: {orphan}", err=True)
 
 
 @cli.command()
@@ -113,8 +134,10 @@ def _open_pipeline(target: Path, templates: Path | None = None):
         from nb2prod.split import default_output, split_notebook
 
         output = default_output(target)
-        report = split_notebook(target, output, force=True, templates=templates)
+        report = split_notebook(target, output, force=True, templates=templates,
+                                on_wait=_say_waiting)
         _print_warnings(report)
+        _print_split_notes(report)
         click.echo(f"split {target} into {output}", err=True)
         target = output
     return load_pipeline(target)

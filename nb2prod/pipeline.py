@@ -135,6 +135,12 @@ def load_pipeline(root: Path) -> Pipeline:
     if not ini.is_file():
         raise UserError(Problem("not a pipeline directory (no nb2prod.ini); run `nb2prod split` "
                                 "first", file=str(root)))
+    from nb2prod.writer import pending_split
+
+    if pending_split(root):
+        raise UserError(Problem("a split of this pipeline was interrupted half-way; run "
+                                "`nb2prod split NOTEBOOK -o DIR --force` to finish it",
+                                file=str(root)))
     config = read_ini(ini)
     stages: dict[str, StageSpec] = {}
     for cfg in sorted(root.glob("stage-*/config.ini"), key=_stage_sort_key):

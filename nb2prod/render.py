@@ -20,7 +20,7 @@ from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
 from nb2prod.requirements import resolve
-from nb2prod.templates import PACKAGE_DIR, environment
+from nb2prod.templates import PACKAGE_DIR, environment, render_template
 
 Config = dict[str, dict[str, str]]
 
@@ -299,7 +299,7 @@ def _original(cell, tags: list[str] | None = None) -> tuple[dict, int]:
 
 
 def _generated(env, kind: str, **values) -> tuple[dict, None]:
-    source = env.get_template(f"cells/{kind}.py.j2").render(**values).rstrip("\n")
+    source = render_template(env, f"cells/{kind}.py.j2", **values).rstrip("\n")
     return _cell(f"nb2prod-{kind}", source), None
 
 
@@ -310,7 +310,7 @@ def _cell(cell_id: str, source: str, tags: list[str] | None = None) -> dict:
 
 
 def _text(env, name: str, **values) -> bytes:
-    return env.get_template(name).render(**values).encode("utf-8")
+    return render_template(env, name, **values).encode("utf-8")
 
 
 def _notebook_bytes(notebook: dict) -> bytes:

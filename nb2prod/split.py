@@ -1,31 +1,40 @@
-"""`nb2prod split` and `nb2prod check`: analyse, render, write atomically.
+"""`nb2prod split` and `nb2prod check`: analyse, render, write safely.
 
-Writing goes through a temp dir beside the target and a rename, so a failed
-split never leaves a half-written pipeline.  A record of what was generated
-(`.nb2prod/split.json`: file hashes and config values) lets the next split
-tell the user's edits from ours: edited config values are kept, edited
-generated files are backed up before being replaced, files the user added are
-carried over, and the run history under `.nb2prod/` is never touched.
+The split record (`nb2prod.split.json`, committed with the pipeline; see
+`nb2prod.record`) lets the next split tell the user's edits from ours: edited
+config values and the user's comments in `.ini` files are kept (and follow a
+renamed stage), edited generated files are backed up before being replaced,
+files the user added are carried over, and the run history under `.nb2prod/`
+never moves.  Writing is `nb2prod.writer`: locked, staged, crash-safe.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import tempfile
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nb2prod import writer
 from nb2prod.analysis import Analysis, analyze
 from nb2prod.errors import Problem, UserError
 from nb2prod.notebook import load_notebook
-from nb2prod.pipeline import read_ini
-from nb2prod.render import Config, Rendered, render
+from nb2prod.record import (
+    RECORD_FILE,
+    comment_digests,
+    digest,
+    file_digest,
+    keep_comments,
+    match_stages,
+    read_record,
+    record_bytes,
+    user_edits,
+)
+from nb2prod.render import Rendered, render
+from nb2prod.templates import check_templates
 
-STATE_DIR = ".nb2prod"
-RECORD = f"{STATE_DIR}/split.json"
+STATE_DIR = writer.STATE_DIR
 
 
 @dataclass
@@ -38,6 +47,9 @@ class Report:
     kept_edits: list[str] = field(default_factory=list)
     backed_up: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # leftovers of killed splits handled
+    orphans: list[str] = field(default_factory=list)  # old stage dirs kept for the user's files
+    renamed: dict[str, str] = field(default_factory=dict)  # new stage dir -> old one
 
     @property
     def warnings(self) -> list[Problem]:
@@ -70,6 +82,9 @@ class Report:
             "kept_edits": self.kept_edits,
             "backed_up": self.backed_up,
             "stale": self.stale,
+            "recovered": self.recovered,
+            "orphans": self.orphans,
+            "renamed": self.renamed,
         }
 
 
@@ -77,169 +92,183 @@ def default_output(notebook: Path) -> Path:
     return notebook.parent / f"{notebook.stem}-pipeline"
 
 
+def _plain_path(path: Path, what: str) -> None:
+    """Refuse control characters (a newline would be written raw into nb2prod.ini)."""
+    text = str(Path(os.path.abspath(path)))
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        shown = text.encode("unicode_escape").decode("ascii")
+        raise UserError(Problem(f"the {what} path contains a control character (a newline?); "
+                                "rename it", file=shown))
+
+
 def check_notebook(path: Path, templates: Path | None = None) -> Report:
     """Analyse and render in memory; write nothing."""
     path = Path(path)
+    _plain_path(path, "notebook")
+    check_templates(templates)
     analysis = analyze(load_notebook(path))
     output = default_output(path)
     return Report(analysis, render(analysis, output, None, templates), None)
 
 
 def split_notebook(path: Path, output: Path | None = None, force: bool = False,
-                   templates: Path | None = None, check: bool = False) -> Report:
-    """Split `path` into a pipeline directory (or, with `check`, compare against it)."""
+                   templates: Path | None = None, check: bool = False, *, wait: bool = True,
+                   on_wait: Callable[[str], None] | None = None) -> Report:
+    """Split `path` into a pipeline directory (or, with `check`, compare against it).
+
+    Another split writing the same directory is waited for (`wait`, with
+    `on_wait(message)` said first) or refused with one line.
+    """
     path = Path(path)
     output = Path(output) if output else default_output(path)
-    if templates is not None and not Path(templates).is_dir():
-        raise UserError(Problem("templates directory does not exist", file=str(templates)))
-    exists = output.exists()
-    if exists and not output.is_dir():
-        raise UserError(Problem("exists and is not a directory; choose another -o",
-                                file=str(output)))
-    if exists and not (output / "nb2prod.ini").is_file() and any(output.iterdir()):
-        raise UserError(Problem("exists and is not an nb2prod pipeline; choose another -o",
-                                file=str(output)))
-    if exists and not force and not check and any(output.iterdir()):
-        raise UserError(Problem("output directory exists; use --force to update it "
-                                "(your config.ini edits are kept)", file=str(output)))
+    _plain_path(path, "notebook")
+    _plain_path(output, "output")
+    check_templates(templates)
+    target = writer.real_output(output)
+    _preflight(target, output, force, check)
     analysis = analyze(load_notebook(path))
-    record = _read_record(output)
-    user = _user_config_edits(output, record)
-    rendered = render(analysis, output, user, templates)
-    report = Report(analysis, rendered, output,
-                    kept_edits=[f"{f} [{s}] {k}" for f, secs in user.items()
-                                for s, keys in secs.items() for k in keys])
     if check:
-        report.stale = _stale_files(output, rendered, record)
+        report, files, _ = _prepare(analysis, target, output, templates, read_record(target))
+        report.stale = _stale_files(target, files, read_record(target))
         return report
-    report.backed_up = _write(output, rendered, record)
+    writer.make_parents(target, output)
+    with writer.locked(target, output, wait, on_wait):
+        with writer.os_errors(output):
+            recovered = writer.recover(target)
+        _preflight(target, output, force, check)  # the split we waited for may have made it
+        record = read_record(target)
+        report, files, renamed = _prepare(analysis, target, output, templates, record)
+        report.recovered = recovered
+        plan = _plan(target, files, record, renamed, report)
+        with writer.os_errors(output):
+            writer.write(target, plan)
     return report
 
 
-# -- the split record and user edits ----------------------------------------------
-def _read_record(output: Path) -> dict:
-    try:
-        return json.loads((output / RECORD).read_text())
-    except (OSError, ValueError):
-        return {"files": {}, "configs": {}}
+def _preflight(target: Path, output: Path, force: bool, check: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise UserError(Problem("exists and is not a directory; choose another -o",
+                                file=str(output)))
+    entries = [p for p in target.iterdir() if p.name != STATE_DIR]
+    if not (target / "nb2prod.ini").is_file() and entries:
+        raise UserError(Problem("exists and is not an nb2prod pipeline; choose another -o",
+                                file=str(output)))
+    if not force and not check and entries:
+        raise UserError(Problem("output directory exists; use --force to update it "
+                                "(your config.ini edits are kept)", file=str(output)))
 
 
-def _user_config_edits(output: Path, record: dict) -> dict[str, Config]:
-    """Values in the on-disk .ini files that differ from what we generated last time."""
-    edits: dict[str, Config] = {}
-    for rel, generated in record.get("configs", {}).items():
-        path = output / rel
-        if not path.is_file():
-            continue
-        for section, items in read_ini(path).items():
-            for key, value in items.items():
-                if generated.get(section, {}).get(key) != value:
-                    edits.setdefault(rel, {}).setdefault(section, {})[key] = value
-    return edits
+def _prepare(analysis: Analysis, target: Path, output: Path, templates: Path | None,
+             record: dict) -> tuple[Report, dict[str, bytes], dict[str, str]]:
+    """Render with the user's edits merged in; the files, record included."""
+    if not record and (target / "nb2prod.ini").is_file():
+        record = _assumed_record(target)
+    mapping = match_stages(record, analysis) if target.is_dir() else {}
+    edits = user_edits(target, record, mapping)
+    rendered = render(analysis, output, edits.values, templates)
+    files = dict(rendered.files)
+    comments: dict[str, list[str]] = {}
+    for rel in rendered.configs:
+        text = files[rel].decode("utf-8")
+        comments[rel] = comment_digests(text)
+        if rel in edits.comments:
+            ours = set(record.get("comments", {}).get(edits.origin.get(rel, rel), []))
+            files[rel] = keep_comments(text, edits.comments[rel], ours).encode("utf-8")
+    files[RECORD_FILE] = record_bytes(analysis, files, rendered.generated, comments)
+    renamed = {new: old for new, old in mapping.items() if new != old}
+    report = Report(analysis, rendered, output, renamed=renamed)
+    for rel, sections in edits.values.items():
+        generated = rendered.generated.get(rel, {})
+        for section, keys in sections.items():
+            for key, value in keys.items():
+                if generated.get(section, {}).get(key) != value and \
+                        rendered.configs.get(rel, {}).get(section, {}).get(key) == value:
+                    origin = edits.origin.get(rel)
+                    report.kept_edits.append(f"{rel} [{section}] {key}"
+                                             + (f" (from {origin})" if origin else ""))
+    return report, files, renamed
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _assumed_record(target: Path) -> dict:
+    """No record (an old pipeline, or one copied without it): every value may be an edit."""
+    configs = {p.relative_to(target).as_posix(): {}
+               for p in [target / "nb2prod.ini", *sorted(target.glob("stage-*/config.ini"))]
+               if p.is_file()}
+    generated = {p.relative_to(target).as_posix(): ""
+                 for top in sorted(target.glob("stage-*")) if top.is_dir()
+                 for p in _tree(top)}
+    return {"configs": configs, "files": {"nb2prod.ini": "", **generated}}
 
 
-def _record_bytes(rendered: Rendered) -> bytes:
-    record = {"files": {rel: _digest(data) for rel, data in sorted(rendered.files.items())},
-              "configs": rendered.generated}
-    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
-
-
-def _stale_files(output: Path, rendered: Rendered, record: dict) -> list[str]:
+# -- what to write ---------------------------------------------------------------------------
+def _stale_files(target: Path, files: dict[str, bytes], record: dict) -> list[str]:
     """Generated files that are missing or differ on disk, and ones no longer generated."""
     stale = []
-    for rel, data in sorted(rendered.files.items()):
-        path = output / rel
+    for rel, data in sorted(files.items()):
+        if rel == RECORD_FILE:
+            continue  # bookkeeping: an out-of-date record is not a stale pipeline
+        path = target / rel
         if not path.is_file() or path.read_bytes() != data:
             stale.append(rel)
     stale += sorted(rel for rel in record.get("files", {})
-                    if rel not in rendered.files and (output / rel).exists())
+                    if rel not in files and (target / rel).exists())
     return stale
 
 
-# -- writing ---------------------------------------------------------------------------
-def _write(output: Path, rendered: Rendered, record: dict) -> list[str]:
-    """Write into a temp dir, carry over what is the user's, then swap it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    backed_up: list[str] = []
-    try:
-        for rel, data in rendered.files.items():
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if output.exists():
-            backed_up = _carry_over(output, tmp, rendered, record)
-        (tmp / STATE_DIR).mkdir(exist_ok=True)
-        (tmp / RECORD).write_bytes(_record_bytes(rendered))
-        moved = _move_state(output, tmp)
-        try:
-            _swap(tmp, output)
-        except BaseException:
-            _move_state(tmp, output, moved)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return backed_up
+def _tree(directory: Path) -> list[Path]:
+    """Files under `directory` (symlinks not followed, caches left out)."""
+    if directory.is_file() or directory.is_symlink():
+        return [directory]
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [Path(root) / n for n in names]
+        found += [Path(root) / d for d in dirs if (Path(root) / d).is_symlink()]
+    return sorted(found)
 
 
-def _move_state(src: Path, dst: Path, names: list[str] | None = None) -> list[str]:
-    """Move run history and artifacts (possibly large) by rename, never by copy."""
-    state = src / STATE_DIR
-    if not state.is_dir():
-        return []
-    moved = []
-    for entry in sorted(state.iterdir()) if names is None else [state / n for n in names]:
-        if entry.name == "split.json" or not entry.exists():
+def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str, str],
+          report: Report) -> writer.Plan:
+    """Generated files, the user's files carried over, edited generated files backed up."""
+    plan = writer.Plan(files=files, stamp=time.strftime("%Y%m%dT%H%M%S"))
+    if not target.exists():
+        return plan
+    known = {rel for rel in record.get("files", {})} | set(files)
+    moved = {old: new for new, old in renamed.items()}
+    tops = {rel.split("/", 1)[0] for rel in known} | set(moved)
+    stage_tops = sorted(t for t in tops if t.startswith("stage-"))
+    plan.entries = stage_tops + sorted(t for t in tops if not t.startswith("stage-"))
+    for top in plan.entries:
+        entry = target / top
+        if entry.is_symlink():
+            raise UserError(Problem(f"{top} is a symlink; split replaces this generated "
+                                    "entry: remove the link", file=str(report.output)))
+        if not entry.exists():
             continue
-        target = dst / STATE_DIR / entry.name
-        if entry.name == "backup" and target.exists():
-            for stamp in entry.iterdir():
-                stamp.rename(target / stamp.name)
+        for path in _tree(entry):
+            rel = path.relative_to(target).as_posix()
+            if rel in known:
+                data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+                if data is not None and data != files.get(rel) and \
+                        file_digest(record, rel) != digest(data):
+                    plan.backups[rel] = path  # a generated file the user edited
+                    report.backed_up.append(rel)
+                continue
+            head, _, rest = rel.partition("/")
+            new_rel = f"{moved[head]}/{rest}" if head in moved and rest else rel
+            if new_rel in files:
+                plan.backups[rel] = path  # the user's file where one is generated now
+                report.backed_up.append(rel)
+                continue
+            plan.carried[new_rel] = path
+    new_tops = {rel.split("/", 1)[0] for rel in files}
+    for top in stage_tops:
+        if top in new_tops or top in moved:
             continue
-        entry.rename(target)
-        moved.append(entry.name)
-    return moved
-
-
-def _carry_over(old: Path, new: Path, rendered: Rendered, record: dict) -> list[str]:
-    """Keep run history, files the user added; back up generated files the user edited."""
-    known = record.get("files", {})
-    backed_up = []
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for path in sorted(old.rglob("*")):
-        rel = path.relative_to(old).as_posix()
-        if path.is_dir() or rel == RECORD or "__pycache__" in path.parts:
-            continue
-        if rel.startswith(STATE_DIR + "/"):
-            continue  # moved, not copied, by _move_state
-        if rel not in known and rel not in rendered.files:
-            target = new / rel  # a file the user added
-        elif _digest(path.read_bytes()) != known.get(rel) and not rel.endswith(".ini") \
-                and path.read_bytes() != rendered.files.get(rel):
-            target = new / STATE_DIR / "backup" / stamp / rel  # a generated file the user edited
-            backed_up.append(rel)
-        else:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-    return backed_up
-
-
-def _swap(tmp: Path, output: Path) -> None:
-    """Replace `output` by `tmp` with two renames; the old tree is removed last."""
-    if not output.exists():
-        tmp.rename(output)
-        return
-    old = output.with_name(f".{output.name}.old-{int(time.time() * 1000)}")
-    output.rename(old)
-    try:
-        tmp.rename(output)
-    except BaseException:
-        old.rename(output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        kept = sorted(rel for rel in plan.carried if rel.startswith(top + "/"))
+        if kept:
+            report.orphans.append(f"{top}/ is no longer a stage; kept for your files: "
+                                  + ", ".join(rel.split("/", 1)[1] for rel in kept))
+    return plan

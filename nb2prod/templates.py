@@ -36,3 +36,37 @@ def environment(user_dir: Path | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+def check_templates(user_dir: Path | None) -> None:
+    """Refuse a missing `--templates` dir or one whose templates do not parse, up front."""
+    from nb2prod.errors import Problem, UserError
+
+    if user_dir is None:
+        return
+    if not Path(user_dir).is_dir():
+        raise UserError(Problem("templates directory does not exist", file=str(user_dir)))
+    env = environment(user_dir)
+    for path in sorted(Path(user_dir).rglob("*.j2")):
+        name = path.relative_to(user_dir).as_posix()
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise UserError(Problem(f"template error: {exc.message}, line {exc.lineno}",
+                                    file=str(path))) from None
+        except UnicodeDecodeError:
+            raise UserError(Problem("template is not UTF-8 text", file=str(path))) from None
+
+
+def render_template(env: jinja2.Environment, name: str, **values: object) -> str:
+    """Render one template; a template's own mistake is a user error naming it."""
+    from nb2prod.errors import Problem, UserError
+
+    try:
+        return env.get_template(name).render(**values)
+    except jinja2.TemplateSyntaxError as exc:
+        raise UserError(Problem(f"template error: {exc.message}, line {exc.lineno}",
+                                file=exc.filename or name)) from None
+    except jinja2.TemplateError as exc:
+        source = env.get_template(name).filename or name
+        raise UserError(Problem(f"template error: {exc}", file=source)) from None

@@ -79,9 +79,12 @@ def test_runtime_copy_is_artifacts_py_verbatim(split: tuple[str, Path]) -> None:
 
 def test_split_record_is_written(split: tuple[str, Path]) -> None:
     _, split_dir = split
-    record = json.loads((split_dir / ".nb2prod" / "split.json").read_text())
+    record = json.loads((split_dir / "nb2prod.split.json").read_text())
     assert set(record["files"]) == set(tree(split_dir))  # every generated file is recorded
     assert "nb2prod.ini" in record["configs"]
+    assert [s["directory"] for s in record["stages"]] == sorted(
+        p.name for p in split_dir.iterdir() if p.name.startswith("stage-"))
+    assert not (split_dir / ".nb2prod" / "split.json").exists()  # committed, not ignored
 
 
 def test_normalisation_only_touches_what_varies() -> None:

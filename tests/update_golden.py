@@ -12,7 +12,8 @@ the environment the split runs in:
   checks separately that the rest is exactly the text of `nb2prod/artifacts.py`;
 * nb2prod's own version string (`nb2prod.__version__`) becomes `<nb2prod-version>`, so a
   version bump alone does not invalidate the golden files;
-* `.nb2prod/` (the split record and run state, git-ignored) is not part of the golden tree.
+* `.nb2prod/` (run state, git-ignored) and the split record `nb2prod.split.json` (hashes of
+  the files above, so it varies with the pins) are not part of the golden tree.
 
 Run this script after an intended change to the generated files and review the diff.
 """
@@ -37,6 +38,7 @@ EXAMPLES = {
 }
 
 STATE_DIR = ".nb2prod"
+RECORD_FILE = "nb2prod.split.json"
 RUNTIME_FILE = "nb2prod_runtime.py"
 RUNTIME_HEADER_LINES = 2
 RUNTIME_MARKER = "# <nb2prod/artifacts.py, verbatim: compared separately by test_golden.py>\n"
@@ -64,13 +66,14 @@ def split_example(example: str, workdir: Path) -> Path:
 
 
 def tree(root: Path, include_state: bool = False) -> dict[str, bytes]:
-    """Every file under `root` by POSIX relative path (`.nb2prod/` left out by default)."""
+    """Every file under `root` by POSIX relative path (state and record left out by default)."""
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_dir() or "__pycache__" in path.parts:
             continue
-        if not include_state and (rel == STATE_DIR or rel.startswith(STATE_DIR + "/")):
+        if not include_state and (rel == STATE_DIR or rel.startswith(STATE_DIR + "/")
+                                  or rel == RECORD_FILE):
             continue
         files[rel] = path.read_bytes()
     return files

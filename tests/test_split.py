@@ -11,6 +11,7 @@ import configparser
 import itertools
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,108 @@ def test_kale_notebook_splits_unedited_into_kales_steps_and_edges(cli: CLI,
         by_id = stage_nb["metadata"]["nb2prod"]["source_cells_by_id"]
         assert sorted(i for i in by_id.values() if i > 3) == cells
         assert not any("exploration only" in s for s in sources)  # skip
+
+
+# -- edits follow a renamed stage; comments; .ini backups; the committed record --------------------
+def _retag(notebook: Path, cell: int, tags: list[str]) -> None:
+    data = json.loads(notebook.read_text())
+    data["cells"][cell]["metadata"]["tags"] = tags
+    notebook.write_text(json.dumps(data, indent=1))
+
+
+def test_renaming_a_stage_keeps_its_config_edits_comments_and_files(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    assert cli("split", iris, "-o", out)[0] == 0
+    config = out / "stage-1-train" / "config.ini"
+    text = config.read_text().replace("MEMORY_LIMIT_MB = 1000",
+                                      "; the full data set needs more\nMEMORY_LIMIT_MB = 4000")
+    edited = text.replace("RETRIES = 2", "RETRIES = 4 ; flaky network")
+    config.write_text(edited)
+    (out / "stage-1-train" / "lookup.csv").write_text("a,b\n")
+    _retag(iris, 4, ["stage:fit"])
+
+    code, stdout, stderr = cli("split", iris, "-o", out, "--force")
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("stage-")) == [
+        "stage-1-fit", "stage-2-serve"]  # no orphan left behind
+    moved = out / "stage-1-fit" / "config.ini"
+    assert ini(moved)["default"]["MEMORY_LIMIT_MB"] == "4000"
+    assert ini(moved)["default"]["NAME"] == "fit"
+    assert ini(moved)["batch"]["RETRIES"] == "4"
+    lines = moved.read_text().splitlines()
+    at = lines.index("MEMORY_LIMIT_MB = 4000")
+    assert lines[at - 1] == "; the full data set needs more"  # the comment stays with its key
+    assert "RETRIES = 4 ; flaky network" in lines
+    assert (out / "stage-1-fit" / "lookup.csv").read_text() == "a,b\n"
+    assert ("kept your edit: stage-1-fit/config.ini [default] MEMORY_LIMIT_MB "
+            "(from stage-1-train/config.ini)") in stdout
+    assert "stage directory stage-1-train is now stage-1-fit" in stdout
+    # the edited .ini was backed up like any edited generated file
+    backup = next((out / ".nb2prod" / "backup").iterdir()) / "stage-1-train" / "config.ini"
+    assert backup.read_text() == edited
+    # and a second split changes nothing and keeps everything
+    before = files(out)
+    assert cli("split", iris, "-o", out, "--force")[0] == 0
+    assert {k: v for k, v in files(out).items() if not k.startswith(".nb2prod/")} == {
+        k: v for k, v in before.items() if not k.startswith(".nb2prod/")}
+    assert cli("split", iris, "-o", out, "--check")[0] == 0
+
+
+def test_a_stage_that_is_gone_with_the_users_files_in_it_is_reported(cli: CLI,
+                                                                     tmp_path: Path) -> None:
+    notebook = tmp_path / "wine.ipynb"
+    shutil.copyfile(EXAMPLES / "wine_parallel.ipynb", notebook)
+    out = tmp_path / "wine-pipeline"
+    assert cli("split", notebook, "-o", out)[0] == 0
+    (out / "stage-3-train_logreg" / "results.csv").write_text("x\n")
+    data = json.loads(notebook.read_text())
+    data["cells"][5]["metadata"]["tags"] = []  # train_logreg joins train_forest
+    data["cells"][6]["source"] = "".join(data["cells"][6]["source"]).replace(
+        '"logreg": logreg.score(X_test, y_test)', '"logreg": 0.0')
+    notebook.write_text(json.dumps(data))
+    code, _, stderr = cli("split", notebook, "-o", out, "--force")
+    assert code == 0, stderr
+    assert ("stage-3-train_logreg/ is no longer a stage; kept for your files: results.csv"
+            in stderr)
+    assert (out / "stage-3-train_logreg" / "results.csv").read_text() == "x\n"
+    assert not (out / "stage-3-train_logreg" / "config.ini").exists()
+
+
+def test_comments_added_to_an_ini_survive_every_resplit(cli: CLI, iris: Path) -> None:
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    top = out / "nb2prod.ini"
+    text = top.read_text().replace("[kubernetes]", "; our cluster, see wiki/ml\n[kubernetes]")
+    top.write_text(text + "; last line of mine\n")
+    for _ in range(2):
+        assert cli("split", iris, "-o", out, "--force")[0] == 0
+        lines = top.read_text().splitlines()
+        assert lines[lines.index("[kubernetes]") - 1] == "; our cluster, see wiki/ml"
+        assert lines.count("; our cluster, see wiki/ml") == 1
+        assert lines[-1] == "; last line of mine"
+    assert cli("split", iris, "-o", out, "--check")[0] == 0
+
+
+def test_config_edits_survive_a_fresh_clone(cli: CLI, tmp_path: Path) -> None:
+    """The record is committed with the pipeline: .nb2prod/ is ignored and not in the clone."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(EXAMPLES / "iris.ipynb", repo / "iris.ipynb")
+    out = repo / "iris-pipeline"
+    cli("split", repo / "iris.ipynb", "-o", out)
+    config = out / "stage-1-train" / "config.ini"
+    config.write_text(config.read_text().replace("RETRIES = 2", "RETRIES = 6"))
+    (repo / ".gitignore").write_text(".nb2prod/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "pipeline"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True,
+                   capture_output=True)
+    assert not (clone / "iris-pipeline" / ".nb2prod").exists()
+    assert (clone / "iris-pipeline" / "nb2prod.split.json").is_file()
+
+    code, stdout, _ = cli("split", clone / "iris.ipynb", "-o", clone / "iris-pipeline", "--force")
+    assert code == 0
+    assert ini(clone / "iris-pipeline" / "stage-1-train" / "config.ini")["batch"]["RETRIES"] == "6"
+    assert "kept your edit: stage-1-train/config.ini [batch] RETRIES" in stdout

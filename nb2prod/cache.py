@@ -29,6 +29,7 @@ from pathlib import Path
 
 from nb2prod import artifacts
 from nb2prod.pipeline import Pipeline, StageSpec, notebook_parameters
+from nb2prod.workdir import sha256_file
 
 SCHEMA = 1
 
@@ -48,20 +49,12 @@ def enabled(stage: StageSpec) -> bool:
 
 
 # -- the key's parts (read from the stage directory and the store) -----------------------
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _code_cells(notebook: Path) -> str:
     """The code cells' sources only: outputs, ids and metadata do not change results."""
     try:
         nb = json.loads(notebook.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return _sha256_file(notebook)
+        return sha256_file(notebook)
     sources = ["".join(c.get("source", "")) for c in nb.get("cells", [])
                if c.get("cell_type") == "code"]
     return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
@@ -78,7 +71,7 @@ def stage_code(stage: StageSpec) -> dict[str, str]:
     code = {stage.executable: _code_cells(executable)}
     for path in sorted(stage.directory.rglob("*.py")):
         if path != twin and path.is_file() and "__pycache__" not in path.parts:
-            code[path.relative_to(stage.directory).as_posix()] = _sha256_file(path)
+            code[path.relative_to(stage.directory).as_posix()] = sha256_file(path)
     return code
 
 
@@ -102,18 +95,21 @@ def stage_params(stage: StageSpec, params: dict[str, object]) -> dict[str, objec
 
 
 def input_files(pipeline: Pipeline, stage: StageSpec) -> dict[str, str]:
-    """{path: sha256} of the input files of `FILES` (directories file by file)."""
+    """{path: sha256} of the stage's `FILES` (directories file by file, `[files] EXCLUDE`
+    applied), from the notebook's directory; a missing one is marked, not raised."""
+    from nb2prod import workdir
+    from nb2prod.errors import UserError
+
     base = pipeline.notebook.parent if pipeline.notebook else pipeline.root.parent
+    exclude = workdir.split_list(pipeline.value("files", "EXCLUDE"))
     found: dict[str, str] = {}
-    for rel in stage.names("FILES"):
-        path = base / rel
-        if path.is_dir():
-            for item in sorted(p for p in path.rglob("*") if p.is_file()):
-                found[item.relative_to(base).as_posix()] = _sha256_file(item)
-        elif path.is_file():
-            found[rel] = _sha256_file(path)
-        else:
-            found[rel] = "missing"
+    for entry in workdir.split_list(stage.value("default", "FILES")):
+        try:
+            paths = workdir.expand(base, [entry], exclude)
+        except UserError:
+            found[entry] = "missing"
+            continue
+        found.update((rel, workdir.sha256_file(path)) for rel, path in paths.items())
     return found
 
 

@@ -261,11 +261,13 @@ def test_key_changes_with_code_params_requirements_and_files_only(keyed) -> None
     assert key("fit") == base["fit"]
     # Input files (FILES, relative to the notebook's directory), by content.
     (copy.parent / "data.csv").write_text("a,b\n1,2\n")
-    cfg.write_text(cfg.read_text().replace("METRICS =", "FILES = data.csv\nMETRICS ="))
+    cfg.write_text(re.sub(r"(?m)^FILES =.*$", "FILES = data.csv", cfg.read_text()))
     with_file = key("fit")
     assert with_file != base["fit"]
     (copy.parent / "data.csv").write_text("a,b\n1,3\n")
     assert key("fit") not in (with_file, base["fit"])
+    (copy.parent / "data.csv").unlink()
+    assert key("fit") not in (with_file, base["fit"])  # missing: a key still, never a hit
 
 
 def test_key_changes_when_an_input_artifact_changed(session: Session, keyed) -> None:

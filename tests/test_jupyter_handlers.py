@@ -187,6 +187,54 @@ async def test_paths_outside_root_are_403(jp_fetch: Any, iris: Path, jp_root_dir
     assert sorted(p.name for p in outside.iterdir()) == ["iris.ipynb"]
 
 
+async def test_a_symlinked_default_output_out_of_the_root_is_refused(
+        jp_fetch: Any, iris: Path, tmp_path: Path) -> None:
+    """`ROOT/work/iris-pipeline -> /elsewhere/victim`: the default output is confined too."""
+    from nb2prod.split import split_notebook
+
+    victim = tmp_path / "elsewhere" / "victim-pipeline"
+    victim.parent.mkdir()
+    shutil.copy(IRIS, victim.parent / "iris.ipynb")
+    split_notebook(victim.parent / "iris.ipynb", victim)
+    history = victim / ".nb2prod" / "artifacts" / "iris" / "latest.json"
+    history.parent.mkdir(parents=True)
+    history.write_text('{"run_id": "r1"}')
+    before = sorted(p.relative_to(victim) for p in victim.rglob("*"))
+    (iris.parent / "iris-pipeline").symlink_to(victim, target_is_directory=True)
+
+    for endpoint, body in (("split", {"path": "work/iris.ipynb", "force": True}),
+                           ("deploy", {"path": "work/iris.ipynb", "force": True,
+                                       "namespace": "ml"})):
+        code, answer = await _error(jp_fetch, endpoint, body)
+        assert code == 403, (endpoint, answer)
+        assert answer["problems"][0]["message"] == \
+            "'output' is outside the server's root directory"
+    assert sorted(p.relative_to(victim) for p in victim.rglob("*")) == before
+    assert history.read_text() == '{"run_id": "r1"}'
+
+
+async def test_deeply_nested_json_is_400_not_500(jp_fetch: Any, iris: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    for endpoint in ("check", "split", "deploy"):
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch("nb2prod", endpoint, method="POST", body=deep)
+        assert info.value.code == 400, endpoint
+        answer = json.loads(info.value.response.body)
+        assert answer["problems"][0]["message"] == "request body is nested too deeply"
+
+
+async def test_split_while_another_split_writes_is_refused_at_once(
+        jp_fetch: Any, iris: Path) -> None:
+    from nb2prod import writer
+
+    assert (await _post(jp_fetch, "split", {"path": "work/iris.ipynb"})).code == 200
+    out = iris.parent / "iris-pipeline"
+    with writer.locked(out, out):
+        code, answer = await _error(jp_fetch, "split", {"path": "work/iris.ipynb", "force": True})
+    assert code == 400
+    assert "another nb2prod split is writing" in answer["problems"][0]["message"]
+
+
 # -- deploy -------------------------------------------------------------------------------
 async def _wait_deploy(jp_fetch: Any, deploy_id: str, timeout: float = 60) -> dict[str, Any]:
     loop = asyncio.get_running_loop()

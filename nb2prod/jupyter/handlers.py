@@ -83,6 +83,8 @@ class Nb2prodHandler(APIHandler):
             data = json.loads(self.request.body or b"{}")
         except ValueError as exc:
             raise _refuse(400, f"request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise _refuse(400, "request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise _refuse(400, "request body must be a JSON object")
         return data
@@ -98,11 +100,34 @@ class Nb2prodHandler(APIHandler):
             raise _refuse(400, f"'{what}' must be a non-empty path relative to the server root")
         if "\0" in value:
             raise _refuse(400, f"'{what}' contains a NUL character")
+        return self.confine(self.root_dir / value.strip().lstrip("/"), what, value)
+
+    def confine(self, path: Path, what: str, shown: str | None = None) -> Path:
+        """`path` with symlinks resolved, which must be the root or below it (else 403).
+
+        Used for every path a handler touches, also the ones it derives itself
+        (the default pipeline directory beside a notebook): a symlink there must
+        not make the server write, or move run history, outside its root.
+        """
         root = self.root_dir
-        candidate = (root / value.strip().lstrip("/")).resolve()
+        candidate = Path(path).resolve()
         if candidate != root and root not in candidate.parents:
-            raise _refuse(403, f"'{what}' is outside the server's root directory", value)
+            raise _refuse(403, f"'{what}' is outside the server's root directory",
+                          shown if shown is not None else self.relative_or_name(path))
         return candidate
+
+    def relative_or_name(self, path: Path) -> str:
+        try:
+            return Path(path).relative_to(self.root_dir).as_posix()
+        except ValueError:
+            return Path(path).name
+
+    def output(self, data: dict[str, Any], notebook: Path) -> Path:
+        """The `output` field, else the default pipeline dir of `notebook`; confined."""
+        from nb2prod.split import default_output
+
+        given = self.optional_path(data, "output")
+        return given if given is not None else self.confine(default_output(notebook), "output")
 
     def relative(self, path: Path | str | None) -> str | None:
         """`path` relative to the root (what the frontend shows), if it is inside it."""
@@ -186,13 +211,13 @@ class SplitHandler(Nb2prodHandler):
         async def run() -> None:
             data = self.body()
             path = self.notebook(data)
-            output = self.optional_path(data, "output")
+            output = self.output(data, path)
             templates = self.optional_path(data, "templates")
             force = data.get("force", False) is True
             from nb2prod.split import split_notebook
 
-            report = await self.guarded(
-                lambda: split_notebook(path, output, force=force, templates=templates))
+            report = await self.guarded(lambda: split_notebook(
+                path, output, force=force, templates=templates, wait=False))
             self.send_report(report)
 
         await self.answer(run)
@@ -353,11 +378,12 @@ class DeployHandler(Nb2prodHandler):
             path = self.notebook(data, allow_dir=True)
             stages: list[dict[str, Any]] = []
             if path.is_file():  # a notebook: split first, exactly like `nb2prod deploy NB`
-                output = self.optional_path(data, "output")
+                output = self.output(data, path)
                 force = data.get("force", False) is True
                 from nb2prod.split import split_notebook
 
-                report = await self.guarded(lambda: split_notebook(path, output, force=force))
+                report = await self.guarded(
+                    lambda: split_notebook(path, output, force=force, wait=False))
                 split = report.to_dict()
                 stages = split.get("stages", [])
                 pipeline = Path(split["output"]).resolve()

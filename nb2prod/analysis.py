@@ -4,11 +4,17 @@ Pure: takes a loaded `Notebook`, returns an `Analysis` or raises `UserError`
 listing *every* problem found (a user fixing tags wants them all at once).
 
 Rules (DESIGN.md "Cell tags", "Data between stages"):
-- untagged code cells join the stage of the nearest tagged cell above;
+- untagged code cells join the stage of the nearest tagged cell above; after
+  an imports/functions/parameters cell, only while they do no work (imports,
+  def/class, literal constants): exploration above the first stage runs in
+  no stage;
 - a name a stage reads before binding it is provided by the last earlier
   stage cell (notebook order) that binds or mutates it;
-- imports, `functions` definitions and parameters are not data; an import or
-  a `def`/`class` made in one stage and used by another is copied as source;
+- imports, `functions` definitions and parameters are not data; a `def`/`class`
+  made in one stage and used by another is copied as source, and so is the
+  import statement of every module a stage uses, wherever it was written;
+- names in method bodies are read only if some earlier stage provides them
+  (the analysis cannot see which methods run);
 - a service stage provides nothing to other stages.
 """
 
@@ -59,6 +65,7 @@ class Analysis:
     flows: dict[int, CellFlow]
     warnings: list[Problem]
     paths: dict[int, files.CellPaths] = field(default_factory=dict)  # stage cell -> literals
+    unassigned: dict[int, str] = field(default_factory=dict)  # cell -> why it runs in no stage
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -67,8 +74,9 @@ class Analysis:
 def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
     """Analyse a notebook; raise `UserError` with every problem if it cannot be split."""
     builder = _Builder(notebook, entrypoint)
-    builder.assign_cells()
     builder.analyse_flows()
+    builder.assign_cells()
+    builder.check_flows()
     if not builder.problems:
         builder.resolve_inputs()
         builder.resolve_files()
@@ -101,6 +109,8 @@ class _Builder:
         self._providers: dict[str, list[int]] | None = None  # name -> stage cells providing it
         self._deleters: dict[str, list[int]] | None = None   # name -> stage cells deleting it
         self.paths: dict[int, files.CellPaths] = {}
+        self._imports: dict[str, list[int]] | None = None  # name -> cells importing it
+        self.syntax_errors: dict[int, CellSyntaxError] = {}
 
     def problem(self, message: str, cell: int | None = None) -> None:
         self.problems.append(Problem(message, cell=cell, file=self.file))
@@ -112,14 +122,19 @@ class _Builder:
             self.problem("the notebook has no code cells")
             return
         current: str | None = None
-        block: str | None = None  # Kale: untagged cells after a prelude cell join it
+        block: str | None = None  # untagged cells after a prelude cell join it while idle
+        typos = False
         for cell in code:
-            tags = parse_tags(list(cell.tags))
-            self.tags[cell.index] = tags
+            tags = self.tags[cell.index]
             for message in tags.errors:
                 self.problem(message, cell.index)
+            if current is None and tags.stage_typos and not tags.stage:
+                typos = True  # the typo is why there is no stage here: say so on this cell
+                for message in tags.stage_typos:
+                    self.problem(message, cell.index)
             for message in tags.warnings:
-                self.warnings.append(Problem(message, cell=cell.index, file=self.file))
+                if current is not None or message not in tags.stage_typos or tags.stage:
+                    self.warnings.append(Problem(message, cell=cell.index, file=self.file))
             if tags.role and tags.stage:
                 self.problem(f"a '{tags.role}' cell cannot also start stage '{tags.stage}'", cell.index)
                 continue
@@ -133,8 +148,11 @@ class _Builder:
             if tags.stage or tags.after or tags.hints or tags.secrets or tags.metrics:
                 block = None
             elif block is not None:
-                self.prelude[block].append(cell.index)
-                continue
+                flow = self.flows.get(cell.index)
+                if flow is not None and flow.declarative:
+                    self.prelude[block].append(cell.index)
+                    continue
+                block = None  # the first cell doing real work ends the block
             if tags.stage:
                 current = tags.stage
                 existing = self.stages.get(current)
@@ -156,26 +174,31 @@ class _Builder:
             stage.secrets += tags.secrets
             if tags.metrics:
                 self.metrics_cells.append(cell.index)
-        if code and not self.stages:
+        if code and not self.stages and not typos:
             self.problem("no stage tags: tag the first cell of each stage with "
                          "'stage:NAME', 'train' or 'serve'")
 
-    # -- 2. per-cell data flow ------------------------------------------------
+    # -- 0. per-cell data flow (first: the block rule needs to know what a cell does)
     def analyse_flows(self) -> None:
-        wanted = set(self.cell_stage) | {i for cells in self.prelude.values() for i in cells}
         for cell in self.nb.cells:
-            if cell.cell_type != "code" or cell.index not in self.tags:
+            if cell.cell_type != "code":
                 continue
+            self.tags[cell.index] = parse_tags(list(cell.tags))
             try:
-                flow = analyze_cell(cell.source)
+                self.flows[cell.index] = analyze_cell(cell.source)
             except CellSyntaxError as exc:
-                if cell.index in wanted:
-                    self.problem(str(exc), cell.index)
-                continue
-            self.flows[cell.index] = flow
-            if flow.star_import is not None and cell.index in wanted:
+                self.syntax_errors[cell.index] = exc
+
+    def check_flows(self) -> None:
+        """Syntax errors and star imports matter only in cells that run in a stage."""
+        wanted = set(self.cell_stage) | {i for cells in self.prelude.values() for i in cells}
+        for index in sorted(wanted):
+            if index in self.syntax_errors:
+                self.problem(str(self.syntax_errors[index]), index)
+            flow = self.flows.get(index)
+            if flow is not None and flow.star_import is not None:
                 self.problem(f"star import (line {flow.star_import}) hides which names are used; "
-                             "import the names explicitly", cell.index)
+                             "import the names explicitly", index)
 
     # -- 3. inputs, outputs, copied definitions -------------------------------
     def prelude_names(self) -> tuple[set[str], dict[str, Definition]]:
@@ -191,20 +214,47 @@ class _Builder:
 
     def import_names(self) -> set[str]:
         """Names bound by an import anywhere: modules are never data."""
-        return {
-            name for flow in self.flows.values()
-            for name, d in flow.definitions.items() if d.kind == "import"
-        }
+        if self._imports is None:
+            self._imports = {}
+            for index in sorted(self.flows):
+                for name, d in self.flows[index].definitions.items():
+                    if d.kind == "import":
+                        self._imports.setdefault(name, []).append(index)
+        return set(self._imports)
 
-    def provider(self, name: str, before: int, consumer: str) -> tuple[str, Definition | None] | None:
-        """The stage cell that last bound or mutated `name` before cell `before`."""
+    def import_for(self, name: str, before: int) -> int | None:
+        """The cell whose import binds `name` for a reader at cell `before`.
+
+        The last import before it, wherever it is (another stage, a cell in no
+        stage); None if a later plain assignment rebinds the name (then it is data).
+        Without one before, the first import after: `every stage that uses a
+        module gets its import`, also when the notebook imports it further down.
+        """
+        cells = (self._imports or {}).get(name, [])
+        earlier = cells[: bisect.bisect_left(cells, before)]
+        if not earlier:
+            return cells[0] if cells else None
+        last = earlier[-1]
+        for index in self.providers().get(name, []):
+            flow = self.flows[index]
+            if last < index < before and name in flow.writes | flow.maybe_writes \
+                    and name not in flow.definitions:
+                return None
+        return last
+
+    def providers(self) -> dict[str, list[int]]:
+        """name -> the stage cells (in order) that bind or mutate it."""
         if self._providers is None:
             self._providers = {}
             for index in sorted(self.cell_stage):
                 flow = self.flows.get(index)
                 for provided in flow.provides if flow else ():
                     self._providers.setdefault(provided, []).append(index)
-        cells = self._providers.get(name, [])
+        return self._providers
+
+    def provider(self, name: str, before: int, consumer: str) -> tuple[str, Definition | None] | None:
+        """The stage cell that last bound or mutated `name` before cell `before`."""
+        cells = self.providers().get(name, [])
         for index in reversed(cells[: bisect.bisect_left(cells, before)]):
             stage = self.cell_stage[index]
             if stage != consumer:
@@ -238,18 +288,21 @@ class _Builder:
             known_functions = dict(prelude_functions)
             for index in stage.cells:
                 flow = self.flows[index]
-                called = _free_reads(flow.uses - set(flow.definitions), known_functions)
+                called, in_methods = _free_reads(flow.uses - set(flow.definitions),
+                                                 known_functions)
                 local = dict(flow.definitions)
-                reads = set(flow.reads) | called | _free_reads(flow.reads & set(local), local)
-                self._resolve_reads(stage, index, reads, set(flow.maybe_reads), bound, maybe,
+                local_called, local_methods = _free_reads(flow.reads & set(local), local)
+                reads = set(flow.reads) | called | local_called
+                maybe_reads = set(flow.maybe_reads) | in_methods | local_methods
+                self._resolve_reads(stage, index, reads, maybe_reads, bound, maybe,
                                     prelude, modules, known_functions)
                 bound |= flow.writes
                 maybe |= flow.maybe_writes | flow.mutates
                 known_functions.update({k: d for k, d in local.items() if d.kind != "import"})
             if stage.type == "service" and stage.cells:
                 # the server calls the entrypoint: its free names are read at the end
-                served = _free_reads({self.entrypoint}, known_functions)
-                self._resolve_reads(stage, stage.cells[-1] + 1, served, set(), bound, maybe,
+                served, in_methods = _free_reads({self.entrypoint}, known_functions)
+                self._resolve_reads(stage, stage.cells[-1] + 1, served, in_methods, bound, maybe,
                                     prelude, modules, known_functions)
 
     def _resolve_reads(self, stage: Stage, index: int, reads: set[str], maybe_reads: set[str],
@@ -267,6 +320,15 @@ class _Builder:
         """Decide where a name read by `stage` at cell `index` comes from."""
         if name in stage.inputs or name in stage.copied:
             return
+        if name in modules:
+            if name in prelude:
+                return
+            source = self.import_for(name, index)
+            if source is not None:
+                if self.cell_stage.get(source) != stage.name:
+                    self.copy(stage, name, self.flows[source].definitions[name], index,
+                              prelude, modules, known_functions)
+                return
         found = self.provider(name, index, stage.name)
         deleted = self.deleted_after_provider(name, index, stage.name)
         if deleted is not None and definite:
@@ -276,13 +338,8 @@ class _Builder:
             return
         if found is not None:
             provider, definition = found
-            if definition is not None:  # an import, def or class: copy the source
-                stage.copied[name] = definition
-                known_functions[name] = definition
-                for free in sorted(definition.free_reads):
-                    self.resolve_name(stage, free, index, False, prelude, modules, known_functions)
-                return
-            if name in modules:
+            if definition is not None:  # a def or class: copy the source
+                self.copy(stage, name, definition, index, prelude, modules, known_functions)
                 return
             if self.stages[provider].type == "service":
                 self.problem(f"'{name}' is set by service stage '{provider}'; a service stage "
@@ -306,6 +363,15 @@ class _Builder:
             self.problem(f"stage '{stage.name}' reads '{name}' but no earlier cell defines it",
                          index)
 
+    def copy(self, stage: Stage, name: str, definition: Definition, index: int,
+             prelude: set[str], modules: set[str], known_functions: dict[str, Definition]) -> None:
+        """Copy an import/def/class into `stage`, with what running its source needs."""
+        stage.copied[name] = definition
+        if definition.kind != "import":
+            known_functions[name] = definition
+        for free in sorted(definition.free_reads | definition.method_reads):
+            self.resolve_name(stage, free, index, False, prelude, modules, known_functions)
+
     def resolve_files(self) -> None:
         """A path literal one stage writes and a later one reads is a data edge (nb2prod.files)."""
         by_index = {c.index: c for c in self.nb.cells}
@@ -317,18 +383,24 @@ class _Builder:
 
     # -- 4. metrics ------------------------------------------------------------
     def resolve_metrics(self) -> None:
-        """Names a metrics cell mentions are recorded by the stage that provides them."""
+        """Names a metrics cell mentions are recorded by the stage that provides them;
+        parameters (Kale prints them in its `pipeline-metrics` cell) by the cell's stage."""
+        parameters = {n for i in self.prelude["parameters"] if i in self.flows
+                      for n in self.flows[i].writes | self.flows[i].maybe_writes}
+        modules = self.import_names()
         for index in self.metrics_cells:
             flow = self.flows.get(index)
             if flow is None:
                 continue
             for name in sorted(flow.reads | flow.maybe_reads | flow.writes | flow.uses):
-                if name in BUILTIN_NAMES:
+                if name in BUILTIN_NAMES or name in modules:
                     continue
                 owner = self.cell_stage[index] if name in flow.provides else None
                 if owner is None:
                     found = self.provider(name, index, consumer="")
                     owner = found[0] if found and found[1] is None else None
+                if owner is None and name in parameters:
+                    owner = self.cell_stage[index]
                 if owner and name not in self.stages[owner].metrics:
                     self.stages[owner].metrics.append(name)
 
@@ -381,22 +453,30 @@ class _Builder:
 
     def result(self) -> Analysis:
         stages = sorted(self.stages.values(), key=lambda s: s.position)
+        sources = {c.index: c.source for c in self.nb.cells}
+        unassigned = {i: "before the first stage tag" for i in self.orphans}
+        unassigned.update({i: "tagged skip" for i in self.skipped})
+        unassigned = {i: why for i, why in sorted(unassigned.items()) if sources[i].strip()}
         return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings,
-                        self.paths)
+                        self.paths, unassigned)
 
 
-def _free_reads(names: set[str], functions: dict[str, Definition]) -> set[str]:
-    """Free names read by calling `names`, following calls between known functions."""
+def _free_reads(names: set[str], functions: dict[str, Definition]) -> tuple[set[str], set[str]]:
+    """Free names read by calling `names`, following calls between known functions:
+    (read for sure, read only if a method runs)."""
     found: set[str] = set()
-    todo = [n for n in names if n in functions]
-    seen: set[str] = set()
+    in_methods: set[str] = set()
+    todo = [(n, False) for n in names if n in functions]
+    seen: set[tuple[str, bool]] = set()
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, method = todo.pop()
+        if (name, method) in seen:
             continue
-        seen.add(name)
-        for free in functions[name].free_reads:
-            found.add(free)
+        seen.add((name, method))
+        definition = functions[name]
+        for free, via_method in [(f, method) for f in definition.free_reads] + [
+                (f, True) for f in definition.method_reads]:
+            (in_methods if via_method else found).add(free)
             if free in functions:
-                todo.append(free)
-    return found
+                todo.append((free, via_method))
+    return found, in_methods - found

@@ -30,9 +30,11 @@ def _console(stderr: bool = False):
 def _print_warnings(report) -> None:
     if not report.warnings:
         return
+    from rich.markup import escape
+
     err = _console(stderr=True)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", markup=True)
+        err.print(f"[yellow]warning:[/] {escape(str(warning))}", markup=True, highlight=False)
 
 
 def _stage_table(report, title: str) -> None:
@@ -52,6 +54,12 @@ def _stage_table(report, title: str) -> None:
     _console().print(table)
     if data["dag"]:
         _console().print("DAG: " + "; ".join(f"{a} >> {b}" for a, b in data["dag"]))
+    if data["no_stage"]:
+        groups: dict[str, list[str]] = {}
+        for entry in data["no_stage"]:
+            groups.setdefault(entry["why"], []).append(str(entry["cell"]))
+        _console().print("cells in no stage: " + "; ".join(
+            f"{', '.join(cells)} ({why})" for why, cells in groups.items()), markup=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,15 +20,13 @@ import builtins
 import functools
 from dataclasses import dataclass, field
 
+from nb2prod.readonly import PURE_METHODS, READ_ONLY_ACCESSORS
+
 BUILTIN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__", "In", "Out"}
 
-#: Methods known not to change their receiver.  Calling anything else on a
-#: name counts as mutating it (``model.fit(X)``, ``df.dropna(inplace=True)``).
-#: The list only matters for parallelism: a pure method wrongly treated as a
-#: mutation merely adds a save/load and a DAG edge.
-PURE_METHODS = frozenset(
-    ["predict", "predict_proba", "predict_log_proba", "decision_function", "score", "transform", "inverse_transform", "get_params", "get_feature_names_out", "copy", "head", "tail", "describe", "mean", "median", "sum", "min", "max", "std", "var", "count", "nunique", "unique", "value_counts", "to_numpy", "tolist", "to_dict", "to_list", "to_json", "to_csv", "to_parquet", "items", "keys", "values", "get", "index", "format", "join", "startswith", "endswith", "lower", "upper", "strip", "split", "replace", "astype", "reshape", "round", "any", "all", "argmax", "argmin", "isna", "isnull", "notna", "notnull", "info", "corr", "groupby"]
-)
+#: Line magics that only configure the session (``%matplotlib inline``): a cell of
+#: imports and these still "does no work" (DESIGN.md, the block rule).
+SETUP_MAGICS = frozenset({"matplotlib", "load_ext", "reload_ext", "autoreload", "config"})
 
 #: Cell magics whose body is Python run in the user namespace.
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
@@ -51,6 +49,13 @@ class Definition:
     free_reads: frozenset[str] = frozenset()
     free_mutates: frozenset[str] = frozenset()
     global_writes: frozenset[str] = frozenset()
+    #: a class's method bodies: their free names are needed when a method runs, which
+    #: the analysis cannot see, so they are read only if some earlier stage provides them
+    method_reads: frozenset[str] = frozenset()
+    #: an import: the top-level modules it imports (for requirements)
+    modules: tuple[str, ...] = ()
+    #: an import inside ``try: ... except ImportError:``: fine to be missing
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class CellFlow:
     definitions: dict[str, Definition] = field(default_factory=dict)
     uses: frozenset[str] = frozenset()  # every name loaded anywhere (function lookups)
     star_import: int | None = None
+    optional_imports: frozenset[str] = frozenset()  # modules imported only optionally
+    #: nothing but imports, def/class, literal constants and setup magics: such an
+    #: untagged cell may join the imports/functions/parameters block above it
+    declarative: bool = False
 
     @functools.cached_property
     def provides(self) -> frozenset[str]:
@@ -110,7 +119,7 @@ def analyze_cell(source: str) -> CellFlow:
         raise CellSyntaxError(f"not valid Python: {exc.msg} (line {exc.lineno})", exc.lineno) from None
     walker = _ScopeWalker(code)
     walker.run(tree.body)
-    return walker.result()
+    return walker.result(declarative=all(_declarative(stmt) for stmt in tree.body))
 
 
 class _State:
@@ -141,13 +150,16 @@ class _ScopeWalker(ast.NodeVisitor):
         self.star_import: int | None = None
         self.conditional = 0
         self.in_annotation = 0
+        self.optional = 0  # inside an optional-import `try`
+        self.optional_modules: set[str] = set()
+        self.required_modules: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------
     def run(self, body: list[ast.stmt]) -> None:
         for stmt in body:
             self.visit(stmt)
 
-    def result(self) -> CellFlow:
+    def result(self, declarative: bool = False) -> CellFlow:
         maybe_writes = self.state.maybe - self.state.bound
         return CellFlow(
             reads=frozenset(self.reads),
@@ -160,6 +172,8 @@ class _ScopeWalker(ast.NodeVisitor):
             definitions=self.definitions,
             uses=frozenset(self.uses),
             star_import=self.star_import,
+            optional_imports=frozenset(self.optional_modules - self.required_modules),
+            declarative=declarative,
         )
 
     def load(self, name: str) -> None:
@@ -178,6 +192,7 @@ class _ScopeWalker(ast.NodeVisitor):
         for free in defn.free_reads:
             if free not in self.state.bound:
                 (self.maybe_reads if free in self.state.maybe else self.reads).add(free)
+        self.maybe_reads |= defn.method_reads - self.state.bound
         self.mutates |= defn.free_mutates
         for name in defn.global_writes:
             self.bind(name)
@@ -282,17 +297,25 @@ class _ScopeWalker(ast.NodeVisitor):
             else:
                 self.store_target(target)
 
+    def add_import(self, module: str, lineno: int) -> None:
+        self.imports.append((module, lineno))
+        (self.optional_modules if self.optional else self.required_modules).add(module)
+
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            self.imports.append((alias.name.split(".")[0], node.lineno))
-            bound = alias.asname or alias.name.split(".")[0]
+            module = alias.name.split(".")[0]
+            self.add_import(module, node.lineno)
+            bound = alias.asname or module
             self.bind(bound)
             if not self.conditional:
-                self.definitions[bound] = Definition("import", _import_source(alias, None, 0))
+                self.definitions[bound] = Definition(
+                    "import", _import_source(alias, None, 0), modules=(module,))
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        modules: tuple[str, ...] = ()
         if node.level == 0 and node.module:
-            self.imports.append((node.module.split(".")[0], node.lineno))
+            modules = (node.module.split(".")[0],)
+            self.add_import(modules[0], node.lineno)
         for alias in node.names:
             if alias.name == "*":
                 self.star_import = node.lineno
@@ -301,7 +324,7 @@ class _ScopeWalker(ast.NodeVisitor):
             self.bind(bound)
             if not self.conditional:
                 self.definitions[bound] = Definition(
-                    "import", _import_source(alias, node.module, node.level)
+                    "import", _import_source(alias, node.module, node.level), modules=modules
                 )
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
@@ -316,11 +339,12 @@ class _ScopeWalker(ast.NodeVisitor):
             self.visit(node.returns)
         self.in_annotation -= 1
         info = _FunctionScope.analyse(node)
+        self._body_imports(info)
         self.bind(node.name)
         if not self.conditional:
             self.definitions[node.name] = Definition(
                 "def", self._segment(node), info.free_reads | _definition_reads(node),
-                info.free_mutates, info.global_writes
+                info.free_mutates, info.global_writes, modules=_modules(info.imports)
             )
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
@@ -333,6 +357,7 @@ class _ScopeWalker(ast.NodeVisitor):
         for kw in node.keywords:
             self.visit(kw.value)
         info = _FunctionScope.analyse(node)
+        self._body_imports(info)
         # the class body runs now: names it reads outside methods are read now
         for name in info.body_reads:
             self.load(name)
@@ -341,7 +366,8 @@ class _ScopeWalker(ast.NodeVisitor):
             self.definitions[node.name] = Definition(
                 "class", self._segment(node),
                 info.free_reads | info.body_reads | _definition_reads(node),
-                info.free_mutates, info.global_writes
+                info.free_mutates, info.global_writes, info.method_reads,
+                modules=_modules(info.imports)
             )
 
     def visit_If(self, node: ast.If) -> None:
@@ -374,6 +400,14 @@ class _ScopeWalker(ast.NodeVisitor):
     visit_AsyncWith = visit_With  # type: ignore[assignment]
 
     def visit_Try(self, node: ast.Try) -> None:
+        if is_optional_import(node):
+            self.optional_import(node)
+        else:
+            self.try_branches(node)
+
+    visit_TryStar = visit_Try  # type: ignore[assignment]
+
+    def try_branches(self, node: ast.Try) -> None:
         self.conditional += 1
         bodies = [node.body + node.orelse]
         for handler in node.handlers:
@@ -388,7 +422,29 @@ class _ScopeWalker(ast.NodeVisitor):
         self.conditional -= 1
         self.run(node.finalbody)
 
-    visit_TryStar = visit_Try  # type: ignore[assignment]
+    def optional_import(self, node: ast.Try) -> None:
+        """`try: import x / except ImportError: ...`: one import definition of every name
+        it binds, whose source is the whole statement; its modules are optional."""
+        first, top = len(self.imports), not self.conditional
+        self.optional += 1
+        self.conditional += 1
+        self.try_branches(node)
+        self.conditional -= 1
+        self.optional -= 1
+        if not top:
+            return
+        bound = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+                 and isinstance(n.ctx, ast.Store)}
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                bound |= {a.asname or a.name.split(".")[0] for a in sub.names}
+        bound -= {h.name for h in node.handlers if h.name}
+        definition = Definition(
+            "import", self._segment(node),
+            frozenset(_loaded_names(node) - bound - BUILTIN_NAMES - {"ImportError"}),
+            modules=_modules(self.imports[first:]), optional=True)
+        for name in bound:
+            self.definitions[name] = definition
 
     def visit_Match(self, node: ast.Match) -> None:
         self.visit(node.subject)
@@ -424,8 +480,7 @@ class _ScopeWalker(ast.NodeVisitor):
             root = _root_name(func.value)
             self.visit_non_root(func.value)
             if root:
-                pure = func.attr in PURE_METHODS and not _has_inplace(node)
-                if pure:
+                if _read_only_call(node):
                     self.load(root)
                 else:
                     self.mutate(root)
@@ -455,6 +510,7 @@ class _ScopeWalker(ast.NodeVisitor):
     def visit_Lambda(self, node: ast.Lambda) -> None:
         self._visit_arguments_defaults(node.args)
         info = _FunctionScope.analyse(node)
+        self._body_imports(info)
         self.maybe_reads |= {n for n in info.free_reads if n not in self.state.bound}
         self.uses |= info.free_reads
 
@@ -471,6 +527,10 @@ class _ScopeWalker(ast.NodeVisitor):
     visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
 
     # -- helpers -----------------------------------------------------------
+    def _body_imports(self, info: _FunctionScope.Info) -> None:
+        for module, lineno in info.imports:
+            self.add_import(module, lineno)
+
     def _visit_arguments_defaults(self, args: ast.arguments) -> None:
         for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
             self.visit(default)
@@ -493,6 +553,8 @@ class _FunctionScope(ast.NodeVisitor):
         self.global_writes: set[str] = set()
         self.walrus: set[str] = set()
         self.body_reads: set[str] = set()
+        self.method_reads: set[str] = set()
+        self.imports: list[tuple[str, int]] = []
 
     @dataclass(frozen=True)
     class Info:
@@ -501,6 +563,8 @@ class _FunctionScope(ast.NodeVisitor):
         global_writes: frozenset[str]
         walrus_targets: frozenset[str]
         body_reads: frozenset[str]
+        method_reads: frozenset[str]
+        imports: tuple[tuple[str, int], ...]  # made inside the body, when it runs
 
     @classmethod
     def analyse(cls, node: ast.AST) -> _FunctionScope.Info:
@@ -517,11 +581,11 @@ class _FunctionScope(ast.NodeVisitor):
             for stmt in node.body:
                 if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     inner = cls.analyse(stmt)
-                    scope.loaded |= inner.free_reads
+                    scope.method_reads |= inner.free_reads | inner.method_reads
                     scope.mutated |= inner.free_mutates
                     scope.global_writes |= inner.global_writes
-                    for deco in stmt.decorator_list:
-                        scope.body_reads |= _loaded_names(deco)
+                    scope.imports += inner.imports
+                    scope.body_reads |= _definition_reads(stmt)
                 else:
                     before = set(scope.loaded)
                     scope.collect_locals(stmt)
@@ -547,6 +611,8 @@ class _FunctionScope(ast.NodeVisitor):
             frozenset(scope.global_writes),
             frozenset(scope.walrus),
             frozenset(scope.body_reads),
+            frozenset(scope.method_reads - BUILTIN_NAMES),
+            tuple(scope.imports),
         )
 
     def collect_locals(self, stmt: ast.AST) -> None:
@@ -581,7 +647,7 @@ class _FunctionScope(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Attribute):
             root = _root_name(node.func.value)
-            if root and not (node.func.attr in PURE_METHODS and not _has_inplace(node)):
+            if root and not _read_only_call(node):
                 self.mutated.add(root)
         self.generic_visit(node)
 
@@ -602,25 +668,33 @@ class _FunctionScope(ast.NodeVisitor):
             self.loaded.add(node.target.id)
         self.generic_visit(node)
 
-    def visit_Lambda(self, node: ast.Lambda) -> None:
-        inner = _FunctionScope.analyse(node)
-        self.loaded |= inner.free_reads
+    def _nested(self, inner: _FunctionScope.Info) -> None:
+        """A def/class/lambda inside this body: everything it may read counts here."""
+        self.loaded |= inner.free_reads | inner.body_reads | inner.method_reads
         self.mutated |= inner.free_mutates
+        self.imports += inner.imports
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._nested(_FunctionScope.analyse(node))
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for deco in node.decorator_list:
             self.visit(deco)
         inner = _FunctionScope.analyse(node)
-        self.loaded |= inner.free_reads
-        self.mutated |= inner.free_mutates
+        self._nested(inner)
         self.global_writes |= inner.global_writes
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        inner = _FunctionScope.analyse(node)
-        self.loaded |= inner.free_reads | inner.body_reads
-        self.mutated |= inner.free_mutates
+        self._nested(_FunctionScope.analyse(node))
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.imports += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0 and node.module:
+            self.imports.append((node.module.split(".")[0], node.lineno))
 
     def _comprehension(self, node: ast.AST) -> None:
         self.visit(node.generators[0].iter)  # type: ignore[attr-defined]
@@ -645,11 +719,23 @@ def _root_name(node: ast.expr) -> str | None:
             return None
 
 
-def _has_inplace(call: ast.Call) -> bool:
-    return any(
-        kw.arg == "inplace" and not (isinstance(kw.value, ast.Constant) and not kw.value.value)
-        for kw in call.keywords
-    )
+def _read_only_call(call: ast.Call) -> bool:
+    """`x.m(...)` that leaves `x` alone: `m` is in the read-only table (or is reached
+    through an accessor such as `df.plot.bar()`), without `inplace=True` or `out=`."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return False
+    if any(kw.arg == "out" or (kw.arg == "inplace" and not (
+            isinstance(kw.value, ast.Constant) and not kw.value.value)) for kw in call.keywords):
+        return False
+    if func.attr in PURE_METHODS:
+        return True
+    node = func.value
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute) and node.attr in READ_ONLY_ACCESSORS:
+            return True
+        node = node.value
+    return False
 
 
 def _all_args(args: ast.arguments) -> list[ast.arg]:
@@ -688,6 +774,10 @@ def _pattern_names(pattern: ast.pattern) -> list[str]:
     return names
 
 
+def _modules(imports: list[tuple[str, int]] | tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(module for module, _ in imports))
+
+
 def _import_source(alias: ast.alias, module: str | None, level: int) -> str:
     asname = f" as {alias.asname}" if alias.asname else ""
     if module is None and level == 0:
@@ -706,3 +796,49 @@ def _definition_reads(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDe
         if node.returns is not None:
             parts.append(node.returns)
     return frozenset(name for part in parts for name in _loaded_names(part)) - BUILTIN_NAMES
+
+
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+
+
+def is_optional_import(node: ast.Try) -> bool:
+    """`try:` of nothing but imports (and constants) with an `except ImportError` handler."""
+    if node.finalbody or not any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in node.body):
+        return False
+    if not all(_declarative(stmt) for stmt in node.body + node.orelse):
+        return False
+    for handler in node.handlers:
+        kind = handler.type
+        names = kind.elts if isinstance(kind, ast.Tuple) else [kind]
+        if any(isinstance(n, ast.Name) and n.id in _IMPORT_ERRORS for n in names):
+            return True
+    return False
+
+
+def _declarative(stmt: ast.stmt) -> bool:
+    """An import, def/class, literal constant, docstring, `pass` or setup magic: no work."""
+    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                         ast.ClassDef, ast.Pass)):
+        return True
+    if isinstance(stmt, ast.Try):
+        return is_optional_import(stmt)
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        return (stmt.value is not None and all(isinstance(t, (ast.Name, ast.Tuple)) for t in targets)
+                and _literal(stmt.value))
+    if isinstance(stmt, ast.Expr):
+        value = stmt.value
+        if isinstance(value, ast.Constant):
+            return True
+        return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+                and value.func.attr == "run_line_magic" and bool(value.args)
+                and isinstance(value.args[0], ast.Constant) and value.args[0].value in SETUP_MAGICS)
+    return False
+
+
+def _literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True

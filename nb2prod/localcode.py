@@ -18,6 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nb2prod.dataflow import is_optional_import
+from nb2prod.requirements import Import
+
 #: Never part of a local package (caches, checkpoints, hidden folders).
 SKIPPED_PARTS = frozenset({"__pycache__", ".ipynb_checkpoints"})
 
@@ -28,7 +31,7 @@ class LocalModule:
 
     name: str
     files: dict[str, bytes]  # path relative to the notebook's directory -> content
-    imports: list[tuple[str, str]] = field(default_factory=list)  # (top-level module, file)
+    imports: list[Import] = field(default_factory=list)  # top-level module, file, line
 
 
 class LocalCode:
@@ -62,7 +65,7 @@ class LocalCode:
             }
         else:
             return None
-        imports = [(top, rel) for rel, data in files.items() for top in _imports(data)]
+        imports = [site for rel, data in files.items() for site in _imports(data, rel)]
         return LocalModule(name, files, imports)
 
     def closure(self, names: Iterable[str]) -> list[LocalModule]:
@@ -77,24 +80,28 @@ class LocalCode:
             if module is None:
                 continue
             seen[name] = module
-            todo += [top for top, _ in module.imports if top not in seen]
+            todo += [site.module for site in module.imports if site.module not in seen]
         return [seen[n] for n in sorted(seen)]
 
-    def third_party_imports(self, names: Iterable[str]) -> list[tuple[str, str]]:
-        """`(module, file)` imports inside the local closure of `names` that are not local."""
+    def third_party_imports(self, names: Iterable[str]) -> list[Import]:
+        """Imports inside the local closure of `names` that are not local: they count
+        toward the importing stage's requirements.txt (optional ones may be missing)."""
         modules = self.closure(names)
         local = {m.name for m in modules}
-        return [(top, rel) for m in modules for top, rel in m.imports
-                if top not in local and self.find(top) is None]
+        return [site for m in modules for site in m.imports
+                if site.module not in local and self.find(site.module) is None]
 
 
-def _imports(source: bytes) -> list[str]:
-    """Top-level names of the absolute imports in a module (relative ones stay inside it)."""
+def _imports(source: bytes, rel: str) -> list[Import]:
+    """The absolute imports in a module file, once per top-level name (relative ones
+    stay inside it); one made only inside `try: ... except ImportError:` is optional."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    found: list[str] = []
+    optional = {id(node) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                and is_optional_import(t) for node in ast.walk(t)}
+    found: dict[str, Import] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -104,6 +111,7 @@ def _imports(source: bytes) -> list[str]:
             continue
         for name in names:
             top = name.split(".")[0]
-            if top not in found:
-                found.append(top)
-    return found
+            site = Import(top, file=rel, line=node.lineno, optional=id(node) in optional)
+            if top not in found or found[top].optional and not site.optional:
+                found[top] = site
+    return list(found.values())

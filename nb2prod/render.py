@@ -19,7 +19,7 @@ from nb2prod.analysis import Analysis, Stage
 from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
-from nb2prod.requirements import resolve
+from nb2prod.requirements import Import, resolve
 from nb2prod.templates import PACKAGE_DIR, environment, render_template
 
 Config = dict[str, dict[str, str]]
@@ -50,6 +50,7 @@ class Rendered:
     generated: dict[str, Config] = field(default_factory=dict)  # the same, before user edits
     requirements: dict[str, list[str]] = field(default_factory=dict)  # stage -> lines
     file_plan: FilePlan = field(default_factory=FilePlan)  # input files per stage, warnings
+    warnings: list[Problem] = field(default_factory=list)  # e.g. optional imports left out
 
 
 def pipeline_name(notebook: Path) -> str:
@@ -63,25 +64,25 @@ def render(
     output: Path,
     user_configs: dict[str, Config] | None = None,
     templates: Path | None = None,
+    settings: Config | None = None,
 ) -> Rendered:
-    """Render all files; `user_configs` are values the user edited (kept)."""
+    """Render all files; `user_configs` are values the user edited (kept); `settings`
+    is the nb2prod.ini next to the notebook (it works on a first split, too)."""
     env = environment(templates)
     user_configs = user_configs or {}
     nb = analysis.notebook
     name = pipeline_name(nb.path)
     out = Rendered()
-    out.generated["nb2prod.ini"] = _top_config(analysis, name, output)
+    out.generated["nb2prod.ini"] = _merge(_top_config(analysis, name, output), settings or {})
     top = _merge(out.generated["nb2prod.ini"], user_configs.get("nb2prod.ini", {}))
     out.configs["nb2prod.ini"] = top
     overrides = dict(top.get("requirements", {}))
     local = LocalCode(nb.path.parent, ignore=[output])
-    local_names = {m.name for m in local.closure(
-        module for stage in analysis.stages for module, _ in _stage_imports(analysis, stage))}
     out.file_plan = file_plan(analysis, output, top.get("files", {}))
     problems: list[Problem] = []
     runtime = (PACKAGE_DIR / "artifacts.py").read_text()
     for stage in analysis.stages:
-        reqs = _stage_requirements(analysis, stage, overrides, local_names, problems)
+        reqs = _stage_requirements(analysis, stage, overrides, local, problems, out.warnings)
         out.requirements[stage.name] = reqs
         base = stage.directory
         ctx = {"stage": stage, "pipeline": name, "version": __version__}
@@ -106,7 +107,7 @@ def render(
                 env, "app.py.j2", pipeline=name, stage=stage.name,
                 executable=f"{stage.name}.ipynb", route=service["ROUTE"],
                 entrypoint=service["ENTRYPOINT"], nb2prod_version=__version__)
-        for module in local.closure(m for m, _ in _stage_imports(analysis, stage)):
+        for module in local.closure(site.module for site in _stage_imports(analysis, stage)):
             for rel, data in module.files.items():
                 out.files[f"{base}/{rel}"] = data
     if problems:
@@ -216,26 +217,37 @@ def _parameter_names(analysis: Analysis) -> set[str]:
 
 
 # -- requirements ----------------------------------------------------------------
-def _stage_imports(analysis: Analysis, stage: Stage) -> list[tuple[str, int]]:
+def _stage_imports(analysis: Analysis, stage: Stage) -> list[Import]:
+    """The imports a stage runs: the prelude's, its own cells', and the copied ones."""
+    file = analysis.notebook.path.name
     cells = [i for role in ("parameters", "imports", "functions") for i in analysis.prelude[role]]
-    found = [(module, i) for i in cells + stage.cells for module, _ in analysis.flows[i].imports]
+    found = []
+    for i in cells + stage.cells:
+        flow = analysis.flows[i]
+        found += [Import(module, cell=i, file=file, optional=module in flow.optional_imports)
+                  for module, _ in flow.imports]
     for definition in stage.copied.values():
-        if definition.kind == "import":
-            module = definition.source.split()[1].split(".")[0]
-            found.append((module, stage.cells[0]))
+        found += [Import(module, cell=stage.cells[0], file=file, optional=definition.optional)
+                  for module in definition.modules]
     return found
 
 
 def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, str],
-                        local: set[str], problems: list[Problem]) -> list[str]:
-    """Its own imports plus those of the stages it loads from (to unpickle their data)."""
+                        local: LocalCode, problems: list[Problem],
+                        notes: list[Problem]) -> list[str]:
+    """Its own imports, those inside the local modules it imports, plus the imports of
+    the stages it loads from (to unpickle their data)."""
     imports = _stage_imports(analysis, stage)
     for producer in sorted(set(stage.inputs.values())):
         imports += _stage_imports(analysis, analysis.stage(producer))
-    result = resolve(imports, stage.type, overrides, local, analysis.notebook.path.name)
-    for problem in result.problems:
-        if problem not in problems:
-            problems.append(problem)
+    names = {site.module for site in imports}
+    reached = {module.name for module in local.closure(names)}
+    imports += local.third_party_imports(names)
+    settings = (analysis.notebook.path.parent / "nb2prod.ini").as_posix()
+    result = resolve(imports, stage.type, overrides, reached, settings_file=settings)
+    problems += [p for p in result.problems if p not in problems]
+    seen = {(note.file, note.message) for note in notes}  # once, at the first stage noting it
+    notes += [n for n in result.notes if (n.file, n.message) not in seen]
     return list(result.lines)
 
 

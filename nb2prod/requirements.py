@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -22,11 +23,24 @@ RUNTIME_REQUIREMENTS = {
 
 
 @dataclass(frozen=True)
+class Import:
+    """One import of a top-level module, located for messages."""
+
+    module: str
+    cell: int | None = None
+    file: str | None = None  # the notebook, or a local module file next to it
+    line: int | None = None  # in a local module file
+    optional: bool = False  # inside `try: ... except ImportError:`
+
+
+@dataclass(frozen=True)
 class Resolution:
-    """Pinned requirement lines, and problems for imports nothing provides."""
+    """Pinned requirement lines, problems for imports nothing provides, and notes
+    for optional imports left out because they are not installed."""
 
     lines: tuple[str, ...]
     problems: tuple[Problem, ...]
+    notes: tuple[Problem, ...] = ()
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,21 +60,30 @@ def is_stdlib(module: str) -> bool:
 
 
 def resolve(
-    imports: list[tuple[str, int]],
+    imports: Iterable[tuple[str, int] | Import],
     stage_type: str,
     overrides: dict[str, str],
     local_modules: set[str] = frozenset(),  # type: ignore[assignment]
     file: str | None = None,
+    settings_file: str = "nb2prod.ini",
 ) -> Resolution:
-    """Map `(module, cell)` imports to sorted, pinned requirement lines.
+    """Map imports (`Import`s, or `(module, cell)` of notebook `file`) to sorted,
+    pinned requirement lines.
 
     `overrides` is `[requirements]` of nb2prod.ini: import name → requirement
-    line (or empty to ignore), for imports not installed where split runs.
-    `local_modules` are modules found next to the notebook: not distributions.
+    line (or empty to ignore), for imports not installed where split runs;
+    `settings_file` is the nb2prod.ini a missing import's message tells the
+    user to edit.  `local_modules` are modules next to the notebook: not
+    distributions.  An import that is optional everywhere it is made and not
+    installed is left out with a note instead of being a problem.
     """
+    sites = [i if isinstance(i, Import) else Import(i[0], cell=i[1], file=file) for i in imports]
+    required = {site.module for site in sites if not site.optional}
     found: dict[str, str] = {}
     problems: list[Problem] = []
-    for module, cell in imports:
+    notes: list[Problem] = []
+    for site in sites:
+        module = site.module
         if module in overrides:
             if overrides[module].strip():
                 line = overrides[module].strip()
@@ -70,10 +93,20 @@ def resolve(
             continue
         dists = _distributions().get(module)
         if not dists:
+            where = f" (line {site.line})" if site.line else ""
+            if site.optional and module in required:
+                continue  # a required import of it reports the problem
+            if module not in required:
+                note = Problem(f"optional import '{module}'{where} is not installed here: left "
+                               "out of requirements.txt", cell=site.cell, file=site.file)
+                if note not in notes:
+                    notes.append(note)
+                continue
             problems.append(Problem(
-                f"import '{module}' is not installed here, so its version cannot be pinned; "
-                f"install it or map it under [requirements] in nb2prod.ini",
-                cell=cell, file=file))
+                f"import '{module}'{where} is not installed here, so its version cannot be "
+                f"pinned: install it, or add '{module} = DISTRIBUTION==VERSION' (empty value: "
+                f"leave it out) under [requirements] in {settings_file}",
+                cell=site.cell, file=site.file))
             continue
         for dist in sorted(set(dists)):
             line = pin(dist)
@@ -81,7 +114,7 @@ def resolve(
     for dist in RUNTIME_REQUIREMENTS.get(stage_type, ()):
         line = pin(dist)
         found.setdefault(_requirement_name(line), line)
-    return Resolution(tuple(found[k] for k in sorted(found)), tuple(problems))
+    return Resolution(tuple(found[k] for k in sorted(found)), tuple(problems), tuple(notes))
 
 
 def _requirement_name(line: str) -> str:

@@ -20,6 +20,7 @@ from nb2prod import writer
 from nb2prod.analysis import Analysis, analyze
 from nb2prod.errors import Problem, UserError
 from nb2prod.notebook import load_notebook
+from nb2prod.pipeline import read_ini
 from nb2prod.record import (
     RECORD_FILE,
     comment_digests,
@@ -31,10 +32,11 @@ from nb2prod.record import (
     record_bytes,
     user_edits,
 )
-from nb2prod.render import Rendered, render
+from nb2prod.render import Config, Rendered, render
 from nb2prod.templates import check_templates
 
 STATE_DIR = writer.STATE_DIR
+SETTINGS = "nb2prod.ini"  # next to the notebook: settings that work on a first split
 
 
 @dataclass
@@ -53,8 +55,10 @@ class Report:
 
     @property
     def warnings(self) -> list[Problem]:
-        """The analysis' warnings and the input files' (absolute paths, large inputs)."""
-        return [*self.analysis.warnings, *self.rendered.file_plan.warnings]
+        """The analysis' warnings, the input files' (absolute paths, large inputs) and the
+        requirements' (optional imports left out)."""
+        return [*self.analysis.warnings, *self.rendered.file_plan.warnings,
+                *self.rendered.warnings]
 
     def to_dict(self) -> dict:
         a = self.analysis
@@ -78,6 +82,7 @@ class Report:
                 for s in a.stages
             ],
             "dag": [list(e) for e in a.edges],
+            "no_stage": [{"cell": i, "why": why} for i, why in a.unassigned.items()],
             "warnings": [p.to_dict() for p in self.warnings],
             "kept_edits": self.kept_edits,
             "backed_up": self.backed_up,
@@ -108,7 +113,17 @@ def check_notebook(path: Path, templates: Path | None = None) -> Report:
     check_templates(templates)
     analysis = analyze(load_notebook(path))
     output = default_output(path)
-    return Report(analysis, render(analysis, output, None, templates), None)
+    rendered = render(analysis, output, None, templates, notebook_settings(path, output))
+    return Report(analysis, rendered, None)
+
+
+def notebook_settings(notebook: Path, output: Path) -> Config:
+    """nb2prod.ini next to the notebook (`[requirements]`, `[files]`...), unless it is
+    the pipeline's own; its values count as generated, so they follow the file."""
+    path = notebook.parent / SETTINGS
+    if not path.is_file() or path.resolve() == (output / "nb2prod.ini").resolve():
+        return {}
+    return read_ini(path)
 
 
 def split_notebook(path: Path, output: Path | None = None, force: bool = False,
@@ -167,7 +182,8 @@ def _prepare(analysis: Analysis, target: Path, output: Path, templates: Path | N
         record = _assumed_record(target)
     mapping = match_stages(record, analysis) if target.is_dir() else {}
     edits = user_edits(target, record, mapping)
-    rendered = render(analysis, output, edits.values, templates)
+    rendered = render(analysis, output, edits.values, templates,
+                      notebook_settings(analysis.notebook.path, target))
     files = dict(rendered.files)
     comments: dict[str, list[str]] = {}
     for rel in rendered.configs:

@@ -26,6 +26,7 @@ AFTER_PREFIXES = ("after", "prev")  # prev: Kale
 HINT_PREFIXES = ("cpu", "memory", "gpu", "image", "secret", "limit")
 IGNORED = {"injected-parameters"}  # papermill's own
 NO_CACHE_TAG = "no-cache"  # the stage always runs (reads live data): config.ini [batch] CACHE
+STAGE_STARTS = {"train", "serve", *BATCH_PREFIXES}  # tags (or prefixes) that start a stage
 
 
 @dataclass
@@ -41,6 +42,9 @@ class CellTags:
     secrets: list[tuple[str, str, str]] = field(default_factory=list)  # (secret, key, env)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the warnings about tags that look like a mistyped stage tag (``trian``,
+    #: ``Stage:train``): an error where the cell would otherwise belong to no stage
+    stage_typos: list[str] = field(default_factory=list)
 
 
 def parse_tags(tags: list[str]) -> CellTags:
@@ -78,7 +82,10 @@ def parse_tags(tags: list[str]) -> CellTags:
         else:
             suggestion = suggest(tag)
             if suggestion:
-                out.warnings.append(f"tag '{tag}' is not an nb2prod tag; did you mean '{suggestion}'?")
+                message = f"tag '{tag}' is not an nb2prod tag; did you mean '{suggestion}'?"
+                out.warnings.append(message)
+                if suggestion.partition(":")[0] in STAGE_STARTS:
+                    out.stage_typos.append(message)
     return out
 
 

@@ -55,8 +55,9 @@ CASES = {
         "the names explicitly"),)),
     "unresolvable_import": Case("unresolvable_import.ipynb", (
         ("unresolvable_import.ipynb, cell 1: import 'nb2prod_no_such_module_xyz' is not "
-        "installed here, so its version cannot be pinned; install it or map it under "
-        "[requirements] in nb2prod.ini"),)),
+        "installed here, so its version cannot be pinned: install it, or add "
+        "'nb2prod_no_such_module_xyz = DISTRIBUTION==VERSION' (empty value: leave it out) "
+        "under [requirements] in nb2prod.ini"),)),
     "empty_notebook": Case("empty.ipynb", ("empty.ipynb: the notebook has no code cells",)),
     "markdown_only": Case("markdown_only.ipynb", (
         "markdown_only.ipynb: the notebook has no code cells",)),

@@ -264,7 +264,7 @@ def test_local_code_reports_third_party_imports_inside_local_modules(tmp_path: P
     (tmp_path / "inner.py").write_text("from sklearn.linear_model import Ridge\nimport os\n")
     local = LocalCode(tmp_path)
     assert [m.name for m in local.closure(["helpers", "pandas"])] == ["helpers", "inner"]
-    assert local.third_party_imports(["helpers"]) == [
+    assert [(i.module, i.file) for i in local.third_party_imports(["helpers"])] == [
         ("numpy", "helpers.py"), ("sklearn", "inner.py"), ("os", "inner.py")]
 
 

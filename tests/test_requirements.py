@@ -11,7 +11,8 @@ from nb2prod.analysis import analyze
 from nb2prod.errors import UserError
 from nb2prod.notebook import Cell, Notebook, import_nbformat
 from nb2prod.render import render
-from nb2prod.requirements import RUNTIME_REQUIREMENTS, is_stdlib, pin, resolve
+from nb2prod.requirements import RUNTIME_REQUIREMENTS, Import, is_stdlib, pin, resolve
+from nb2prod.split import check_notebook, split_notebook
 
 # nbformat through nb2prod's fast path before render imports jupytext (which imports it).
 import_nbformat()
@@ -157,4 +158,103 @@ def test_unresolvable_import_in_a_notebook_names_the_cell_index(tmp_path: Path) 
         render(analyze(nb), tmp_path / "out")
     assert [str(p) for p in info.value.problems] == [
         ("nb.ipynb, cell 2: import 'nb2prod_no_such_module' is not installed here, so its "
-        "version cannot be pinned; install it or map it under [requirements] in nb2prod.ini")]
+         "version cannot be pinned: install it, or add 'nb2prod_no_such_module = "
+         "DISTRIBUTION==VERSION' (empty value: leave it out) under [requirements] in "
+         f"{tmp_path.as_posix()}/nb2prod.ini")]
+
+
+# -- issue 12: optional imports, a mapping that works on a first split, local code ------------
+def write_notebook(path: Path, *cells: tuple[list[str], str]) -> Path:
+    nbformat = import_nbformat()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source, metadata={"tags": tags})
+                for tags, source in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_optional_import_is_pinned_when_installed_and_noted_when_not() -> None:
+    result = resolve([Import("nb2prod_no_such_module", cell=3, file="nb.ipynb", optional=True),
+                      Import("yaml", cell=3, optional=True)], "none", {})
+    assert result.problems == ()
+    assert result.lines == (installed("PyYAML"),)
+    assert [str(n) for n in result.notes] == [
+        ("nb.ipynb, cell 3: optional import 'nb2prod_no_such_module' is not installed here: "
+         "left out of requirements.txt")]
+    # imported for real somewhere else: required after all
+    both = resolve([Import("nb2prod_no_such_module", optional=True),
+                    Import("nb2prod_no_such_module", cell=5)], "none", {})
+    assert len(both.problems) == 1 and both.notes == ()
+
+
+def test_try_except_import_error_never_fails_check_or_split(tmp_path: Path) -> None:
+    notebook = write_notebook(
+        tmp_path / "nb.ipynb",
+        (["train"], ("try:\n    import nb2prod_no_such_widgets as widgets\nexcept ImportError:\n"
+                    "    widgets = None\nimport yaml\nx = 1")),
+        (["stage:report"], "print(widgets, x)"))
+    report = check_notebook(notebook)
+    assert [str(w) for w in report.warnings] == [
+        ("nb.ipynb, cell 0: optional import 'nb2prod_no_such_widgets' is not installed here: "
+         "left out of requirements.txt")]
+    assert installed("PyYAML") in report.rendered.requirements["train"]
+    split = split_notebook(notebook)
+    assert split.analysis.stage("report").inputs == {"x": "train"}  # widgets is no data
+
+
+def test_requirements_mapping_next_to_the_notebook_works_on_the_first_split(
+        tmp_path: Path) -> None:
+    notebook = write_notebook(tmp_path / "nb.ipynb",
+                              (["train"], "import nb2prod_no_such_module\nx = 1"))
+    with pytest.raises(UserError) as info:
+        split_notebook(notebook)
+    message = str(info.value)
+    assert f"under [requirements] in {tmp_path.as_posix()}/nb2prod.ini" in message
+    assert not (tmp_path / "nb-pipeline").exists()
+    # doing exactly what the message says makes the first split work
+    (tmp_path / "nb2prod.ini").write_text(
+        "[requirements]\nnb2prod_no_such_module = nosuch-dist==1.2.3\n")
+    report = split_notebook(notebook)
+    pipeline = tmp_path / "nb-pipeline"
+    assert "nosuch-dist==1.2.3" in (pipeline / "stage-1-train/requirements.txt").read_text()
+    assert "nb2prod_no_such_module = nosuch-dist==1.2.3" in (pipeline / "nb2prod.ini").read_text()
+    assert report.kept_edits == []
+    # the value follows the file next to the notebook: removed there, it is gone here
+    (tmp_path / "nb2prod.ini").write_text("[requirements]\n")
+    with pytest.raises(UserError):
+        split_notebook(notebook, force=True)
+
+
+def test_third_party_imports_inside_local_modules_count_for_the_importing_stage(
+        tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text(
+        "import os\nimport yaml\nfrom mypkg.features import scale\n\n"
+        "def load():\n    import sklearn\n    return sklearn\n")
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg/__init__.py").write_text("")
+    (tmp_path / "mypkg/features.py").write_text(
+        "from . import util\ntry:\n    import nb2prod_no_such_speedup\nexcept ImportError:\n"
+        "    nb2prod_no_such_speedup = None\n\ndef scale(v):\n    import numpy\n    return v\n")
+    (tmp_path / "mypkg/util.py").write_text("X = 1\n")
+    notebook = write_notebook(tmp_path / "nb.ipynb", (["train"], "import helpers\nx = 1"),
+                              (["stage:other"], "y = 2"))
+    report = check_notebook(notebook)
+    train = {line.split("==")[0] for line in report.rendered.requirements["train"]}
+    assert {"PyYAML", "scikit-learn", "numpy"} <= train
+    other = {line.split("==")[0] for line in report.rendered.requirements["other"]}
+    assert not {"PyYAML", "scikit-learn", "numpy"} & other
+    assert [str(w) for w in report.warnings] == [
+        ("mypkg/features.py: optional import 'nb2prod_no_such_speedup' (line 3) is not "
+        "installed here: left out of requirements.txt")]
+    files = set(report.rendered.files)
+    assert {"stage-1-train/helpers.py", "stage-1-train/mypkg/features.py",
+            "stage-1-train/mypkg/util.py"} <= files  # helpers imports mypkg: shipped too
+
+
+def test_missing_import_inside_a_local_module_names_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text("import json\nimport nb2prod_no_such_module\n")
+    notebook = write_notebook(tmp_path / "nb.ipynb", (["train"], "import helpers\nx = 1"))
+    with pytest.raises(UserError) as info:
+        check_notebook(notebook)
+    assert str(info.value).startswith(
+        "helpers.py: import 'nb2prod_no_such_module' (line 2) is not installed here")

@@ -272,3 +272,12 @@ def test_a_stage_tag_without_its_name_is_flagged(tag: str) -> None:
     assert parsed.warnings == [
         f"tag '{tag}' is not an nb2prod tag; did you mean '{tag.lower()}:NAME'?"]
     assert parse_tags(["cpu"]).warnings == []  # resource hints are not stage names
+
+
+@pytest.mark.parametrize(("tag", "typo"), [("trian", True), ("Stage:train", True),
+                                           ("sevre", True), ("Imports", False),
+                                           ("hide-input", False)])
+def test_stage_typos_are_marked(tag: str, typo: bool) -> None:
+    tags = parse_tags([tag])
+    assert bool(tags.stage_typos) is typo
+    assert tags.stage_typos == (tags.warnings if typo else [])

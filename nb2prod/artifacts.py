@@ -64,10 +64,12 @@ __all__ = [
     "main",
     "new_run_id",
     "open_store",
+    "prepare_workdir",
     "promotion_passes",
     "read_json",
     "read_latest",
     "read_manifest",
+    "record_files",
     "record_metrics",
     "record_run",
     "register_serializer",
@@ -614,6 +616,9 @@ def _stage_dir() -> Path:
     papermill and app.py run with the stage dir as cwd; falling back to the module's
     own directory keeps things working when a server is started from elsewhere.
     """
+    explicit = _env("NB2PROD_STAGE_DIR")  # set for kernels running in a working directory
+    if explicit and (Path(explicit) / "config.ini").is_file():
+        return Path(explicit)
     cwd = Path.cwd()
     if (cwd / "config.ini").is_file():
         return cwd
@@ -1639,18 +1644,171 @@ class HtmlRenderer:
         return None
 
 
+# -- the working directory (DESIGN.md "Files and local code") ----------------------------
+#: Beside config.ini: the stage's input files ({rel: {sha256, bytes}}, fetched from the
+#: store) and the stages before it in the DAG (whose written files are restored).
+FILES_PLAN = "nb2prod_files.json"
+#: Never recorded as files a stage wrote.
+_UNRECORDED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints", ".nb2prod", ".git"})
+Snapshot = dict[str, tuple[int, int]]  # rel -> (size, mtime_ns)
+
+
+def files_key(pipeline: str, sha256: str) -> str:
+    """Content-addressed key of an input file or a file a stage wrote."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+        raise ArtifactIntegrityError(f"invalid file digest {sha256!r}")
+    return f"{_check_segment(pipeline, 'pipeline')}/files/{sha256}"
+
+
+def _safe_rel(rel: Any) -> str:
+    """A relative path from a plan or manifest, refused if it could leave the directory."""
+    if (not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel
+            or any(part in ("", ".", "..") for part in rel.split("/"))):
+        raise ArtifactIntegrityError(f"invalid file path {rel!r} in a files plan or manifest")
+    return rel
+
+
+def _files_plan(stage_dir: Path) -> dict:
+    path = _env("NB2PROD_FILES_PLAN") or str(stage_dir / FILES_PLAN)
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read the files plan: {exc}") from None
+    return plan if isinstance(plan, dict) else {}
+
+
+def _fetch_file(store: Store, pipeline: str, rel: str, entry: Any, work: Path, what: str) -> None:
+    """Write one content-addressed file into `work` (atomically), checking its sha256."""
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    key = files_key(pipeline, sha)
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        raise ArtifactNotFoundError(f"{what} {rel!r}: {store.url(key)} is missing") from None
+    if _sha256(data) != sha:
+        raise ArtifactIntegrityError(f"{what} {rel!r} failed its integrity check at "
+                                     f"{store.url(key)}")
+    target = work.joinpath(*_safe_rel(rel).split("/"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)  # server workers may restore the same file at once
+
+
+def snapshot(work: Path) -> Snapshot:
+    """Size and mtime of every file in the working directory (to see what a run changed)."""
+    found: Snapshot = {}
+    for root, dirs, names in os.walk(work):
+        dirs[:] = [d for d in dirs if d not in _UNRECORDED_DIRS]
+        for name in names:
+            path = Path(root) / name
+            if name.endswith(_TMP_SUFFIX) or not path.is_file() or path.is_symlink():
+                continue
+            info = path.stat()
+            found[path.relative_to(work).as_posix()] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def prepare_workdir(work: Path, stage_dir: Path | None = None) -> Snapshot:
+    """Lay out the working directory like the notebook's: input files, then upstream files.
+
+    Input files come from the store by sha256 (the plan's ``files``; `nb2prod run`
+    copies them itself and lists none).  Then, for each earlier stage of the DAG
+    (``upstream``, in DAG order), the files it wrote in the input run, as its
+    manifest lists them.  Returns the snapshot `record_files` compares against.
+    """
+    stage_dir = stage_dir or _stage_dir()
+    plan = _files_plan(stage_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    files = plan.get("files") or {}
+    upstream = plan.get("upstream") or []
+    if files or upstream:
+        ctx = context()
+        _require(ctx, "prepare the working directory")
+        store = open_store(ctx.store)
+        for rel, entry in sorted(files.items()):
+            _fetch_file(store, ctx.pipeline, rel, entry, work, "input file")
+        for stage in upstream:
+            key = f"{_stage_prefix(ctx.pipeline, ctx.input_run_id, stage)}/{MANIFEST}"
+            manifest = read_manifest(store, key, default=None) or {}
+            for rel, entry in sorted((manifest.get("files") or {}).items()):
+                _fetch_file(store, ctx.pipeline, rel, entry, work, f"file of stage '{stage}'")
+    return snapshot(work)
+
+
+def record_files(work: Path, before: Snapshot) -> dict:
+    """Upload the files the stage created or changed in `work`; list them in its manifest."""
+    changed = {rel: info for rel, info in snapshot(work).items() if before.get(rel) != info}
+    if not changed:
+        return {}
+    ctx = _write_context("record the files it wrote")
+    store = open_store(ctx.store)
+    entries = {}
+    for rel in sorted(changed):
+        path = work / rel
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+        key = files_key(ctx.pipeline, sha)
+        if not store.exists(key):
+            store.upload(key, path)
+        entries[rel] = {"sha256": sha, "bytes": path.stat().st_size, "producer": ctx.stage}
+    manifest_key = f"{_stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)}/{MANIFEST}"
+    manifest = read_manifest(store, manifest_key, default=None)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
+        manifest = {"artifacts": {}}
+    manifest["files"] = entries
+    manifest.update(schema=1, pipeline=ctx.pipeline, run_id=ctx.run_id, stage=ctx.stage,
+                    updated=_utcnow())
+    write_manifest(store, manifest_key, manifest)
+    return entries
+
+
+def execute_in_workdir(stage_dir: Path, executable: str, out: Path, params: dict,
+                       work: Path, render_html: bool = True) -> dict:
+    """`execute_notebook` with the working directory laid out before and recorded after."""
+    import time
+
+    started = time.time()
+    try:
+        before = prepare_workdir(work, stage_dir)
+    except (ArtifactError, OSError) as exc:  # a missing or corrupt file fails the stage
+        return {"status": "failed", "ename": type(exc).__name__, "evalue": _one_line(exc),
+                "cell": None, "started": started, "finished": time.time()}
+    result = execute_notebook(stage_dir, executable, out, params, render_html, cwd=work)
+    if result["status"] == "succeeded":
+        try:
+            result["files"] = record_files(work, before)
+        except (ArtifactError, OSError) as exc:
+            result.update(status="failed", ename=type(exc).__name__, evalue=_one_line(exc),
+                          cell=None)
+    return result
+
+
 def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
-                     render_html: bool = True) -> dict:
+                     render_html: bool = True, cwd: Path | None = None) -> dict:
     """Run a stage notebook with papermill into `work`, plus its HTML rendering (nbconvert).
 
     Shared by in-cluster stages (`run-stage`) and `nb2prod run`'s per-stage
     processes (which leave the HTML to the runner: ``render_html=False``).
     Returns the result record (status, timings, failing cell and exception);
-    notebook errors are reported there, never raised.
+    notebook errors are reported there, never raised.  The kernel runs in `cwd`
+    (default: the stage directory) with the stage directory on its import path,
+    so `nb2prod_runtime` and the local modules split copied there import.
     """
-    kernel = _KernelHead(stage_dir)
+    cwd = cwd or stage_dir
+    if Path(cwd).resolve() != Path(stage_dir).resolve():
+        here, path = str(Path(stage_dir).resolve()), os.environ.get("PYTHONPATH")
+        if not path or path.split(os.pathsep)[0] != here:
+            os.environ["PYTHONPATH"] = os.pathsep.join([here] + ([path] if path else []))
+        os.environ["NB2PROD_STAGE_DIR"] = str(Path(stage_dir).resolve())
+    kernel = _KernelHead(cwd)
     try:
-        return _execute_with(kernel, stage_dir, executable, work, params, render_html)
+        return _execute_with(kernel, stage_dir, executable, work, params, render_html, cwd)
     finally:
         kernel.shutdown()
 
@@ -1668,7 +1826,7 @@ def _hide_slow_format_checker() -> None:
 
 
 def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: Path,
-                  params: dict, render_html: bool) -> dict:
+                  params: dict, render_html: bool, cwd: Path) -> dict:
     import time
 
     _hide_slow_format_checker()
@@ -1686,7 +1844,7 @@ def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: P
         try:
             papermill.execute_notebook(
                 str(stage_dir / executable), str(output), parameters=params,
-                cwd=str(stage_dir), kernel_name="python3", progress_bar=False, log_output=True,
+                cwd=str(cwd), kernel_name="python3", progress_bar=False, log_output=True,
                 **kernel.take())
         except PapermillExecutionError as exc:
             executed = json.loads(output.read_text()) if output.is_file() else {}
@@ -1715,7 +1873,9 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     """Execute this stage's notebook with papermill and upload what it produced.
 
     The in-cluster (and any process-per-stage) entry point: the cwd is the stage
-    directory, ``NB2PROD_*`` say where results go.  The executed notebook, its
+    directory, ``NB2PROD_*`` say where results go.  The notebook runs in a fresh
+    working directory (``NB2PROD_WORKDIR``, else a temp dir removed afterwards)
+    laid out like the notebook's (`prepare_workdir`).  The executed notebook, its
     HTML rendering (when nbconvert is importable) and ``result.json`` (status,
     failing cell, exception) land in ``<store>/<pipeline>/runs/<run>/<stage>/``,
     so a failed pod leaves its evidence in the store, not only in its log.
@@ -1728,8 +1888,16 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     executable = _stage_executable(stage_dir, ctx.stage)
     params = _stage_params(os.environ.get("NB2PROD_PARAMS")) if params is None else params
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nb2prod-stage-"))
+    cwd = Path(_env("NB2PROD_WORKDIR") or tempfile.mkdtemp(prefix="nb2prod-work-"))
+    try:
+        executed = execute_in_workdir(stage_dir, executable, work, params, cwd)
+    finally:
+        if not _env("NB2PROD_WORKDIR"):
+            import shutil
+
+            shutil.rmtree(cwd, ignore_errors=True)
     result: dict[str, Any] = {"stage": ctx.stage, "run_id": ctx.run_id, "pipeline": ctx.pipeline,
-                              **execute_notebook(stage_dir, executable, work, params)}
+                              **executed}
     stem = Path(executable).stem
     files = [work / f"{stem}.ipynb", work / f"{stem}.html"]
     store = open_store(ctx.store)

@@ -11,13 +11,16 @@ checkpoints, nb2prod's own state and pipeline directories).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from nb2prod import dag
 from nb2prod.errors import Problem, UserError
 from nb2prod.files import Entry, Lookup, excluded
+from nb2prod.pipeline import Pipeline
 
 #: Folder names never shipped as input files.
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".nb2prod",
@@ -145,3 +148,30 @@ def copy_into(files: dict[str, Path], work: Path) -> None:
         target = work / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+
+
+# -- a split pipeline's stages ---------------------------------------------------------------
+def stage_files(pipeline: Pipeline, stage: str) -> dict[str, Path]:
+    """A stage's `FILES` beside the pipeline's notebook, minus `[files] EXCLUDE`."""
+    spec = pipeline.stages[stage]
+    entries = spec.names("FILES")
+    if not entries:
+        return {}
+    notebook = pipeline.notebook
+    where = str(spec.directory / "config.ini")
+    if notebook is None:
+        raise UserError(Problem("FILES needs [project] NOTEBOOK in nb2prod.ini to find them",
+                                file=where))
+    return expand(notebook.parent, entries, split_list(pipeline.value("files", "EXCLUDE")), where)
+
+
+def upstream(pipeline: Pipeline, stage: str) -> list[str]:
+    """The batch stages before `stage` in the DAG, in order: whose written files it gets."""
+    before = dag.ancestors(stage, pipeline.edges)
+    return [s for s in pipeline.batch if s in before]
+
+
+def files_plan(pipeline: Pipeline, stage: str, files: dict[str, dict] | None = None) -> bytes:
+    """The runtime's `nb2prod_files.json`: input files to fetch by sha256, upstream stages."""
+    plan = {"files": files or {}, "upstream": upstream(pipeline, stage)}
+    return (json.dumps(plan, indent=1, sort_keys=True) + "\n").encode()

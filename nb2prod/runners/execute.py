@@ -18,11 +18,19 @@ from pathlib import Path
 
 
 def execute(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
-    """Run the notebook; never raises for notebook errors, returns the result record."""
-    from nb2prod.artifacts import execute_notebook
+    """Run the notebook; never raises for notebook errors, returns the result record.
+
+    The runner laid out the working directory (``NB2PROD_WORKDIR``: the input
+    files); the runtime adds the files of earlier stages and records what the
+    stage wrote there.
+    """
+    import os
+
+    from nb2prod.artifacts import execute_in_workdir
 
     # The HTML report is rendered by the runner (warm and idle meanwhile).
-    result = execute_notebook(stage_dir, executable, work, params, render_html=False)
+    cwd = Path(os.environ.get("NB2PROD_WORKDIR") or stage_dir)
+    result = execute_in_workdir(stage_dir, executable, work, params, cwd, render_html=False)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

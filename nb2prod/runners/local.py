@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import artifacts, cache, dag
+from nb2prod import artifacts, cache, dag, workdir
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
 
@@ -93,6 +94,7 @@ class LocalRunner:
         self.interrupted = False
         self.started: float | None = None  # kept in every run.json write
         self._html: artifacts.HtmlRenderer | None = None
+        self._files: dict[str, dict[str, Path]] | None = None
 
     @property
     def html(self) -> artifacts.HtmlRenderer:
@@ -103,6 +105,27 @@ class LocalRunner:
             return self._html
 
     # -- environment ------------------------------------------------------------------
+    def lay_out(self, name: str, work: Path) -> dict[str, str]:
+        """The stage's working directory under `work`: its input files copied in.
+
+        Returns the environment that tells the stage process where it is and
+        whose written files to restore there (DESIGN.md "Files and local code").
+        """
+        cwd = work / "cwd"
+        cwd.mkdir()
+        workdir.copy_into(self.files[name], cwd)
+        plan = work / artifacts.FILES_PLAN
+        plan.write_bytes(workdir.files_plan(self.pipeline, name))
+        return {"NB2PROD_WORKDIR": str(cwd), "NB2PROD_FILES_PLAN": str(plan)}
+
+    @property
+    def files(self) -> dict[str, dict[str, Path]]:
+        """Every stage's input files, found once per run (a missing one is a UserError)."""
+        if self._files is None:
+            self._files = {name: workdir.stage_files(self.pipeline, name)
+                           for name in self.pipeline.stages}
+        return self._files
+
     def stage_env(self, stage: StageSpec, input_run_id: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(NB2PROD_STORE=self.store_uri, NB2PROD_PIPELINE=self.pipeline.name,
@@ -154,11 +177,12 @@ class LocalRunner:
             params_file = work / "params.json"
             params_file.write_text(json.dumps(self.params))
             log_path = work / "log.txt"
+            env = {**self.stage_env(stage, input_run_id), **self.lay_out(name, work)}
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "nb2prod.runners.execute", str(stage.directory),
                      stage.executable, str(work / "out"), str(params_file)],
-                    stdout=log, stderr=subprocess.STDOUT, env=self.stage_env(stage, input_run_id),
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
                     start_new_session=True,
                 )
                 with self.lock:
@@ -243,6 +267,7 @@ class LocalRunner:
     def run(self, stages: list[str], input_run_id: str | None = None) -> dict[str, StageState]:
         """Run `stages` respecting the DAG, `jobs` at a time; skip descendants of failures."""
         edges = [(a, b) for a, b in self.pipeline.edges if a in stages and b in stages]
+        _ = self.files  # every FILES entry must exist before anything runs
         self.states = {name: StageState(name) for name in stages}
         for name in stages:
             self.on_event({"stage": name, "state": "waiting", "message": "", "elapsed": 0.0,
@@ -343,6 +368,22 @@ class Service:
     stage: StageSpec
     url: str
     process: subprocess.Popen
+    workdir: Path | None = None  # its working directory (removed when it stops)
+
+
+def _service_workdir(pipeline: Pipeline, name: str) -> tuple[Path, dict[str, str]]:
+    """A temp working directory with the service's input files, and the env naming it."""
+    files = workdir.stage_files(pipeline, name)
+    work = Path(tempfile.mkdtemp(prefix=f"nb2prod-serve-{name}-"))
+    try:
+        workdir.copy_into(files, work / "cwd")
+        (work / "cwd").mkdir(exist_ok=True)
+        (work / artifacts.FILES_PLAN).write_bytes(workdir.files_plan(pipeline, name))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work, {"NB2PROD_WORKDIR": str(work / "cwd"),
+                  "NB2PROD_FILES_PLAN": str(work / artifacts.FILES_PLAN)}
 
 
 def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: int | None,
@@ -363,9 +404,15 @@ def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: i
             if model_run_id:
                 env["MODEL_RUN_ID"] = model_run_id
             workers = stage.integer("service", "WORKERS", 2)
-            proc = serve.start_service(stage.directory, stage_port, env, workers, host=host)
+            work, work_env = _service_workdir(pipeline, name)
+            env.update(work_env)
+            try:
+                proc = serve.start_service(stage.directory, stage_port, env, workers, host=host)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
             url = f"http://{host}:{stage_port}"
-            started.append(Service(stage, url, proc))
+            started.append(Service(stage, url, proc, work))
             serve.wait_ready(url, stage.number("service", "MAX_STARTUP_TIME_SECONDS", 120), proc)
     except BaseException:
         stop_services(started)
@@ -378,6 +425,8 @@ def stop_services(services: list[Service]) -> None:
 
     for service in services:
         serve.stop_service(service.process, 30)
+        if service.workdir is not None:
+            shutil.rmtree(service.workdir, ignore_errors=True)
 
 
 def sample_curl(service: Service) -> str:

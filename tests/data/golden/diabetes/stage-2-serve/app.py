@@ -311,6 +311,29 @@ def _fail(state: State, reason: str, public: str | None = None) -> None:
     log.error("start-up failed after %.2fs: %s", state.duration, reason)
 
 
+def enter_workdir() -> str | None:
+    """Lay out the working directory like the notebook's and make it the cwd.
+
+    Input files and the files the batch stages of the served run wrote
+    (nb2prod_runtime.prepare_workdir, from the files plan: NB2PROD_FILES_PLAN or
+    nb2prod_files.json beside this file), so relative paths in the serving cells
+    mean what they meant in the notebook.  Without a plan the cwd stays as it is.
+    Workers share the directory; the runtime writes each file atomically.
+    """
+    plan = os.environ.get("NB2PROD_FILES_PLAN") or os.path.join(HERE, "nb2prod_files.json")
+    if not os.path.isfile(plan):
+        return None
+    import pathlib
+
+    import nb2prod_runtime
+
+    work = os.environ.get("NB2PROD_WORKDIR") or os.path.join(
+        tempfile.gettempdir(), f"nb2prod-work-{SETTINGS['stage']}")
+    nb2prod_runtime.prepare_workdir(pathlib.Path(work), pathlib.Path(HERE))
+    os.chdir(work)
+    return work
+
+
 def run_startup(state: State) -> None:
     """Run the stage notebook's code cells once, then expose ENTRYPOINT.
 
@@ -330,6 +353,13 @@ def run_startup(state: State) -> None:
     except (OSError, ValueError, AttributeError) as exc:
         _fail(state, f"cannot read notebook {executable}: {exc}")
         return
+    try:
+        work = enter_workdir()
+    except Exception as exc:  # noqa: BLE001 - a missing file leaves the service not ready
+        _fail(state, f"cannot lay out the working directory: {exc}".replace("\n", " "))
+        return
+    if work:
+        log.info("start-up: working directory %s", work)
     module = types.ModuleType(STAGE_MODULE)
     module.__dict__["display"] = _noop_display
     sys.modules[STAGE_MODULE] = module  # pickles of classes defined here resolve

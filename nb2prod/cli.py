@@ -224,6 +224,8 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
             local.stop_services(running)
         if failures:
             raise PipelineFailure(f"smoke request failed for {', '.join(failures)}")
+        if not_promoted:  # the smoke answered, but from an older model: still a failed run
+            raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
         return
     click.echo("Ctrl-C to stop.", err=True)
     local.wait_for_shutdown(running)

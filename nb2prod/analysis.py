@@ -24,8 +24,16 @@ import bisect
 from dataclasses import dataclass, field
 
 from nb2prod import dag, files
-from nb2prod.dataflow import BUILTIN_NAMES, CellFlow, CellSyntaxError, Definition, analyze_cell
+from nb2prod.dataflow import (
+    BUILTIN_NAMES,
+    CellFlow,
+    CellSyntaxError,
+    Definition,
+    analyze_cell,
+    python_source,
+)
 from nb2prod.errors import Problem, UserError
+from nb2prod.metric_names import metric_names
 from nb2prod.notebook import Notebook
 from nb2prod.tags import CellTags, parse_tags
 
@@ -113,7 +121,8 @@ class _Builder:
         self.syntax_errors: dict[int, CellSyntaxError] = {}
 
     def problem(self, message: str, cell: int | None = None) -> None:
-        self.problems.append(Problem(message, cell=cell, file=self.file))
+        self.problems.append(Problem(message, cell=cell, file=self.file,
+                                     cell_line=None if cell is None else self.nb.first_line(cell)))
 
     # -- 1. which cell belongs where ----------------------------------------
     def assign_cells(self) -> None:
@@ -134,7 +143,8 @@ class _Builder:
                     self.problem(message, cell.index)
             for message in tags.warnings:
                 if current is not None or message not in tags.stage_typos or tags.stage:
-                    self.warnings.append(Problem(message, cell=cell.index, file=self.file))
+                    self.warnings.append(Problem(message, cell=cell.index, file=self.file,
+                                                 cell_line=self.nb.first_line(cell.index)))
             if tags.role and tags.stage:
                 self.problem(f"a '{tags.role}' cell cannot also start stage '{tags.stage}'", cell.index)
                 continue
@@ -332,7 +342,7 @@ class _Builder:
         found = self.provider(name, index, stage.name)
         deleted = self.deleted_after_provider(name, index, stage.name)
         if deleted is not None and definite:
-            self.problem(f"stage '{stage.name}' reads '{name}', but cell {deleted} (stage "
+            self.problem(f"stage '{stage.name}' reads '{name}', but {self.nb.label(deleted)} (stage "
                          f"'{self.cell_stage[deleted]}') deletes it before: the notebook "
                          "would fail here too", index)
             return
@@ -356,8 +366,8 @@ class _Builder:
                      if i < index and i in self.flows and name in self.flows[i].provides]
         if elsewhere:
             where = "belongs to no stage" if elsewhere[-1] in self.orphans else "is tagged skip"
-            self.problem(f"stage '{stage.name}' reads '{name}', defined only in cell "
-                         f"{elsewhere[-1]}, which {where}: tag that cell 'imports', 'functions', "
+            self.problem(f"stage '{stage.name}' reads '{name}', defined only in "
+                         f"{self.nb.label(elsewhere[-1])}, which {where}: tag that cell 'imports', 'functions', "
                          "'parameters' or a stage", index)
         elif definite:
             self.problem(f"stage '{stage.name}' reads '{name}' but no earlier cell defines it",
@@ -383,16 +393,19 @@ class _Builder:
 
     # -- 4. metrics ------------------------------------------------------------
     def resolve_metrics(self) -> None:
-        """Names a metrics cell mentions are recorded by the stage that provides them;
+        """Names a metrics cell shows are recorded by the stage that provides them;
         parameters (Kale prints them in its `pipeline-metrics` cell) by the cell's stage."""
         parameters = {n for i in self.prelude["parameters"] if i in self.flows
                       for n in self.flows[i].writes | self.flows[i].maybe_writes}
         modules = self.import_names()
+        sources = [python_source(c.source) for c in self.nb.cells if c.cell_type == "code"]
+        not_data = {name for flow in self.flows.values() for name in flow.definitions}
         for index in self.metrics_cells:
             flow = self.flows.get(index)
             if flow is None:
                 continue
-            for name in sorted(flow.reads | flow.maybe_reads | flow.writes | flow.uses):
+            source = python_source(self.nb.cells[index].source)
+            for name in metric_names(source, sources, not_data):
                 if name in BUILTIN_NAMES or name in modules:
                     continue
                 owner = self.cell_stage[index] if name in flow.provides else None

@@ -1486,6 +1486,23 @@ def promote(store: Store | str, pipeline: str, run_id: str, metric: str | None =
 
 
 # -- run-stage ------------------------------------------------------------------------
+def first_line(source: str, limit: int = 60) -> str:
+    """A cell's first non-blank line, shortened: what a user recognises the cell by."""
+    line = next((text.strip() for text in source.splitlines() if text.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def cell_label(index: int, line: str | None = None) -> str:
+    """How messages name a cell: `cell 5 ("model.fit(X, y)")`.
+
+    `index` counts from 0 over all cells, markdown included (nbformat's order); users see
+    the number JupyterLab's status bar shows ("Cell 5/9"), which counts the same cells
+    from 1, and the first line of the cell's source, which survives cells moving.
+    """
+    quoted = f" ({json.dumps(line, ensure_ascii=False)})" if line else ""
+    return f"cell {index + 1}{quoted}"
+
+
 def _source_cell(notebook: dict, index: int | None) -> int | None:
     """Index of the original notebook cell behind cell ``index`` of an executed stage notebook."""
     if index is None or not isinstance(notebook, dict):
@@ -1497,6 +1514,16 @@ def _source_cell(notebook: dict, index: int | None) -> int | None:
         return None
     ids = notebook.get("metadata", {}).get("nb2prod", {}).get("source_cells_by_id", {})
     return ids.get(cells[index].get("id"))
+
+
+def _cell_line(notebook: dict, index: int | None) -> str | None:
+    """First line of cell ``index`` of an executed stage notebook (a copy of the user's cell)."""
+    cells = [c for c in notebook.get("cells", []) if isinstance(notebook, dict)
+             and "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    if index is None or not 0 <= index < len(cells):
+        return None
+    source = cells[index].get("source", "")
+    return first_line(source if isinstance(source, str) else "".join(source))
 
 
 def _stage_executable(stage_dir: Path, stage: str) -> str:
@@ -1559,7 +1586,11 @@ class _KernelHead:
             specs = KernelSpecManager(
                 kernel_dirs=[*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")])
             km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
-            asyncio.run(km.start_kernel(cwd=str(cwd)))
+            # ERROR: ipykernel warns on every start that TCP on 127.0.0.1 is not encrypted
+            # (its messages are HMAC-signed; CurveZMQ is for untrusted networks), which
+            # would be all a stage log shows; errors and the cells' output still appear.
+            asyncio.run(km.start_kernel(cwd=str(cwd),
+                                        extra_arguments=["--IPKernelApp.log_level=ERROR"]))
             self.km = km
         except Exception:  # noqa: BLE001 - fall back to papermill's own start
             self.km = None
@@ -1849,7 +1880,8 @@ def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: P
         except PapermillExecutionError as exc:
             executed = json.loads(output.read_text()) if output.is_file() else {}
             result.update(status="failed", ename=exc.ename, evalue=str(exc.evalue),
-                          stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index))
+                          stage_cell=exc.cell_index, cell=_source_cell(executed, exc.cell_index),
+                          cell_line=_cell_line(executed, exc.cell_index))
         except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook...: report it
             if attempt == 1 and any(m in str(exc) for m in _KERNEL_START_FAILURES):
                 # Not the notebook's fault (kernels started at the same moment can race
@@ -1925,7 +1957,7 @@ def _termination_message(record: dict) -> None:
 
 def _failure_reason(result: dict) -> str:
     cell = result.get("cell")
-    where = f" in cell {cell}" if cell is not None else ""
+    where = f" in {cell_label(cell, result.get('cell_line'))}" if cell is not None else ""
     evalue = str(result.get("evalue", "")).replace("\n", " ")[:500]
     return f"failed{where}: {result.get('ename')}: {evalue}"
 
@@ -1944,12 +1976,25 @@ def _on_sigterm(stage: str, timeout: float | None) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_stage_main(args: argparse.Namespace) -> int:
+#: Log lines that say nothing about the stage: papermill's per-cell banners and paths (its
+#: cell count is not the notebook's), and jupyter_client's remark on a stopped kernel.
+_LOG_NOISE = ("Executing Cell ", "Ending Cell ", "Input Notebook:", "Output Notebook:",
+              "Working directory:", "Executing notebook with kernel:",
+              "Could not destroy zmq context")
+
+
+def log_stage_output() -> None:
+    """Send each cell's output (papermill logs it: log_output=True) to stdout, the stage log."""
     import logging
 
-    # papermill logs each cell's output (log_output=True): show it as the stage's log.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not str(record.getMessage()).startswith(_LOG_NOISE))
+
+
+def _run_stage_main(args: argparse.Namespace) -> int:
+    log_stage_output()
     stage = os.environ.get("NB2PROD_STAGE") or "?"
     _on_sigterm(stage, args.timeout)
     attempts = max(0, args.retries) + 1

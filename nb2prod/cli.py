@@ -49,7 +49,7 @@ def _stage_table(report, title: str) -> None:
                            {**stage["inputs"], **stage["file_inputs"]}.items()) or "-"
         reqs = ", ".join(r.split("==")[0] for r in stage["requirements"])
         table.add_row(stage["directory"], stage["type"],
-                      ",".join(str(c) for c in stage["cells"]), inputs,
+                      ",".join(str(c + 1) for c in stage["cells"]), inputs,
                       ", ".join(stage["outputs"]) or "-", ", ".join(stage["files"]) or "-", reqs)
     _console().print(table)
     if data["dag"]:
@@ -186,7 +186,7 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         [] if stage else pipeline.batch)
     result = None
     if batch:
-        with Progress(f"pipeline {pipeline.name}") as progress:
+        with Progress(f"pipeline {pipeline.name}", failure_details=False) as progress:
             runner = local.LocalRunner(pipeline, store_uri, values, jobs or os.cpu_count() or 1,
                                        progress, use_cache=not no_cache)
             click.echo(f"run {runner.run_id}: {len(batch)} batch stage(s), store {store_uri}")
@@ -239,7 +239,9 @@ def _summarise(result) -> None:
             click.echo(f"nb2prod: {state.message}", err=True)
     metrics = ", ".join(f"{k}={v:g}" for stage in result.metrics.values()
                         for k, v in stage.items() if isinstance(v, (int, float)))
-    verdict = "promoted to latest" if result.promoted else (result.reason or "")
+    # A failed run's reason is the stage messages just printed: not repeated here.
+    verdict = "promoted to latest" if result.promoted else (
+        "" if result.status == "failed" else result.reason)
     cached = [s for s in result.stages.values() if s.state == "cached"]
     click.echo(f"run {result.run_id} {result.status}"
                + (f"; {len(cached)} of {len(result.stages)} stage(s) cached" if cached else "")

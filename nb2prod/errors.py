@@ -14,18 +14,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One user-facing problem, located as precisely as we can."""
+    """One user-facing problem, located as precisely as we can.
+
+    `cell` is the 0-based index (for tools, e.g. the JupyterLab extension's "Go to cell");
+    `cell_line` the first line of that cell's source; `str()` shows both as `cell_label`.
+    """
 
     message: str
     cell: int | None = None
     file: str | None = None
+    cell_line: str | None = None
 
     def __str__(self) -> str:
         where = []
         if self.file:
             where.append(self.file)
         if self.cell is not None:
-            where.append(f"cell {self.cell}")
+            from nb2prod.artifacts import cell_label  # the stage runtime names cells too
+
+            where.append(cell_label(self.cell, self.cell_line))
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nb2prod.errors import Problem, UserError
@@ -37,6 +37,22 @@ class Notebook:
     cells: tuple[Cell, ...]
     metadata: dict
     sha256: str
+
+    def label(self, index: int) -> str:
+        """`cell 5 ("first line")`: the cell as a JupyterLab user finds it."""
+        from nb2prod.artifacts import cell_label
+
+        return cell_label(index, self.first_line(index))
+
+    def first_line(self, index: int) -> str | None:
+        from nb2prod.artifacts import first_line
+
+        return first_line(self.cells[index].source) if 0 <= index < len(self.cells) else None
+
+    def locate(self, problems: list[Problem]) -> list[Problem]:
+        """`problems` with the first line of each one's cell filled in."""
+        return [replace(p, cell_line=self.first_line(p.cell))
+                if p.cell is not None and p.cell_line is None else p for p in problems]
 
 
 def import_nbformat():

@@ -128,13 +128,29 @@ class Pipeline:
         return parse_secrets(self.config)
 
 
+def _not_a_pipeline(given: Path) -> Problem:
+    """Why `given` cannot be opened as a pipeline, and what to type instead."""
+    if not given.exists():
+        return Problem("no such file or directory", file=str(given))
+    if given.is_file():
+        from nb2prod.notebook import TEXT_SUFFIXES
+
+        if given.suffix in (".ipynb", *TEXT_SUFFIXES):
+            pipeline = given.parent / f"{given.stem}-pipeline"
+            return Problem(f"a notebook, not a pipeline directory; give its pipeline directory "
+                           f"({pipeline}, written by `nb2prod split {given}`)", file=str(given))
+        return Problem("not a pipeline directory", file=str(given))
+    return Problem("not a pipeline directory (no nb2prod.ini); run `nb2prod split NOTEBOOK` "
+                   "first", file=str(given))
+
+
 def load_pipeline(root: Path) -> Pipeline:
     """Read `root/nb2prod.ini` and every stage's config.ini; UserError on anything wrong."""
-    root = Path(root).resolve()
+    given = Path(root)
+    root = given.resolve()
     ini = root / "nb2prod.ini"
     if not ini.is_file():
-        raise UserError(Problem("not a pipeline directory (no nb2prod.ini); run `nb2prod split` "
-                                "first", file=str(root)))
+        raise UserError(_not_a_pipeline(given))
     from nb2prod.writer import pending_split
 
     if pending_split(root):

@@ -25,8 +25,11 @@ def state_text(event: dict) -> tuple[str, str]:
 class Progress:
     """Consumes stage events; use as a context manager around the work."""
 
-    def __init__(self, title: str, live: bool | None = None) -> None:
+    def __init__(self, title: str, live: bool | None = None, *,
+                 failure_details: bool = True) -> None:
         self.title = title
+        # False: the command prints each failure's message itself, once, at the end.
+        self.failure_details = failure_details
         self.live_mode = sys.stdout.isatty() if live is None else live
         self.rows: dict[str, dict] = {}
         self.started: dict[str, float] = {}
@@ -39,10 +42,12 @@ class Progress:
             if event["state"] == "running":
                 self.started[name] = time.time()
             self.rows[name] = dict(event)
+            if event["state"] == "failed" and not self.failure_details:
+                self.rows[name]["message"] = ""
             if self._live is not None:
                 self._live.update(self._table())
             elif event["state"] != "waiting":
-                state, message = state_text(event)
+                state, message = state_text(self.rows[name])
                 message = f" {message}" if message else ""
                 elapsed = f" ({event['elapsed']:.1f}s)" if event.get("elapsed") else ""
                 print(f"[{time.strftime('%H:%M:%S')}] stage {name}: {state}"

@@ -111,7 +111,7 @@ def render(
             for rel, data in module.files.items():
                 out.files[f"{base}/{rel}"] = data
     if problems:
-        raise UserError(problems)
+        raise UserError(nb.locate(problems))
     out.files["nb2prod.ini"] = _text(
         env, "nb2prod.ini.j2", config=top, version=__version__, notebook=nb.path.name,
         parameter_names=sorted(_parameter_names(analysis)))

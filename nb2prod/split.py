@@ -57,8 +57,9 @@ class Report:
     def warnings(self) -> list[Problem]:
         """The analysis' warnings, the input files' (absolute paths, large inputs) and the
         requirements' (optional imports left out)."""
-        return [*self.analysis.warnings, *self.rendered.file_plan.warnings,
-                *self.rendered.warnings]
+        return self.analysis.notebook.locate([*self.analysis.warnings,
+                                              *self.rendered.file_plan.warnings,
+                                              *self.rendered.warnings])
 
     def to_dict(self) -> dict:
         a = self.analysis

@@ -130,12 +130,26 @@ def write(target: Path, plan: Plan) -> None:
 def _write_fresh(target: Path, plan: Plan) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        _mode_of_mkdir(tmp)
         _populate(tmp, plan)
         faults.point("fresh-staged")
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _mode_of_mkdir(tmp: Path) -> None:
+    """Give mkdtemp's directory (0700) the mode a plain `mkdir` gets under the user's umask.
+
+    It becomes the pipeline directory; probed with a subdirectory, since reading the umask
+    means setting it, which races with other threads (the JupyterLab server's).
+    """
+    probe = tmp / ".mode-probe"
+    probe.mkdir()
+    mode = probe.stat().st_mode & 0o7777
+    probe.rmdir()
+    os.chmod(tmp, mode)
 
 
 def _staging_parent(target: Path) -> Path:

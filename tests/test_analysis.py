@@ -65,7 +65,8 @@ def test_cells_before_the_first_stage_are_in_no_stage() -> None:
 
 def test_name_defined_only_before_the_first_stage_names_the_cell_to_tag() -> None:
     found = problems(([], "q = 1"), (["stage:a"], "x = q"))
-    assert found == [("nb.ipynb, cell 1: stage 'a' reads 'q', defined only in cell 0, which "
+    assert found == [('nb.ipynb, cell 2 ("x = q"): stage \'a\' reads \'q\', defined only in cell 1 ("q = 1"), '
+                     "which "
                      "belongs to no stage: tag that cell 'imports', 'functions', 'parameters' "
                      "or a stage")]
 
@@ -73,7 +74,7 @@ def test_name_defined_only_before_the_first_stage_names_the_cell_to_tag() -> Non
 def test_name_defined_only_in_a_skip_cell_names_the_cell() -> None:
     found = problems((["stage:a"], "x = 1"), (["skip"], "z = 2"), (["stage:b"], "y = z"))
     assert len(found) == 1
-    assert "cell 2" in found[0] and "'z'" in found[0] and "cell 1" in found[0]
+    assert 'cell 3 ("y = z")' in found[0] and "'z'" in found[0] and 'cell 2 ("z = 2")' in found[0]
     assert "tagged skip" in found[0]
 
 
@@ -112,18 +113,18 @@ def test_no_code_cells_and_no_stage_tags_are_errors() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     found = problems((["stage:a", "stage:b"], "x = 1"), (["stage:c", "cpu:lots"], "y = 2"))
     assert len(found) == 2
-    assert found[0].startswith("nb.ipynb, cell 0: two stage tags")
-    assert found[1].startswith("nb.ipynb, cell 1: tag 'cpu:lots'")
+    assert found[0].startswith('nb.ipynb, cell 1 ("x = 1"): two stage tags')
+    assert found[1].startswith('nb.ipynb, cell 2 ("y = 2"): tag \'cpu:lots\'')
 
 
 def test_role_and_stage_on_one_cell_is_an_error() -> None:
     found = problems((["imports", "stage:a"], "import json"), (["stage:b"], "x = json"))
-    assert found == ["nb.ipynb, cell 0: a 'imports' cell cannot also start stage 'a'"]
+    assert found == ['nb.ipynb, cell 1 ("import json"): a \'imports\' cell cannot also start stage \'a\'']
 
 
 def test_stage_tagged_batch_and_service_is_an_error() -> None:
     found = problems((["stage:a"], "x = 1"), (["serve:a"], "def predict(p):\n    return x"))
-    assert found == ["nb.ipynb, cell 1: stage 'a' is tagged both batch and service"]
+    assert found == ['nb.ipynb, cell 2 ("def predict(p):"): stage \'a\' is tagged both batch and service']
 
 
 def test_stage_hints_collect_into_the_stage() -> None:
@@ -133,13 +134,13 @@ def test_stage_hints_collect_into_the_stage() -> None:
 
 def test_stage_tags_on_a_cell_outside_any_stage_are_an_error() -> None:
     found = problems((["cpu:2"], "x = 1"), (["stage:a"], "y = 2"))
-    assert len(found) == 1 and found[0].startswith("nb.ipynb, cell 0: this cell has stage tags")
+    assert len(found) == 1 and found[0].startswith('nb.ipynb, cell 1 ("x = 1"): this cell has stage tags')
 
 
 def test_typo_warnings_are_collected_with_the_cell() -> None:
     a = run((["stage:a"], "x = 1"), (["Stage:b"], "y = x"))
     assert [str(w) for w in a.warnings] == [
-        "nb.ipynb, cell 1: tag 'Stage:b' is not an nb2prod tag; did you mean 'stage:b'?"]
+        'nb.ipynb, cell 2 ("y = x"): tag \'Stage:b\' is not an nb2prod tag; did you mean \'stage:b\'?']
     assert a.stage("a").cells == [0, 1]  # the typo'd tag did not start a stage
 
 
@@ -193,12 +194,14 @@ def test_parameter_rebound_by_a_stage_becomes_data() -> None:
 
 def test_name_never_provided_is_an_error_naming_stage_and_cell() -> None:
     found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = x + missing"))
-    assert found == ["nb.ipynb, cell 1: stage 'b' reads 'missing' but no earlier cell defines it"]
+    assert found == [('nb.ipynb, cell 2 ("y = x + missing"): stage \'b\' reads \'missing\' but no '
+                      "earlier cell defines it")]
 
 
 def test_name_provided_only_later_is_an_error() -> None:
     found = problems((["stage:a"], "y = later + 1"), (["stage:b"], "later = 2"))
-    assert found == ["nb.ipynb, cell 0: stage 'a' reads 'later' but no earlier cell defines it"]
+    assert found == [('nb.ipynb, cell 1 ("y = later + 1"): stage \'a\' reads \'later\' but no '
+                      "earlier cell defines it")]
 
 
 def test_maybe_read_becomes_an_input_only_when_provided() -> None:
@@ -212,7 +215,7 @@ def test_service_stage_cannot_provide_names() -> None:
     found = problems((["stage:a"], "x = 1"),
                      (["serve"], "w = 2\ndef predict(p):\n    return x"),
                      (["stage:c"], "y = w"))
-    assert found == [("nb.ipynb, cell 2: 'w' is set by service stage 'serve'; a service stage "
+    assert found == [('nb.ipynb, cell 3 ("y = w"): \'w\' is set by service stage \'serve\'; a service stage '
                      "cannot provide names to stage 'c'")]
 
 
@@ -226,13 +229,14 @@ def test_service_entrypoint_free_names_are_inputs() -> None:
 
 def test_service_stage_without_entrypoint_is_an_error() -> None:
     found = problems((["train"], "x = 1"), (["serve"], "def handle(p):\n    return x"))
-    assert found == ["nb.ipynb, cell 1: service stage 'serve' must define predict(payload)"]
+    assert found == ['nb.ipynb, cell 2 ("def handle(p):"): service stage \'serve\' must define predict(payload)']
 
 
 def test_batch_stage_after_a_service_stage_is_an_error() -> None:
     found = problems((["serve"], "def predict(p):\n    return 1"),
                      (["stage:b", "after:serve"], "y = 2"))
-    assert found == ["nb.ipynb, cell 1: batch stage 'b' cannot run after service stage 'serve'"]
+    assert found == [('nb.ipynb, cell 2 ("y = 2"): batch stage \'b\' cannot run after service stage '
+                      "'serve'")]
 
 
 # -- DAG ---------------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def test_after_tag_may_point_forward_and_reorders_stages() -> None:
 def test_after_unknown_stage_is_an_error() -> None:
     found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = 2"), ([], "z = 3"),
                      (["after:nope"], "w = 4"))
-    assert found == ["nb.ipynb, cell 3: after:nope: no stage named 'nope'"]
+    assert found == ['nb.ipynb, cell 4 ("w = 4"): after:nope: no stage named \'nope\'']
 
 
 def test_after_cycle_is_an_error_naming_the_cycle() -> None:
@@ -288,6 +292,18 @@ def test_metrics_cell_bare_names(tag: str) -> None:
     a = run((["train"], "accuracy = 0.5\nf1 = 0.4"), ([tag], "accuracy\nf1"))
     assert sorted(a.stage("train").metrics) == ["accuracy", "f1"]
     assert a.stage("train").cells == [0, 1]
+
+
+def test_metrics_lists_names_shown_not_names_computed_with() -> None:
+    """METRICS (config.ini) names what the cell shows; objects passed to calls are not metrics."""
+    a = run((["imports"], "from sklearn.linear_model import LogisticRegression"),
+            (["train"], ("model = LogisticRegression()\nX_test, y_test = [[1]], [0]\n"
+                        "scores = {'forest': 0.9, 'logreg': 0.8}")),
+            (["metrics"], ("accuracy = model.score(X_test, y_test)\n"
+                          "best_name = max(scores, key=scores.get)\nlabel = f'{accuracy:.2f}'\n"
+                          "print(best_name, accuracy)\nprint(f'{scores} {model}')\n"
+                          "n_rows = len(X_test)\nn_rows")))
+    assert a.stage("train").metrics == ["accuracy", "n_rows"]
 
 
 # -- definitions and imports used across stages ------------------------------------------------
@@ -351,7 +367,8 @@ def test_copied_definition_brings_what_its_def_statement_evaluates(stage_a: str,
 def test_a_name_deleted_by_an_earlier_stage_is_not_loaded_from_before_the_delete() -> None:
     found = problems((["stage:a"], "x = 1"), (["stage:b"], "y = x + 1\ndel x"),
                      (["stage:c"], "print(x, y)"))
-    assert found == [("nb.ipynb, cell 2: stage 'c' reads 'x', but cell 1 (stage 'b') deletes "
+    assert found == [('nb.ipynb, cell 3 ("print(x, y)"): stage \'c\' reads \'x\', but cell 2 ("y = x + 1") '
+                      "(stage 'b') deletes "
                       "it before: the notebook would fail here too")]
     # Defined again after the delete: read from the new definition.
     again = run((["stage:a"], "x = 1"), (["stage:b"], "del x\nx = 2"), (["stage:c"], "print(x)"))
@@ -415,7 +432,8 @@ def test_exploration_after_the_imports_cell_runs_in_no_stage() -> None:
 def test_a_name_from_exploration_above_the_first_stage_names_the_cell_to_tag() -> None:
     found = problems((["imports"], "import json"), ([], "data = json.loads('[1]')"),
                      (["train"], "x = data"))
-    assert found == [("nb.ipynb, cell 2: stage 'train' reads 'data', defined only in cell 1, "
+    assert found == [("nb.ipynb, cell 3 (\"x = data\"): stage 'train' reads 'data', defined only in "
+                      "cell 2 (\"data = json.loads('[1]')\"), "
                       "which belongs to no stage: tag that cell 'imports', 'functions', "
                       "'parameters' or a stage")]
 
@@ -463,7 +481,7 @@ def test_kale_pipeline_metrics_cell_printing_parameters_records_them() -> None:
 def test_typo_in_the_only_stage_tag_is_reported_on_that_cell(tag: str, meant: str) -> None:
     found = problems((["imports"], "import json"), ([tag], "x = 1"),
                      (["metrics"], "x"))
-    assert found[0] == (f"nb.ipynb, cell 1: tag '{tag}' is not an nb2prod tag; "
+    assert found[0] == (f"nb.ipynb, cell 2 (\"x = 1\"): tag '{tag}' is not an nb2prod tag; "
                         f"did you mean '{meant}'?")
     assert not any("no stage tags" in p for p in found)
 

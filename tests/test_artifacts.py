@@ -470,7 +470,7 @@ def test_list_runs_of_in_cluster_runs_come_from_stage_results(tmp_path: Path) ->
     ok = {"status": "succeeded", "started": 2000.0, "finished": 2010.0}
     artifacts.write_json(store, "iris/runs/iris-retrain-9/prepare/result.json", ok)
     artifacts.write_json(store, "iris/runs/iris-retrain-9/train/result.json", {
-        "status": "failed", "started": 2011.0, "finished": 2020.0, "cell": 3,
+        "status": "failed", "started": 2011.0, "finished": 2020.0, "cell": 3, "cell_line": "fit()",
         "ename": "ValueError", "evalue": "max_iter must be positive"})
     artifacts.write_json(store, "iris/runs/iris-retrain-5/train/result.json",
                          {**ok, "started": 1000.0, "finished": 1005.0})
@@ -488,8 +488,8 @@ def test_list_runs_of_in_cluster_runs_come_from_stage_results(tmp_path: Path) ->
     assert failed["status"] == "failed" and (failed["started"], failed["finished"]) == (2000, 2020)
     assert failed["stages"]["prepare"] == ok
     assert failed["stages"]["train"]["reason"] == \
-        "failed in cell 3: ValueError: max_iter must be positive"
-    assert failed["reason"].startswith("stage 'train' failed in cell 3")
+        'failed in cell 4 ("fit()"): ValueError: max_iter must be positive'
+    assert failed["reason"].startswith('stage \'train\' failed in cell 4 ("fit()")')
 
     # The roll step's outcome, merged into run.json by the runtime's `record` command.
     code = artifacts.main(["record", "--pipeline", "iris", "--run-id", "iris-retrain-5",

@@ -40,21 +40,21 @@ CASES = {
     "json_but_not_a_notebook": Case("not_a_notebook.ipynb", (
         "not_a_notebook.ipynb: not a notebook: no 'cells' in the JSON",)),
     "two_stage_tags": Case("two_stage_tags.ipynb", (
-        "two_stage_tags.ipynb, cell 1: two stage tags on one cell: 'train' and 'stage:evaluate'",)),
+        "two_stage_tags.ipynb, cell 2 (\"x = 1\"): two stage tags on one cell: 'train' and 'stage:evaluate'",)),
     "name_never_provided": Case("never_provided.ipynb", (
-        ("never_provided.ipynb, cell 2: stage 'evaluate' reads 'X_test' but no earlier cell "
-        "defines it"),)),
+        ("never_provided.ipynb, cell 3 (\"score = np.mean(X_test)\"): stage 'evaluate' reads "
+        "'X_test' but no earlier cell defines it"),)),
     "after_cycle": Case("after_cycle.ipynb", (
-        (r"re:after_cycle\.ipynb, cell \d: cycle in stage DAG: "
+        (r"re:after_cycle\.ipynb, cell \d \(\"[^\"]*\"\): cycle in stage DAG: "
         r"(load >> train >> report >> load|train >> report >> load >> train|"
         r"report >> load >> train >> report)"),)),
     "serve_without_predict": Case("serve_without_predict.ipynb", (
-        "serve_without_predict.ipynb, cell 1: service stage 'serve' must define predict(payload)",)),
+        "serve_without_predict.ipynb, cell 2 (\"def handle(payload):\"): service stage 'serve' must define predict(payload)",)),
     "star_import": Case("star_import.ipynb", (
-        ("star_import.ipynb, cell 0: star import (line 1) hides which names are used; import "
+        ("star_import.ipynb, cell 1 (\"from math import *\"): star import (line 1) hides which names are used; import "
         "the names explicitly"),)),
     "unresolvable_import": Case("unresolvable_import.ipynb", (
-        ("unresolvable_import.ipynb, cell 1: import 'nb2prod_no_such_module_xyz' is not "
+        ("unresolvable_import.ipynb, cell 2 (\"import json\"): import 'nb2prod_no_such_module_xyz' is not "
         "installed here, so its version cannot be pinned: install it, or add "
         "'nb2prod_no_such_module_xyz = DISTRIBUTION==VERSION' (empty value: leave it out) "
         "under [requirements] in nb2prod.ini"),)),
@@ -65,11 +65,11 @@ CASES = {
         ("no_stage_tags.ipynb: no stage tags: tag the first cell of each stage with "
         "'stage:NAME', 'train' or 'serve'"),)),
     "syntax_error": Case("syntax_error.ipynb", (
-        "syntax_error.ipynb, cell 1: not valid Python: invalid syntax (line 1)",)),
+        "syntax_error.ipynb, cell 2 (\"y = = x\"): not valid Python: invalid syntax (line 1)",)),
     "several_problems_at_once": Case("several_problems.ipynb", (
-        ("several_problems.ipynb, cell 0: tag 'stage:Load': stage names use lowercase letters, "
+        ("several_problems.ipynb, cell 1 (\"x = 1\"): tag 'stage:Load': stage names use lowercase letters, "
         "digits, '-' and '_' (at most 40); try 'stage:load'"),
-        ("several_problems.ipynb, cell 1: tag 'cpu:lots': CPU quantity like '500m' or '2' "
+        ("several_problems.ipynb, cell 2 (\"y = 2\"): tag 'cpu:lots': CPU quantity like '500m' or '2' "
         "expected"))),
     "missing_notebook": Case("does_not_exist.ipynb", (
         "does_not_exist.ipynb: no such notebook file",)),

@@ -90,7 +90,8 @@ def test_check_of_a_bad_notebook_exits_2_and_writes_nothing(tmp_path: Path) -> N
         "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     done = nb2prod_cli("check", notebook.name, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("nb2prod: error: bad.ipynb, cell 0: stage 'train' reads "
+    assert done.stderr.strip() == ('nb2prod: error: bad.ipynb, cell 1 ("y = undefined_name"): stage '
+                                   "'train' reads "
                                    "'undefined_name' but no earlier cell defines it")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ipynb"]
 

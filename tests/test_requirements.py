@@ -78,7 +78,7 @@ def test_unresolvable_import_is_a_problem_naming_import_and_cell() -> None:
     assert len(result.problems) == 1
     problem = result.problems[0]
     assert (problem.file, problem.cell) == ("nb.ipynb", 7)
-    assert str(problem).startswith("nb.ipynb, cell 7: import 'nb2prod_no_such_module' is not "
+    assert str(problem).startswith("nb.ipynb, cell 8: import 'nb2prod_no_such_module' is not "
                                    "installed here")
     assert "[requirements]" in str(problem)
 
@@ -157,8 +157,8 @@ def test_unresolvable_import_in_a_notebook_names_the_cell_index(tmp_path: Path) 
     with pytest.raises(UserError) as info:
         render(analyze(nb), tmp_path / "out")
     assert [str(p) for p in info.value.problems] == [
-        ("nb.ipynb, cell 2: import 'nb2prod_no_such_module' is not installed here, so its "
-         "version cannot be pinned: install it, or add 'nb2prod_no_such_module = "
+        ("nb.ipynb, cell 3 (\"import os\"): import 'nb2prod_no_such_module' is not installed here, "
+         "so its version cannot be pinned: install it, or add 'nb2prod_no_such_module = "
          "DISTRIBUTION==VERSION' (empty value: leave it out) under [requirements] in "
          f"{tmp_path.as_posix()}/nb2prod.ini")]
 
@@ -179,7 +179,7 @@ def test_optional_import_is_pinned_when_installed_and_noted_when_not() -> None:
     assert result.problems == ()
     assert result.lines == (installed("PyYAML"),)
     assert [str(n) for n in result.notes] == [
-        ("nb.ipynb, cell 3: optional import 'nb2prod_no_such_module' is not installed here: "
+        ("nb.ipynb, cell 4: optional import 'nb2prod_no_such_module' is not installed here: "
          "left out of requirements.txt")]
     # imported for real somewhere else: required after all
     both = resolve([Import("nb2prod_no_such_module", optional=True),
@@ -195,7 +195,7 @@ def test_try_except_import_error_never_fails_check_or_split(tmp_path: Path) -> N
         (["stage:report"], "print(widgets, x)"))
     report = check_notebook(notebook)
     assert [str(w) for w in report.warnings] == [
-        ("nb.ipynb, cell 0: optional import 'nb2prod_no_such_widgets' is not installed here: "
+        ("nb.ipynb, cell 1 (\"try:\"): optional import 'nb2prod_no_such_widgets' is not installed here: "
          "left out of requirements.txt")]
     assert installed("PyYAML") in report.rendered.requirements["train"]
     split = split_notebook(notebook)

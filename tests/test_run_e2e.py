@@ -355,10 +355,17 @@ def test_iris_service_errors_through_run_server(iris: Served) -> None:
     status, _, body = iris.predict(None, data=b"x" * (1024 * 1024 + 1), headers={
         "Content-Type": "application/json"})
     assert status == 413 and "larger than 1048576 bytes" in body["error"]
-    status, _, body = iris.predict({"instances": "not a matrix"})  # predict raises
-    assert status == 500
-    assert body["error"] == "prediction failed" and "request_id" in body
-    assert "Traceback" not in json.dumps(body)
+    status, _, body = iris.predict({"instances": "not a matrix"})  # the caller's mistake
+    assert status == 422
+    assert body["error"] == ("invalid input: ValueError: could not convert string to float: "
+                             "'not a matrix'") and "request_id" in body
+    status, _, body = iris.predict({"instances": [[5.1, 3.5]]})  # scikit-learn's own check
+    assert status == 422
+    assert "X has 2 features, but LogisticRegression is expecting 4 features" in body["error"]
+    status, _, body = iris.predict([1, 2])  # a list where predict expects an object
+    assert (status, body["error"]) == (422, ("invalid input: TypeError: list indices must be "
+                                            "integers or slices, not str")), body
+    assert "Traceback" not in json.dumps(body)  # a real failure's 500: tests/test_serve.py
     status, _, body = http(iris.base + "/nope")
     assert status == 404 and "not found" in body["error"]
     status, head, text = http(iris.base + "/metrics")

@@ -128,9 +128,12 @@ def test_failing_stage_exits_1_naming_stage_cell_exception_and_report(branches: 
     lines = [line for line in failed.stderr.splitlines() if "stage 'bad' failed" in line]
     assert lines, failed.stderr
     message = lines[0]
-    # Cell 4 of branches.ipynb raises (cell 3, the stage's first cell, ran fine): the
-    # number is the notebook's own cell index, as `nb2prod split` prints it.
-    assert "in cell 4:" in message, message
+    # The message is printed once: not again in the progress lines or the summary.
+    output = failed.stdout + failed.stderr
+    assert output.count("bad stage failed on purpose") == 1, output
+    # Cell 5 of branches.ipynb raises (cell 4, the stage's first cell, ran fine): named as
+    # JupyterLab's status bar counts cells (from 1, markdown included), with its first line.
+    assert 'in cell 5 ("if fail_bad:"):' in message, message
     assert "ValueError: bad stage failed on purpose" in message
     see = re.search(r"\(see file://(?P<path>\S+)\)", message)
     assert see, message
@@ -167,7 +170,13 @@ def test_failed_stage_keeps_executed_notebook_html_and_log(branches: Branches) -
         ("ValueError", "bad stage failed on purpose")]
     html = (stage_dir / "bad.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "bad stage failed" in html
-    assert (stage_dir / "log.txt").is_file()
+    # The stage log holds what the cells printed and why the stage failed, not the
+    # kernel's start-up warnings.
+    log = (stage_dir / "log.txt").read_text()
+    assert "without encryption" not in log and "Executing Cell" not in log, log
+    assert 'failed in cell 5 ("if fail_bad:"): ValueError: bad stage failed on purpose' in log
+    good_log = (stage_dir.parent / "good" / "log.txt").read_text()
+    assert good_log.splitlines()[0] == "21", good_log  # the bare `total` the cell shows
     good_dir = stage_dir.parent / "good"
     assert (good_dir / "good.ipynb").is_file() and (good_dir / "good.html").is_file()
 

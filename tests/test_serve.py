@@ -182,6 +182,8 @@ IRIS_CELLS: list[str | tuple[str, str]] = [
         "def predict(payload):\n"
         "    if payload.get('fail'):\n"
         "        raise RuntimeError('internal detail: do not leak')\n"
+        "    if payload.get('unfitted'):  # NotFittedError: a ValueError, but the model's fault\n"
+        "        LogisticRegression().predict([[1.0, 2.0, 3.0, 4.0]])\n"
         "    X = np.asarray(payload['instances'], dtype=float)\n"
         "    classes = model.predict(X)\n"
         "    return {'predictions': [SPECIES[i] for i in classes], 'classes': classes,\n"
@@ -336,6 +338,36 @@ def test_predict_error_is_500_without_traceback_and_metrics_count(iris: Server) 
     log = "\n".join(iris.proc.output())
     assert body["request_id"] in log and "Traceback" in log and "internal detail" in log
     assert TOKEN not in log and BODY_MARKER not in log
+
+
+def test_input_the_model_rejects_is_422_with_the_estimators_message(iris: Server) -> None:
+    """Wrong shape, wrong type, missing key: the caller's mistake, told in the library's words."""
+    url = iris.url + "/v1/predict"
+    before = scrape(iris)
+    cases = [
+        ({"instances": [[5.1, 3.5]]}, ("invalid input: ValueError: X has 2 features, but "
+         "LogisticRegression is expecting 4 features as input.")),
+        ({"instances": [["a", "b", "c", "d"]]}, ("invalid input: ValueError: could not convert "
+         "string to float: 'a'")),
+        ({"rows": [[5.1, 3.5, 1.4, 0.2]]}, "invalid input: KeyError: 'instances'"),
+    ]
+    for payload, message in cases:
+        reply = post_json(url, payload, TOKEN)
+        assert reply.status == 422, (payload, reply.body)
+        body = reply.json()
+        assert body["error"] == message
+        assert body["request_id"] == reply.headers["X-Request-ID"]
+    # An AttributeError (here `payload.get` on a list) and scikit-learn's NotFittedError
+    # (a ValueError *and* an AttributeError) are failures of the code or model: 500.
+    for payload in ([[5.1, 3.5, 1.4, 0.2]], {"unfitted": True}):
+        reply = post_json(url, payload, TOKEN)
+        assert reply.status == 500, (payload, reply.body)
+        assert reply.json()["error"] == "prediction failed"
+    after = scrape(iris)
+    assert after["nb2prod_predict_errors_total"] - before.get(
+        "nb2prod_predict_errors_total", 0.0) == 2
+    key = 'nb2prod_http_requests_total{route="/v1/predict",method="POST",code="422"}'
+    assert after[key] - before.get(key, 0.0) == 3
 
 
 def test_metrics_counters_are_exact_under_concurrency(iris: Server) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import configparser
 import itertools
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -181,6 +183,24 @@ def test_removed_stage_directory_disappears_on_resplit(tmp_path: Path) -> None:
     split_notebook(notebook, out, force=True)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("stage-")) == [
         "stage-1-prepare", "stage-2-train_forest", "stage-3-evaluate", "stage-4-serve"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_pipeline_directory_mode_follows_the_umask_and_survives_a_resplit(
+        iris: Path, umask: int) -> None:
+    """The temp dir split writes into is mkdtemp's 0700; the pipeline must not inherit it."""
+    out = iris.parent / "iris-pipeline"
+    previous = os.umask(umask)
+    try:
+        split_notebook(iris, out)
+    finally:
+        os.umask(previous)
+    expected = 0o777 & ~umask
+    assert stat.S_IMODE(out.stat().st_mode) == expected
+    assert stat.S_IMODE((out / "stage-1-train").stat().st_mode) == expected
+    out.chmod(0o750)  # the user's choice is kept when split replaces the directory
+    split_notebook(iris, out, force=True)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
 
 
 # -- --check ---------------------------------------------------------------------------------

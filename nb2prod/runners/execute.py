@@ -36,6 +36,9 @@ def execute(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    from nb2prod.artifacts import log_stage_output
+
+    log_stage_output()
     stage_dir, executable, work, params_json = argv
     params = json.loads(Path(params_json).read_text())
     result = execute(Path(stage_dir), executable, Path(work), params)

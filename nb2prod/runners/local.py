@@ -194,6 +194,9 @@ class LocalRunner:
             result = json.loads(result_file.read_text()) if result_file.is_file() else {
                 "status": "failed", "ename": "ProcessError",
                 "evalue": f"stage process exited with code {code}"}
+            if result.get("status") != "succeeded":  # the log ends saying why
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(f"\nnb2prod: {_failure_text(result)}\n")
             executed = work / "out" / f"{Path(stage.executable).stem}.ipynb"
             if executed.is_file():
                 error = self.html.render(executed, executed.with_suffix(".html"))
@@ -257,11 +260,8 @@ class LocalRunner:
 
     def failure_message(self, name: str) -> str:
         result = self.states[name].result
-        cell = result.get("cell")
-        where = f" in cell {cell}" if cell is not None else ""
-        what = f"{result.get('ename', 'Error')}: {result.get('evalue', '')}".strip()
         see = result.get("html") or result.get("notebook") or result.get("log", "")
-        return f"stage '{name}' failed{where}: {what} (see {see})"
+        return f"stage '{name}' {_failure_text(result)} (see {see})"
 
     # -- the DAG ------------------------------------------------------------------------
     def run(self, stages: list[str], input_run_id: str | None = None) -> dict[str, StageState]:
@@ -317,6 +317,14 @@ class LocalRunner:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _failure_text(result: dict) -> str:
+    """`failed in cell 5 ("first line"): ValueError: ...` from a stage's result record."""
+    cell = result.get("cell")
+    where = f" in {artifacts.cell_label(cell, result.get('cell_line'))}" if cell is not None else ""
+    what = f"{result.get('ename', 'Error')}: {result.get('evalue', '')}".strip()
+    return f"failed{where}: {what}"
 
 
 def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,

@@ -42,4 +42,4 @@ _nb2prod.save({name: globals()[name] for name in ["regressor"] if name in global
 # nb2prod: record metrics of this stage
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.record_metrics({name: globals().get(name) for name in ["X_test", "r2", "regressor", "y_test"]})
+_nb2prod.record_metrics({name: globals().get(name) for name in ["r2"]});

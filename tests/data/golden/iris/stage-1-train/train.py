@@ -49,4 +49,4 @@ _nb2prod.save({name: globals()[name] for name in ["model", "species"] if name in
 # nb2prod: record metrics of this stage
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.record_metrics({name: globals().get(name) for name in ["X_test", "accuracy", "model", "y_test"]})
+_nb2prod.record_metrics({name: globals().get(name) for name in ["accuracy"]});

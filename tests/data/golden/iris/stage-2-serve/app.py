@@ -9,8 +9,10 @@ Endpoints: POST ROUTE, GET /healthz (alive), GET /readyz (200 once start-up fini
 GET /info (pipeline, stage, model run id, versions), GET /metrics (Prometheus text).
 `NB2PROD_API_TOKEN` set => `Authorization: Bearer <token>` required on ROUTE and /info.
 A prediction request that arrives during start-up waits up to NB2PROD_READY_WAIT_SECONDS
-(default 5) for it, then gets 503.  Errors are JSON `{"error": ...}`; a failing predict
-gives 500 with a request id and no traceback (the traceback goes to the log).
+(default 5) for it, then gets 503.  Errors are JSON `{"error": ...}`; input the model
+rejects (predict raised ValueError, TypeError, KeyError or IndexError: see INPUT_ERRORS)
+gives 422 with that message; any other failing predict gives 500 with a request id and no
+traceback (the traceback goes to the log).
 
 Each gunicorn worker imports this module, so each runs the start-up and keeps its own
 state and metrics.  /readyz answers 200 only once all NB2PROD_WORKERS workers finished
@@ -538,8 +540,9 @@ class Metrics:
             out.append(f"nb2prod_http_request_duration_seconds_count{{{label}}} {cumulative}")
         out += [
             (
-                "# HELP nb2prod_predict_errors_total Calls to the entrypoint that raised or "
-                "returned something not JSON-serialisable."
+                "# HELP nb2prod_predict_errors_total Calls to the entrypoint that failed (500): "
+                "raised something other than an input error, or returned something not "
+                "JSON-serialisable."
             ),
             "# TYPE nb2prod_predict_errors_total counter",
             f"nb2prod_predict_errors_total {errors}",
@@ -678,6 +681,31 @@ def unauthorized() -> Response:
     )
 
 
+#: Exceptions that, raised by ENTRYPOINT, mean the request did not fit the model: the input
+#: validation of numpy, pandas and scikit-learn (`X has 2 features, but ... is expecting 4`,
+#: `could not convert string to float`), a missing key or column, a list where a dict was
+#: expected.  The caller gets 422 with the estimator's own message.  AttributeError and its
+#: subclasses stay 500 even when they also derive from these (scikit-learn's NotFittedError
+#: is a ValueError and an AttributeError: the model is broken, not the request).
+INPUT_ERRORS = (ValueError, TypeError, LookupError)
+INPUT_ERROR_TEXT_LIMIT = 1000
+
+
+def is_input_error(exc: BaseException) -> bool:
+    return isinstance(exc, INPUT_ERRORS) and not isinstance(exc, AttributeError)
+
+
+def invalid_input(exc: Exception) -> Response:
+    """422 naming what was wrong with the request (the exception's own text, shortened)."""
+    rid = request_id()
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > INPUT_ERROR_TEXT_LIMIT:
+        text = text[: INPUT_ERROR_TEXT_LIMIT - 1] + "…"
+    message = f"invalid input: {type(exc).__name__}: {text}"
+    log.warning("request %s: %s() rejected the input: %s", rid, SETTINGS["entrypoint"], message)
+    return error(422, message, {"X-Request-ID": rid}, request_id=rid)
+
+
 def prediction_failed(what: str) -> Response:
     """500 without the exception text (it may hold inputs or internals); traceback to the log."""
     rid = request_id()
@@ -795,7 +823,9 @@ def create_app() -> Flask:
             return error(400, f"malformed JSON: {exc}")
         try:
             result = fn(payload)
-        except Exception:  # noqa: BLE001 - logged with traceback in prediction_failed
+        except Exception as exc:  # noqa: BLE001 - logged with traceback in prediction_failed
+            if is_input_error(exc):
+                return invalid_input(exc)
             return prediction_failed(f"{SETTINGS['entrypoint']}() raised")
         try:
             body = dumps(result)

@@ -56,4 +56,4 @@ _nb2prod.save({name: globals()[name] for name in ["best_model", "best_name"] if 
 # nb2prod: record metrics of this stage
 import nb2prod_runtime as _nb2prod
 
-_nb2prod.record_metrics({name: globals().get(name) for name in ["accuracy", "best_name", "forest_accuracy", "logreg_accuracy", "scores"]})
+_nb2prod.record_metrics({name: globals().get(name) for name in ["accuracy", "forest_accuracy", "logreg_accuracy"]});

@@ -499,6 +499,27 @@ def test_missing_entrypoint_is_not_ready_and_named(tmp_path: Path) -> None:
         serve.stop_service(server.proc, 30)
 
 
+def test_failing_start_up_cell_is_named_as_in_the_users_notebook(tmp_path: Path) -> None:
+    """Stage cell 3 is the user's cell 7 (split records the mapping): the reason says cell 8."""
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", ["x = 1\n", "y = 2\n",
+                                              "model = load('m.joblib')  # gone\n"])
+    nb = json.loads((tmp_path / "serve.ipynb").read_text())
+    for i, cell in enumerate(nb["cells"]):
+        cell["id"] = f"c{i}"
+    nb["metadata"]["nb2prod"] = {"source_cells_by_id": {"c0": 1, "c2": 7}}
+    (tmp_path / "serve.ipynb").write_text(json.dumps(nb))
+    write_config(tmp_path)
+    server = start(tmp_path, wait=False)
+    try:
+        with pytest.raises(serve.ServiceError) as info:
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        assert ('failed to start: cell 8 ("model = load(\'m.joblib\')  # gone") raised '
+                "NameError: name 'load' is not defined") in str(info.value)
+    finally:
+        serve.stop_service(server.proc, 30)
+
+
 def test_failing_cell_reason_is_private_when_token_set(tmp_path: Path) -> None:
     render_app(tmp_path)
     write_notebook(tmp_path / "serve.ipynb",
@@ -506,7 +527,7 @@ def test_failing_cell_reason_is_private_when_token_set(tmp_path: Path) -> None:
     write_config(tmp_path)
     server = start(tmp_path, {"NB2PROD_API_TOKEN": TOKEN}, wait=False)
     try:
-        with pytest.raises(serve.ServiceError, match=r"serve\.ipynb cell 1 raised ValueError"):
+        with pytest.raises(serve.ServiceError, match=r"serve\.ipynb cell 2 raised ValueError"):
             serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
         reason = call(server.url + "/readyz").json()["reason"]
         assert "ValueError" in reason and "creds-xyz" not in reason

@@ -368,9 +368,16 @@ def run_startup(state: State) -> None:
     namespace = module.__dict__
     _install_main_fallback(namespace)
     code_cells = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+    # The user's notebook cell behind each stage cell (split records it), so that messages
+    # name cells as JupyterLab counts them: from 1, markdown cells included.
+    origins = ((nb.get("metadata") or {}).get("nb2prod") or {}).get("source_cells_by_id") or {}
     log.info("start-up: running %d code cells of %s", len(code_cells), executable)
     for index, cell in code_cells:
-        filename = f"{executable} cell {index}"
+        origin = origins.get(cell.get("id"))
+        filename = f"cell {origin + 1}" if isinstance(origin, int) else \
+            f"{executable} cell {index + 1}"
+        first = next((line.strip() for line in _cell_source(cell).splitlines() if line.strip()),
+                     "")[:60]
         source = python_source(_cell_source(cell))
         if not source.strip():
             continue
@@ -383,7 +390,7 @@ def run_startup(state: State) -> None:
             public = None
             if TOKEN_BYTES is not None:  # a protected service keeps exception text private
                 public = f"{filename} raised {type(exc).__name__} (details in the server log)"
-            _fail(state, f"{filename} raised {detail[:500]}", public)
+            _fail(state, f"{filename} ({json.dumps(first)}) raised {detail[:500]}", public)
             return
     name = SETTINGS["entrypoint"]
     fn = namespace.get(name)

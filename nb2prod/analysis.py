@@ -30,7 +30,9 @@ from nb2prod.dataflow import (
     CellSyntaxError,
     Definition,
     analyze_cell,
+    names_used,
     python_source,
+    without_imports,
 )
 from nb2prod.errors import Problem, UserError
 from nb2prod.metric_names import metric_names
@@ -51,6 +53,7 @@ class Stage:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> providing stage
     outputs: list[str] = field(default_factory=list)
     copied: dict[str, Definition] = field(default_factory=dict)  # imports/defs from other stages
+    pruned: dict[int, str] = field(default_factory=dict)  # imports cell -> source minus unused
     file_inputs: dict[str, str] = field(default_factory=dict)  # path literal -> writing stage
     metrics: list[str] = field(default_factory=list)
     hints: dict[str, str] = field(default_factory=dict)
@@ -89,6 +92,7 @@ def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
         builder.resolve_inputs()
         builder.resolve_files()
         builder.resolve_metrics()
+        builder.prune_imports()
         builder.check_services()
         builder.build_dag()
     if builder.problems:
@@ -416,6 +420,30 @@ class _Builder:
                     owner = self.cell_stage[index]
                 if owner and name not in self.stages[owner].metrics:
                     self.stages[owner].metrics.append(name)
+
+    def prune_imports(self) -> None:
+        """DESIGN.md: a stage may leave out imports (of `imports` cells) whose names it
+        never uses; a name no cell uses at all was imported for its side effects: kept."""
+        cells = [i for i in self.prelude["imports"] if i in self.flows]
+        bound = {n for i in cells for n, d in self.flows[i].definitions.items()
+                 if d.kind == "import" and not d.optional}
+        if not bound:
+            return
+        used = {i: names_used(flow) for i, flow in self.flows.items()}
+        everywhere = set().union(*(used[i] for role in PRELUDE_ROLES for i in self.prelude[role]
+                                   if i in used))
+        anywhere = set().union(*used.values())
+        candidates = (bound & anywhere) - everywhere
+        sources = {c.index: c.source for c in self.nb.cells}
+        for stage in self.stages.values():
+            mine = set().union(*(used[i] for i in stage.cells))
+            for definition in stage.copied.values():
+                mine |= definition.free_reads | definition.method_reads
+            unused = candidates - mine
+            for index in cells if unused else ():
+                pruned = without_imports(sources[index], unused)
+                if pruned is not None:
+                    stage.pruned[index] = pruned
 
     # -- 5. services and the DAG ----------------------------------------------
     def check_services(self) -> None:

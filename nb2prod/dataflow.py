@@ -842,3 +842,57 @@ def _literal(node: ast.expr) -> bool:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return False
     return True
+
+
+def names_used(flow: CellFlow) -> frozenset[str]:
+    """Every name a cell may load, also inside the bodies of its defs and methods."""
+    found = set(flow.uses | flow.reads | flow.maybe_reads)
+    for definition in flow.definitions.values():
+        found |= definition.free_reads | definition.method_reads
+    return frozenset(found)
+
+
+def without_imports(source: str, names: set[str]) -> str | None:
+    """`source` with its top-level imports of `names` left out; None if nothing changes.
+
+    Only plain-Python cells are rewritten (magics would not survive the round
+    trip), statement by statement, keeping every other line as written.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[int, int, str]] = []  # (first line, last line, replacement), 1-based
+    for stmt in tree.body:
+        if not isinstance(stmt, (ast.Import, ast.ImportFrom)) or (
+                isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"):
+            continue
+        if any(a.name == "*" for a in stmt.names):
+            continue
+        keep = [a for a in stmt.names if _bound_name(a) not in names]
+        if len(keep) == len(stmt.names):
+            continue
+        end = stmt.end_lineno or stmt.lineno
+        first, last = lines[stmt.lineno - 1], lines[end - 1]
+        if first[:stmt.col_offset].strip() or last[stmt.end_col_offset or 0:].strip(" \t\r\n"):
+            return None  # shares a line with another statement (`import a; x = 1`)
+        text = ""
+        if keep:
+            node = ast.Import(keep) if isinstance(stmt, ast.Import) else ast.ImportFrom(
+                stmt.module, keep, stmt.level)
+            text = first[:stmt.col_offset] + ast.unparse(node) + "\n"
+        edits.append((stmt.lineno, end, text))
+    if not edits:
+        return None
+    for start, end, text in reversed(edits):
+        lines[start - 1:end] = [text] if text else []
+    left_out = sorted(names & {_bound_name(a) for stmt in tree.body
+                               if isinstance(stmt, (ast.Import, ast.ImportFrom)) for a in stmt.names})
+    lines.insert(0, f"# nb2prod: left out imports this stage never uses: {', '.join(left_out)}\n")
+    pruned = "".join(lines)
+    return pruned if source.endswith("\n") else pruned.rstrip("\n")
+
+
+def _bound_name(alias: ast.alias) -> str:
+    return alias.asname or alias.name.split(".")[0]

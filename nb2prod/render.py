@@ -8,6 +8,7 @@ notebook and environment give byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from nb2prod import __version__, dag, files, workdir
 from nb2prod.analysis import Analysis, Stage
+from nb2prod.dataflow import CellFlow, analyze_cell
 from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
@@ -223,13 +225,18 @@ def _stage_imports(analysis: Analysis, stage: Stage) -> list[Import]:
     cells = [i for role in ("parameters", "imports", "functions") for i in analysis.prelude[role]]
     found = []
     for i in cells + stage.cells:
-        flow = analysis.flows[i]
+        flow = _pruned_flow(stage.pruned[i]) if i in stage.pruned else analysis.flows[i]
         found += [Import(module, cell=i, file=file, optional=module in flow.optional_imports)
                   for module, _ in flow.imports]
     for definition in stage.copied.values():
         found += [Import(module, cell=stage.cells[0], file=file, optional=definition.optional)
                   for module in definition.modules]
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def _pruned_flow(source: str) -> CellFlow:
+    return analyze_cell(source)
 
 
 def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, str],
@@ -281,7 +288,8 @@ def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
         source = "\n\n".join(by_index[i].source for i in params)
         cells.append((_cell("nb2prod-parameters", source, ["parameters"]), None))
     for role in ("imports", "functions"):
-        cells += [_original(by_index[i]) for i in analysis.prelude[role]]
+        cells += [_original(by_index[i], source=stage.pruned.get(i))
+                  for i in analysis.prelude[role]]
     if stage.inputs:
         cells.append(_generated(env, "load", inputs=stage.inputs))
     if stage.copied:
@@ -305,9 +313,11 @@ def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
     }
 
 
-def _original(cell, tags: list[str] | None = None) -> tuple[dict, int]:
+def _original(cell, tags: list[str] | None = None,
+              source: str | None = None) -> tuple[dict, int]:
     cell_id = cell.cell_id or f"cell-{cell.index}"
-    return _cell(cell_id, cell.source, tags if tags is not None else list(cell.tags)), cell.index
+    return _cell(cell_id, cell.source if source is None else source,
+                 tags if tags is not None else list(cell.tags)), cell.index
 
 
 def _generated(env, kind: str, **values) -> tuple[dict, None]:

@@ -525,3 +525,28 @@ def test_stage_code_runs_without_name_errors(cells: list[CellSpec], stage: str) 
     namespace: dict = {}
     for source in code:
         exec(compile(source, "<stage cell>", "exec"), namespace)  # noqa: S102
+
+
+def test_a_stage_leaves_out_imports_it_never_uses_but_keeps_side_effect_imports() -> None:
+    a = run((["imports"], "import json\nimport math, os\nimport antigravity_plugin\n"
+                          "from os import path as p"),
+            (["functions"], "def f(v):\n    return p.join(v)"),
+            (["stage:a"], "x = json.dumps(1)"),
+            (["stage:b"], "def g():\n    return math.pi\ny = 2"),
+            (["stage:c"], "z = os.sep"))
+    # json: used by a only; math: b (in a def body); os: c; p: the functions cell (everywhere);
+    # antigravity_plugin: used nowhere, so imported for its side effects: kept everywhere
+    assert a.stage("a").pruned == {0: (
+        "# nb2prod: left out imports this stage never uses: math, os\n"
+        "import json\nimport antigravity_plugin\nfrom os import path as p")}
+    assert a.stage("b").pruned[0].splitlines()[1:3] == ["import math", "import antigravity_plugin"]
+    assert a.stage("c").pruned[0].splitlines()[1:3] == ["import os", "import antigravity_plugin"]
+    code = stage_code(a, "c")
+    assert "import json" not in "\n".join(code)
+
+
+def test_imports_are_kept_whole_when_the_cell_cannot_be_rewritten_safely() -> None:
+    a = run((["imports"], "%matplotlib inline\nimport json\nimport math"),
+            (["imports"], "import os; import sys"),
+            (["stage:a"], "x = json.dumps(1)"), (["stage:b"], "y = math.pi + len(os.sep + sys.path[0])"))
+    assert a.stage("a").pruned == {}

@@ -17,7 +17,7 @@
 alpha = 1.0
 
 # %% tags=["imports"]
-import numpy as np
+# nb2prod: left out imports this stage never uses: np
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import train_test_split

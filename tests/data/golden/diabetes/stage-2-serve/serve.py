@@ -17,10 +17,8 @@
 alpha = 1.0
 
 # %% tags=["imports"]
+# nb2prod: left out imports this stage never uses: Ridge, load_diabetes, train_test_split
 import numpy as np
-from sklearn.datasets import load_diabetes
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import train_test_split
 
 # %%
 # nb2prod: load inputs saved by earlier stages (sha256-checked)

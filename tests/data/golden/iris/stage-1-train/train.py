@@ -19,7 +19,7 @@ random_state = 42
 max_iter = 200
 
 # %% tags=["imports"]
-import numpy as np
+# nb2prod: left out imports this stage never uses: np
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split

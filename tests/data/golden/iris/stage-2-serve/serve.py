@@ -19,10 +19,8 @@ random_state = 42
 max_iter = 200
 
 # %% tags=["imports"]
+# nb2prod: left out imports this stage never uses: LogisticRegression, load_iris, train_test_split
 import numpy as np
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 # %%
 # nb2prod: load inputs saved by earlier stages (sha256-checked)

@@ -18,13 +18,9 @@ random_state = 0
 n_estimators = 50
 
 # %% tags=["imports"]
-import numpy as np
+# nb2prod: left out imports this stage never uses: LogisticRegression, RandomForestClassifier, StandardScaler, make_pipeline, np
 from sklearn.datasets import load_wine
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 # %% tags=["stage:prepare", "cpu:250m", "memory:256Mi"]
 wine = load_wine()

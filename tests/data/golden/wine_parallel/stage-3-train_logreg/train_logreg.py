@@ -18,11 +18,8 @@ random_state = 0
 n_estimators = 50
 
 # %% tags=["imports"]
-import numpy as np
-from sklearn.datasets import load_wine
-from sklearn.ensemble import RandomForestClassifier
+# nb2prod: left out imports this stage never uses: RandomForestClassifier, load_wine, np, train_test_split
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 

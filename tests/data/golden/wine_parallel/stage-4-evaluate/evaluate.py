@@ -18,13 +18,7 @@ random_state = 0
 n_estimators = 50
 
 # %% tags=["imports"]
-import numpy as np
-from sklearn.datasets import load_wine
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+# nb2prod: left out imports this stage never uses: LogisticRegression, RandomForestClassifier, StandardScaler, load_wine, make_pipeline, np, train_test_split
 
 # %%
 # nb2prod: load inputs saved by earlier stages (sha256-checked)

@@ -528,8 +528,8 @@ def test_stage_code_runs_without_name_errors(cells: list[CellSpec], stage: str) 
 
 
 def test_a_stage_leaves_out_imports_it_never_uses_but_keeps_side_effect_imports() -> None:
-    a = run((["imports"], "import json\nimport math, os\nimport antigravity_plugin\n"
-                          "from os import path as p"),
+    a = run((["imports"], ("import json\nimport math, os\nimport antigravity_plugin\n"
+                          "from os import path as p")),
             (["functions"], "def f(v):\n    return p.join(v)"),
             (["stage:a"], "x = json.dumps(1)"),
             (["stage:b"], "def g():\n    return math.pi\ny = 2"),

@@ -325,7 +325,9 @@ def test_kale_notebook_splits_unedited_into_kales_steps_and_edges(cli: CLI,
         assert first["metadata"]["tags"] == ["parameters"]  # pipeline-parameters, for papermill
         assert first["source"] == "n_samples = 200\nseed = 7"
         sources = [c["source"] for c in stage_nb["cells"]]
-        assert "import numpy as np" in sources[1].splitlines()  # imports (unused ones left out)
+        assert stage_nb["cells"][1]["metadata"]["tags"] == ["imports"]  # unused ones left out
+        assert {line for line in sources[1].splitlines() if not line.startswith("#")} <= {
+            "import numpy as np", "from sklearn.linear_model import LogisticRegression"}
         assert sources[2].startswith("def accuracy_of")  # functions
         by_id = stage_nb["metadata"]["nb2prod"]["source_cells_by_id"]
         assert sorted(i for i in by_id.values() if i > 3) == cells

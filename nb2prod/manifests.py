@@ -195,6 +195,8 @@ class Options:
     image: str | None = None           # --image: dependencies preinstalled
     params: dict[str, Any] = field(default_factory=dict)
     endpoint_url: str | None = None    # AWS_ENDPOINT_URL for S3-compatible stores
+    #: stage -> {relative path: {sha256, bytes}}: input files its pods fetch from the store
+    files: dict[str, dict[str, dict]] = field(default_factory=dict)
     boto3_requirement: str = "boto3"   # added to pip installs when the store is s3://
 
     @property
@@ -224,8 +226,8 @@ class StageCode:
         return self.digest[:10]
 
 
-def stage_code(stage: StageSpec) -> StageCode:
-    """Read every file of the stage directory (hidden files and caches left out).
+def stage_code(stage: StageSpec, extra: dict[str, bytes] | None = None) -> StageCode:
+    """Read every file of the stage directory (hidden files and caches left out), plus `extra`.
 
     Raises UserError when the files exceed what one ConfigMap can hold: the user
     must move large data to the artifact store instead.
@@ -239,6 +241,7 @@ def stage_code(stage: StageSpec) -> StageCode:
         if not path.is_file() or path.suffix == ".pyc":
             continue
         files[rel.as_posix()] = path.read_bytes()
+    files.update(extra or {})
     size = sum(len(v) for v in files.values())
     if size > CONFIGMAP_LIMIT:
         biggest = max(files, key=lambda k: len(files[k]))
@@ -250,6 +253,15 @@ def stage_code(stage: StageSpec) -> StageCode:
     for rel, data in files.items():
         digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
     return StageCode(stage.name, files, digest.hexdigest())
+
+
+def all_stage_code(pipeline: Pipeline, opts: Options) -> dict[str, StageCode]:
+    """Every stage's code, each with its files plan (`nb2prod_files.json`: input files by
+    sha256 and the stages whose written files it restores; DESIGN.md "Files and local code")."""
+    from nb2prod.workdir import FILES_PLAN, files_plan
+
+    return {name: stage_code(stage, {FILES_PLAN: files_plan(pipeline, name, opts.files.get(name))})
+            for name, stage in pipeline.stages.items()}
 
 
 def _configmap_key(rel: str) -> str:
@@ -767,7 +779,7 @@ def plan(pipeline: Pipeline, opts: Options) -> Plan:
     """Build every object of a deploy of `pipeline` for run `opts.run_id`."""
     check_pipeline_name(pipeline)
     store_mount(opts.store)  # refuse file:// before reading any code
-    codes = {name: stage_code(stage) for name, stage in pipeline.stages.items()}
+    codes = all_stage_code(pipeline, opts)
     setup = rbac_objects(pipeline, opts.namespace)
     setup += [code_configmap(pipeline, codes[name], opts.namespace) for name in pipeline.order]
     jobs = {name: batch_job(pipeline, pipeline.stages[name], codes[name], opts)

@@ -258,7 +258,7 @@ def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> Re
     """
     manifests.check_pipeline_name(pipeline)
     manifests.store_mount(opts.store)
-    codes = {name: manifests.stage_code(stage) for name, stage in pipeline.stages.items()}
+    codes = manifests.all_stage_code(pipeline, opts)
     rolls = roll_plan(pipeline, codes, opts)
     roll_cm = roll_configmap(pipeline, rolls, opts.namespace)
     setup = manifests.rbac_objects(pipeline, opts.namespace)

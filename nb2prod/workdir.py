@@ -150,6 +150,11 @@ def copy_into(files: dict[str, Path], work: Path) -> None:
         shutil.copyfile(source, target)
 
 
+#: The runtime's name for the files plan (nb2prod.artifacts.FILES_PLAN, which must not be
+#: imported here: it is the stage runtime, heavy to import for `split`).
+FILES_PLAN = "nb2prod_files.json"
+
+
 # -- a split pipeline's stages ---------------------------------------------------------------
 def stage_files(pipeline: Pipeline, stage: str) -> dict[str, Path]:
     """A stage's `FILES` beside the pipeline's notebook, minus `[files] EXCLUDE`."""

@@ -271,3 +271,57 @@ def test_local_code_reports_third_party_imports_inside_local_modules(tmp_path: P
 def test_report_json_is_serializable(tmp_path: Path) -> None:
     nb = notebook(tmp_path / "nb.ipynb", (["train"], "x = 1"))
     json.dumps(split_notebook(nb).to_dict())
+
+
+# -- the runtime: record what a stage wrote, restore it downstream ----------------------
+def test_runtime_records_written_files_and_restores_them_for_later_stages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nb2prod import artifacts, workdir
+
+    assert workdir.FILES_PLAN == artifacts.FILES_PLAN
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    monkeypatch.setenv("NB2PROD_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("NB2PROD_PIPELINE", "p")
+    monkeypatch.setenv("NB2PROD_RUN_ID", "r1")
+    monkeypatch.setenv("NB2PROD_STAGE", "a")
+    monkeypatch.setenv("NB2PROD_FILES_PLAN", str(tmp_path / "none.json"))
+    work_a = tmp_path / "a"
+    (work_a / "data").mkdir(parents=True)
+    (work_a / "data" / "in.csv").write_text("input, unchanged")
+    before = artifacts.prepare_workdir(work_a, stage_dir)
+    (work_a / "out").mkdir()
+    (work_a / "out" / "clean.csv").write_text("x\n1\n")
+    (work_a / "__pycache__").mkdir()
+    (work_a / "__pycache__" / "m.pyc").write_bytes(b"\0")
+    recorded = artifacts.record_files(work_a, before)
+    assert list(recorded) == ["out/clean.csv"]
+    assert recorded["out/clean.csv"]["bytes"] == 4
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"files": {}, "upstream": ["a"]}))
+    monkeypatch.setenv("NB2PROD_FILES_PLAN", str(plan))
+    monkeypatch.setenv("NB2PROD_STAGE", "b")
+    work_b = tmp_path / "b"
+    snap = artifacts.prepare_workdir(work_b, stage_dir)
+    assert (work_b / "out" / "clean.csv").read_text() == "x\n1\n"
+    assert list(snap) == ["out/clean.csv"]
+    assert artifacts.record_files(work_b, snap) == {}  # restored, not written by b
+
+
+def test_runtime_refuses_unsafe_or_corrupt_files(tmp_path: Path) -> None:
+    import hashlib
+
+    from nb2prod import artifacts
+
+    store = artifacts.open_store((tmp_path / "store").as_uri())
+    data = b"payload"
+    sha = hashlib.sha256(data).hexdigest()
+    store.write_bytes(artifacts.files_key("p", sha), data)
+    for rel in ("../evil", "/etc/x", "a/../../b", ""):
+        with pytest.raises(artifacts.ArtifactIntegrityError):
+            artifacts._fetch_file(store, "p", rel, {"sha256": sha}, tmp_path / "w", "file")
+    store.write_bytes(artifacts.files_key("p", sha), b"tampered")
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="integrity"):
+        artifacts._fetch_file(store, "p", "ok.txt", {"sha256": sha}, tmp_path / "w", "file")
+    with pytest.raises(artifacts.ArtifactIntegrityError):
+        artifacts.files_key("p", "not-a-digest")

@@ -181,7 +181,9 @@ def test_configmap_holds_every_file_named_by_content(iris_dir: Path) -> None:
     train = cms["train"]
     assert train["immutable"] is True
     files = {f.name for f in (iris_dir / "stage-1-train").iterdir() if f.is_file()}
-    assert set(train["data"]) == files
+    assert set(train["data"]) == files | {"nb2prod_files.json"}  # + the files plan
+    assert json.loads(train["data"]["nb2prod_files.json"]) == {"files": {}, "upstream": []}
+    assert json.loads(cms["serve"]["data"]["nb2prod_files.json"])["upstream"] == ["train"]
     assert train["data"]["config.ini"] == (iris_dir / "stage-1-train/config.ini").read_text()
     assert "app.py" in cms["serve"]["data"]
     name = train["metadata"]["name"]

@@ -500,12 +500,16 @@ def test_cron_next_run_and_time_zones() -> None:
 
 
 # -- the stage runtime's in-cluster behaviour, locally -------------------------------------------
-FLAKY = [
-    ("stage:train", ("import os\nseen = int(open('attempts').read()) if os.path.exists('attempts') "
-                    "else 0\nopen('attempts', 'w').write(str(seen + 1))\n"
-                    "assert seen >= 1, 'first attempt fails'\nmodel = seen")),
-    ("serve", "def predict(payload):\n    return model"),
-]
+def flaky(counter: Path) -> list[tuple[str, str]]:
+    """Fails its first attempt; the counter lives outside the working directory, which
+    every attempt gets afresh."""
+    return [
+        ("stage:train", (f"import os\nCOUNTER = {str(counter)!r}\n"
+                         "seen = int(open(COUNTER).read()) if os.path.exists(COUNTER) else 0\n"
+                         "open(COUNTER, 'w').write(str(seen + 1))\n"
+                         "assert seen >= 1, 'first attempt fails'\nmodel = seen")),
+        ("serve", "def predict(payload):\n    return model"),
+    ]
 SLOW = [("stage:train", "import time\ntime.sleep(60)\nmodel = 1"),
         ("serve", "def predict(payload):\n    return model")]
 
@@ -531,12 +535,13 @@ def run_stage_process(directory: Path, tmp_path: Path, args: list[str]
 
 
 def test_run_stage_retries_in_a_fresh_kernel(tmp_path: Path) -> None:
-    directory = split(write_notebook(tmp_path / "flaky.ipynb", FLAKY), tmp_path / "flaky")
+    counter = tmp_path / "attempts"
+    directory = split(write_notebook(tmp_path / "flaky.ipynb", flaky(counter)), tmp_path / "flaky")
     code, verdict, output = run_stage_process(directory, tmp_path, ["--retries 0"])
     assert code == 1, output
     assert verdict["status"] == "failed" and verdict["attempts"] == 1
     assert "AssertionError: first attempt fails" in verdict["reason"]
-    (directory / "stage-1-train" / "attempts").unlink()
+    counter.unlink()
     code, verdict, output = run_stage_process(directory, tmp_path, ["--retries 2"])
     assert code == 0, output
     assert verdict == {"stage": "train", "status": "succeeded", "attempts": 2,

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nb2prod import k8s_retry, manifests
+from nb2prod import k8s_retry, manifests, workdir
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline, load_pipeline, notebook_parameters, run_parameters
@@ -553,6 +553,7 @@ class Deployer:
         ensure_object(self.kube, obj)
 
     def setup(self) -> None:
+        upload_input_files(self.pipeline, self.opts)
         self.ensure_namespace()
         for obj in self.plan.setup:
             self.ensure(obj)
@@ -1031,7 +1032,45 @@ def options_for(pipeline: Pipeline, namespace: str, *, image: str | None = None,
         namespace=namespace, store=pipeline.store_uri(store),
         run_id=run_id or artifacts.new_run_id(), image=image or None,
         params=_params(pipeline, params), endpoint_url=endpoint,
-        boto3_requirement=manifests.default_boto3_requirement())
+        boto3_requirement=manifests.default_boto3_requirement(),
+        files={name: workdir.describe(workdir.stage_files(pipeline, name))
+               for name in pipeline.order})
+
+
+def upload_input_files(pipeline: Pipeline, opts: manifests.Options) -> int:
+    """Put the stages' input files in the store, content-addressed; returns how many were new.
+
+    Pods fetch them from there by sha256 (DESIGN.md "Files and local code"), so
+    this machine must be able to write the store: a `pvc://` claim it cannot reach
+    is refused when there are files to ship.
+    """
+    from nb2prod import artifacts
+
+    sources: dict[str, Path] = {}
+    for name, described in opts.files.items():
+        found = workdir.stage_files(pipeline, name) if described else {}
+        for rel, entry in described.items():
+            sources.setdefault(entry["sha256"], found[rel])
+    if not sources:
+        return 0
+    if manifests.store_mount(opts.store).claim:
+        raise UserError(Problem(
+            f"stages need input files ({len(sources)}), which deploy puts in the store, but "
+            f"{opts.store} is a claim this machine cannot write: use an s3:// store, or leave "
+            "them out of FILES ([files] EXCLUDE) and bake them into --image"))
+    uploaded = 0
+    try:
+        store = artifacts.open_store(opts.store)
+        for sha, path in sorted(sources.items()):
+            key = artifacts.files_key(pipeline.name, sha)
+            if not store.exists(key):
+                store.upload(key, path)
+                uploaded += 1
+    except Exception as exc:  # noqa: BLE001 - credentials, network, bucket: one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(Problem(f"cannot put the input files in the store {opts.store}: "
+                                f"{first}")) from None
+    return uploaded
 
 
 def deploy(pipeline_dir: Path, namespace: str, *, context: str | None = None,

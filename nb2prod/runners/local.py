@@ -114,7 +114,7 @@ class LocalRunner:
         cwd = work / "cwd"
         cwd.mkdir()
         workdir.copy_into(self.files[name], cwd)
-        plan = work / artifacts.FILES_PLAN
+        plan = work / workdir.FILES_PLAN
         plan.write_bytes(workdir.files_plan(self.pipeline, name))
         return {"NB2PROD_WORKDIR": str(cwd), "NB2PROD_FILES_PLAN": str(plan)}
 
@@ -386,12 +386,12 @@ def _service_workdir(pipeline: Pipeline, name: str) -> tuple[Path, dict[str, str
     try:
         workdir.copy_into(files, work / "cwd")
         (work / "cwd").mkdir(exist_ok=True)
-        (work / artifacts.FILES_PLAN).write_bytes(workdir.files_plan(pipeline, name))
+        (work / workdir.FILES_PLAN).write_bytes(workdir.files_plan(pipeline, name))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return work, {"NB2PROD_WORKDIR": str(work / "cwd"),
-                  "NB2PROD_FILES_PLAN": str(work / artifacts.FILES_PLAN)}
+                  "NB2PROD_FILES_PLAN": str(work / workdir.FILES_PLAN)}
 
 
 def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: int | None,

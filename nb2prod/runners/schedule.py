@@ -25,6 +25,7 @@ from nb2prod.runners.kubernetes import (
     ensure_object,
     stuck_reason,
     summary_line,
+    upload_input_files,
 )
 
 
@@ -81,6 +82,7 @@ def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | Non
     serving = promoted_run(pipeline, opts.store) if pipeline.services else None
     plan = retrain.plan(pipeline, opts, serving=serving)
     job = plan.run_job(pipeline, opts.run_id, opts.namespace)
+    upload_input_files(pipeline, opts)
     kube = Kube(context)
     services = apply_plan(kube, plan)
     if kube.create(job) is None:
@@ -107,6 +109,7 @@ def schedule(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
     serving = promoted_run(pipeline, opts.store) if pipeline.services else None
     plan, cronjob = scheduled_objects(pipeline, opts, cron_expr, time_zone, suspend,
                                       serving=serving)
+    upload_input_files(pipeline, opts)
     kube = Kube(context)
     services = apply_plan(kube, plan)
     name = cronjob["metadata"]["name"]

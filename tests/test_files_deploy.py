@@ -1,0 +1,69 @@
+"""`deploy` with input files on the Kubernetes stand-in: through the store, by sha256.
+
+The notebook of tests/test_files_run.py (data/train.csv and labels.json beside
+it, a local package, a CSV and a joblib file passed between stages as files).
+`deploy` puts the input files in the (moto S3) store under
+`<pipeline>/files/<sha256>`; each pod fetches its own before its notebook runs
+and restores what earlier stages wrote, so the service answers what the
+notebook's `predict` answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from nb2prod.errors import UserError
+from tests.kube.standin import KubeStandIn
+from tests.s3server import S3Server, s3_env, s3_server  # noqa: F401
+from tests.test_deploy import (  # noqa: F401
+    NS,
+    cluster,
+    create_secret,
+    deploy,
+    predict,
+    split,
+    use_secret_credentials,
+)
+from tests.test_files_run import PAYLOAD, whole_notebook, write_project
+
+pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_deploy_ships_input_files_through_the_store(
+        cluster: tuple[KubeStandIn, str], s3_env: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    standin, store = cluster
+    notebook = write_project(tmp_path)
+    directory = split(notebook, tmp_path / "churn-pipeline")
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    result = deploy(directory, store)
+    assert result["status"] == "succeeded", result
+
+    bucket = store.split("/")[2]
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    for rel in ("data/train.csv", "labels.json"):
+        digest = hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
+        assert f"artifacts/churn/files/{digest}" in keys, rel
+    manifest = json.loads(s3_env.client().get_object(
+        Bucket=bucket, Key=f"artifacts/churn/runs/{result['run_id']}/train/manifest.json"
+    )["Body"].read())
+    assert list(manifest["files"]) == ["models/model.joblib"]
+
+    status, answer = predict(standin, "churn-serve", PAYLOAD)
+    assert status == 200, answer
+    _, predicted = whole_notebook(notebook)
+    assert answer == predicted
+
+
+def test_deploy_refuses_files_it_cannot_put_in_a_pvc_store(kube_standin: KubeStandIn,
+                                                           tmp_path: Path) -> None:
+    from nb2prod.runners import kubernetes as kube
+
+    directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
+    with pytest.raises(UserError, match="input files"):
+        kube.deploy(directory, NS, image="python:3.11-slim", store="pvc://claim/artifacts")

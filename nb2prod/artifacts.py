@@ -1416,6 +1416,59 @@ def record_metrics(values: dict[str, object]) -> dict:
     return recorded
 
 
+SAMPLE_REQUEST = "sample_request.json"
+
+
+def sample_rows(value: object, rows: int = 2, records: bool = False) -> list | None:
+    """The first `rows` rows of `value` as plain JSON values (None when it has no rows).
+
+    A DataFrame gives lists of values, or `{column: value}` records when `records`; a
+    numpy array (anything with `shape` and `tolist`) its first rows; a list its first items.
+    """
+    if hasattr(value, "iloc") and hasattr(value, "to_json"):  # pandas
+        head = value.iloc[:rows]
+        if records and hasattr(head, "columns"):
+            return json.loads(head.to_json(orient="records"))
+        return json.loads(head.to_json(orient="values"))
+    if hasattr(value, "shape") and callable(getattr(value, "tolist", None)):
+        if not getattr(value, "shape", ()):
+            return None
+        return value[:rows].tolist()
+    if isinstance(value, (list, tuple)) and value:
+        return json.loads(json.dumps(list(value[:rows]), default=str))
+    return None
+
+
+def record_sample(value: object, key: str | None = None, records: bool = False) -> object:
+    """Store a request the service can answer: the first rows of the data a model was fit on.
+
+    `nb2prod run` prints it in its curl hint and sends it with `--smoke` (nb2prod.sample).
+    Never fails the stage: a value with no rows, or one JSON cannot hold, records nothing.
+    """
+    try:
+        rows = sample_rows(value, records=records)
+        if not rows:
+            return None
+        payload = {key: rows} if key else rows
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    ctx = _write_context("record the sample request")
+    key_path = f"{_stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)}/{SAMPLE_REQUEST}"
+    write_json(open_store(ctx.store), key_path, payload, atomic=True)
+    return payload
+
+
+def read_sample(store: Store, pipeline: str, run_id: str, stages: list[str]) -> object | None:
+    """The sample request recorded by the first of `stages` (DAG order) in run `run_id`."""
+    for stage in stages:
+        payload = read_json(store, f"{_stage_prefix(pipeline, run_id, stage)}/{SAMPLE_REQUEST}",
+                            default=None)
+        if payload:
+            return payload
+    return None
+
+
 # -- promotion ---------------------------------------------------------------------
 def promotion_passes(metrics: dict[str, Any], metric: str | None,
                      minimum: float | None) -> tuple[bool, str]:

@@ -147,8 +147,28 @@ def _open_pipeline(target: Path, templates: Path | None = None):
         _print_warnings(report)
         _print_split_notes(report)
         click.echo(f"split {target} into {output}", err=True)
-        target = output
-    return load_pipeline(target)
+        return load_pipeline(output)
+    pipeline = load_pipeline(target)
+    _refuse_stale(pipeline, target)
+    return pipeline
+
+
+def _refuse_stale(pipeline, given: Path) -> None:
+    """Exit 2 when the notebook changed since `given` was split (run NOTEBOOK re-splits)."""
+    import os
+
+    from nb2prod.errors import Problem
+    from nb2prod.split import changed_source
+
+    notebook = changed_source(pipeline.root, pipeline.value("project", "NOTEBOOK"),
+                              pipeline.value("project", "SOURCE_SHA256"))
+    if notebook is None:
+        return
+    shown = os.path.relpath(notebook)
+    raise UserError(Problem(f"stale: {shown} changed since it was split; update with `nb2prod "
+                            f"split {shown} -o {given} --force` (your config.ini edits are "
+                            f"kept), or run the notebook itself: `nb2prod run {shown}`",
+                            file=str(given)))
 
 
 @cli.command()
@@ -212,14 +232,21 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         click.echo(f"run {result.run_id} not promoted ({result.reason}); serving the latest "
                    f"promoted run {latest['run_id']}", err=True)
     running = local.start_services(pipeline, services, store_uri, port, host)
+    try:
+        samples = {s.stage.name: local.sample_request(pipeline, s, store_uri, latest["run_id"])
+                   for s in running}
+    except BaseException:
+        local.stop_services(running)
+        raise
     for service in running:
         route = service.stage.value("service", "ROUTE", "/predict")
         click.echo(f"serving {service.stage.name} (run {latest['run_id']}) at "
                    f"{service.url}{route}")
-        click.echo(f"  try: {local.sample_curl(service)}")
+        click.echo(f"  try: {local.sample_curl(service, samples[service.stage.name])}")
     if smoke:
         try:
-            failures = [s.stage.name for s in running if not local.smoke_request(s, click.echo)]
+            failures = [s.stage.name for s in running
+                        if not local.smoke_request(s, samples[s.stage.name], click.echo)]
         finally:
             local.stop_services(running)
         if failures:

@@ -22,6 +22,7 @@ from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
 from nb2prod.requirements import Import, resolve
+from nb2prod.sample import FittedSample, fitted_sample, literal_request
 from nb2prod.templates import PACKAGE_DIR, environment, render_template
 
 Config = dict[str, dict[str, str]]
@@ -83,6 +84,8 @@ def render(
     out.file_plan = file_plan(analysis, output, top.get("files", {}))
     problems: list[Problem] = []
     runtime = (PACKAGE_DIR / "artifacts.py").read_text()
+    literal = literal_request(analysis, "predict")
+    sample = None if literal else fitted_sample(analysis, "predict")
     for stage in analysis.stages:
         reqs = _stage_requirements(analysis, stage, overrides, local, problems, out.warnings)
         out.requirements[stage.name] = reqs
@@ -91,7 +94,7 @@ def render(
         generated = _stage_config(stage, name)
         generated["default"]["FILES"] = ", ".join(out.file_plan.inputs.get(stage.name, []))
         if stage.type == "service":
-            generated["service"]["SAMPLE_REQUEST"] = sample_request(analysis, "predict")
+            generated["service"]["SAMPLE_REQUEST"] = literal
         out.generated[f"{base}/config.ini"] = generated
         config = _merge(generated, user_configs.get(f"{base}/config.ini", {}))
         out.configs[f"{base}/config.ini"] = config
@@ -100,7 +103,8 @@ def render(
             env, "requirements.txt.j2", requirements=reqs, **ctx)
         out.files[f"{base}/nb2prod_runtime.py"] = _text(
             env, "nb2prod_runtime.py.j2", runtime_source=runtime, **ctx)
-        notebook = stage_notebook(analysis, stage, env)
+        notebook = stage_notebook(analysis, stage, env,
+                                  sample if sample and sample.stage == stage.name else None)
         out.files[f"{base}/{stage.name}.ipynb"] = _notebook_bytes(notebook)
         out.files[f"{base}/{stage.name}.py"] = _percent_script(notebook)
         if stage.type == "service":
@@ -174,27 +178,6 @@ def _stage_config(stage: Stage, pipeline: str) -> Config:
         config["batch"]["CACHE"] = hints["CACHE"]  # the no-cache tag
     config["secrets"] = {env: f"{secret}:{key}" for secret, key, env in stage.secrets}
     return config
-
-
-def sample_request(analysis: Analysis, entrypoint: str) -> str:
-    """A literal payload the notebook passes to the entrypoint, as JSON: for the sample curl."""
-    import ast
-
-    for cell in analysis.notebook.cells:
-        if cell.cell_type != "code" or entrypoint not in cell.source:
-            continue
-        try:
-            tree = ast.parse(cell.source)
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id == entrypoint and len(node.args) == 1):
-                try:
-                    return json.dumps(ast.literal_eval(node.args[0]))
-                except (ValueError, TypeError, SyntaxError):
-                    continue
-    return ""
 
 
 def _merge(generated: Config, user: Config) -> Config:
@@ -277,8 +260,12 @@ def file_plan(analysis: Analysis, output: Path, settings: dict[str, str]) -> Fil
 
 
 # -- the stage notebook ----------------------------------------------------------
-def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
-    """nbformat-4 JSON of the stage notebook, in the order DESIGN.md fixes."""
+def stage_notebook(analysis: Analysis, stage: Stage, env,
+                   sample: FittedSample | None = None) -> dict:
+    """nbformat-4 JSON of the stage notebook, in the order DESIGN.md fixes.
+
+    `sample`: this stage fits the served model; it records a sample request (nb2prod.sample).
+    """
     by_index = {c.index: c for c in analysis.notebook.cells}
     params = analysis.prelude["parameters"]
     cells: list[tuple[dict, int | None]] = []  # (cell, index in the source notebook)
@@ -299,6 +286,8 @@ def stage_notebook(analysis: Analysis, stage: Stage, env) -> dict:
         cells.append(_generated(env, "save", outputs=stage.outputs))
     if stage.metrics:
         cells.append(_generated(env, "metrics", metrics=stage.metrics))
+    if sample is not None:
+        cells.append(_generated(env, "sample", sample=sample))
     return {
         "cells": [cell for cell, _ in cells],
         "metadata": {

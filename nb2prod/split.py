@@ -161,6 +161,36 @@ def split_notebook(path: Path, output: Path | None = None, force: bool = False,
     return report
 
 
+def changed_source(root: Path, notebook: str, recorded_sha256: str) -> Path | None:
+    """The notebook pipeline `root` was split from, if it changed in a way split would write.
+
+    `notebook` and `recorded_sha256` are nb2prod.ini's `[project] NOTEBOOK` (relative to
+    `root`) and `SOURCE_SHA256`.  Same bytes: fresh, at the cost of one hash.  Different
+    bytes (saving in JupyterLab changes outputs and execution counts too) are stale only
+    when a split would change a generated file, as `split --check` decides.  A notebook
+    that is not there (a pipeline committed on its own) is never stale.
+    """
+    import hashlib
+
+    path = Path(root) / notebook
+    if not notebook or not recorded_sha256 or not path.is_file():
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() == recorded_sha256:
+        return None
+    try:
+        notebook_now = load_notebook(path)
+        target = writer.real_output(Path(root))
+        record = read_record(target)
+        _, files, _ = _prepare(analyze(notebook_now), target, Path(root), None, record)
+    except UserError:
+        return path  # it no longer even splits: certainly not what the pipeline holds
+    # The recorded hash itself is the one line of nb2prod.ini that changes with any save.
+    ini = files.get("nb2prod.ini")
+    if ini is not None:
+        files["nb2prod.ini"] = ini.replace(notebook_now.sha256.encode(), recorded_sha256.encode())
+    return path if _stale_files(target, files, record) else None
+
+
 def _preflight(target: Path, output: Path, force: bool, check: bool) -> None:
     if not target.exists():
         return

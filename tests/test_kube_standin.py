@@ -383,6 +383,33 @@ def test_job_runs_python_with_env_volumes_and_logs(api: ApiClient, ns: str) -> N
     assert exc.value.status == 400
 
 
+def test_host_paths_in_the_base_environment_are_not_remapped(api: ApiClient, ns: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv under /tmp and an emptyDir at /tmp: PATH keeps the venv, the pod's own values map.
+
+    The container gets this process's PATH (the interpreter's directory first): a host path.
+    Remapping it like a path the pod spec names would send `/tmp/venv/bin` into the
+    emptyDir, and the stage would no longer find its interpreter's packages.
+    """
+    v1, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    monkeypatch.setenv("PATH", "/tmp/nb2prod-venv/bin" + os.pathsep + os.environ.get("PATH", ""))
+    # (Paths spelled in pieces: the stand-in remaps /tmp in the command line too, as it should.)
+    script = ("import os; tmp = os.sep + 'tmp'; "
+              "print(tmp + '/nb2prod-venv/bin' in os.environ['PATH'].split(os.pathsep)); "
+              "print(not os.environ['SCRATCH'].startswith(tmp + '/work'))")
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "paths"}, "spec": {
+        "backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "volumes": [{"name": "tmp", "emptyDir": {}}],
+            "containers": [container("main", ["python", "-c", script],
+                                     env=[{"name": "SCRATCH", "value": "/tmp/work"}],
+                                     volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}])]}}}}
+    batch.create_namespaced_job(ns, job)
+    assert job_outcome(batch, ns, "paths") == ("Complete", "CompletionsReached")
+    [pod] = pods_of(v1, ns, "job-name=paths")
+    # PATH kept the (host) venv directory; SCRATCH, set by the pod, points into the emptyDir.
+    assert v1.read_namespaced_pod_log(pod.metadata.name, ns).splitlines() == ["True", "True"]
+
+
 def test_job_backoff_limit_and_active_deadline(api: ApiClient, ns: str) -> None:
     batch, v1 = client.BatchV1Api(api), client.CoreV1Api(api)
     batch.create_namespaced_job(ns, job_body("flaky", ["python", "-c", "import sys; print('boom'); sys.exit(3)"],

@@ -276,6 +276,21 @@ def test_promotion_gate_keeps_previous_model_latest_and_served(iris_good: Iris) 
     assert not port_open(served.port)
 
 
+def test_smoke_exits_1_when_the_run_misses_the_promotion_gate(iris_good: Iris) -> None:
+    """--smoke still answers (from the promoted model) but the run failed its gate: exit 1."""
+    port = free_port()
+    done = nb2prod("run", "iris-pipeline", "--smoke", "--port", str(port),
+                   "--param", "max_iter=1", cwd=iris_good.work)
+    assert done.returncode == 1, done.stdout + done.stderr
+    run_id = run_id_of(done.stdout)
+    assert re.search(r"^POST /predict .* -> 200 ", done.stdout, re.MULTILINE), done.stdout
+    assert f"serving serve (run {iris_good.good_run})" in done.stdout
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"nb2prod: run {run_id} not promoted: accuracy = "), done.stderr
+    assert latest_bytes(iris_good.pipeline_dir, "iris") == iris_good.latest
+    assert not port_open(port)
+
+
 def test_tampered_artifact_is_refused_by_the_service(iris_good: Iris,
                                                      tmp_path: Path) -> None:
     copy = tmp_path / "iris-pipeline"

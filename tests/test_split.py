@@ -20,7 +20,7 @@ import pytest
 
 from nb2prod.cli import main
 from nb2prod.notebook import import_nbformat
-from nb2prod.split import split_notebook
+from nb2prod.split import changed_source, split_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_notebooks"
@@ -221,6 +221,31 @@ def test_check_is_0_when_fresh_and_1_after_the_notebook_changes(cli: CLI, iris: 
 
     cli("split", iris, "-o", out, "--force")
     assert cli("split", iris, "-o", out, "--check")[0] == 0
+
+
+def test_run_of_a_stale_pipeline_stops_with_how_to_update(cli: CLI, iris: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run DIR` notices the notebook changed since the split (nb2prod.ini SOURCE_SHA256)."""
+    monkeypatch.chdir(iris.parent)
+    out = Path("iris-pipeline")
+    cli("split", "iris.ipynb")
+    # Saved again with new outputs and execution counts only: the pipeline is still current.
+    data = json.loads(iris.read_text())
+    data["cells"][4]["execution_count"] = 7
+    iris.write_text(json.dumps(data, indent=2))
+    assert changed_source(out.resolve(), "../iris.ipynb", ini(out / "nb2prod.ini")[
+        "project"]["SOURCE_SHA256"]) is None
+    edit_notebook(iris, 1, "test_size = 0.3\nrandom_state = 42\nmax_iter = 200\n")
+    code, stdout, stderr = cli("run", out, "--no-serve")
+    assert code == 2, stdout + stderr
+    assert stderr.strip() == (
+        "nb2prod: error: iris-pipeline: stale: iris.ipynb changed since it was split; update "
+        "with `nb2prod split iris.ipynb -o iris-pipeline --force` (your config.ini edits are "
+        "kept), or run the notebook itself: `nb2prod run iris.ipynb`")
+    assert not (out / ".nb2prod" / "artifacts").exists()  # nothing ran
+    cli("split", "iris.ipynb", "-o", out, "--force")
+    assert changed_source(out.resolve(), "../iris.ipynb", ini(out / "nb2prod.ini")[
+        "project"]["SOURCE_SHA256"]) is None
 
 
 def test_check_detects_a_deleted_generated_file(cli: CLI, iris: Path) -> None:

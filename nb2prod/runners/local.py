@@ -437,22 +437,38 @@ def stop_services(services: list[Service]) -> None:
             shutil.rmtree(service.workdir, ignore_errors=True)
 
 
-def sample_curl(service: Service) -> str:
+def sample_request(pipeline: Pipeline, service: Service, store_uri: str, run_id: str) -> str:
+    """The JSON body `--smoke` sends and the curl hint shows (see nb2prod.sample).
+
+    The notebook's own literal `predict({...})` call (`[service] SAMPLE_REQUEST`), else the
+    first rows of the data the served run's model was fitted on, recorded by that run's
+    fitting stage; `{}` when neither exists.
+    """
+    literal = service.stage.value("service", "SAMPLE_REQUEST")
+    if literal:
+        return literal
+    recorded = artifacts.read_sample(artifacts.open_store(store_uri), pipeline.name, run_id,
+                                     pipeline.batch)
+    return json.dumps(recorded) if recorded is not None else "{}"
+
+
+def sample_curl(service: Service, payload: str) -> str:
+    import shlex
+
     route = service.stage.value("service", "ROUTE", "/predict") or "/predict"
-    payload = service.stage.value("service", "SAMPLE_REQUEST") or "{}"
     token = ' -H "Authorization: Bearer $NB2PROD_API_TOKEN"' if os.environ.get(
         "NB2PROD_API_TOKEN") else ""
     return (f"curl -s -X POST {service.url}{route} -H 'Content-Type: application/json'"
-            f"{token} -d '{payload}'")
+            f"{token} -d {shlex.quote(payload)}")
 
 
-def smoke_request(service: Service, echo: Callable[[str], None]) -> bool:
-    """POST the stage's SAMPLE_REQUEST once; print the answer; True on HTTP 200."""
+def smoke_request(service: Service, body: str, echo: Callable[[str], None]) -> bool:
+    """POST `body` (see `sample_request`) once; print the answer; True on HTTP 200."""
     import urllib.error
     import urllib.request
 
     route = service.stage.value("service", "ROUTE", "/predict") or "/predict"
-    payload = (service.stage.value("service", "SAMPLE_REQUEST") or "{}").encode()
+    payload = body.encode()
     headers = {"Content-Type": "application/json"}
     token = os.environ.get("NB2PROD_API_TOKEN")
     if token:

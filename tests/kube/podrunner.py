@@ -223,7 +223,11 @@ class PodRunner(threading.Thread):
             run.mounts = self.penv.mounts(run.spec, run.termination_file)
             base = self._base_env()
             env = self.penv.environment(run.spec, base)
-            env = {k: self.penv.remap(v, run.mounts) for k, v in env.items()}
+            # Only what the pod spec sets is in the container's file system: the host's own
+            # values (PATH with this interpreter's directory, HOME, PYTHONPATH) are local paths
+            # already, and remapping them would hide a venv under /tmp behind an emptyDir there.
+            env = {k: v if base.get(k) == v else self.penv.remap(v, run.mounts)
+                   for k, v in env.items()}
             argv = self.penv.argv(run.spec, env, run.mounts)
         except NotReadyError as exc:
             run.state = {"waiting": {"reason": exc.reason, "message": exc.message}}

@@ -43,3 +43,9 @@ _nb2prod.save({name: globals()[name] for name in ["regressor"] if name in global
 import nb2prod_runtime as _nb2prod
 
 _nb2prod.record_metrics({name: globals().get(name) for name in ["r2"]});
+
+# %%
+# nb2prod: record a sample request for the service: the first rows of `X_train`, which the model is fitted on
+import nb2prod_runtime as _nb2prod
+
+_nb2prod.record_sample(globals().get("X_train"), key="instances", records=False);

@@ -37,3 +37,9 @@ forest.fit(X_train, y_train)
 import nb2prod_runtime as _nb2prod
 
 _nb2prod.save({name: globals()[name] for name in ["forest"] if name in globals()});
+
+# %%
+# nb2prod: record a sample request for the service: the first rows of `X_train`, which the model is fitted on
+import nb2prod_runtime as _nb2prod
+
+_nb2prod.record_sample(globals().get("X_train"), key="instances", records=False);

@@ -318,6 +318,31 @@ class _Builder:
                 served, in_methods = _free_reads({self.entrypoint}, known_functions)
                 self._resolve_reads(stage, stage.cells[-1] + 1, served, in_methods, bound, maybe,
                                     prelude, modules, known_functions)
+            self.copy_for_unpickling(stage, bound | maybe, prelude, modules, known_functions)
+            stage.copied = _definition_order(stage.copied)
+
+    def copy_for_unpickling(self, stage: Stage, bound: set[str], prelude: set[str],
+                            modules: set[str], known_functions: dict[str, Definition]) -> None:
+        """A loaded object may be an instance of a class (or hold a function) its producer
+        defined: pickle finds those by name, so the consumer gets their definitions too.
+        Only what defining them needs comes along (imports, other defs), never data."""
+        for producer in sorted(set(stage.inputs.values())):
+            made = self.stages[producer]
+            found = {name: d for i in made.cells for name, d in self.flows[i].definitions.items()
+                     if d.kind != "import"}
+            found.update({n: d for n, d in made.copied.items() if d.kind != "import"})
+            for name, definition in sorted(found.items()):
+                if name in stage.copied or name in bound or name in prelude:
+                    continue
+                stage.copied[name] = definition
+                needed = definition.free_reads | definition.method_reads
+                for free in sorted(needed & (modules | set(found))):
+                    if free not in stage.copied and free not in bound:
+                        if free in found:
+                            stage.copied[free] = found[free]
+                        else:
+                            self.resolve_name(stage, free, stage.cells[0], False, prelude,
+                                              modules, known_functions)
 
     def _resolve_reads(self, stage: Stage, index: int, reads: set[str], maybe_reads: set[str],
                        bound: set[str], maybe: set[str], prelude: set[str], modules: set[str],
@@ -500,6 +525,25 @@ class _Builder:
         unassigned = {i: why for i, why in sorted(unassigned.items()) if sources[i].strip()}
         return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings,
                         self.paths, unassigned)
+
+
+def _definition_order(copied: dict[str, Definition]) -> dict[str, Definition]:
+    """Copied sources in an order that runs: imports first, then each def/class after
+    the copied ones its statement needs (`class B(A)`; a cycle keeps the found order)."""
+    ordered = {n: d for n, d in copied.items() if d.kind == "import"}
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in ordered or name in visiting:
+            return
+        visiting.add(name)
+        for dep in sorted(copied[name].free_reads & set(copied)):
+            visit(dep)
+        ordered[name] = copied[name]
+
+    for name in copied:
+        visit(name)
+    return ordered
 
 
 def _free_reads(names: set[str], functions: dict[str, Definition]) -> tuple[set[str], set[str]]:

@@ -56,6 +56,9 @@ class Definition:
     modules: tuple[str, ...] = ()
     #: an import inside ``try: ... except ImportError:``: fine to be missing
     optional: bool = False
+    #: what the statement itself evaluates (decorators, defaults, bases, a class body):
+    #: a copy runs only after these exist
+    definition_reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,8 @@ class _ScopeWalker(ast.NodeVisitor):
         if not self.conditional:
             self.definitions[node.name] = Definition(
                 "def", self._segment(node), info.free_reads | _definition_reads(node),
-                info.free_mutates, info.global_writes, modules=_modules(info.imports)
+                info.free_mutates, info.global_writes, modules=_modules(info.imports),
+                definition_reads=_definition_reads(node)
             )
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
@@ -367,7 +371,8 @@ class _ScopeWalker(ast.NodeVisitor):
                 "class", self._segment(node),
                 info.free_reads | info.body_reads | _definition_reads(node),
                 info.free_mutates, info.global_writes, info.method_reads,
-                modules=_modules(info.imports)
+                modules=_modules(info.imports),
+                definition_reads=info.body_reads | _definition_reads(node)
             )
 
     def visit_If(self, node: ast.If) -> None:

@@ -277,10 +277,16 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
     for role in ("imports", "functions"):
         cells += [_original(by_index[i], source=stage.pruned.get(i))
                   for i in analysis.prelude[role]]
+    # copied defs/classes come before the load (unpickling a notebook class needs it),
+    # unless defining them reads a loaded name (`def f(x, k=K)` with K an input)
+    late = {n: d for n, d in stage.copied.items() if d.definition_reads & set(stage.inputs)}
+    early = {n: d for n, d in stage.copied.items() if n not in late}
+    if early:
+        cells.append(_generated(env, "copied", copied=early))
     if stage.inputs:
         cells.append(_generated(env, "load", inputs=stage.inputs))
-    if stage.copied:
-        cells.append(_generated(env, "copied", copied=stage.copied))
+    if late:
+        cells.append(_generated(env, "copied", "nb2prod-copied-after-load", copied=late))
     cells += [_original(by_index[i]) for i in stage.cells]
     if stage.outputs:
         cells.append(_generated(env, "save", outputs=stage.outputs))
@@ -309,9 +315,9 @@ def _original(cell, tags: list[str] | None = None,
                  tags if tags is not None else list(cell.tags)), cell.index
 
 
-def _generated(env, kind: str, **values) -> tuple[dict, None]:
+def _generated(env, kind: str, cell_id: str | None = None, **values) -> tuple[dict, None]:
     source = render_template(env, f"cells/{kind}.py.j2", **values).rstrip("\n")
-    return _cell(f"nb2prod-{kind}", source), None
+    return _cell(cell_id or f"nb2prod-{kind}", source), None
 
 
 def _cell(cell_id: str, source: str, tags: list[str] | None = None) -> dict:

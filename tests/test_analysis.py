@@ -515,6 +515,9 @@ def stage_code(a: Analysis, name: str) -> list[str]:
                         "except ImportError:\n    w = None\n    HAS_W = False\n"
                         "from pathlib import Path as P, PurePath as PP")),
           (["stage:b"], "print(w, HAS_W, P, PP)")], "b"),
+        ([(["stage:a"], ("import functools\nclass A:\n    pass\nclass B(A):\n    pass\n"
+                        "@functools.lru_cache(None)\ndef f(x):\n    return B\nx = 1")),
+          (["stage:b"], "y = f(2)")], "b"),  # copied sources run in dependency order
     ],
 )
 def test_stage_code_runs_without_name_errors(cells: list[CellSpec], stage: str) -> None:
@@ -550,3 +553,36 @@ def test_imports_are_kept_whole_when_the_cell_cannot_be_rewritten_safely() -> No
             (["imports"], "import os; import sys"),
             (["stage:a"], "x = json.dumps(1)"), (["stage:b"], "y = math.pi + len(os.sep + sys.path[0])"))
     assert a.stage("a").pruned == {}
+
+
+def test_a_loaded_object_brings_the_classes_and_functions_of_its_producer() -> None:
+    # pickle finds a notebook class by name (`__main__.Wrapper`): the consumer must define it
+    a = run((["stage:a"], "import json\ndata = 3"),
+            (["train"], ("class Wrapper(json.JSONEncoder):\n    def dump(self):\n"
+                        "        return json.dumps(self.m) + str(data)\n"
+                        "def scorer(v):\n    return v\nw = Wrapper()\nw.m = 1")),
+            (["stage:use"], "print(w)"))
+    use = a.stage("use")
+    assert use.inputs == {"w": "train"}  # not `data`: methods do not run when unpickling
+    assert set(use.copied) == {"Wrapper", "scorer", "json"}
+    code = stage_code(a, "use")
+    namespace: dict = {"w": None}
+    for source in code[:-1]:  # all but the stage's own cell: the class is defined without data
+        exec(compile(source, "<stage cell>", "exec"), namespace)  # noqa: S102
+    assert isinstance(namespace["Wrapper"], type)
+
+
+def test_copied_definitions_come_before_the_load_unless_they_read_a_loaded_name() -> None:
+    from nb2prod.render import stage_notebook
+    from nb2prod.templates import environment
+
+    a = run((["train"], "K = 2\nclass M:\n    pass\ndef f(x, k=K):\n    return x * k\nm = M()"),
+            (["stage:use"], "print(m, f(1))"))
+    use = a.stage("use")
+    assert use.inputs == {"K": "train", "m": "train"}
+    cells = stage_notebook(a, use, environment())["cells"]
+    ids = [c["id"] for c in cells if c["id"].startswith("nb2prod-")]
+    assert ids == ["nb2prod-parameters", "nb2prod-copied", "nb2prod-load",
+                   "nb2prod-copied-after-load"]
+    by_id = {c["id"]: c["source"] for c in cells}
+    assert "class M" in by_id["nb2prod-copied"] and "def f" in by_id["nb2prod-copied-after-load"]

@@ -445,6 +445,10 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
                                                  required=False)
     opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,
                             params=list(params))
+    try:  # the rendered pods fetch their input files from the store, as deployed ones do
+        kube.upload_input_files(pipeline, opts)
+    except UserError as exc:
+        click.echo(f"warning: {exc}; the rendered pods will not find them", err=True)
     if cron_expr:
         from nb2prod.runners import schedule as incluster
 

@@ -67,3 +67,20 @@ def test_deploy_refuses_files_it_cannot_put_in_a_pvc_store(kube_standin: KubeSta
     directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
     with pytest.raises(UserError, match="input files"):
         kube.deploy(directory, NS, image="python:3.11-slim", store="pvc://claim/artifacts")
+
+
+def test_render_puts_the_files_its_pods_fetch_in_the_store(
+        s3_env: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    from nb2prod import cli
+
+    directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
+    bucket = s3_env.make_bucket()
+    assert cli.main(["render", str(directory), "-n", NS, "--store", f"s3://{bucket}/a",
+                     "-o", str(tmp_path / "out.yaml")]) == 0
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    digest = hashlib.sha256((tmp_path / "labels.json").read_bytes()).hexdigest()
+    assert f"a/churn/files/{digest}" in keys
+    assert digest in (tmp_path / "out.yaml").read_text()  # the plan in the ConfigMap
+    assert cli.main(["render", str(directory), "-n", NS, "--store", "pvc://claim/a",
+                     "-o", str(tmp_path / "pvc.yaml")]) == 0
+    assert "warning:" in capsys.readouterr().err

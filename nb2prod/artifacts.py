@@ -59,6 +59,7 @@ __all__ = [
     "Store",
     "context",
     "current_input_run_id",
+    "expect_file",
     "list_runs",
     "load",
     "main",
@@ -1850,6 +1851,21 @@ def record_files(work: Path, before: Snapshot) -> dict:
                     updated=_utcnow())
     write_manifest(store, manifest_key, manifest)
     return entries
+
+
+def expect_file(path: str, producer: str) -> bool:
+    """Say so when a file an earlier stage wrote is not in the working directory.
+
+    The generated cell calling this documents the file edges of the DAG (and
+    `nb2prod graph` labels edges with them).  Only a warning: the notebook may
+    well handle a missing file itself (``if os.path.exists(...)``).
+    """
+    if Path(path).exists():
+        return True
+    warnings.warn(f"{path!r}, written by stage '{producer}', is not in the working directory "
+                  f"{Path.cwd()}: run stage '{producer}' first (or set NB2PROD_INPUT_RUN_ID to a "
+                  "run that did)", stacklevel=2)
+    return False
 
 
 def execute_in_workdir(stage_dir: Path, executable: str, out: Path, params: dict,

@@ -226,9 +226,9 @@ def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, s
                         local: LocalCode, problems: list[Problem],
                         notes: list[Problem]) -> list[str]:
     """Its own imports, those inside the local modules it imports, plus the imports of
-    the stages it loads from (to unpickle their data)."""
+    the stages it loads from, variables or files (to unpickle their data)."""
     imports = _stage_imports(analysis, stage)
-    for producer in sorted(set(stage.inputs.values())):
+    for producer in sorted(set(stage.inputs.values()) | set(stage.file_inputs.values())):
         imports += _stage_imports(analysis, analysis.stage(producer))
     names = {site.module for site in imports}
     reached = {module.name for module in local.closure(names)}
@@ -285,6 +285,8 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
         cells.append(_generated(env, "copied", copied=early))
     if stage.inputs:
         cells.append(_generated(env, "load", inputs=stage.inputs))
+    if stage.file_inputs:
+        cells.append(_generated(env, "files", files=dict(sorted(stage.file_inputs.items()))))
     if late:
         cells.append(_generated(env, "copied", "nb2prod-copied-after-load", copied=late))
     cells += [_original(by_index[i]) for i in stage.cells]

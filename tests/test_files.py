@@ -325,3 +325,14 @@ def test_runtime_refuses_unsafe_or_corrupt_files(tmp_path: Path) -> None:
         artifacts._fetch_file(store, "p", "ok.txt", {"sha256": sha}, tmp_path / "w", "file")
     with pytest.raises(artifacts.ArtifactIntegrityError):
         artifacts.files_key("p", "not-a-digest")
+
+
+def test_a_missing_restored_file_is_a_warning_not_a_failure(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from nb2prod import artifacts
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="written by stage 'prep'.*run stage 'prep' first"):
+        assert artifacts.expect_file("clean.csv", producer="prep") is False
+    (tmp_path / "clean.csv").write_text("x")
+    assert artifacts.expect_file("clean.csv", producer="prep") is True

@@ -101,6 +101,12 @@ def test_files_local_package_and_file_edges_run_like_the_notebook(tmp_path: Path
     assert "FILES = labels.json" in (pipeline / "stage-3-serve" / "config.ini").read_text()
     for stage in ("stage-2-train", "stage-3-serve"):
         assert (pipeline / stage / "mypkg" / "scale.py").is_file()
+    # the service unpickles the model file train wrote: it needs train's libraries
+    assert "scikit-learn==" in (pipeline / "stage-3-serve" / "requirements.txt").read_text()
+    graph = nb2prod("graph", pipeline, "-o", tmp_path / "dag.mmd", cwd=tmp_path)
+    assert graph.returncode == 0, graph.stderr
+    assert '-->|"clean.csv"|' in (tmp_path / "dag.mmd").read_text()
+    (tmp_path / "dag.mmd").unlink()
 
     run = nb2prod("run", pipeline, "--smoke", "--port", str(_free_port()), cwd=tmp_path,
                   env=clean_env(NB2PROD_WORKERS="1"))

@@ -182,7 +182,7 @@ def _refuse_stale(pipeline, given: Path) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), help="Port of the (first) service stage.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--smoke", is_flag=True,
-              help="Send each service its SAMPLE_REQUEST, print the answer and stop.")
+              help="Send each service a sample request (see README), print the answer, stop.")
 @click.option("--no-cache", is_flag=True,
               help="Run every batch stage, even those an earlier run already ran unchanged.")
 def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -41,7 +42,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-TIMEOUT_MS = 30_000
+#: Upper bound of every wait (each waits on a condition, so it only matters on failure):
+#: generous because CI is a busy 2-core machine, and for every `expect`, whose own
+#: default of 5 s is a timing margin a loaded machine misses.
+TIMEOUT_MS = 180_000
 
 # A server extension loaded only by this test: replaces the Kubernetes deploy
 # with a scripted one, so the progress dialog (polling, stage states) is
@@ -132,7 +136,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
         while True:
             assert proc.poll() is None, log.read_text()
             try:
@@ -205,7 +209,7 @@ def _kale_notebook(path: Path) -> Path:
 
 
 def _wait_markers(page: object, expected: list[str | None]) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
     while (markers := page.evaluate(MARKERS_JS)) != expected:  # type: ignore[attr-defined]
         assert time.monotonic() < deadline, f"markers {markers} != {expected}"
         time.sleep(0.1)
@@ -229,6 +233,7 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
             page.on("pageerror", lambda error: js_errors.append(str(error)))
             page.on("console", lambda msg: msg.type in ("error", "warning")
                     and "nb2prod" in msg.text and js_errors.append(msg.text))
@@ -271,7 +276,7 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             progress = dialog.locator(".nb2prod-DeployProgress")
             expect(progress).to_be_visible()
             expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')).to_be_visible()
-            expect(progress).to_have_attribute("data-state", "done", timeout=15_000)
+            expect(progress).to_have_attribute("data-state", "done")
             for stage in ("train", "serve"):
                 row = progress.locator(f'tr.nb2prod-DeployStage[data-stage="{stage}"]')
                 expect(row).to_have_attribute("data-state", "done")
@@ -359,6 +364,14 @@ def test_wheel_ships_and_enables_the_extensions(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
                     str(venv)], check=True)
     python = venv / "bin" / "python"
+    # `--system-site-packages` means the *base* interpreter's packages: when this test runs
+    # in a venv, jupyter_server & co. live in that venv's site-packages instead.  A .pth
+    # line adds them after the new venv's own (so its nb2prod, from the wheel, wins; .pth
+    # files inside an added directory, like an editable install's finder, are not run).
+    purelib = subprocess.run([str(python), "-c", ("import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])")], check=True, capture_output=True, text=True)
+    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(purelib.stdout.strip()) / "nb2prod_test_outer_env.pth").write_text("\n".join(outer) + "\n")
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "JUPYTER_PATH", "JUPYTER_CONFIG_DIR", "JUPYTER_CONFIG_PATH")}
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "user-config")  # no per-user enable/disable

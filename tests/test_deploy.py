@@ -293,7 +293,7 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run1
     saved = json.loads(dep.metadata.annotations["nb2prod.io/previous-template"])
     assert saved["metadata"]["annotations"]["nb2prod.io/model-run-id"] == run1
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         dep = apps.read_namespaced_deployment("iris-serve", NS)
         if (dep.status.available_replicas or 0) == 2 and (dep.status.replicas or 0) == 2:
@@ -365,9 +365,10 @@ def test_parallel_branches_run_as_overlapping_jobs(cluster: tuple[KubeStandIn, s
     forest = (times[("create", "train_forest")], times[("complete", "train_forest")])
     logreg = (times[("create", "train_logreg")], times[("complete", "train_logreg")])
     assert forest[0] < logreg[1] and logreg[0] < forest[1], "branches did not overlap"
-    # each branch starts right after its input is complete, the join after both
+    # each branch starts once its input is complete (and, above, before the other branch
+    # finished: no fixed number of seconds, which a busy machine exceeds), the join after both
     prepared = times[("complete", "prepare")]
-    assert 0 <= forest[0] - prepared < 2 and 0 <= logreg[0] - prepared < 2
+    assert forest[0] >= prepared and logreg[0] >= prepared
     assert times[("create", "evaluate")] >= max(forest[1], logreg[1])
     assert times[("create", "(promote)")] >= times[("complete", "evaluate")]
     status, body = predict(standin, "wine-parallel-serve", {"instances": [[13.0] * 13]})
@@ -389,7 +390,9 @@ def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
         assert result["status"] == "failed"
         message = result["stages"]["train"]["message"]
         assert expected in message, message
-        assert at_least <= elapsed < 20, f"took {elapsed:.1f}s"  # not the 1800 s deadline
+        # Far below the 1800 s MAX_COMPLETION_TIME_SECONDS it would otherwise wait for, and
+        # far above what a busy 2-core machine needs (a bound, not a timing margin).
+        assert at_least <= elapsed < 300, f"took {elapsed:.1f}s"
         assert result["stages"]["(promote)"]["state"] == "skipped"
         job = kube_standin.store.peek("jobs", NS, result["stages"]["train"]["job"])
         assert job is None or job["metadata"].get("deletionTimestamp")  # stopped, not left
@@ -494,7 +497,7 @@ def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, st
     assert result["promoted"] is True
     assert result["services"]["serve"]["status"] == "removed"
     assert "first deploy removed" in result["services"]["serve"]["message"]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180
     leftovers: list[str] = []
     while time.monotonic() < deadline:
         leftovers = [x for x in labelled(standin, "gated")  # (code ConfigMaps stay)

@@ -77,14 +77,60 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default, whatever this process inherited.
+
+    Under `nohup`, `cmd &` in a script or some CI runners SIGINT arrives ignored; a Python
+    started with it ignored never raises KeyboardInterrupt, so a test sending SIGINT would
+    test the inherited disposition instead of nb2prod.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every live process (zombies left out), from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X"):
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below `pid` (gunicorn masters and workers...)."""
+    table = _process_table()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, started) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = started
+                frontier.append(child)
+    return found
+
+
 class Command:
-    """A long-running `python -m nb2prod ...` whose merged output is read by a thread."""
+    """A long-running `python -m nb2prod ...` whose merged output is read by a thread.
+
+    `stop()` also ends whatever the command started and left behind (its gunicorn servers
+    lead sessions of their own), so a failing test leaks no listening server; `leaked`
+    lists what had to be killed that way, for tests asserting nb2prod cleans up itself.
+    """
 
     def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.leaked: list[int] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd,
             env=env if env is not None else clean_env(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
+            preexec_fn=_default_sigint,  # noqa: PLW1509 - only a signal call, no locks
         )
         self._chunks: list[str] = []
         self._lock = threading.Lock()
@@ -122,6 +168,7 @@ class Command:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the runner (it stops its gunicorn servers) and wait; kill as a last resort."""
+        children = descendants(self.proc.pid) if self.proc.poll() is None else {}
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -129,8 +176,21 @@ class Command:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._kill_leftovers(children)
         self._reader.join(5)
         return self.proc.returncode
+
+    def _kill_leftovers(self, children: dict[int, str]) -> None:
+        alive = _process_table()
+        for pid, started in children.items():
+            if alive.get(pid, (0, ""))[1] != started:
+                continue  # gone (or the pid was reused)
+            self.leaked.append(pid)
+            try:
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(
+                    pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
@@ -461,7 +521,10 @@ def test_diabetes_predictions_are_floats_of_the_same_ridge(diabetes: Served) -> 
 
 
 def test_ctrl_c_stops_runner_and_server(diabetes: Served) -> None:
+    # Command starts nb2prod with SIGINT at its default, even when this test inherited it
+    # ignored (nohup, `&`): the signal below is a real Ctrl-C.
     assert port_open(diabetes.port)
     code = diabetes.command.stop(signal.SIGINT)
     assert code == 0, diabetes.command.output
+    assert diabetes.command.leaked == [], "nb2prod left processes behind after Ctrl-C"
     assert not port_open(diabetes.port), "gunicorn still listening after Ctrl-C"

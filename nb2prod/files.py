@@ -73,6 +73,7 @@ class CellPaths:
     """Path literals of one cell: read ones and written ones."""
 
     literals: tuple[Literal, ...] = ()
+    escapes: tuple[str, ...] = ()  # `Path().absolute().parents[1]`: computed from the cwd
 
     @property
     def writes(self) -> set[str]:
@@ -118,7 +119,7 @@ def cell_paths(source: str) -> CellPaths:
         return CellPaths()
     walker = _LiteralWalker()
     walker.visit(tree)
-    return CellPaths(tuple(walker.found))
+    return CellPaths(tuple(walker.found), tuple(walker.escapes))
 
 
 def normalize(text: str) -> str | None:
@@ -141,6 +142,13 @@ class _LiteralWalker(ast.NodeVisitor):
 
     def __init__(self) -> None:
         self.found: list[Literal] = []
+        self.escapes: list[str] = []
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in ("parent", "parents") and _is_cwd(node.value):
+            self.escapes.append(ast.unparse(node))
+            return
+        self.generic_visit(node)
 
     def add(self, text: str | None, write: bool = False, context: bool = False) -> None:
         if text is not None and _plausible(text):
@@ -203,6 +211,19 @@ class _LiteralWalker(ast.NodeVisitor):
     def visit_args(self, node: ast.Call, written: list[ast.expr]) -> None:
         for arg in [*node.args, *(k.value for k in node.keywords)]:
             self.visit(arg)
+
+
+def _is_cwd(node: ast.expr) -> bool:
+    """`Path()`, `Path(".")`, `Path.cwd()`, `os.getcwd()`, also `.absolute()`/`.resolve()`d."""
+    if not isinstance(node, ast.Call):
+        return False
+    name = _call_name(node.func)
+    if name in ("absolute", "resolve") and isinstance(node.func, ast.Attribute):
+        return _is_cwd(node.func.value)
+    if name in _PATH_CONSTRUCTORS:
+        return not node.args or (len(node.args) == 1 and (_literal(node.args[0]) in (".", "")
+                                                          or _is_cwd(node.args[0])))
+    return name in ("cwd", "getcwd") and not node.args
 
 
 def _call_name(func: ast.expr) -> str:
@@ -306,6 +327,11 @@ def plan(stage_cells: StageCells, lookup: Lookup = _nothing, exists: Exists = _n
             if message and (index, literal.text) not in warned:
                 warned.add((index, literal.text))
                 result.warnings.append(Problem(message, cell=index, file=file))
+        for expr in paths.escapes:
+            result.warnings.append(Problem(
+                f"'{expr}' leaves the notebook's directory: a stage's working directory holds "
+                "only what is beside the notebook; put the file there and use a relative path",
+                cell=index, file=file))
         for path in sorted(paths.reads):
             producer = _last_writer(written, path, stage)
             if producer is not None:

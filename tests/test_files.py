@@ -139,6 +139,17 @@ def test_absolute_home_and_outside_paths_warn_naming_the_cell() -> None:
     assert "relative path" in found.warnings[0].message
 
 
+@pytest.mark.parametrize("source", [
+    'p = Path().absolute().parents[1] / "data" / "x.csv"',
+    "root = Path.cwd().parent",
+    "root = pathlib.Path('.').resolve().parent",
+    "root = Path(os.getcwd()).parent",
+])
+def test_paths_computed_above_the_working_directory_warn(source: str) -> None:
+    [warning] = files.plan(cells(("train", "x = 1"), ("train", source))).warnings
+    assert warning.cell == 1 and "leaves the notebook's directory" in warning.message
+
+
 def test_a_route_or_separator_is_not_warned_about_unless_it_exists() -> None:
     source = 'ROUTE = "/predict"; parts = s.split("/")'
     assert files.plan(cells(("serve", source))).warnings == []

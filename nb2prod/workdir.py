@@ -62,14 +62,17 @@ def lookup(directory: Path, ignore: Iterable[Path] = ()) -> Lookup:
 
 
 def _entry(directory: Path, rel: str, ignored: set[Path]) -> Entry | None:
+    """`rel` is normalized (no `..`); a symlink keeps its own path (its content ships)."""
+    path = directory / rel
     try:
-        path = (directory / rel).resolve()
+        if not path.exists():
+            return None
+        real = path.resolve()
     except (OSError, RuntimeError, ValueError):
         return None
-    if path == directory or directory not in path.parents or not path.exists():
-        return None
-    if any(path == p or p in path.parents or path in p.parents for p in ignored):
-        return None  # the pipeline output, or a folder holding it
+    if real == directory or any(real == p or p in real.parents or real in p.parents
+                                for p in ignored):
+        return None  # the notebook's directory, the pipeline output, or a folder holding it
     if _skipped(directory, path):
         return None
     clean = path.relative_to(directory).as_posix()

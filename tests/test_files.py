@@ -347,3 +347,17 @@ def test_a_missing_restored_file_is_a_warning_not_a_failure(tmp_path: Path,
         assert artifacts.expect_file("clean.csv", producer="prep") is False
     (tmp_path / "clean.csv").write_text("x")
     assert artifacts.expect_file("clean.csv", producer="prep") is True
+
+
+def test_a_symlinked_data_folder_ships_under_its_own_name(tmp_path: Path) -> None:
+    from nb2prod.workdir import expand, lookup
+
+    elsewhere = tmp_path / "datasets"
+    elsewhere.mkdir()
+    (elsewhere / "train.csv").write_text("x\n1\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data").symlink_to(elsewhere, target_is_directory=True)
+    entry = lookup(project)("data/train.csv")
+    assert entry is not None and entry.path == "data/train.csv"
+    assert list(expand(project, ["data/"])) == ["data/train.csv"]

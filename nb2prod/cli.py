@@ -57,7 +57,7 @@ def _stage_table(report, title: str) -> None:
     if data["no_stage"]:
         groups: dict[str, list[str]] = {}
         for entry in data["no_stage"]:
-            groups.setdefault(entry["why"], []).append(str(entry["cell"]))
+            groups.setdefault(entry["why"], []).append(str(entry["cell"] + 1))  # as JupyterLab
         _console().print("cells in no stage: " + "; ".join(
             f"{', '.join(cells)} ({why})" for why, cells in groups.items()), markup=False)
 

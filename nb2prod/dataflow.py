@@ -154,6 +154,7 @@ class _ScopeWalker(ast.NodeVisitor):
         self.conditional = 0
         self.in_annotation = 0
         self.optional = 0  # inside an optional-import `try`
+        self.aliases: dict[str, frozenset[str]] = {}  # name -> names of objects it is part of
         self.optional_modules: set[str] = set()
         self.required_modules: set[str] = set()
 
@@ -204,12 +205,21 @@ class _ScopeWalker(ast.NodeVisitor):
         self.writes.add(name)
         self.deletes.discard(name)
         self.definitions.pop(name, None)
+        self.aliases.pop(name, None)
         self.state.bound.add(name)
         self.state.maybe.discard(name)
 
     def mutate(self, name: str) -> None:
         self.load(name)
         self.mutates.add(name)
+        self.mutates |= self.aliases.get(name, frozenset())  # `for m in models: m.fit(X)`
+
+    def alias(self, targets: ast.expr, source: ast.expr | None) -> None:
+        """Names in `targets` now refer to (parts of) the objects `source` names."""
+        origins = _alias_origins(source, self.aliases)
+        if origins:
+            for name in _target_names(targets):
+                self.aliases[name] = origins
 
     # -- branches ----------------------------------------------------------
     def branches(self, *bodies: list[ast.stmt], exhaustive: bool) -> None:
@@ -271,12 +281,12 @@ class _ScopeWalker(ast.NodeVisitor):
         self.visit(node.value)
         for target in node.targets:
             self.store_target(target)
+            self.alias(target, node.value)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self.visit(node.value)
         if isinstance(node.target, ast.Name):
-            self.load(node.target.id)
-            self.mutates.add(node.target.id)
+            self.mutate(node.target.id)
             self.bind(node.target.id)
         else:
             self.store_target(node.target)
@@ -383,8 +393,11 @@ class _ScopeWalker(ast.NodeVisitor):
 
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
-        self.loop_body([ast.Assign(targets=[node.target], value=ast.Constant(None), lineno=0)],
-                       node.body, node.orelse)
+        self.loop_body([ast.Assign(targets=[node.target], value=ast.Constant(None), lineno=0),
+                        _Alias(node.target, node.iter)], node.body, node.orelse)
+
+    def visit__Alias(self, node: _Alias) -> None:
+        self.alias(node.target, node.source)
 
     visit_AsyncFor = visit_For  # type: ignore[assignment]
 
@@ -560,6 +573,7 @@ class _FunctionScope(ast.NodeVisitor):
         self.body_reads: set[str] = set()
         self.method_reads: set[str] = set()
         self.imports: list[tuple[str, int]] = []
+        self.aliases: dict[str, frozenset[str]] = {}  # flow-insensitive: every alias counts
 
     @dataclass(frozen=True)
     class Info:
@@ -601,6 +615,7 @@ class _FunctionScope(ast.NodeVisitor):
             for gen in node.generators:  # type: ignore[attr-defined]
                 for name in _target_names(gen.target):
                     scope.local.add(name)
+                scope.alias(gen.target, gen.iter)
             for i, gen in enumerate(node.generators):  # type: ignore[attr-defined]
                 if i:
                     scope.visit(gen.iter)
@@ -610,9 +625,12 @@ class _FunctionScope(ast.NodeVisitor):
                 if hasattr(node, part):
                     scope.visit(getattr(node, part))
         free = scope.loaded - scope.local - BUILTIN_NAMES
+        mutated = set(scope.mutated)
+        for name in scope.mutated:
+            mutated |= scope.aliases.get(name, frozenset())
         return cls.Info(
             frozenset(free | (scope.globals & scope.loaded)),
-            frozenset(scope.mutated - (scope.local - scope.globals)),
+            frozenset(mutated - (scope.local - scope.globals)),
             frozenset(scope.global_writes),
             frozenset(scope.walrus),
             frozenset(scope.body_reads),
@@ -662,10 +680,22 @@ class _FunctionScope(ast.NodeVisitor):
             if root:
                 self.mutated.add(root)
 
+    def alias(self, targets: ast.expr, source: ast.expr | None) -> None:
+        origins = _alias_origins(source, self.aliases)
+        for name in _target_names(targets) if origins else ():
+            self.aliases[name] = self.aliases.get(name, frozenset()) | origins
+
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:
             self._store(target)
+            self.alias(target, node.value)
         self.generic_visit(node)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.alias(node.target, node.iter)
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For  # type: ignore[assignment]
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self._store(node.target)
@@ -709,6 +739,42 @@ class _FunctionScope(ast.NodeVisitor):
         self.local |= inner.walrus_targets
 
     visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
+
+
+_ELEMENT_METHODS = frozenset({"values", "items", "get", "setdefault"})
+
+
+class _Alias(ast.stmt):
+    """Walker-only statement: a loop target refers to elements of the iterable."""
+
+    _fields = ("target", "source")
+
+    def __init__(self, target: ast.expr, source: ast.expr) -> None:
+        super().__init__()
+        self.target, self.source = target, source
+
+
+def _alias_origins(source: ast.expr | None,
+                   aliases: dict[str, frozenset[str]]) -> frozenset[str]:
+    """Names whose objects `source` may hand out by reference: `m = models["lr"]`,
+    `step = pipe.steps[0]`, `for m in models.values()`, `for a, b in zip(xs, ys)`.
+    Calls count only when they hand out elements (`d.values()`, `zip(...)`): most
+    methods return new objects (`X2 = X.copy()` must not make `X` change with `X2`,
+    or two stages evaluating the same test set would stop running in parallel)."""
+    if source is None:
+        return frozenset()
+    if isinstance(source, (ast.Tuple, ast.List)):
+        return frozenset().union(*(_alias_origins(e, aliases) for e in source.elts))
+    if isinstance(source, ast.Call) and isinstance(source.func, ast.Name) and \
+            source.func.id in {"zip", "enumerate", "reversed", "list", "tuple", "iter"}:
+        return frozenset().union(*(_alias_origins(a, aliases) for a in source.args))
+    if isinstance(source, ast.Call) and not (isinstance(source.func, ast.Attribute)
+                                             and source.func.attr in _ELEMENT_METHODS):
+        return frozenset()
+    root = _root_name(source)
+    if root is None:
+        return frozenset()
+    return frozenset({root}) | aliases.get(root, frozenset())
 
 
 def _root_name(node: ast.expr) -> str | None:

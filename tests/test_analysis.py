@@ -586,3 +586,10 @@ def test_copied_definitions_come_before_the_load_unless_they_read_a_loaded_name(
                    "nb2prod-copied-after-load"]
     by_id = {c["id"]: c["source"] for c in cells}
     assert "class M" in by_id["nb2prod-copied"] and "def f" in by_id["nb2prod-copied-after-load"]
+
+
+def test_models_fitted_through_a_loop_are_provided_by_the_fitting_stage() -> None:
+    a = run((["stage:setup"], "models = {'lr': 1, 'rf': 2}\nX = 1\ny = 2"),
+            (["train"], "for name, model in models.items():\n    model.fit(X, y)"),
+            (["stage:evaluate"], "scores = {n: m.score(X, y) for n, m in models.items()}"))
+    assert a.stage("evaluate").inputs == {"models": "train", "X": "setup", "y": "setup"}

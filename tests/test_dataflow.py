@@ -462,3 +462,19 @@ def test_out_and_inplace_arguments_make_a_read_only_method_mutate(source: str) -
                                     "b.feature_name()\n", "X.ravel()\n"])
 def test_read_only_calls_and_accessors(source: str) -> None:
     assert flow(source).mutates == frozenset()
+
+
+@pytest.mark.parametrize(("source", "mutated"), [
+    ("for name, m in models.items():\n    m.fit(X, y)\n", {"models", "m"}),
+    ("for m in [lr, rf]:\n    m.fit(X, y)\n", {"lr", "rf", "m"}),
+    ("for a, b in zip(xs, ys):\n    a.append(b)\n", {"xs", "ys", "a"}),
+    ("m = models['lr']\nm.fit(X, y)\n", {"models", "m"}),
+    ("step = pipe.steps[0][1]\nstep.fit(X)\n", {"pipe", "step"}),
+    ("[m.fit(X, y) for m in models.values()]\n", {"models"}),
+    ("def fit_all():\n    for m in models:\n        m.fit(X, y)\nfit_all()\n", {"models"}),
+    ("X2 = X.copy()\nX2['a'] = 1\n", {"X2"}),  # a new object: X unchanged
+    ("m = make()\nm.fit(X)\n", {"m"}),
+    ("m = models['lr']\nm = other\nm.fit(X)\n", {"m", "other"}),  # rebinding ends the alias
+])
+def test_mutating_an_alias_mutates_what_it_came_from(source: str, mutated: set[str]) -> None:
+    assert flow(source).mutates == mutated

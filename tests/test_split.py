@@ -462,3 +462,21 @@ def test_config_edits_survive_a_fresh_clone(cli: CLI, tmp_path: Path) -> None:
     assert code == 0
     assert ini(clone / "iris-pipeline" / "stage-1-train" / "config.ini")["batch"]["RETRIES"] == "6"
     assert "kept your edit: stage-1-train/config.ini [batch] RETRIES" in stdout
+
+
+def test_split_says_which_cells_run_in_no_stage(cli: CLI, tmp_path: Path) -> None:
+    nbformat = import_nbformat()
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"),
+                code("import json", metadata={"tags": ["imports"]}),
+                code("data = json.loads('[1, 2]')\ndata"),  # exploration: ends the block
+                code("x = 1", metadata={"tags": ["train"]}),
+                code("print(x)", metadata={"tags": ["skip"]})]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    code_, out, _ = cli("split", tmp_path / "nb.ipynb")
+    assert code_ == 0
+    # numbered as JupyterLab counts cells (from 1, markdown included)
+    assert "cells in no stage: 3 (before the first stage tag); 5 (tagged skip)" in out
+    train = (tmp_path / "nb-pipeline" / "stage-1-train" / "train.py").read_text()
+    assert "json.loads" not in train

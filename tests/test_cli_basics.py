@@ -114,3 +114,23 @@ def test_help_does_not_import_heavy_modules() -> None:
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "LOADED="
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("runs", ("iris.ipynb: a notebook, not a pipeline directory; give its pipeline directory "
+             "(iris-pipeline, written by `nb2prod split iris.ipynb`)")),
+    ("runs-missing", "nope-pipeline: no such file or directory"),
+    ("run", "nope.ipynb: no such file or directory"),
+    ("status", ("empty: not a pipeline directory (no nb2prod.ini); run `nb2prod split NOTEBOOK` "
+               "first")),
+])
+def test_a_notebook_or_a_missing_path_where_a_pipeline_is_expected_says_which(
+        tmp_path: Path, command: str, expected: str) -> None:
+    shutil.copy(EXAMPLES / "iris.ipynb", tmp_path)
+    (tmp_path / "empty").mkdir()
+    args = {"runs": ("runs", "iris.ipynb"), "runs-missing": ("runs", "nope-pipeline"),
+            "run": ("run", "nope.ipynb"), "status": ("status", "empty", "-n", "ml")}[command]
+    done = nb2prod_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == f"nb2prod: error: {expected}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "iris.ipynb"]  # wrote nothing

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,36 @@ def test_render_puts_the_files_its_pods_fetch_in_the_store(
     assert cli.main(["render", str(directory), "-n", NS, "--store", "pvc://claim/a",
                      "-o", str(tmp_path / "pvc.yaml")]) == 0
     assert "warning:" in capsys.readouterr().err
+
+
+def test_an_in_cluster_run_fetches_its_files_in_every_stage(
+        cluster: tuple[KubeStandIn, str], tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploy --no-wait` (what a CronJob runs): one Job, the stages as init containers."""
+    from tests.test_deploy import run_cli
+    from tests.test_schedule import served_run, wait_job
+
+    standin, store = cluster
+    notebook = write_project(tmp_path)
+    directory = split(notebook, tmp_path / "churn-pipeline")
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    code, output = run_cli(["deploy", str(directory), "-n", NS, "--image", "python:3.11-slim",
+                            "--store", store, "--no-wait"], capsys)
+    assert code == 0, output
+    run = output.split("run ", 1)[1].split(" ", 1)[0]
+    job = wait_job(standin, run)
+    assert any(c["type"] == "Complete" and c["status"] == "True"
+               for c in job["status"]["conditions"]), job["status"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and served_run(standin, "churn-serve")[0] != run:
+        time.sleep(0.3)
+    assert served_run(standin, "churn-serve")[0] == run
+    _, predicted = whole_notebook(notebook)
+    status, answer = (0, None)
+    while time.monotonic() < deadline:
+        status, answer = predict(standin, "churn-serve", PAYLOAD)
+        if status == 200:
+            break
+        time.sleep(0.5)
+    assert (status, answer) == (200, predicted)

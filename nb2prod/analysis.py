@@ -89,6 +89,7 @@ def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
     builder.assign_cells()
     builder.check_flows()
     if not builder.problems:
+        builder.argument_mutations()
         builder.resolve_inputs()
         builder.resolve_files()
         builder.resolve_metrics()
@@ -123,6 +124,7 @@ class _Builder:
         self.paths: dict[int, files.CellPaths] = {}
         self._imports: dict[str, list[int]] | None = None  # name -> cells importing it
         self.syntax_errors: dict[int, CellSyntaxError] = {}
+        self.mutated_by_calls: dict[int, frozenset[str]] = {}  # stage cell -> via arguments
 
     def problem(self, message: str, cell: int | None = None) -> None:
         self.problems.append(Problem(message, cell=cell, file=self.file,
@@ -256,13 +258,38 @@ class _Builder:
                 return None
         return last
 
+    def argument_mutations(self) -> None:
+        """`add_features(train)` with `def add_features(df): df["r"] = ...` in another
+        cell changes `train`: the calling cell is its provider from then on."""
+        defs: dict[str, list[tuple[int, Definition]]] = {}
+        for index in sorted(self.flows):
+            for name, d in self.flows[index].definitions.items():
+                if d.kind == "def" and d.mutated_params:
+                    defs.setdefault(name, []).append((index, d))
+        if not defs:
+            return
+        prelude = {i for cells in self.prelude.values() for i in cells}
+        for index in self.cell_stage:
+            flow = self.flows[index]
+            found: set[str] = set()
+            for call in flow.calls:
+                if call.func in flow.definitions or call.func not in defs:
+                    continue
+                seen = [d for i, d in defs[call.func] if i < index or i in prelude]
+                if seen:
+                    found |= seen[-1].mutated_by(call)
+            if found - flow.mutates:
+                self.mutated_by_calls[index] = frozenset(found)
+
+    def provides(self, index: int) -> frozenset[str]:
+        return self.flows[index].provides | self.mutated_by_calls.get(index, frozenset())
+
     def providers(self) -> dict[str, list[int]]:
         """name -> the stage cells (in order) that bind or mutate it."""
         if self._providers is None:
             self._providers = {}
             for index in sorted(self.cell_stage):
-                flow = self.flows.get(index)
-                for provided in flow.provides if flow else ():
+                for provided in self.provides(index) if index in self.flows else ():
                     self._providers.setdefault(provided, []).append(index)
         return self._providers
 
@@ -311,7 +338,7 @@ class _Builder:
                 self._resolve_reads(stage, index, reads, maybe_reads, bound, maybe,
                                     prelude, modules, known_functions)
                 bound |= flow.writes
-                maybe |= flow.maybe_writes | flow.mutates
+                maybe |= flow.maybe_writes | flow.mutates | self.mutated_by_calls.get(index, set())
                 known_functions.update({k: d for k, d in local.items() if d.kind != "import"})
             if stage.type == "service" and stage.cells:
                 # the server calls the entrypoint: its free names are read at the end
@@ -437,7 +464,7 @@ class _Builder:
             for name in metric_names(source, sources, not_data):
                 if name in BUILTIN_NAMES or name in modules:
                     continue
-                owner = self.cell_stage[index] if name in flow.provides else None
+                owner = self.cell_stage[index] if name in self.provides(index) else None
                 if owner is None:
                     found = self.provider(name, index, consumer="")
                     owner = found[0] if found and found[1] is None else None

@@ -59,6 +59,26 @@ class Definition:
     #: what the statement itself evaluates (decorators, defaults, bases, a class body):
     #: a copy runs only after these exist
     definition_reads: frozenset[str] = frozenset()
+    #: a def: its positional parameters, and those its body changes in place
+    #: (`def add_features(df): df["r"] = ...`): a call mutates what is passed there
+    params: tuple[str, ...] = ()
+    mutated_params: frozenset[str] = frozenset()
+
+    def mutated_by(self, call: Call) -> set[str]:
+        """The names a call of this function changes through its arguments."""
+        found = {root for param, root in zip(self.params, call.args)
+                 if root and param in self.mutated_params}
+        return found | {root for kw, root in call.keywords
+                        if root and kw in self.mutated_params}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call of a plain name, `f(a, key=b)`: the root names of its arguments."""
+
+    func: str
+    args: tuple[str | None, ...]
+    keywords: tuple[tuple[str, str | None], ...]
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,7 @@ class CellFlow:
     uses: frozenset[str] = frozenset()  # every name loaded anywhere (function lookups)
     star_import: int | None = None
     optional_imports: frozenset[str] = frozenset()  # modules imported only optionally
+    calls: tuple[Call, ...] = ()  # calls of plain names (functions defined elsewhere)
     #: nothing but imports, def/class, literal constants and setup magics: such an
     #: untagged cell may join the imports/functions/parameters block above it
     declarative: bool = False
@@ -155,6 +176,7 @@ class _ScopeWalker(ast.NodeVisitor):
         self.in_annotation = 0
         self.optional = 0  # inside an optional-import `try`
         self.aliases: dict[str, frozenset[str]] = {}  # name -> names of objects it is part of
+        self.calls: list[Call] = []
         self.optional_modules: set[str] = set()
         self.required_modules: set[str] = set()
 
@@ -177,6 +199,7 @@ class _ScopeWalker(ast.NodeVisitor):
             uses=frozenset(self.uses),
             star_import=self.star_import,
             optional_imports=frozenset(self.optional_modules - self.required_modules),
+            calls=tuple(self.calls),
             declarative=declarative,
         )
 
@@ -358,7 +381,9 @@ class _ScopeWalker(ast.NodeVisitor):
             self.definitions[node.name] = Definition(
                 "def", self._segment(node), info.free_reads | _definition_reads(node),
                 info.free_mutates, info.global_writes, modules=_modules(info.imports),
-                definition_reads=_definition_reads(node)
+                definition_reads=_definition_reads(node),
+                params=tuple(a.arg for a in node.args.posonlyargs + node.args.args),
+                mutated_params=info.mutated_params,
             )
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
@@ -508,6 +533,13 @@ class _ScopeWalker(ast.NodeVisitor):
             self.visit(arg)
         for kw in node.keywords:
             self.visit(kw.value)
+        if isinstance(func, ast.Name):
+            call = Call(func.id, tuple(_root_name(a) for a in node.args),
+                        tuple((kw.arg, _root_name(kw.value)) for kw in node.keywords if kw.arg))
+            self.calls.append(call)
+            defn = self.definitions.get(func.id)
+            for name in sorted(defn.mutated_by(call)) if defn else ():
+                self.mutate(name)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
         self.visit(node.values[0])
@@ -574,6 +606,9 @@ class _FunctionScope(ast.NodeVisitor):
         self.method_reads: set[str] = set()
         self.imports: list[tuple[str, int]] = []
         self.aliases: dict[str, frozenset[str]] = {}  # flow-insensitive: every alias counts
+        self.params: set[str] = set()
+        self.first_mutation: dict[str, int] = {}  # top-level statement index
+        self.first_rebind: dict[str, int] = {}
 
     @dataclass(frozen=True)
     class Info:
@@ -584,6 +619,7 @@ class _FunctionScope(ast.NodeVisitor):
         body_reads: frozenset[str]
         method_reads: frozenset[str]
         imports: tuple[tuple[str, int], ...]  # made inside the body, when it runs
+        mutated_params: frozenset[str] = frozenset()
 
     @classmethod
     def analyse(cls, node: ast.AST) -> _FunctionScope.Info:
@@ -591,11 +627,17 @@ class _FunctionScope(ast.NodeVisitor):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             for arg in _all_args(node.args):
                 scope.local.add(arg.arg)
+                scope.params.add(arg.arg)
             body = node.body if isinstance(node.body, list) else [node.body]
             for stmt in body:
                 scope.collect_locals(stmt)
-            for stmt in body:
+            for i, stmt in enumerate(body):
+                before = set(scope.mutated)
                 scope.visit(stmt)
+                for name in scope.mutated - before:
+                    scope.first_mutation.setdefault(name, i)
+                for name in scope.params & _stored_names(stmt):
+                    scope.first_rebind.setdefault(name, i)
         elif isinstance(node, ast.ClassDef):
             for stmt in node.body:
                 if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -636,7 +678,18 @@ class _FunctionScope(ast.NodeVisitor):
             frozenset(scope.body_reads),
             frozenset(scope.method_reads - BUILTIN_NAMES),
             tuple(scope.imports),
+            frozenset(scope.mutated_params()),
         )
+
+    def mutated_params(self) -> set[str]:
+        """Parameters changed in place before the body rebinds them: `df = df.copy()`
+        first means the caller's object is left alone."""
+        first = dict(self.first_mutation)
+        for name, index in self.first_mutation.items():
+            for origin in self.aliases.get(name, ()):
+                first[origin] = min(first.get(origin, index), index)
+        return {p for p in self.params & set(first)
+                if first[p] <= self.first_rebind.get(p, first[p])}
 
     def collect_locals(self, stmt: ast.AST) -> None:
         """Python decides locals by any binding anywhere in the body."""
@@ -816,6 +869,10 @@ def _all_args(args: ast.arguments) -> list[ast.arg]:
     if args.kwarg:
         found.append(args.kwarg)
     return found
+
+
+def _stored_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 def _target_names(target: ast.expr) -> list[str]:

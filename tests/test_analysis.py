@@ -593,3 +593,15 @@ def test_models_fitted_through_a_loop_are_provided_by_the_fitting_stage() -> Non
             (["train"], "for name, model in models.items():\n    model.fit(X, y)"),
             (["stage:evaluate"], "scores = {n: m.score(X, y) for n, m in models.items()}"))
     assert a.stage("evaluate").inputs == {"models": "train", "X": "setup", "y": "setup"}
+
+
+@pytest.mark.parametrize("where", [["functions"], ["stage:setup"]])
+def test_a_function_changing_its_argument_makes_the_calling_stage_the_provider(
+        where: list[str]) -> None:
+    # def add_features(df): df["r"] = ... / add_features(train): train changed in place
+    a = run((where, "def add_features(df):\n    df['r'] = df['a'] / df['b']"),
+            (["stage:load"], "train = {'a': 1, 'b': 2}"),
+            (["stage:features"], "add_features(train)"),
+            (["train"], "model = train['r']"))
+    assert a.stage("train").inputs == {"train": "features"}
+    assert a.stage("features").inputs == {"train": "load"}

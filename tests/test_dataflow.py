@@ -478,3 +478,19 @@ def test_read_only_calls_and_accessors(source: str) -> None:
 ])
 def test_mutating_an_alias_mutates_what_it_came_from(source: str, mutated: set[str]) -> None:
     assert flow(source).mutates == mutated
+
+
+@pytest.mark.parametrize(("source", "mutated"), [
+    ("def add(df):\n    df['r'] = df.a / df.b\nadd(train)\n", {"train"}),
+    ("def add(df, col):\n    df[col] = 1\nadd(col='x', df=train)\n", {"train"}),
+    ("def fit_all(ms, X):\n    for m in ms.values():\n        m.fit(X)\nfit_all(models, X)\n",
+     {"models"}),
+    ("def prep(df):\n    df = df.copy()\n    df['r'] = 1\n    return df\nout = prep(train)\n",
+     set()),  # copied first: the caller's frame is left alone
+    ("def prep(df):\n    df['r'] = 1\n    df = df.dropna()\n    return df\nprep(train)\n",
+     {"train"}),
+    ("def show(df):\n    print(df.head())\nshow(train)\n", set()),
+])
+def test_a_call_mutates_what_the_function_changes_through_its_parameters(
+        source: str, mutated: set[str]) -> None:
+    assert flow(source).mutates == mutated

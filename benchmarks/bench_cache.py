@@ -1,0 +1,97 @@
+"""The edit-run loop on wine_parallel: first run vs unchanged re-run vs a run after editing
+only the last batch stage, same session, plus papermill on the whole notebook.
+
+Each repeat starts from a fresh copy of `example_notebooks/wine_parallel.ipynb` and
+its own store, then times whole processes, one after the other:
+
+  first run          `nb2prod run wine_parallel.ipynb --no-serve` (split included)
+  unchanged re-run   the same command again: every batch stage comes from the cache
+  last stage edited  a line appended to the `evaluate` cell of the notebook, run again:
+                     only `evaluate` executes
+  papermill          `papermill wine_parallel.ipynb out.ipynb` (the whole notebook, one
+                     kernel): the baseline of the per-stage-overhead target
+
+Targets: unchanged re-run <= 0.1x the first run; first run <= 1.2x papermill.
+
+Usage: python benchmarks/bench_cache.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "example_notebooks" / "wine_parallel.ipynb"
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return took, done.stdout
+
+
+def edit_last_stage(notebook: Path) -> None:
+    nb = json.loads(notebook.read_text())
+    cell = next(c for c in nb["cells"] if "stage:evaluate" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    cell["source"] = source.rstrip("\n") + "\nprint('edited', best_name)\n"
+    notebook.write_text(json.dumps(nb, indent=1))
+
+
+def one_repeat(work: Path) -> dict[str, float]:
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    nb2prod = [sys.executable, "-m", "nb2prod", "run", NOTEBOOK.name, "--no-serve"]
+    times: dict[str, float] = {}
+    times["first run"], _ = timed(nb2prod, work)
+    times["unchanged re-run"], out = timed(nb2prod, work)
+    assert "4 of 4 stage(s) cached" in out, out
+    edit_last_stage(work / NOTEBOOK.name)
+    times["last stage edited"], out = timed(nb2prod, work)
+    assert "3 of 4 stage(s) cached" in out, out
+    times["papermill"], _ = timed([sys.executable, "-m", "papermill", "--no-progress-bar",
+                                   NOTEBOOK.name, "out.ipynb"], work)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(machine())
+    rows: dict[str, list[float]] = {}
+    for i in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="nb2prod-bench-cache-") as tmp:
+            for name, took in one_repeat(Path(tmp)).items():
+                rows.setdefault(name, []).append(took)
+        print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\n{'measure':<22} median")
+    for name, value in med.items():
+        print(f"{name:<22} {value:6.2f} s")
+    print(f"unchanged re-run / first run   {med['unchanged re-run'] / med['first run']:.3f}x "
+          "(target <= 0.1x)")
+    print(f"last stage edited / first run  {med['last stage edited'] / med['first run']:.3f}x")
+    print(f"first run / papermill          {med['first run'] / med['papermill']:.2f}x "
+          "(target <= 1.2x)")
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()

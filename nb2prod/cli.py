@@ -362,9 +362,12 @@ _context_option = click.option("--context", help="kubeconfig context [current co
 @click.option("--dry-run", is_flag=True, help="List the objects a deploy would create; change "
               "nothing.")
 @click.option("--no-wait", is_flag=True, help="Start one run in the cluster and return at once "
-              "(the mechanism `schedule` uses; see `nb2prod history`).")
+              "(the mechanism `schedule` uses; see `nb2prod history`; no cache).")
+@click.option("--no-cache", is_flag=True,
+              help="Run every batch stage, even those found unchanged in the store.")
 def deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
-           store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool) -> None:
+           store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
+           no_cache: bool) -> None:
     """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
     from nb2prod import manifests
     from nb2prod.progress import Progress
@@ -393,7 +396,8 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         return
     client = kube.Kube(context)
     with kube.api_errors(), Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
-        deployer = kube.Deployer(client, pipeline, opts, progress, click.echo)
+        deployer = kube.Deployer(client, pipeline, opts, progress, click.echo,
+                                 use_cache=not no_cache)
         click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
                    f"store {opts.store}")
@@ -407,8 +411,12 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
 
 def _deploy_summary(result: dict) -> None:
     verdict = {True: "promoted", False: "not promoted", None: ""}[result.get("promoted")]
+    cached = {n: s["cached_from"] for n, s in result.get("stages", {}).items()
+              if s.get("cached_from")}
     click.echo(f"run {result['run_id']} {result['status'].replace('_', ' ')}"
-               + (f"; {verdict}" if verdict and result["status"] != "not_promoted" else ""))
+               + (f"; {verdict}" if verdict and result["status"] != "not_promoted" else "")
+               + (f"; cached, no Job run: {', '.join(f'{n} (run {r})' for n, r in cached.items())}"
+                  if cached else ""))
     for name, svc in result.get("services", {}).items():
         if svc["status"] != "serving":
             continue
@@ -506,6 +514,9 @@ def _schedule_settings(pipeline, cron_expr: str | None, time_zone: str | None, s
     if not time_zone:
         time_zone = pipeline.value("schedule", "TIME_ZONE") or None
     suspend = suspend or pipeline.value("schedule", "SUSPEND").lower() in ("1", "true", "yes")
+    if pipeline.value("schedule", "CACHE").lower() in ("1", "true", "yes", "on"):
+        click.echo(f"nb2prod: warning: {ini}: [schedule] CACHE = true is not supported yet; "
+                   "scheduled runs run every stage", err=True)
     if not cron_expr:
         if required:
             raise UserError(Problem("--cron is required (or set [schedule] CRON in nb2prod.ini)"))

@@ -16,6 +16,7 @@ repeating the first deploy for every assertion.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -272,8 +273,8 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     asker = threading.Thread(target=keep_asking, daemon=True)
     asker.start()
     rec = Recorder()
-    try:
-        result = deploy(directory, store, rec)
+    try:  # no cache: the unchanged train stage must run (and be retried) again
+        result = deploy(directory, store, rec, use_cache=False)
     finally:
         stop.set()
         asker.join(timeout=30)
@@ -373,6 +374,50 @@ def test_parallel_branches_run_as_overlapping_jobs(cluster: tuple[KubeStandIn, s
     assert times[("create", "(promote)")] >= times[("complete", "evaluate")]
     status, body = predict(standin, "wine-parallel-serve", {"instances": [[13.0] * 13]})
     assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_redeploy_reuses_unchanged_stages_from_the_store(
+        cluster: tuple[KubeStandIn, str], iris_split: Path, tmp_path: Path, s3_env: S3Server,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Like `nb2prod run`: a stage found unchanged in the store gets no Job; the run still
+    promotes (metrics reused) and the service rolls to it."""
+    from kubernetes import client
+
+    standin, store = cluster
+    bucket, prefix = store.split("/")[2], store.split("/", 3)[3]
+    directory = tmp_path / "iris-pipeline"
+    shutil.copytree(iris_split, directory)
+    use_secret_credentials(directory)
+    create_secret(standin, NS, "testing")
+    first = deploy(directory, store)
+    assert first["status"] == "succeeded", first
+    run1 = first["run_id"]
+    code, output = run_cli(["deploy", str(directory), "--namespace", NS, "--image", IMAGE,
+                            "--store", store], capsys)
+    assert code == 0, output
+    assert f"stage train: cached (run {run1})" in output
+    assert f"cached, no Job run: train (run {run1})" in output
+    run2 = re.search(r"(?m)^run (\S+): \d+ batch stage", output)[1]
+    batch = client.BatchV1Api(standin.api_client())
+    jobs = batch.list_namespaced_job(NS, label_selector=f"nb2prod.io/run-id={run2}").items
+    assert {j.metadata.labels["app.kubernetes.io/component"] for j in jobs} == {"promote"}
+    s3 = s3_env.client()
+
+    def read(key: str) -> dict:
+        return json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/iris/{key}")["Body"].read())
+
+    manifest = read(f"runs/{run2}/train/manifest.json")
+    assert manifest["cached_from"] == run1 and manifest["run_id"] == run2
+    assert read(f"runs/{run2}/train/metrics.json") == read(f"runs/{run1}/train/metrics.json")
+    assert read("latest.json")["run_id"] == run2
+    apps = client.AppsV1Api(standin.api_client())
+    dep = apps.read_namespaced_deployment("iris-serve", NS)
+    assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run2
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and predict(standin, "iris-serve", IRIS_REQUEST) != (
+            200, IRIS_ANSWER):
+        time.sleep(0.2)
+    assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
 
 
 # -- failure modes ------------------------------------------------------------------------------

@@ -514,7 +514,8 @@ class Deployer:
     """One `deploy` of one pipeline for one run id."""
 
     def __init__(self, kube: Kube, pipeline: Pipeline, opts: manifests.Options,
-                 on_event: OnEvent | None = None, on_log: OnLog | None = None) -> None:
+                 on_event: OnEvent | None = None, on_log: OnLog | None = None,
+                 use_cache: bool = True) -> None:
         self.kube = kube
         self.pipeline = pipeline
         self.opts = opts
@@ -529,6 +530,9 @@ class Deployer:
         self.reason = ""
         self.grace = unschedulable_grace(pipeline)
         self.pending = PendingPods(self.grace)
+        self.use_cache = use_cache
+        self.cache_keys: dict[str, str] = {}
+        self.reused: dict[str, str] = {}   # stage -> run it was reused from
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, stage: str, state: str, message: str = "", elapsed: float = 0.0) -> None:
@@ -613,7 +617,57 @@ class Deployer:
                 watcher.stop()
         return all(self.units[name].state == "done" for name in batch)
 
+    # -- the stage cache (as `nb2prod run`: stages found in the store are not run) -------------
+    def cached(self, unit: Unit) -> bool:
+        """True when `unit`'s batch stage was reused from the store's cache (no Job then).
+
+        The deploying machine reads the store itself (s3://); where it cannot
+        (pvc://, no credentials here) every stage runs, as without a cache.
+        """
+        from nb2prod import artifacts, cache
+
+        stage = self.pipeline.stages.get(unit.name)
+        if stage is None or stage.type != "batch" or not cache.enabled(stage):
+            return False
+        try:
+            store = artifacts.open_store(self.opts.store)
+            key = cache.key_for(store, self.pipeline, stage, dict(self.opts.params),
+                                self.opts.run_id)
+            if key is None:
+                return False
+            self.cache_keys[unit.name] = key
+            hit = cache.lookup(store, self.pipeline.name, unit.name, key) if \
+                self.use_cache else None
+            if hit is None:
+                return False
+            cache.reuse(store, self.pipeline.name, unit.name, hit, self.opts.run_id)
+        except Exception:  # noqa: BLE001 - a cache we cannot read is a miss
+            return False
+        unit.submitted = time.time()
+        unit.state, unit.message, unit.finished = "done", f"cached (run {hit['run_id']})", \
+            time.time()
+        self.reused[unit.name] = hit["run_id"]
+        self.mark("cached", unit.name)
+        self.emit(unit.name, "cached", f"run {hit['run_id']}")
+        return True
+
+    def remember(self, unit: Unit) -> None:
+        """A stage Job completed: index its outputs for later runs (best effort)."""
+        from nb2prod import artifacts, cache
+
+        key = self.cache_keys.get(unit.name)
+        if key is None:
+            return
+        try:
+            cache.remember(artifacts.open_store(self.opts.store), self.pipeline.name, unit.name,
+                           key, self.opts.run_id)
+        except Exception:  # noqa: BLE001, S110 - the next run just runs the stage again
+            pass
+
     def submit(self, unit: Unit) -> None:
+        if self.cached(unit):
+            self.release(unit)
+            return
         self.mark("create", unit.name)
         try:
             self.kube.create(unit.job)
@@ -634,6 +688,7 @@ class Deployer:
                 self.finish_promote(unit, passed=True)
                 return
             self.set_state(unit, "done")
+            self.remember(unit)
             self.release(unit)
             return
         failed = condition_true(job, "Failed")
@@ -983,7 +1038,10 @@ class Deployer:
             "stages": {u.name: {"state": u.state, "message": u.message,
                                 "job": u.job["metadata"]["name"],
                                 "seconds": round(u.elapsed, 3),
-                                "attempts": len(u.failed_pods) + (1 if u.state == "done" else 0)}
+                                "attempts": len(u.failed_pods) + (
+                                    1 if u.state == "done" and u.name not in self.reused else 0),
+                                **({"cached_from": self.reused[u.name]}
+                                   if u.name in self.reused else {})}
                        for u in self.units.values()},
             "services": self.services,
             "timeline": self.timeline,
@@ -1077,7 +1135,7 @@ def deploy(pipeline_dir: Path, namespace: str, *, context: str | None = None,
            image: str | None = None, store: str | None = None,
            params: Mapping[str, object] | Sequence[str] | None = None,
            on_event: OnEvent | None = None, wait: bool = True, on_log: OnLog | None = None,
-           on_done: Callable[[dict], None] | None = None) -> dict:
+           on_done: Callable[[dict], None] | None = None, use_cache: bool = True) -> dict:
     """Deploy the pipeline in `pipeline_dir` to `namespace`; the result as a dict.
 
     Bad input raises UserError before anything is written.  Stage failures are
@@ -1090,7 +1148,7 @@ def deploy(pipeline_dir: Path, namespace: str, *, context: str | None = None,
     pipeline = load_pipeline(Path(pipeline_dir))
     opts = options_for(pipeline, namespace, image=image, store=store, params=params)
     kube = Kube(context)
-    deployer = Deployer(kube, pipeline, opts, on_event, on_log)
+    deployer = Deployer(kube, pipeline, opts, on_event, on_log, use_cache)
     if wait:
         return deployer.run()
 

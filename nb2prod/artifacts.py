@@ -1869,7 +1869,8 @@ def expect_file(path: str, producer: str) -> bool:
 
 
 def execute_in_workdir(stage_dir: Path, executable: str, out: Path, params: dict,
-                       work: Path, render_html: bool = True) -> dict:
+                       work: Path, render_html: bool = True,
+                       kernel: _KernelHead | None = None) -> dict:
     """`execute_notebook` with the working directory laid out before and recorded after."""
     import time
 
@@ -1879,7 +1880,8 @@ def execute_in_workdir(stage_dir: Path, executable: str, out: Path, params: dict
     except (ArtifactError, OSError) as exc:  # a missing or corrupt file fails the stage
         return {"status": "failed", "ename": type(exc).__name__, "evalue": _one_line(exc),
                 "cell": None, "started": started, "finished": time.time()}
-    result = execute_notebook(stage_dir, executable, out, params, render_html, cwd=work)
+    result = execute_notebook(stage_dir, executable, out, params, render_html, cwd=work,
+                              kernel=kernel)
     if result["status"] == "succeeded":
         try:
             result["files"] = record_files(work, before)
@@ -1890,7 +1892,8 @@ def execute_in_workdir(stage_dir: Path, executable: str, out: Path, params: dict
 
 
 def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
-                     render_html: bool = True, cwd: Path | None = None) -> dict:
+                     render_html: bool = True, cwd: Path | None = None,
+                     kernel: _KernelHead | None = None) -> dict:
     """Run a stage notebook with papermill into `work`, plus its HTML rendering (nbconvert).
 
     Shared by in-cluster stages (`run-stage`) and `nb2prod run`'s per-stage
@@ -1899,18 +1902,25 @@ def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
     notebook errors are reported there, never raised.  The kernel runs in `cwd`
     (default: the stage directory) with the stage directory on its import path,
     so `nb2prod_runtime` and the local modules split copied there import.
+    `kernel`: one from `start_kernel`, booted ahead (it is shut down here).
     """
+    cwd = cwd or stage_dir
+    kernel = kernel or start_kernel(stage_dir, cwd)
+    try:
+        return _execute_with(kernel, stage_dir, executable, work, params, render_html, cwd)
+    finally:
+        kernel.shutdown()
+
+
+def start_kernel(stage_dir: Path, cwd: Path | None = None) -> _KernelHead:
+    """The stage's kernel, started now in `cwd` with the stage directory importable."""
     cwd = cwd or stage_dir
     if Path(cwd).resolve() != Path(stage_dir).resolve():
         here, path = str(Path(stage_dir).resolve()), os.environ.get("PYTHONPATH")
         if not path or path.split(os.pathsep)[0] != here:
             os.environ["PYTHONPATH"] = os.pathsep.join([here] + ([path] if path else []))
         os.environ["NB2PROD_STAGE_DIR"] = str(Path(stage_dir).resolve())
-    kernel = _KernelHead(cwd)
-    try:
-        return _execute_with(kernel, stage_dir, executable, work, params, render_html, cwd)
-    finally:
-        kernel.shutdown()
+    return _KernelHead(cwd)
 
 
 def _hide_slow_format_checker() -> None:

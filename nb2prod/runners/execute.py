@@ -7,7 +7,14 @@ Ctrl-C or a failure can kill cleanly.  The work itself is the stage runtime's
 run through `nb2prod_runtime.py run-stage`); this wrapper writes its record to
 WORK_DIR/result.json for the parent to report, render as HTML and upload.
 
-Usage: python -m nb2prod.runners.execute STAGE_DIR EXECUTABLE WORK_DIR PARAMS_JSON
+With a fifth argument `--wait` the process is started ahead, while the
+stage's inputs are still being computed: it boots the kernel and imports
+papermill, then waits for one line on stdin, `go` (run the stage now) or
+anything else / EOF (the stage will not run: stop the kernel and exit 0).  The
+kernel boot and the imports then overlap the upstream stages instead of
+following them.
+
+Usage: python -m nb2prod.runners.execute STAGE_DIR EXECUTABLE WORK_DIR PARAMS_JSON [--wait]
 """
 
 from __future__ import annotations
@@ -17,20 +24,35 @@ import sys
 from pathlib import Path
 
 
-def execute(stage_dir: Path, executable: str, work: Path, params: dict) -> dict:
-    """Run the notebook; never raises for notebook errors, returns the result record.
+def execute(stage_dir: Path, executable: str, work: Path, params: dict,
+            wait: bool = False) -> dict | None:
+    """Run the notebook; never raises for notebook errors, returns the result record
+    (None when started ahead with `wait` and then told not to run).
 
     The runner laid out the working directory (``NB2PROD_WORKDIR``: the input
-    files); the runtime adds the files of earlier stages and records what the
-    stage wrote there.
+    files); the runtime adds the files of earlier stages (only after `go`: they
+    may not exist before) and records what the stage wrote there.
     """
     import os
 
-    from nb2prod.artifacts import execute_in_workdir
+    from nb2prod import artifacts
 
-    # The HTML report is rendered by the runner (warm and idle meanwhile).
     cwd = Path(os.environ.get("NB2PROD_WORKDIR") or stage_dir)
-    result = execute_in_workdir(stage_dir, executable, work, params, cwd, render_html=False)
+    kernel = None
+    try:
+        if wait:
+            kernel = artifacts.start_kernel(stage_dir, cwd)
+            artifacts._hide_slow_format_checker()
+            import papermill  # noqa: F401 - imported now, while the kernel boots
+
+            if sys.stdin.readline().strip() != "go":
+                return None
+        # The HTML report is rendered by the runner (warm and idle meanwhile).
+        result = artifacts.execute_in_workdir(stage_dir, executable, work, params, cwd,
+                                              render_html=False, kernel=kernel)
+    finally:
+        if kernel is not None:
+            kernel.shutdown()  # (already, unless the files could not be laid out)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -39,10 +61,10 @@ def main(argv: list[str]) -> int:
     from nb2prod.artifacts import log_stage_output
 
     log_stage_output()
-    stage_dir, executable, work, params_json = argv
+    stage_dir, executable, work, params_json, *flags = argv
     params = json.loads(Path(params_json).read_text())
-    result = execute(Path(stage_dir), executable, Path(work), params)
-    return 0 if result["status"] == "succeeded" else 1
+    result = execute(Path(stage_dir), executable, Path(work), params, wait="--wait" in flags)
+    return 0 if result is None or result["status"] == "succeeded" else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ served by gunicorn on a real port until Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,6 +65,14 @@ class StageState:
 
 
 @dataclass
+class StageProcess:
+    """A running stage process and its temporary working directory."""
+
+    proc: subprocess.Popen
+    work: Path
+
+
+@dataclass
 class RunResult:
     """What a run did: for the CLI's summary and exit code."""
 
@@ -91,6 +100,7 @@ class LocalRunner:
         self.states: dict[str, StageState] = {}
         self.lock = threading.Lock()
         self.processes: dict[str, subprocess.Popen] = {}
+        self.ahead: dict[str, StageProcess | None] = {}  # started ahead, waiting for `go`
         self.interrupted = False
         self.started: float | None = None  # kept in every run.json write
         self._html: artifacts.HtmlRenderer | None = None
@@ -165,37 +175,102 @@ class LocalRunner:
         artifacts.write_json(self.store, self.key("run.json"), record)
 
     # -- one stage --------------------------------------------------------------------
+    def spawn(self, name: str, input_run_id: str | None, wait: bool) -> StageProcess:
+        """Start the stage process; with `wait` it boots its kernel and waits for `go`."""
+        stage = self.pipeline.stages[name]
+        work = Path(tempfile.mkdtemp(prefix=f"nb2prod-{name}-"))
+        try:
+            params_file = work / "params.json"
+            params_file.write_text(json.dumps(self.params))
+            env = {**self.stage_env(stage, input_run_id), **self.lay_out(name, work)}
+            with open(work / "log.txt", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "nb2prod.runners.execute", str(stage.directory),
+                     stage.executable, str(work / "out"), str(params_file),
+                     *(["--wait"] if wait else [])],
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                    stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        with self.lock:
+            self.processes[f"{name}{' (ahead)' if wait else ''}"] = proc
+        return StageProcess(proc, work)
+
+    def start_ahead(self, executing: str, input_run_id: str | None) -> None:
+        """`executing` missed the cache and runs: boot the kernels of the stages after it.
+
+        A stage waiting only on stages that are running or finished gets its
+        process now (kernel booting, papermill importing) and is told `go` when
+        its inputs are there; at most `jobs` such processes wait at a time.
+        """
+        with self.lock:
+            candidates = [
+                n for n in self.states if n not in self.ahead and self.states[n].state == "waiting"
+                and executing in self.preds(n)
+                and all(self.states[p].state in ("running", *OK_STATES) for p in self.preds(n))]
+            candidates = candidates[:max(0, self.jobs - len(self.ahead))]
+            for name in candidates:
+                self.ahead[name] = None  # reserved
+        for name in candidates:
+            started = self.spawn(name, input_run_id, wait=True)
+            with self.lock:
+                self.ahead[name] = started
+
+    def take_ahead(self, name: str) -> StageProcess | None:
+        with self.lock:
+            started = self.ahead.pop(name, None)
+            if started is not None:
+                self.processes[name] = self.processes.pop(f"{name} (ahead)")
+            return started
+
+    def stop_ahead(self, name: str, started: StageProcess | None = None) -> None:
+        """A process started ahead that will not run its stage: let it exit cleanly."""
+        started = started or self.take_ahead(name)
+        if started is None:
+            return
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            started.proc.communicate(b"stop\n", timeout=30)
+        if started.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started.proc.pid, signal.SIGKILL)
+            started.proc.wait()
+        with self.lock:
+            self.processes.pop(name, None)
+        shutil.rmtree(started.work, ignore_errors=True)
+
+    def preds(self, name: str) -> list[str]:
+        return [a for a, b in self.pipeline.edges if b == name and a in self.states]
+
     def run_stage(self, name: str, input_run_id: str | None = None) -> StageState:
         """Execute one batch stage in a subprocess and upload what it produced."""
         stage = self.pipeline.stages[name]
         self.set_state(name, "running")
         key, hit = self.cache_lookup(stage, input_run_id or self.run_id)
+        started = self.take_ahead(name)
         if hit is not None:
+            self.stop_ahead(name, started)
             return self.reuse(name, stage, hit)
-        with tempfile.TemporaryDirectory(prefix=f"nb2prod-{name}-") as tmp:
-            work = Path(tmp)
-            params_file = work / "params.json"
-            params_file.write_text(json.dumps(self.params))
-            log_path = work / "log.txt"
-            env = {**self.stage_env(stage, input_run_id), **self.lay_out(name, work)}
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "nb2prod.runners.execute", str(stage.directory),
-                     stage.executable, str(work / "out"), str(params_file)],
-                    stdout=log, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True,
-                )
-                with self.lock:
-                    self.processes[name] = proc
-                code = proc.wait()
-                with self.lock:
-                    self.processes.pop(name, None)
+        if started is None:
+            started = self.spawn(name, input_run_id, wait=False)
+        else:
+            with contextlib.suppress(OSError):  # it may have died booting: reported below
+                started.proc.stdin.write(b"go\n")
+                started.proc.stdin.close()
+        self.start_ahead(name, input_run_id)
+        work = started.work
+        try:
+            code = started.proc.wait()
+            with self.lock:
+                self.processes.pop(name, None)
             result_file = work / "out" / "result.json"
             result = json.loads(result_file.read_text()) if result_file.is_file() else {
                 "status": "failed", "ename": "ProcessError",
                 "evalue": f"stage process exited with code {code}"}
             if result.get("status") != "succeeded":  # the log ends saying why
-                with open(log_path, "a", encoding="utf-8") as log:
+                with open(work / "log.txt", "a", encoding="utf-8") as log:
                     log.write(f"\nnb2prod: {_failure_text(result)}\n")
             executed = work / "out" / f"{Path(stage.executable).stem}.ipynb"
             if executed.is_file():
@@ -205,6 +280,8 @@ class LocalRunner:
             uploaded = self.upload(name, work, stage)
             state = self.states[name]
             state.result = {**result, **uploaded}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         if self.interrupted:
             self.set_state(name, "failed", "interrupted")
         elif result.get("status") == "succeeded" and code == 0:
@@ -275,6 +352,14 @@ class LocalRunner:
         self.started = time.time()
         _ = self.html  # start importing nbconvert while the first stages run
         self.write_run("running")
+        try:
+            return self._run(stages, edges, input_run_id)
+        finally:
+            for name in list(self.ahead):
+                self.stop_ahead(name)
+
+    def _run(self, stages: list[str], edges: list[dag.Edge], input_run_id: str | None
+             ) -> dict[str, StageState]:
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while True:

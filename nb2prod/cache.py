@@ -180,8 +180,13 @@ def lookup(store: artifacts.Store, pipeline: str, stage: str, key: str) -> dict 
         for name, digest in entry["files"].items():
             if hashlib.sha256(store.read_bytes(prefix + name)).hexdigest() != digest:
                 return None
-        artifacts.read_manifest(store, prefix + artifacts.MANIFEST)  # signature, if signing
-    except (OSError, ValueError, artifacts.ArtifactError):
+        manifest = artifacts.read_manifest(store, prefix + artifacts.MANIFEST)  # signature
+        for written in (manifest.get("files") or {}).values():  # files it wrote (by sha256)
+            digest = written["sha256"]
+            blob = store.read_bytes(artifacts.files_key(pipeline, digest))
+            if hashlib.sha256(blob).hexdigest() != digest:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, artifacts.ArtifactError):
         return None
     return entry
 

@@ -115,7 +115,16 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     cached_artifact(s, "fit", "weights").unlink()
     s.run("missing")
     s.run("param", "--param", "scale=3")
+    blob = s.pipeline_dir / ".nb2prod/artifacts/p/files" / written_sha(s, "missing", "fit")
+    blob.unlink()  # the file fit wrote (scratch.txt), content-addressed in the store
+    s.run("blob-missing")
     return s
+
+
+def written_sha(session: Session, label: str, stage: str) -> str:
+    manifest = artifacts.read_json(session.store, f"p/runs/{session.runs[label].run_id}/{stage}"
+                                   "/manifest.json")
+    return manifest["files"]["scratch.txt"]["sha256"]
 
 
 def test_first_run_executes_and_second_reuses_every_unchanged_stage(session: Session) -> None:
@@ -187,6 +196,14 @@ def test_corrupted_or_missing_cached_artifact_is_a_miss_not_a_failure(session: S
     assert missing.states() == {"load": "cached", "fit": "done", "report": "done"}
     assert missing.record["stages"]["load"]["cached_from"] == corrupted.run_id
     assert missing.record["metrics"] == session.runs["full"].record["metrics"]
+
+
+def test_a_missing_file_the_stage_wrote_is_a_miss(session: Session) -> None:
+    run = session.runs["blob-missing"]
+    assert run.code == 0, run.stderr
+    assert run.states() == {"load": "cached", "fit": "done", "report": "done"}
+    assert (session.pipeline_dir / ".nb2prod/artifacts/p/files"
+            / written_sha(session, "blob-missing", "fit")).is_file()
 
 
 def test_a_parameter_reruns_only_the_stages_that_use_it(session: Session) -> None:

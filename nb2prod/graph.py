@@ -152,7 +152,22 @@ def pipeline_stages(pipeline) -> list[StageInfo]:
 
 def analysis_stages(analysis) -> list[StageInfo]:
     """StageInfo from an in-memory analysis (a notebook that was not split to disk)."""
-    return [StageInfo(s.name, s.type, dict(s.inputs)) for s in analysis.stages]
+    return [StageInfo(s.name, s.type, dict(s.inputs), dict(s.file_inputs))
+            for s in analysis.stages]
+
+
+def _file_inputs(notebook: Path | None) -> dict[str, dict[str, str]]:
+    """{stage: {path: writing stage}} from the notebook (split keeps file edges nowhere
+    else); empty when it is gone or does not analyse."""
+    if notebook is None or not notebook.is_file():
+        return {}
+    from nb2prod.split import check_notebook
+
+    try:
+        analysis = check_notebook(notebook).analysis
+    except UserError:
+        return {}
+    return {s.name: dict(s.file_inputs) for s in analysis.stages}
 
 
 def graph_for(target: Path, run_id: str | None = None, store: str | None = None) -> Graph:
@@ -177,7 +192,10 @@ def graph_for(target: Path, run_id: str | None = None, store: str | None = None)
         name = pipeline.name if pipeline is not None else pipeline_name(target)
     else:
         pipeline = load_pipeline(target)
-        stages, edges, name = pipeline_stages(pipeline), list(pipeline.edges), pipeline.name
+        written = _file_inputs(pipeline.notebook)
+        stages = [StageInfo(s.name, s.kind, s.inputs, {**s.files, **written.get(s.name, {})})
+                  for s in pipeline_stages(pipeline)]
+        edges, name = list(pipeline.edges), pipeline.name
     if pipeline is None:
         if run_id is not None:
             raise UserError(Problem(f"--run {run_id}: the notebook was not run yet (no "

@@ -173,3 +173,21 @@ def test_without_graphviz_images_exit_2_with_a_hint_and_text_still_works(wine: P
                               text=True, check=False, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "best_model, best_name" in (tmp_path / f"wine{suffix}").read_text()
+
+
+def test_a_file_one_stage_writes_and_the_next_reads_labels_their_edge(tmp_path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in [
+        (["stage:clean"], "rows = [1, 2]\nopen('clean.csv', 'w').write(str(rows))"),
+        (["stage:count"], "n = len(open('clean.csv').read())\nprint(n)")]]
+    nbformat.write(nb, tmp_path / "files.ipynb")
+    from_notebook = graph.graph_for(tmp_path / "files.ipynb")
+    assert [(e.source, e.target, e.names, e.files) for e in from_notebook.edges] == [
+        ("clean", "count", (), ("clean.csv",))]
+    done = nb2prod("split", "files.ipynb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    from_dir = graph.graph_for(tmp_path / "files-pipeline")
+    assert from_dir.edges == from_notebook.edges
+    assert '-->|"clean.csv"|' in graph.to_mermaid(from_dir)

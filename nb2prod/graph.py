@@ -106,8 +106,9 @@ def build_graph(pipeline: str, stages: list[StageInfo], edges: list[tuple[str, s
 def stage_inputs(notebook_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """(variables, files) a generated stage notebook loads, each mapped to its producer.
 
-    Read from the calls of the generated load cell, `_nb2prod.load("x",
-    producer="train")`; any other `_nb2prod.*` call naming a producer passes files.
+    Read from the calls of the generated cells, `_nb2prod.load("x",
+    producer="train")` and, for files, `_nb2prod.expect_file("clean.csv",
+    producer="prepare")` (any other `_nb2prod.*` call naming a producer).
     """
     try:
         nb = json.loads(notebook_path.read_text(encoding="utf-8"))
@@ -156,19 +157,6 @@ def analysis_stages(analysis) -> list[StageInfo]:
             for s in analysis.stages]
 
 
-def _file_inputs(notebook: Path | None) -> dict[str, dict[str, str]]:
-    """{stage: {path: writing stage}} from the notebook (split keeps file edges nowhere
-    else); empty when it is gone or does not analyse."""
-    if notebook is None or not notebook.is_file():
-        return {}
-    from nb2prod.split import check_notebook
-
-    try:
-        analysis = check_notebook(notebook).analysis
-    except UserError:
-        return {}
-    return {s.name: dict(s.file_inputs) for s in analysis.stages}
-
 
 def graph_for(target: Path, run_id: str | None = None, store: str | None = None) -> Graph:
     """The graph of a pipeline directory, or of a notebook (analysed in memory, nothing
@@ -192,10 +180,7 @@ def graph_for(target: Path, run_id: str | None = None, store: str | None = None)
         name = pipeline.name if pipeline is not None else pipeline_name(target)
     else:
         pipeline = load_pipeline(target)
-        written = _file_inputs(pipeline.notebook)
-        stages = [StageInfo(s.name, s.kind, s.inputs, {**s.files, **written.get(s.name, {})})
-                  for s in pipeline_stages(pipeline)]
-        edges, name = list(pipeline.edges), pipeline.name
+        stages, edges, name = pipeline_stages(pipeline), list(pipeline.edges), pipeline.name
     if pipeline is None:
         if run_id is not None:
             raise UserError(Problem(f"--run {run_id}: the notebook was not run yet (no "

@@ -309,10 +309,12 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             expect(problems.first).to_contain_text("iris.ipynb, cell ")
             page.screenshot(path=str(tmp_path / "split-problems.png"))
             go = problems.locator(".nb2prod-GoToCell").first
+            # Counted from 1 like the message (and JupyterLab's status bar "Cell N/M").
             target = int(go.inner_text().rsplit(" ", 1)[1])
+            assert f"iris.ipynb, cell {target} (" in problems.first.inner_text()
             go.click()
             expect(dialog).to_have_count(0)
-            expect(cells.nth(target)).to_have_class(re.compile(r"\bjp-mod-active\b"))
+            expect(cells.nth(target - 1)).to_have_class(re.compile(r"\bjp-mod-active\b"))
 
             # the save before splitting wrote the new tags to disk
             saved = json.loads(notebook.read_text())["cells"][train_cell]

@@ -62,7 +62,7 @@ function problemList(problems: readonly IProblem[], onGo: (cell: number) => void
     if (problem.cell !== null && problem.cell !== undefined) {
       const cell = problem.cell;
       const button = el('button', 'jp-Button jp-mod-styled jp-mod-reject nb2prod-GoToCell');
-      button.textContent = `Go to cell ${cell}`;
+      button.textContent = `Go to cell ${cell + 1}`;  // counted from 1, as messages and the status bar count
       button.title = 'Select and scroll to this cell';
       button.addEventListener('click', () => onGo(cell));
       item.appendChild(button);

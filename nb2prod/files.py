@@ -160,12 +160,9 @@ class _LiteralWalker(ast.NodeVisitor):
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
         self.add(_literal(node))
-        self.generic_visit_values(node)
-
-    def generic_visit_values(self, node: ast.JoinedStr) -> None:
         for value in node.values:
             if isinstance(value, ast.FormattedValue):
-                self.visit(value.value)
+                self.visit(value.value)  # not its format spec: never a path
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
         composed = _literal(node) if isinstance(node.op, ast.Div) else None
@@ -191,11 +188,12 @@ class _LiteralWalker(ast.NodeVisitor):
             receiver = _literal(node.func.value)
             if receiver is not None and (name in RECEIVER_WRITERS or _opens_for_writing(node)):
                 self.add(receiver, write=True, context=True)
-                self.visit_args(node, written)
+                for arg in [*node.args, *(k.value for k in node.keywords)]:
+                    self.visit(arg)
                 return
             self.visit(node.func.value)
         context = name in PATH_CALLS or name in WRITERS or name.startswith(("read_", "load_"))
-        for index, arg in enumerate(node.args):
+        for arg in node.args:
             text = _literal(arg)
             if text is not None:
                 self.add(text, write=arg in written, context=context)
@@ -207,10 +205,6 @@ class _LiteralWalker(ast.NodeVisitor):
                 self.add(text, write=keyword.value in written, context=context)
             elif text is None:
                 self.visit(keyword.value)
-
-    def visit_args(self, node: ast.Call, written: list[ast.expr]) -> None:
-        for arg in [*node.args, *(k.value for k in node.keywords)]:
-            self.visit(arg)
 
 
 def _is_cwd(node: ast.expr) -> bool:

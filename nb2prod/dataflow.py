@@ -926,17 +926,21 @@ def _definition_reads(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDe
     return frozenset(name for part in parts for name in _loaded_names(part)) - BUILTIN_NAMES
 
 
-_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+#: Handlers that catch a failed import (a bare `except:` too): with a `try:` body of
+#: nothing but imports and constants, nothing else can have failed.
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 
 
 def is_optional_import(node: ast.Try) -> bool:
-    """`try:` of nothing but imports (and constants) with an `except ImportError` handler."""
+    """`try:` of nothing but imports (and constants) with a handler catching ImportError."""
     if node.finalbody or not any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in node.body):
         return False
     if not all(_declarative(stmt) for stmt in node.body + node.orelse):
         return False
     for handler in node.handlers:
         kind = handler.type
+        if kind is None:
+            return True
         names = kind.elts if isinstance(kind, ast.Tuple) else [kind]
         if any(isinstance(n, ast.Name) and n.id in _IMPORT_ERRORS for n in names):
             return True

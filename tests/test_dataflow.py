@@ -422,6 +422,15 @@ def test_optional_import_is_one_definition_with_optional_modules() -> None:
     assert definition.free_reads == {"warnings"}
 
 
+@pytest.mark.parametrize("header", ["except ImportError:", "except ModuleNotFoundError:",
+                                    "except (ImportError, OSError):", "except Exception:",
+                                    "except:"])
+def test_handlers_that_catch_a_failed_import_make_an_optional_import(header: str) -> None:
+    f = flow(f"try:\n    import xgboost as xgb\n{header}\n    xgb = None\n")
+    assert f.optional_imports == {"xgboost"}
+    assert f.definitions["xgb"].optional
+
+
 @pytest.mark.parametrize("source", [
     "try:\n    import x\nexcept ValueError:\n    pass\n",  # not about imports
     "try:\n    import x\n    model = fit()\nexcept ImportError:\n    pass\n",  # does work

@@ -136,11 +136,15 @@ def python_source(source: str) -> str:
 
 def analyze_cell(source: str) -> CellFlow:
     """Analyse one cell's source (magics allowed) at module scope."""
-    code = python_source(source)
     try:
-        tree = ast.parse(code)
-    except SyntaxError as exc:
-        raise CellSyntaxError(f"not valid Python: {exc.msg} (line {exc.lineno})", exc.lineno) from None
+        code, tree = source, ast.parse(source)  # most cells: parsed once
+    except SyntaxError:
+        code = python_source(source)
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as exc:
+            raise CellSyntaxError(f"not valid Python: {exc.msg} (line {exc.lineno})",
+                                  exc.lineno) from None
     walker = _ScopeWalker(code)
     walker.run(tree.body)
     return walker.result(declarative=all(_declarative(stmt) for stmt in tree.body))

@@ -361,3 +361,13 @@ def test_a_symlinked_data_folder_ships_under_its_own_name(tmp_path: Path) -> Non
     entry = lookup(project)("data/train.csv")
     assert entry is not None and entry.path == "data/train.csv"
     assert list(expand(project, ["data/"])) == ["data/train.csv"]
+
+
+def test_split_warns_when_inputs_are_over_100_mb(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    with open(tmp_path / "data" / "big.bin", "wb") as fh:  # sparse: no disk used
+        fh.truncate(files.LARGE_INPUT_BYTES + 1)
+    nb = notebook(tmp_path / "nb.ipynb", (["train"], 'blob = open("data/big.bin", "rb").read(1)'))
+    warnings = [w.message for w in split_notebook(nb).warnings]
+    assert any(w.startswith("input files total 100 MB") and "store" in w for w in warnings), \
+        warnings

@@ -128,6 +128,10 @@ def test_files_local_package_and_file_edges_run_like_the_notebook(tmp_path: Path
                    if not p.relative_to(tmp_path).as_posix().startswith("churn-pipeline"))
     assert after == before
 
+    # one stage alone: the files it reads come from the latest run's earlier stages
+    again = nb2prod("run", pipeline, "--stage", "train", "--no-serve", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
     accuracy, predicted = whole_notebook(notebook)
     assert record["metrics"]["train"]["accuracy"] == accuracy
     assert json.loads(answer.group(1)) == predicted

@@ -189,11 +189,23 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
         no_cache: bool) -> None:
     """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
+    from nb2prod.runners import local
+
+    try:
+        with local.signals_interrupt():
+            _run(target, params, stage, jobs, store, no_serve, port, host, smoke, no_cache)
+    except local.Interrupted as exc:
+        click.echo(f"nb2prod: interrupted ({exc}); every stage and server stopped", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,
+         store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
+         no_cache: bool) -> None:
     import os
 
     from nb2prod.errors import Problem
     from nb2prod.pipeline import run_parameters
-    from nb2prod.progress import Progress
     from nb2prod.runners import local
 
     pipeline = _open_pipeline(target)
@@ -204,25 +216,49 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
     values = run_parameters(pipeline, list(params))
     batch = [stage] if stage and pipeline.stages[stage].type == "batch" else (
         [] if stage else pipeline.batch)
-    result = None
-    if batch:
-        with Progress(f"pipeline {pipeline.name}", failure_details=False) as progress:
-            runner = local.LocalRunner(pipeline, store_uri, values, jobs or os.cpu_count() or 1,
-                                       progress, use_cache=not no_cache)
-            click.echo(f"run {runner.run_id}: {len(batch)} batch stage(s), store {store_uri}")
-            result = local.run_batch(pipeline, store_uri=store_uri, params=values,
-                                     jobs=runner.jobs, only=stage, runner=runner)
-        _summarise(result)
-        if result.status != "succeeded":
-            raise PipelineFailure(f"run {result.run_id} failed")
     services = [stage] if stage and pipeline.stages[stage].type == "service" else (
         [] if stage else pipeline.services)
-    not_promoted = result is not None and not result.promoted and stage is None
-    if no_serve or not services:
+    # Ports are taken before any stage runs: a busy port fails now, not after training.
+    reservation = None if no_serve or not services else local.reserve_ports(
+        pipeline, services, port, host)
+    try:
+        result = None
+        if batch:
+            result = _run_batch(pipeline, store_uri, values, stage, jobs or os.cpu_count() or 1,
+                                no_cache)
+        not_promoted = result is not None and not result.promoted and stage is None
+        if reservation is not None:
+            _serve(pipeline, store_uri, services, reservation, smoke, result, not_promoted)
         if not_promoted:
             raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
-        return
+    finally:
+        if reservation is not None:
+            reservation.release()
+
+
+def _run_batch(pipeline, store_uri: str, values: dict, stage: str | None, jobs: int,
+               no_cache: bool):
+    from nb2prod.progress import Progress
+    from nb2prod.runners import local
+
+    with Progress(f"pipeline {pipeline.name}", failure_details=False) as progress:
+        runner = local.LocalRunner(pipeline, store_uri, values, jobs, progress,
+                                   use_cache=not no_cache)
+        n = 1 if stage else len(pipeline.batch)
+        click.echo(f"run {runner.run_id}: {n} batch stage(s), store {store_uri}")
+        result = local.run_batch(pipeline, store_uri=store_uri, params=values,
+                                 jobs=runner.jobs, only=stage, runner=runner)
+    _summarise(result)
+    if result.status != "succeeded":
+        raise PipelineFailure(f"run {result.run_id} failed")
+    return result
+
+
+def _serve(pipeline, store_uri: str, services: list[str], reservation, smoke: bool,
+           result, not_promoted: bool) -> None:
+    """Serve the latest promoted run on the reserved ports (until Ctrl-C, or one smoke)."""
     from nb2prod import artifacts
+    from nb2prod.runners import local
 
     latest = artifacts.read_latest(artifacts.open_store(store_uri), pipeline.name)
     if latest is None:
@@ -231,7 +267,9 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
     if not_promoted:
         click.echo(f"run {result.run_id} not promoted ({result.reason}); serving the latest "
                    f"promoted run {latest['run_id']}", err=True)
-    running = local.start_services(pipeline, services, store_uri, port, host)
+    running = local.start_services(pipeline, services, store_uri, None, reservation.host,
+                                   reservation=reservation, echo=_echo_err,
+                                   log_run_id=latest["run_id"])
     try:
         samples = {s.stage.name: local.sample_request(pipeline, s, store_uri, latest["run_id"])
                    for s in running}
@@ -251,13 +289,13 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
             local.stop_services(running)
         if failures:
             raise PipelineFailure(f"smoke request failed for {', '.join(failures)}")
-        if not_promoted:  # the smoke answered, but from an older model: still a failed run
-            raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
-        return
+        return  # a run that was not promoted still fails (in _run): the smoke used an older model
     click.echo("Ctrl-C to stop.", err=True)
     local.wait_for_shutdown(running)
-    if not_promoted:
-        raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _summarise(result) -> None:
@@ -287,6 +325,7 @@ def runs(target: Path, store: str | None) -> None:
 
     from nb2prod import artifacts
     from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import local
 
     pipeline = load_pipeline(target)
     st = artifacts.open_store(pipeline.store_uri(store))
@@ -305,7 +344,7 @@ def runs(target: Path, store: str | None) -> None:
         failed = ", ".join(n for n, s in (record.get("stages") or {}).items()
                            if s.get("status") == "failed")
         marker = " (latest)" if record.get("run_id") == latest else ""
-        table.add_row(f"{record.get('run_id')}{marker}", record.get("status", "?"), when,
+        table.add_row(f"{record.get('run_id')}{marker}", local.displayed_status(record), when,
                       seconds, metrics or "-", failed or "-")
     _console().print(table)
 

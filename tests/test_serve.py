@@ -234,7 +234,10 @@ def test_generated_app_is_plain_python_without_nb2prod(tmp_path: Path) -> None:
 def test_probes_and_info(iris: Server) -> None:
     assert call(iris.url + "/healthz").status == 200
     ready = call(iris.url + "/readyz")
-    assert ready.status == 200 and ready.json() == {"status": "ready"}
+    # The nonce of this start: `wait_ready` checks that the answering server is ours.
+    assert iris.proc.instance and len(iris.proc.instance) == 16
+    assert ready.status == 200 and ready.json() == {"status": "ready",
+                                                    "instance": iris.proc.instance}
     assert call(iris.url + "/info").status == 401  # /info is protected like the route
     info = call(iris.url + "/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert isinstance(info, dict)
@@ -246,6 +249,7 @@ def test_probes_and_info(iris: Server) -> None:
     assert info["versions"]["flask"]
     assert info["startup_seconds"] > 0
     assert info["max_request_bytes"] == 65536
+    assert info["instance"] == iris.proc.instance
 
 
 def test_predictions_over_http(iris: Server) -> None:
@@ -654,7 +658,8 @@ def test_ready_only_when_every_worker_finished_startup(tmp_path: Path) -> None:
         (tmp_path / "go").touch()
         serve.wait_ready(base, STARTUP_TIMEOUT, proc)
         for _ in range(20):
-            assert call(base + "/readyz").json() == {"status": "ready"}
+            assert call(base + "/readyz").json() == {"status": "ready",
+                                                     "instance": proc.instance}
         markers = [p for p in Path(tempfile.gettempdir()).iterdir()
                    if p.name.startswith(f"nb2prod-ready-{proc.pid}-")]
         assert len(markers) == 2

@@ -54,6 +54,16 @@ def runner() -> Lifeline:
     return _RUNNER
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after "pid (comm) ": state, ppid, ... (None: gone or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid`, from /proc (Linux); [] where there is no /proc.
 
@@ -66,15 +76,8 @@ def descendants(pid: int) -> list[int]:
     except OSError:
         return []
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        if len(fields) > 1 and fields[1].isdigit():
+        fields = stat_fields(entry) if entry.isdigit() else None
+        if fields is not None and len(fields) > 1 and fields[1].isdigit():
             children.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = [], [pid]
     while todo:

@@ -97,13 +97,8 @@ def shielded() -> Iterator[list[int]]:
 
 def _process_start(pid: int) -> str | None:
     """The start time of `pid` in clock ticks since boot (/proc), to tell reused pids apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
+    fields = lifeline.stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def runner_identity() -> dict:

@@ -207,12 +207,13 @@ def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | N
     from nb2prod.errors import Problem
     from nb2prod.pipeline import run_parameters
     from nb2prod.runners import local
+    from nb2prod.settings import local_store
 
     pipeline = _open_pipeline(target)
     if stage is not None and stage not in pipeline.stages:
         raise UserError(Problem(f"--stage {stage}: no such stage (have: "
                                 f"{', '.join(pipeline.order)})"))
-    store_uri = pipeline.store_uri(store)
+    store_uri = local_store(pipeline.store_uri(store))
     values = run_parameters(pipeline, list(params))
     batch = [stage] if stage and pipeline.stages[stage].type == "batch" else (
         [] if stage else pipeline.batch)
@@ -326,9 +327,10 @@ def runs(target: Path, store: str | None) -> None:
     from nb2prod import artifacts
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import local
+    from nb2prod.settings import local_store
 
     pipeline = load_pipeline(target)
-    st = artifacts.open_store(pipeline.store_uri(store))
+    st = artifacts.open_store(local_store(pipeline.store_uri(store)))
     latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
     table = Table(title=f"runs of {pipeline.name}", title_justify="left")
     for column in ("run", "status", "started", "seconds", "metrics", "failed stage"):
@@ -487,6 +489,7 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
     from nb2prod import manifests
     from nb2prod.runners import kubernetes as kube
 
+    _check_output_file(output)
     pipeline = _open_pipeline(target)
     cron_expr, time_zone, _ = _schedule_settings(pipeline, cron_expr, time_zone, False,
                                                  required=False)
@@ -522,8 +525,40 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        _write_file(output, text)
         click.echo(f"wrote {len(objects)} objects to {output}", err=True)
+
+
+def _check_output_file(output: Path | None) -> None:
+    """-o FILE must be a file in an existing directory: refused before any work (exit 2)."""
+    from nb2prod.errors import Problem
+
+    if output is None:
+        return
+    if output.is_dir():
+        raise UserError(Problem("is a directory; give a file name for -o", file=str(output)))
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(Problem(f"no such directory {parent}; create it first or choose "
+                                "another -o", file=str(output)))
+
+
+def _write_file(output: Path, text: str) -> None:
+    """Write through a temp file and a rename: never a half-written file."""
+    import os
+    import tempfile
+
+    from nb2prod.writer import os_errors
+
+    with os_errors(output):
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, output)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def _report_created_services(info: dict) -> None:
@@ -611,7 +646,7 @@ def unschedule(target: Path, namespace: str | None, context: str | None) -> None
     from nb2prod.runners import kubernetes as kube
     from nb2prod.runners import schedule as incluster
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         removed = incluster.unschedule(pipeline, ns, context=context)
@@ -637,7 +672,7 @@ def history(target: Path, namespace: str | None, context: str | None, as_json: b
     from nb2prod.runners import kubernetes as kube
     from nb2prod.runners import schedule as incluster
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         runs = incluster.history(pipeline, ns, context=context)[:limit]
@@ -680,7 +715,7 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     with kube.api_errors():
         info = kube.status(pipeline, _namespace(pipeline, namespace), context=context)
     console = _console()
@@ -725,7 +760,7 @@ def logs(stage: str, target: Path, namespace: str | None, context: str | None,
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     if stage not in pipeline.stages:
         raise UserError(Problem(f"no stage '{stage}' (have: {', '.join(pipeline.order)})"))
     ns = _namespace(pipeline, namespace)
@@ -751,7 +786,7 @@ def delete(target: Path, namespace: str | None, context: str | None, purge_artif
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         counts = kube.delete(pipeline, ns, context=context, purge_artifacts=purge_artifacts,
@@ -787,6 +822,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except Exception as exc:
+        from nb2prod.artifacts import ArtifactError
+
+        if not isinstance(exc, ArtifactError):
+            raise
+        # a store file that is not what nb2prod wrote (truncated, edited): bad input
+        click.echo(f"nb2prod: error: {str(exc).splitlines()[0]}", err=True)
+        return 2
     return 0
 
 

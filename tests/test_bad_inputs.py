@@ -86,8 +86,9 @@ CASES = {
         ("out: output directory exists; use --force to update it (your config.ini edits "
         "are kept)"),), setup="pipeline"),
     "expression_of_600_terms": Case("deep_expression.ipynb", (
-        ("deep_expression.ipynb, cell 1: code nested too deeply to analyse (an expression of "
-         "hundreds of terms?); split it into smaller statements"),)),
+        ("deep_expression.ipynb, cell 2 (\"y = x + x + x + x + x + x + x + x + x + x + x + x + "
+         "x + x +…\"): code nested too deeply to analyse (an expression of hundreds of "
+         "terms?); split it into smaller statements"),)),
     "broken_jinja_in_templates": Case("ok.ipynb", (
         ("tpl/config.ini.j2: template error: Expected an expression, got 'end of statement "
          "block', line 2"),), setup="templates",

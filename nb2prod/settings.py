@@ -155,6 +155,7 @@ STAGE: dict[tuple[str, str], Check] = {
     ("service", "REPLICAS"): whole(1),
     ("service", "PORT"): whole(1, 65535),
     ("service", "WORKERS"): whole(1, 64),
+    ("service", "THREADS"): whole(1, 256),
     ("service", "MAX_STARTUP_TIME_SECONDS"): whole(1),
     ("service", "MAX_REQUEST_BYTES"): whole(1),
     ("service", "ROUTE"): route,

@@ -520,11 +520,6 @@ def list_runs(store: Store | str, pipeline: str) -> list[dict]:
     runs = []
     for run_id in sorted(stage_dirs):
         info = read_json(store, f"{base}{run_id}/{RUN_JSON}", default=None)
-        if info is not None and not (isinstance(info, dict)
-                                     and info.get("run_id", run_id) == run_id):
-            raise ArtifactError(f"{store.url(f'{base}{run_id}/{RUN_JSON}')} is not the record "
-                                f"of run {run_id} (expected an object with \"run_id\": "
-                                f"\"{run_id}\")")
         record = dict(info) if isinstance(info, dict) else {}
         if "stages" not in record:
             _add_stage_results(store, f"{base}{run_id}", sorted(stage_dirs[run_id]), record)
@@ -981,7 +976,13 @@ class LightGBMSerializer(Serializer):
 
     def dump(self, value: Any) -> tuple[bytes, dict]:
         if _is_a(value, self.types[0]):
-            return value.model_to_string().encode("utf-8"), {"lightgbm_type": "Booster"}
+            # Every iteration, and the early-stopping results the text model leaves out
+            # (a Booster read back from text says best_iteration = -1).
+            best_score = {data: {metric: float(score) for metric, score in scores.items()}
+                          for data, scores in (value.best_score or {}).items()}
+            return value.model_to_string(num_iteration=-1).encode("utf-8"), {
+                "lightgbm_type": "Booster", "best_iteration": int(value.best_iteration),
+                "best_score": best_score}
         params = value.params if _is_exact_json(value.params) else {}
         # Binned with these params: loading with others would make LightGBM refuse training.
         return (_via_file(value.save_binary, "data.bin"),
@@ -994,7 +995,14 @@ class LightGBMSerializer(Serializer):
             params = {"verbose": -1, **(entry.get("lightgbm_params") or {})}
             return _from_file(data, "data.bin", lambda path: lgb.Dataset(
                 path, params=params).construct())
-        return lgb.Booster(model_str=data.decode("utf-8"))
+        import collections
+
+        booster = lgb.Booster(model_str=data.decode("utf-8"))
+        booster.best_iteration = entry.get("best_iteration", -1)
+        booster.best_score = collections.defaultdict(collections.OrderedDict, {
+            data: collections.OrderedDict(scores)
+            for data, scores in (entry.get("best_score") or {}).items()})
+        return booster
 
 
 class TorchSerializer(Serializer):

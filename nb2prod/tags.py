@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from dataclasses import dataclass, field
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -116,7 +117,24 @@ def _set_role(out: CellTags, role: str, tag: str) -> None:
     out.role = role
 
 
+#: Standard-library modules no kernel or runtime imports: fine as stage names.
+_HARMLESS_MODULE_NAMES = frozenset({"test", "this", "antigravity", "idlelib", "turtledemo"})
+
+
+def _shadows_a_module(name: str) -> bool:
+    """A stage's ``NAME.py`` sits on its kernel's import path: a standard-library name
+    (``inspect``, ``types``, ``random``...) would be imported instead of the module and
+    kill the kernel at start-up."""
+    return (name in sys.stdlib_module_names and name not in _HARMLESS_MODULE_NAMES) \
+        or name == "nb2prod_runtime"
+
+
 def _valid_name(out: CellTags, name: str, tag: str) -> bool:
+    if NAME_RE.match(name) and _shadows_a_module(name):
+        out.errors.append(
+            f"tag '{tag}': a stage named '{name}' would shadow Python's '{name}' module "
+            f"(the stage's {name}.py is on its import path); try '{tag.split(':')[0]}:{name}-step'")
+        return False
     if NAME_RE.match(name):
         return True
     hint = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:40]

@@ -92,6 +92,23 @@ def test_lightgbm_booster_and_datasets() -> None:
     np.testing.assert_allclose(loaded.predict(X), booster.predict(X))
 
 
+def test_lightgbm_early_stopping_results_survive() -> None:
+    """The text model drops best_iteration/best_score; a stage reading them must not see -1."""
+    lgb = pytest.importorskip("lightgbm")
+    X, y = _xy(300)
+    train = lgb.Dataset(X[:200], y[:200])
+    valid = lgb.Dataset(X[200:], y[200:], reference=train)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "deterministic": True}, train,
+                        200, valid_sets=[valid], callbacks=[lgb.early_stopping(3, verbose=False)])
+    assert 0 < booster.best_iteration < 200  # stopped early
+    _, loaded = _round_trip(booster, "model")
+    assert loaded.best_iteration == booster.best_iteration
+    assert loaded.current_iteration() == booster.current_iteration()
+    assert loaded.best_score == booster.best_score
+    np.testing.assert_allclose(loaded.predict(X, num_iteration=loaded.best_iteration),
+                               booster.predict(X, num_iteration=booster.best_iteration))
+
+
 def test_polars_frames_and_series() -> None:
     pl = pytest.importorskip("polars")
     frame = pl.DataFrame({"a": [1, 2, None], "b": ["x", None, "z"],

@@ -184,6 +184,18 @@ def test_invalid_stage_names_are_errors(tag: str, hint: str | None) -> None:
         assert f"try '{hint}'" in tags.errors[0]
 
 
+@pytest.mark.parametrize("tag", ["stage:inspect", "block:types", "serve:random"])
+def test_stage_names_that_shadow_a_standard_module_are_errors(tag: str) -> None:
+    """The stage's NAME.py is on its kernel's import path: `inspect.py` killed the kernel."""
+    tags = parse_tags([tag])
+    prefix, name = tag.split(":")
+    assert tags.stage is None
+    expected = (f"tag '{tag}': a stage named '{name}' would shadow Python's '{name}' module "
+                f"(the stage's {name}.py is on its import path); try '{prefix}:{name}-step'")
+    assert tags.errors == [expected]
+    assert parse_tags(["stage:test"]).stage == "test"  # stdlib's test package: never imported
+
+
 @pytest.mark.parametrize("tag", ["stage:", "step:"])
 def test_empty_batch_stage_name_is_an_error(tag: str) -> None:
     tags = parse_tags([tag])

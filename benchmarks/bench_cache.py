@@ -13,7 +13,11 @@ its own store, then times whole processes, one after the other:
 
 Targets: unchanged re-run <= 0.1x the first run; first run <= 1.2x papermill.
 
-Usage: python benchmarks/bench_cache.py [--repeats 3]
+`--other-tree DIR` also times the first run with another nb2prod source tree first
+on PYTHONPATH (e.g. `git archive REV | tar -x -C DIR`), to compare two versions in
+the same session.
+
+Usage: python benchmarks/bench_cache.py [--repeats 3] [--other-tree DIR]
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "example_notebooks" / "wine_parallel.ipynb"
 
 
-def timed(args: list[str], cwd: Path) -> tuple[float, str]:
+def timed(args: list[str], cwd: Path, tree: Path = ROOT) -> tuple[float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - start
@@ -54,11 +58,21 @@ def edit_last_stage(notebook: Path) -> None:
     notebook.write_text(json.dumps(nb, indent=1))
 
 
-def one_repeat(work: Path) -> dict[str, float]:
-    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+def one_repeat(work: Path, other: Path | None, other_first: bool) -> dict[str, float]:
     nb2prod = [sys.executable, "-m", "nb2prod", "run", NOTEBOOK.name, "--no-serve"]
     times: dict[str, float] = {}
+
+    def other_run() -> None:
+        (work / "other").mkdir()
+        shutil.copy(NOTEBOOK, work / "other" / NOTEBOOK.name)
+        times["first run, other tree"], _ = timed(nb2prod, work / "other", other)
+
+    if other is not None and other_first:
+        other_run()
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     times["first run"], _ = timed(nb2prod, work)
+    if other is not None and not other_first:
+        other_run()
     times["unchanged re-run"], out = timed(nb2prod, work)
     assert "4 of 4 stage(s) cached" in out, out
     edit_last_stage(work / NOTEBOOK.name)
@@ -72,12 +86,13 @@ def one_repeat(work: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--other-tree", type=Path, help="another nb2prod source tree to time")
     args = parser.parse_args()
     print(machine())
     rows: dict[str, list[float]] = {}
     for i in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="nb2prod-bench-cache-") as tmp:
-            for name, took in one_repeat(Path(tmp)).items():
+            for name, took in one_repeat(Path(tmp), args.other_tree, i % 2 == 0).items():
                 rows.setdefault(name, []).append(took)
         print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()),
               flush=True)
@@ -90,6 +105,8 @@ def main() -> None:
     print(f"last stage edited / first run  {med['last stage edited'] / med['first run']:.3f}x")
     print(f"first run / papermill          {med['first run'] / med['papermill']:.2f}x "
           "(target <= 1.2x)")
+    if args.other_tree:
+        print(f"first run / other tree's       {med['first run'] / med['first run, other tree']:.2f}x")
     print(machine())
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from nb2prod import dag, files
 from nb2prod.dataflow import (
     BUILTIN_NAMES,
+    TOO_DEEP,
     CellFlow,
     CellSyntaxError,
     Definition,
@@ -84,6 +85,13 @@ class Analysis:
 
 def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
     """Analyse a notebook; raise `UserError` with every problem if it cannot be split."""
+    try:
+        return _analyze(notebook, entrypoint)
+    except RecursionError:  # a cell's own walk says which cell; this is the backstop
+        raise UserError(Problem(TOO_DEEP, file=notebook.path.name)) from None
+
+
+def _analyze(notebook: Notebook, entrypoint: str) -> Analysis:
     builder = _Builder(notebook, entrypoint)
     builder.analyse_flows()
     builder.assign_cells()

@@ -520,6 +520,11 @@ def list_runs(store: Store | str, pipeline: str) -> list[dict]:
     runs = []
     for run_id in sorted(stage_dirs):
         info = read_json(store, f"{base}{run_id}/{RUN_JSON}", default=None)
+        if info is not None and not (isinstance(info, dict)
+                                     and info.get("run_id", run_id) == run_id):
+            raise ArtifactError(f"{store.url(f'{base}{run_id}/{RUN_JSON}')} is not the record "
+                                f"of run {run_id} (expected an object with \"run_id\": "
+                                f"\"{run_id}\")")
         record = dict(info) if isinstance(info, dict) else {}
         if "stages" not in record:
             _add_stage_results(store, f"{base}{run_id}", sorted(stage_dirs[run_id]), record)

@@ -189,40 +189,77 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
         no_cache: bool) -> None:
     """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
+    from nb2prod.runners import local
+
+    try:
+        with local.signals_interrupt():
+            _run(target, params, stage, jobs, store, no_serve, port, host, smoke, no_cache)
+    except local.Interrupted as exc:
+        click.echo(f"nb2prod: interrupted ({exc}); every stage and server stopped", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | None,
+         store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
+         no_cache: bool) -> None:
     import os
 
     from nb2prod.errors import Problem
     from nb2prod.pipeline import run_parameters
-    from nb2prod.progress import Progress
     from nb2prod.runners import local
+    from nb2prod.settings import local_store
 
     pipeline = _open_pipeline(target)
     if stage is not None and stage not in pipeline.stages:
         raise UserError(Problem(f"--stage {stage}: no such stage (have: "
                                 f"{', '.join(pipeline.order)})"))
-    store_uri = pipeline.store_uri(store)
+    store_uri = local_store(pipeline.store_uri(store))
     values = run_parameters(pipeline, list(params))
     batch = [stage] if stage and pipeline.stages[stage].type == "batch" else (
         [] if stage else pipeline.batch)
-    result = None
-    if batch:
-        with Progress(f"pipeline {pipeline.name}", failure_details=False) as progress:
-            runner = local.LocalRunner(pipeline, store_uri, values, jobs or os.cpu_count() or 1,
-                                       progress, use_cache=not no_cache)
-            click.echo(f"run {runner.run_id}: {len(batch)} batch stage(s), store {store_uri}")
-            result = local.run_batch(pipeline, store_uri=store_uri, params=values,
-                                     jobs=runner.jobs, only=stage, runner=runner)
-        _summarise(result)
-        if result.status != "succeeded":
-            raise PipelineFailure(f"run {result.run_id} failed")
     services = [stage] if stage and pipeline.stages[stage].type == "service" else (
         [] if stage else pipeline.services)
-    not_promoted = result is not None and not result.promoted and stage is None
-    if no_serve or not services:
+    # Ports are taken before any stage runs: a busy port fails now, not after training.
+    reservation = None if no_serve or not services else local.reserve_ports(
+        pipeline, services, port, host)
+    try:
+        result = None
+        if batch:
+            result = _run_batch(pipeline, store_uri, values, stage, jobs or os.cpu_count() or 1,
+                                no_cache)
+        not_promoted = result is not None and not result.promoted and stage is None
+        if reservation is not None:
+            _serve(pipeline, store_uri, services, reservation, smoke, result, not_promoted)
         if not_promoted:
             raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
-        return
+    finally:
+        if reservation is not None:
+            reservation.release()
+
+
+def _run_batch(pipeline, store_uri: str, values: dict, stage: str | None, jobs: int,
+               no_cache: bool):
+    from nb2prod.progress import Progress
+    from nb2prod.runners import local
+
+    with Progress(f"pipeline {pipeline.name}", failure_details=False) as progress:
+        runner = local.LocalRunner(pipeline, store_uri, values, jobs, progress,
+                                   use_cache=not no_cache)
+        n = 1 if stage else len(pipeline.batch)
+        click.echo(f"run {runner.run_id}: {n} batch stage(s), store {store_uri}")
+        result = local.run_batch(pipeline, store_uri=store_uri, params=values,
+                                 jobs=runner.jobs, only=stage, runner=runner)
+    _summarise(result)
+    if result.status != "succeeded":
+        raise PipelineFailure(f"run {result.run_id} failed")
+    return result
+
+
+def _serve(pipeline, store_uri: str, services: list[str], reservation, smoke: bool,
+           result, not_promoted: bool) -> None:
+    """Serve the latest promoted run on the reserved ports (until Ctrl-C, or one smoke)."""
     from nb2prod import artifacts
+    from nb2prod.runners import local
 
     latest = artifacts.read_latest(artifacts.open_store(store_uri), pipeline.name)
     if latest is None:
@@ -231,7 +268,9 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
     if not_promoted:
         click.echo(f"run {result.run_id} not promoted ({result.reason}); serving the latest "
                    f"promoted run {latest['run_id']}", err=True)
-    running = local.start_services(pipeline, services, store_uri, port, host)
+    running = local.start_services(pipeline, services, store_uri, None, reservation.host,
+                                   reservation=reservation, echo=_echo_err,
+                                   log_run_id=latest["run_id"])
     try:
         samples = {s.stage.name: local.sample_request(pipeline, s, store_uri, latest["run_id"])
                    for s in running}
@@ -251,13 +290,13 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
             local.stop_services(running)
         if failures:
             raise PipelineFailure(f"smoke request failed for {', '.join(failures)}")
-        if not_promoted:  # the smoke answered, but from an older model: still a failed run
-            raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
-        return
+        return  # a run that was not promoted still fails (in _run): the smoke used an older model
     click.echo("Ctrl-C to stop.", err=True)
     local.wait_for_shutdown(running)
-    if not_promoted:
-        raise PipelineFailure(f"run {result.run_id} not promoted: {result.reason}")
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _summarise(result) -> None:
@@ -287,9 +326,11 @@ def runs(target: Path, store: str | None) -> None:
 
     from nb2prod import artifacts
     from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import local
+    from nb2prod.settings import local_store
 
     pipeline = load_pipeline(target)
-    st = artifacts.open_store(pipeline.store_uri(store))
+    st = artifacts.open_store(local_store(pipeline.store_uri(store)))
     latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
     table = Table(title=f"runs of {pipeline.name}", title_justify="left")
     for column in ("run", "status", "started", "seconds", "metrics", "failed stage"):
@@ -305,7 +346,7 @@ def runs(target: Path, store: str | None) -> None:
         failed = ", ".join(n for n, s in (record.get("stages") or {}).items()
                            if s.get("status") == "failed")
         marker = " (latest)" if record.get("run_id") == latest else ""
-        table.add_row(f"{record.get('run_id')}{marker}", record.get("status", "?"), when,
+        table.add_row(f"{record.get('run_id')}{marker}", local.displayed_status(record), when,
                       seconds, metrics or "-", failed or "-")
     _console().print(table)
 
@@ -448,6 +489,7 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
     from nb2prod import manifests
     from nb2prod.runners import kubernetes as kube
 
+    _check_output_file(output)
     pipeline = _open_pipeline(target)
     cron_expr, time_zone, _ = _schedule_settings(pipeline, cron_expr, time_zone, False,
                                                  required=False)
@@ -483,8 +525,40 @@ def render(target: Path, namespace: str | None, image: str | None, store: str | 
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        _write_file(output, text)
         click.echo(f"wrote {len(objects)} objects to {output}", err=True)
+
+
+def _check_output_file(output: Path | None) -> None:
+    """-o FILE must be a file in an existing directory: refused before any work (exit 2)."""
+    from nb2prod.errors import Problem
+
+    if output is None:
+        return
+    if output.is_dir():
+        raise UserError(Problem("is a directory; give a file name for -o", file=str(output)))
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(Problem(f"no such directory {parent}; create it first or choose "
+                                "another -o", file=str(output)))
+
+
+def _write_file(output: Path, text: str) -> None:
+    """Write through a temp file and a rename: never a half-written file."""
+    import os
+    import tempfile
+
+    from nb2prod.writer import os_errors
+
+    with os_errors(output):
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, output)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def _report_created_services(info: dict) -> None:
@@ -572,7 +646,7 @@ def unschedule(target: Path, namespace: str | None, context: str | None) -> None
     from nb2prod.runners import kubernetes as kube
     from nb2prod.runners import schedule as incluster
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         removed = incluster.unschedule(pipeline, ns, context=context)
@@ -598,7 +672,7 @@ def history(target: Path, namespace: str | None, context: str | None, as_json: b
     from nb2prod.runners import kubernetes as kube
     from nb2prod.runners import schedule as incluster
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         runs = incluster.history(pipeline, ns, context=context)[:limit]
@@ -641,7 +715,7 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     with kube.api_errors():
         info = kube.status(pipeline, _namespace(pipeline, namespace), context=context)
     console = _console()
@@ -686,7 +760,7 @@ def logs(stage: str, target: Path, namespace: str | None, context: str | None,
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     if stage not in pipeline.stages:
         raise UserError(Problem(f"no stage '{stage}' (have: {', '.join(pipeline.order)})"))
     ns = _namespace(pipeline, namespace)
@@ -712,7 +786,7 @@ def delete(target: Path, namespace: str | None, context: str | None, purge_artif
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
 
-    pipeline = load_pipeline(target)
+    pipeline = load_pipeline(target, validate=False)
     ns = _namespace(pipeline, namespace)
     with kube.api_errors():
         counts = kube.delete(pipeline, ns, context=context, purge_artifacts=purge_artifacts,
@@ -748,6 +822,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except Exception as exc:
+        from nb2prod.artifacts import ArtifactError
+
+        if not isinstance(exc, ArtifactError):
+            raise
+        # a store file that is not what nb2prod wrote (truncated, edited): bad input
+        click.echo(f"nb2prod: error: {str(exc).splitlines()[0]}", err=True)
+        return 2
     return 0
 
 

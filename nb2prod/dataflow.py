@@ -134,8 +134,19 @@ def python_source(source: str) -> str:
     return TransformerManager().transform_cell(source)
 
 
+TOO_DEEP = ("code nested too deeply to analyse (an expression of hundreds of terms?); "
+            "split it into smaller statements")
+
+
 def analyze_cell(source: str) -> CellFlow:
     """Analyse one cell's source (magics allowed) at module scope."""
+    try:
+        return _analyze_cell(source)
+    except RecursionError:  # e.g. `1+1+...` with hundreds of terms: CPython compiles it
+        raise CellSyntaxError(TOO_DEEP, None) from None
+
+
+def _analyze_cell(source: str) -> CellFlow:
     try:
         code, tree = source, ast.parse(source)  # most cells: parsed once
     except SyntaxError:

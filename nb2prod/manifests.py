@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from nb2prod import serve
 from nb2prod.errors import Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
 
@@ -628,8 +629,14 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
     if workers < 1 or replicas < 0 or startup < 1:
         raise UserError(Problem("[service] WORKERS and MAX_STARTUP_TIME_SECONDS must be >= 1, "
                                 "REPLICAS >= 0", file=where))
+    threads = stage.integer("service", "THREADS", serve.THREADS)  # as `nb2prod run` serves
+    if threads < 1:
+        raise UserError(Problem("[service] THREADS must be >= 1", file=where))
+    # gthread: a slow or stuck client holds one thread, not the worker, so probes and
+    # other clients are still answered without a buffering proxy in front.
     final = (f"python -m gunicorn --chdir {WORK_DIR} -w {workers} -b 0.0.0.0:{port} "
-             f"--graceful-timeout {GRACEFUL_TIMEOUT} --error-logfile - app:app")
+             f"--graceful-timeout {GRACEFUL_TIMEOUT} -k gthread --threads {threads} "
+             f"--keep-alive {serve.KEEPALIVE} --error-logfile - app:app")
     script = startup_script(final, opts, install=_extra_installs(opts))
     env = pod_env(pipeline, stage.name, opts, {"MODEL_RUN_ID": model_run_id,
                                                "NB2PROD_WORKERS": str(workers)}, stage)

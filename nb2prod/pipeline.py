@@ -28,6 +28,10 @@ def read_ini(path: Path) -> Config:
             parser.read_file(fh)
     except OSError as exc:
         raise UserError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise UserError(Problem(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line "
+                                f"{line}", file=str(path))) from None
     except configparser.Error as exc:
         first = str(exc).splitlines()[0]
         raise UserError(Problem(f"cannot parse: {first}", file=str(path))) from None
@@ -105,6 +109,10 @@ class Pipeline:
     def store_uri(self, override: str | None = None) -> str:
         """The artifact store; a relative file:// path is relative to the pipeline dir."""
         uri = override or self.value("artifacts", "STORE") or "file://.nb2prod/artifacts"
+        if override:
+            from nb2prod.settings import checked_option, store
+
+            checked_option(store, override, "--store")
         if uri.startswith("file://") and not uri.startswith("file:///"):
             return "file://" + str((self.root / uri[len("file://"):]).resolve())
         if "://" not in uri:
@@ -144,8 +152,12 @@ def _not_a_pipeline(given: Path) -> Problem:
                    "first", file=str(given))
 
 
-def load_pipeline(root: Path) -> Pipeline:
-    """Read `root/nb2prod.ini` and every stage's config.ini; UserError on anything wrong."""
+def load_pipeline(root: Path, validate: bool = True) -> Pipeline:
+    """Read `root/nb2prod.ini` and every stage's config.ini; UserError on anything wrong.
+
+    `validate` checks every value against `nb2prod.settings` (all commands that
+    run or render; `delete`/`status` skip it so a broken pipeline can still be removed).
+    """
     given = Path(root)
     root = given.resolve()
     ini = root / "nb2prod.ini"
@@ -187,7 +199,12 @@ def load_pipeline(root: Path) -> Pipeline:
     except dag.CycleError as exc:
         raise UserError(Problem(f"[workflow] DAG: {exc}", file=str(ini))) from None
     name = config.get("project", {}).get("NAME", root.name)
-    return Pipeline(root, name, config, stages, edges, order)
+    pipeline = Pipeline(root, name, config, stages, edges, order)
+    if validate:
+        from nb2prod.settings import validate as check_values
+
+        check_values(pipeline)
+    return pipeline
 
 
 def _stage_sort_key(path: Path) -> tuple[int, str]:

@@ -7,6 +7,14 @@ Only the standard library is imported: the CLI imports this on every `run`.
 The server runs in its own session (process group) so that Ctrl-C in the terminal reaches
 the runner only; the runner then calls `stop_service`, whose SIGTERM lets gunicorn drain
 in-flight requests, instead of the terminal's SIGINT killing workers mid-request.
+Because that also hides the runner's own death from it, a local server gets the runner's
+lifeline (`nb2prod.lifeline`): when the runner is gone, gunicorn stops itself.
+
+Locally the runner binds the listening socket itself (`reserve_port`) and hands it to
+gunicorn as ``fd://N``: a taken port fails at once with one line, instead of after
+gunicorn's five bind retries, and no other server can answer on it.  A per-start
+*instance* nonce (``NB2PROD_INSTANCE``, echoed by /readyz) proves that the server that
+answers readiness is the one just started.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,12 +38,20 @@ from importlib import metadata
 from pathlib import Path
 
 from nb2prod.errors import PipelineFailure, Problem, UserError
+from nb2prod.lifeline import Lifeline
 
 #: Seconds gunicorn waits for in-flight requests after SIGTERM (Kubernetes' default grace
 #: period is 30 s too, so a pod is never killed while gunicorn is still draining).
 GRACEFUL_TIMEOUT = 25
-#: Seconds a sync worker may spend on one request before gunicorn restarts it.
+#: Seconds a worker may spend on one request before gunicorn restarts it.
 WORKER_TIMEOUT = 60
+#: Threads per gunicorn worker (gthread).  A slow or stuck client holds one thread, not a
+#: whole worker, so /healthz and other clients are still answered; see README "Serving".
+THREADS = 4
+#: Seconds an idle kept-alive connection stays open (gunicorn's default is 2).
+KEEPALIVE = 5
+#: Environment variable carrying the per-start instance nonce /readyz echoes.
+INSTANCE_ENV = "NB2PROD_INSTANCE"
 
 
 class ServiceError(PipelineFailure):
@@ -55,10 +72,12 @@ def gunicorn_command(
     workers: int,
     host: str = "127.0.0.1",
     *,
-    threads: int = 1,
+    threads: int = THREADS,
     access_log: bool = False,
     graceful_timeout: int = GRACEFUL_TIMEOUT,
     timeout: int = WORKER_TIMEOUT,
+    fd: int | None = None,
+    lifeline: bool = False,
 ) -> list[str]:
     """The argv that serves `stage_dir/app.py` with this interpreter's gunicorn.
 
@@ -66,7 +85,9 @@ def gunicorn_command(
     same environment as nb2prod (a venv's script may not be on PATH).  Access logging is
     off by default: per-request lines cost throughput, and /metrics has the counts.
     `threads > 1` selects gthread workers, which keep /readyz answering during a slow
-    predict.
+    predict and keep slow clients from starving the others.  `fd` serves a socket the
+    caller bound (``fd://N``) instead of binding `host`:`port`; `lifeline` loads
+    `nb2prod.lifeline` as config module (the master stops when the runner is gone).
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
@@ -76,7 +97,7 @@ def gunicorn_command(
     cmd = [
         sys.executable, "-m", "gunicorn",
         "--chdir", str(Path(stage_dir).resolve()),
-        "--bind", f"{bind_host}:{port}",
+        "--bind", f"fd://{fd}" if fd is not None else f"{bind_host}:{port}",
         "--workers", str(workers),
         "--graceful-timeout", str(graceful_timeout),
         "--timeout", str(timeout),
@@ -84,7 +105,10 @@ def gunicorn_command(
         "--error-logfile", "-",
     ]
     if threads > 1:
-        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
+        cmd += ["--worker-class", "gthread", "--threads", str(threads),
+                "--keep-alive", str(KEEPALIVE)]
+    if lifeline:
+        cmd += ["--config", "python:nb2prod.lifeline"]
     if access_log:
         cmd += ["--access-logfile", "-"]
     if _gunicorn_version() >= (25, 1):
@@ -118,6 +142,7 @@ class ServiceProcess(subprocess.Popen):
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace", bufsize=1, **kwargs,  # type: ignore[arg-type]
         )
+        self.instance: str | None = None  # the nonce /readyz must echo (start_service)
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._tail_lock = threading.Lock()
         self._log_file = Path(log_file) if log_file is not None else None
@@ -163,16 +188,20 @@ def start_service(
     workers: int,
     *,
     host: str = "127.0.0.1",
-    threads: int = 1,
+    threads: int = THREADS,
     access_log: bool = False,
     graceful_timeout: int = GRACEFUL_TIMEOUT,
     log_file: Path | None = None,
     on_line: Callable[[str], None] | None = None,
+    listener: socket.socket | None = None,
+    lifeline: Lifeline | None = None,
 ) -> ServiceProcess:
     """Start gunicorn on `stage_dir` and return at once (see `wait_ready`).
 
     `env` is laid over this process's environment (the store URI, MODEL_RUN_ID, the API
     token...), so PATH, HOME and credentials the user already exported still apply.
+    `listener` (from `reserve_port`) is handed to gunicorn and closed here; `lifeline`
+    ties the server's life to the caller's.  The instance nonce is ``proc.instance``.
     """
     stage_dir = Path(stage_dir)
     if not (stage_dir / "app.py").is_file():
@@ -182,12 +211,60 @@ def start_service(
     full_env.update({str(k): str(v) for k, v in env.items()})
     full_env.setdefault("PYTHONUNBUFFERED", "1")  # prints from start-up cells show promptly
     full_env["NB2PROD_WORKERS"] = str(workers)  # /readyz waits for every worker
+    instance = secrets.token_hex(8)
+    full_env[INSTANCE_ENV] = instance
+    pass_fds: tuple[int, ...] = ()
+    if lifeline is not None:
+        full_env.update(lifeline.child_env())
+        pass_fds += lifeline.pass_fds
+    if listener is not None:
+        pass_fds += (listener.fileno(),)
     cmd = gunicorn_command(stage_dir, port, workers, host, threads=threads,
-                           access_log=access_log, graceful_timeout=graceful_timeout)
-    return ServiceProcess(
-        cmd, log_file=log_file, on_line=on_line, cwd=str(stage_dir), env=full_env,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+                           access_log=access_log, graceful_timeout=graceful_timeout,
+                           fd=listener.fileno() if listener is not None else None,
+                           lifeline=lifeline is not None)
+    try:
+        proc = ServiceProcess(
+            cmd, log_file=log_file, on_line=on_line, cwd=str(stage_dir), env=full_env,
+            stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds,
+        )
+    finally:
+        if listener is not None:
+            listener.close()  # gunicorn has its own copy; ours would keep the port bound
+    proc.instance = instance
+    return proc
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` but not listening, for gunicorn's ``fd://``.
+
+    Bound, the port is ours (nobody else can bind it) while a connection to it is still
+    refused, not left hanging, until gunicorn listens.  Raises `OSError` (EADDRINUSE,
+    EACCES, EADDRNOTAVAIL...) at once; the caller names the stage and setting.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+        sock.bind((host.strip("[]"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+#: The line app.py logs when start-up fails, with the full reason (never sent to clients).
+_STARTUP_FAILED = re.compile(r"nb2prod: start-up failed after [\d.]+s: (?P<reason>.*)$")
+
+
+def _logged_reason(proc: subprocess.Popen | None) -> str | None:
+    """The full start-up failure reason from the server's log, if it logged one."""
+    if isinstance(proc, ServiceProcess):
+        for line in reversed(proc.output()):
+            match = _STARTUP_FAILED.search(line)
+            if match:
+                return match["reason"]
+    return None
 
 
 def _tail_of(proc: subprocess.Popen | None) -> str:
@@ -197,13 +274,18 @@ def _tail_of(proc: subprocess.Popen | None) -> str:
     return ""
 
 
-def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None,
+               instance: str | None = None) -> None:
     """Poll `url`'s /readyz until it answers 200; raise `ServiceError` otherwise.
 
     Fails fast, instead of waiting out `timeout`, when the process exits or when /readyz
     reports that start-up failed (a missing entrypoint never fixes itself).  The error
-    carries the reason and the tail of the server's output.
+    carries the reason (the full one from the server's log: /readyz gives clients a
+    short one) and the tail of the server's output.  With `instance`, a ready answer
+    must echo that nonce: anything else is another server on the port.
     """
+    if instance is None:
+        instance = getattr(proc, "instance", None)
     ready_url = url if url.rstrip("/").endswith("/readyz") else url.rstrip("/") + "/readyz"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     deadline = time.monotonic() + timeout
@@ -223,7 +305,9 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
             )
         try:
             with opener.open(ready_url, timeout=max(0.1, min(2.0, remaining))) as resp:
+                body = resp.read().decode("utf-8", "replace")
                 if resp.status == 200:
+                    _check_instance(url, body, instance)
                     return
                 last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
@@ -235,13 +319,32 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
             except ValueError:
                 state = None
             if isinstance(state, dict) and state.get("status") == "failed":
+                if instance is not None and state.get("instance") not in (None, instance):
+                    raise ServiceError(_other_server(url, state.get("instance"))) from None
+                reason = _logged_reason(proc) or state.get("reason")
                 raise ServiceError(
-                    f"service at {url} failed to start: {state.get('reason')}{_tail_of(proc)}"
+                    f"service at {url} failed to start: {reason}{_tail_of(proc)}"
                 ) from None
         except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 0.5)
+
+
+def _other_server(url: str, answered: object) -> str:
+    return (f"service at {url}: another server answers there (instance {answered!r}, not "
+            "the one just started); stop it or choose another port with --port")
+
+
+def _check_instance(url: str, body: str, instance: str | None) -> None:
+    if instance is None:
+        return
+    try:
+        answered = json.loads(body).get("instance")
+    except (ValueError, AttributeError):
+        answered = None
+    if answered != instance:
+        raise ServiceError(_other_server(url, answered))
 
 
 def stop_service(proc: subprocess.Popen, timeout: float = GRACEFUL_TIMEOUT + 5) -> int:

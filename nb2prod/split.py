@@ -243,10 +243,8 @@ def _assumed_record(target: Path) -> dict:
     configs = {p.relative_to(target).as_posix(): {}
                for p in [target / "nb2prod.ini", *sorted(target.glob("stage-*/config.ini"))]
                if p.is_file()}
-    generated = {p.relative_to(target).as_posix(): ""
-                 for top in sorted(target.glob("stage-*")) if top.is_dir()
-                 for p in _tree(top)}
-    return {"configs": configs, "files": {"nb2prod.ini": "", **generated}}
+    stage_dirs = sorted(p.name for p in target.glob("stage-*") if p.is_dir())
+    return {"configs": configs, "assumed_stage_dirs": stage_dirs}
 
 
 # -- what to write ---------------------------------------------------------------------------
@@ -284,7 +282,9 @@ def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str
         return plan
     known = {rel for rel in record.get("files", {})} | set(files)
     moved = {old: new for new, old in renamed.items()}
-    tops = {rel.split("/", 1)[0] for rel in known} | set(moved)
+    new_tops = {rel.split("/", 1)[0] for rel in files}
+    assumed = set(record.get("assumed_stage_dirs", []))  # no record: whole dirs are ours
+    tops = {rel.split("/", 1)[0] for rel in known} | set(moved) | assumed
     stage_tops = sorted(t for t in tops if t.startswith("stage-"))
     plan.entries = stage_tops + sorted(t for t in tops if not t.startswith("stage-"))
     for top in plan.entries:
@@ -296,7 +296,7 @@ def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str
             continue
         for path in _tree(entry):
             rel = path.relative_to(target).as_posix()
-            if rel in known:
+            if rel in known or (top in assumed and top not in new_tops | set(moved)):
                 data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
                 if data is not None and data != files.get(rel) and \
                         file_digest(record, rel) != digest(data):
@@ -310,7 +310,6 @@ def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str
                 report.backed_up.append(rel)
                 continue
             plan.carried[new_rel] = path
-    new_tops = {rel.split("/", 1)[0] for rel in files}
     for top in stage_tops:
         if top in new_tops or top in moved:
             continue

@@ -63,10 +63,12 @@ def render_template(env: jinja2.Environment, name: str, **values: object) -> str
     from nb2prod.errors import Problem, UserError
 
     try:
-        return env.get_template(name).render(**values)
+        template = env.get_template(name)
     except jinja2.TemplateSyntaxError as exc:
         raise UserError(Problem(f"template error: {exc.message}, line {exc.lineno}",
                                 file=exc.filename or name)) from None
-    except jinja2.TemplateError as exc:
-        source = env.get_template(name).filename or name
-        raise UserError(Problem(f"template error: {exc}", file=source)) from None
+    try:
+        return template.render(**values)
+    except jinja2.TemplateError as exc:  # e.g. a variable the template expects is not there
+        raise UserError(Problem(f"template error: {exc}",
+                                file=template.filename or name)) from None

@@ -439,7 +439,7 @@ def test_deployment_and_service(iris_dir: Path) -> None:
     assert c["livenessProbe"]["initialDelaySeconds"] >= 77
     assert env_of(c)["MODEL_RUN_ID"] == "run-7"
     assert "exec python -m gunicorn --chdir /nb2prod/work -w 4 -b 0.0.0.0:9090 " \
-           "--graceful-timeout 30" in c["command"][2]
+           "--graceful-timeout 30 -k gthread --threads 4 --keep-alive 5 " in c["command"][2]
     assert c["command"][2].rstrip().endswith("app:app")
     assert tmpl["spec"]["terminationGracePeriodSeconds"] > 30
     assert tmpl["spec"]["restartPolicy"] == "Always"

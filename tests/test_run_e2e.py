@@ -124,13 +124,15 @@ class Command:
     lists what had to be killed that way, for tests asserting nb2prod cleans up itself.
     """
 
-    def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None,
+                 start_new_session: bool = False) -> None:
         self.leaked: list[int] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd,
             env=env if env is not None else clean_env(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
             preexec_fn=_default_sigint,  # noqa: PLW1509 - only a signal call, no locks
+            start_new_session=start_new_session,
         )
         self._chunks: list[str] = []
         self._lock = threading.Lock()
@@ -344,7 +346,8 @@ def diabetes(launched: dict[str, Launch]) -> Served:
 
 
 def assert_ready_and_info(served: Served, pipeline: str) -> dict:
-    assert eventually_ready(served.base) == {"status": "ready"}
+    ready = eventually_ready(served.base)
+    assert ready["status"] == "ready" and len(ready["instance"]) == 16, ready
     status, _, info = http(served.base + "/info")
     assert status == 200
     assert info["pipeline"] == pipeline

@@ -12,6 +12,7 @@ import http.client
 import json
 import pickle
 import re
+import socket
 import sys
 import tempfile
 import threading
@@ -234,7 +235,10 @@ def test_generated_app_is_plain_python_without_nb2prod(tmp_path: Path) -> None:
 def test_probes_and_info(iris: Server) -> None:
     assert call(iris.url + "/healthz").status == 200
     ready = call(iris.url + "/readyz")
-    assert ready.status == 200 and ready.json() == {"status": "ready"}
+    # The nonce of this start: `wait_ready` checks that the answering server is ours.
+    assert iris.proc.instance and len(iris.proc.instance) == 16
+    assert ready.status == 200 and ready.json() == {"status": "ready",
+                                                    "instance": iris.proc.instance}
     assert call(iris.url + "/info").status == 401  # /info is protected like the route
     info = call(iris.url + "/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert isinstance(info, dict)
@@ -246,6 +250,7 @@ def test_probes_and_info(iris: Server) -> None:
     assert info["versions"]["flask"]
     assert info["startup_seconds"] > 0
     assert info["max_request_bytes"] == 65536
+    assert info["instance"] == iris.proc.instance
 
 
 def test_predictions_over_http(iris: Server) -> None:
@@ -527,8 +532,11 @@ def test_failing_cell_reason_is_private_when_token_set(tmp_path: Path) -> None:
     write_config(tmp_path)
     server = start(tmp_path, {"NB2PROD_API_TOKEN": TOKEN}, wait=False)
     try:
-        with pytest.raises(serve.ServiceError, match=r"serve\.ipynb cell 2 raised ValueError"):
+        # The runner (the operator's console) gets the whole reason, from the log ...
+        with pytest.raises(serve.ServiceError, match=r"serve\.ipynb cell 2 \(.*\) raised "
+                                                     r"ValueError: bucket creds-xyz"):
             serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        # ... clients only the cell and the exception type.
         reason = call(server.url + "/readyz").json()["reason"]
         assert "ValueError" in reason and "creds-xyz" not in reason
         assert "creds-xyz" in "\n".join(server.proc.output())  # full detail in the log only
@@ -581,6 +589,142 @@ def test_sigterm_drains_in_flight_request(tmp_path: Path) -> None:
             serve.stop_service(server.proc, 5)
     assert rc == 0, server.proc.output_tail()
     assert replies and replies[0].status == 200 and replies[0].json() == {"slept": 1.0}
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def raw_exchange(url: str, request: bytes, timeout: float = 30) -> bytes:
+    """Send `request` as is on a fresh loopback connection; the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def test_malformed_chunked_body_is_400_not_500(iris: Server) -> None:
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    answer = raw_exchange(iris.url, head + b"zz\r\n{}\r\n0\r\n\r\n")  # "zz": no size
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"].startswith("malformed request body"), body
+    assert "unexpected error" not in "\n".join(iris.proc.output())
+    # a well-formed chunked body still works on the same server
+    good = raw_exchange(iris.url, head + b"2a\r\n" + b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}     '
+                        + b"\r\n0\r\n\r\n")
+    assert good.split()[1] == b"200", good
+
+
+def test_startup_failure_shows_clients_a_short_reason_only(tmp_path: Path) -> None:
+    render_app(tmp_path)
+    secret_path = "/srv/models/acme-prod/credentials.json"
+    write_notebook(tmp_path / "serve.ipynb",
+                   ["x = 1\n", f"raise FileNotFoundError('no such file: {secret_path}')\n"])
+    write_config(tmp_path)
+    server = start(tmp_path, {"NB2PROD_READY_WAIT_SECONDS": "0"}, wait=False)  # no token
+    try:
+        with pytest.raises(serve.ServiceError) as caught:
+            serve.wait_ready(server.url, STARTUP_TIMEOUT, server.proc)
+        assert secret_path in str(caught.value).splitlines()[0]  # the runner says it all
+        ready = call(server.url + "/readyz")
+        assert ready.status == 503
+        assert ready.json()["reason"] == ("serve.ipynb cell 2 raised FileNotFoundError "
+                                          "(details in the server log)")
+        predict = post_json(server.url + "/predict", {})
+        assert predict.status == 503 and predict.json()["reason"] == ready.json()["reason"]
+        for reply in (ready, predict):
+            assert secret_path not in reply.body.decode() and "acme" not in reply.body.decode()
+        assert secret_path in "\n".join(server.proc.output())  # the log keeps the detail
+    finally:
+        serve.stop_service(server.proc, 30)
+
+
+def test_readiness_refuses_an_answer_from_another_server() -> None:
+    import http.server
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ready", "instance": "someone-else"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Impostor) as impostor:
+        thread = threading.Thread(target=impostor.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{impostor.server_address[1]}"
+            with pytest.raises(serve.ServiceError, match="another server answers there"):
+                serve.wait_ready(url, 30, None, instance="ours")
+            serve.wait_ready(url, 30, None)  # without a nonce, any ready answer will do
+        finally:
+            impostor.shutdown()
+            thread.join(10)
+
+
+SLOW_CLIENTS = 3  # more than the workers, fewer than the threads of one worker
+TRICKLE_SECONDS = 0.5
+
+
+def test_slow_clients_do_not_starve_the_others(tmp_path: Path) -> None:
+    """Clients that trickle a byte at a time hold a thread each, never the worker.
+
+    With the default settings (`nb2prod run`'s and the pods'), one worker here: under sync
+    workers the first slow client would block /healthz until gunicorn's worker timeout.
+    """
+    render_app(tmp_path)
+    write_notebook(tmp_path / "serve.ipynb", ["def predict(payload):\n    return payload\n"])
+    write_config(tmp_path)
+    port = serve.free_port()
+    proc = serve.start_service(tmp_path, port, {}, workers=1)  # default threads
+    base = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    connected = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    def trickle() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                connected.release()
+                deadline = time.monotonic() + 120  # bounded, even if the test hangs
+                while not stop.wait(TRICKLE_SECONDS) and time.monotonic() < deadline:
+                    sock.sendall(b"a")
+        except OSError as exc:  # the server closing on us is fine; record anything else
+            if not stop.is_set():
+                errors.append(exc)
+
+    clients = [threading.Thread(target=trickle, daemon=True) for _ in range(SLOW_CLIENTS)]
+    try:
+        serve.wait_ready(base, STARTUP_TIMEOUT, proc)
+        for client in clients:
+            client.start()
+        for _ in clients:
+            assert connected.acquire(timeout=30), "a slow client could not connect"
+        time.sleep(TRICKLE_SECONDS * 4)  # let every slow request reach a worker thread
+        for _ in range(5):
+            assert call(base + "/healthz", timeout=20).status == 200
+        reply = post_json(base + "/predict", {"x": 1}, timeout=20)
+        assert reply.status == 200 and reply.json() == {"x": 1}
+        assert not errors, errors
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+        serve.stop_service(proc, 30)
 
 
 # --------------------------------------------------------------------------- serve.py units
@@ -654,7 +798,8 @@ def test_ready_only_when_every_worker_finished_startup(tmp_path: Path) -> None:
         (tmp_path / "go").touch()
         serve.wait_ready(base, STARTUP_TIMEOUT, proc)
         for _ in range(20):
-            assert call(base + "/readyz").json() == {"status": "ready"}
+            assert call(base + "/readyz").json() == {"status": "ready",
+                                                     "instance": proc.instance}
         markers = [p for p in Path(tempfile.gettempdir()).iterdir()
                    if p.name.startswith(f"nb2prod-ready-{proc.pid}-")]
         assert len(markers) == 2

@@ -480,3 +480,37 @@ def test_split_says_which_cells_run_in_no_stage(cli: CLI, tmp_path: Path) -> Non
     assert "cells in no stage: 3 (before the first stage tag); 5 (tagged skip)" in out
     train = (tmp_path / "nb-pipeline" / "stage-1-train" / "train.py").read_text()
     assert "json.loads" not in train
+
+
+def test_a_template_that_uses_an_unknown_variable_is_one_line(cli: CLI, iris: Path,
+                                                              tmp_path: Path) -> None:
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "requirements.txt.j2").write_text("{{ no_such_variable }}\n")
+    code, _, stderr = cli("split", iris, "-o", iris.parent / "out", "--templates", templates)
+    assert code == 2
+    assert stderr.strip() == (f"nb2prod: error: {templates / 'requirements.txt.j2'}: template "
+                              "error: 'no_such_variable' is undefined")
+    assert not (iris.parent / "out").exists()
+
+
+def test_without_a_record_every_value_is_kept_and_every_replaced_file_backed_up(
+        cli: CLI, iris: Path) -> None:
+    """A pipeline copied without nb2prod.split.json: nothing of the user's may be lost."""
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    (out / "nb2prod.split.json").unlink()
+    config = out / "stage-1-train" / "config.ini"
+    edited = config.read_text().replace("RETRIES = 2", "RETRIES = 3")
+    config.write_text(edited)
+    (out / "stage-1-train" / "extra.csv").write_text("x\n")
+    _retag(iris, 4, ["stage:fit"])  # and the stage is renamed
+
+    code, _, stderr = cli("split", iris, "-o", out, "--force")
+    assert code == 0, stderr
+    assert ini(out / "stage-1-fit" / "config.ini")["batch"]["RETRIES"] == "3"
+    assert (out / "stage-1-fit" / "extra.csv").read_text() == "x\n"
+    assert not (out / "stage-1-train").exists()
+    backup = next((out / ".nb2prod" / "backup").iterdir())
+    assert (backup / "stage-1-train" / "config.ini").read_text() == edited
+    assert (out / "nb2prod.split.json").is_file()

@@ -14,14 +14,41 @@ anything else / EOF (the stage will not run: stop the kernel and exit 0).  The
 kernel boot and the imports then overlap the upstream stages instead of
 following them.
 
+The process never outlives the runner: it watches the runner's lifeline
+(`nb2prod.lifeline`) and, when the runner is gone (even by ``kill -9``), or on SIGTERM
+(Ctrl-C, a stage time limit), first kills its kernel and everything the notebook
+started (they lead sessions of their own), then exits.
+
 Usage: python -m nb2prod.runners.execute STAGE_DIR EXECUTABLE WORK_DIR PARAMS_JSON [--wait]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
+
+from nb2prod import lifeline
+
+#: Exit code after SIGTERM (128 + 15, what a shell reports).
+TERMINATED = 143
+
+
+def _die(code: int) -> None:
+    """Kill the kernel and the notebook's processes, then exit at once."""
+    lifeline.kill_tree(os.getpid())
+    time.sleep(0.2)  # a kernel whose fork was under way during the first pass
+    lifeline.kill_tree(os.getpid())
+    os._exit(code)
+
+
+def guard() -> None:
+    """Die with the runner, and make SIGTERM take the kernel along."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _die(TERMINATED))
+    lifeline.watch(lambda: _die(TERMINATED))
 
 
 def execute(stage_dir: Path, executable: str, work: Path, params: dict,
@@ -62,6 +89,7 @@ def main(argv: list[str]) -> int:
 
     log_stage_output()
     stage_dir, executable, work, params_json, *flags = argv
+    guard()
     params = json.loads(Path(params_json).read_text())
     result = execute(Path(stage_dir), executable, Path(work), params, wait="--wait" in flags)
     return 0 if result is None or result["status"] == "succeeded" else 1

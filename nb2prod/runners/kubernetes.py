@@ -43,6 +43,7 @@ from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline, load_pipeline, notebook_parameters, run_parameters
 from nb2prod.roller import TEMPLATE_HASH, rollout_verdict, template_hash
+from nb2prod.settings import PROJECT, check_value, checked_option, endpoint_url, image_ref
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -379,16 +380,12 @@ class PendingPods:
 
 def unschedulable_grace(pipeline: Pipeline) -> float:
     """`[kubernetes] UNSCHEDULABLE_GRACE_SECONDS` of nb2prod.ini (default 120), checked."""
-    raw = pipeline.value("kubernetes", "UNSCHEDULABLE_GRACE_SECONDS", "120")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise UserError(Problem(f"[kubernetes] UNSCHEDULABLE_GRACE_SECONDS = {raw!r}: expected "
-                                "a number of seconds from 0 to 86400",
-                                file=str(pipeline.root / "nb2prod.ini")))
-    return value
+    key = ("kubernetes", "UNSCHEDULABLE_GRACE_SECONDS")
+    raw = pipeline.value(*key, "120")
+    bad = check_value(PROJECT[key], raw, str(pipeline.root / "nb2prod.ini"), *key)
+    if bad:
+        raise UserError(bad)
+    return float(raw)
 
 
 def _terminated(pod: Obj) -> list[Obj]:
@@ -1070,6 +1067,23 @@ def _params(pipeline: Pipeline, params: Mapping[str, object] | Sequence[str] | N
     return run_parameters(pipeline, list(params))
 
 
+def deploy_endpoint(pipeline: Pipeline) -> str | None:
+    """The S3 endpoint the pods get; one with credentials in it is refused, never copied."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            where, value = name, os.environ[name]
+            break
+    else:
+        where, value = "[artifacts] ENDPOINT_URL", pipeline.value("artifacts", "ENDPOINT_URL")
+    if not value:
+        return None
+    try:
+        endpoint_url(value)
+    except ValueError as exc:  # the value itself is not shown: it may hold a password
+        raise UserError(Problem(f"{where}: {exc}")) from None
+    return value
+
+
 def options_for(pipeline: Pipeline, namespace: str, *, image: str | None = None,
                 store: str | None = None, params: Mapping[str, object] | Sequence[str] | None
                 = None, run_id: str | None = None) -> manifests.Options:
@@ -1084,8 +1098,8 @@ def options_for(pipeline: Pipeline, namespace: str, *, image: str | None = None,
     if not manifests._DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise UserError(Problem(f"--namespace {namespace}: not a valid namespace name "
                                 "(lowercase letters, digits and '-')"))
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or \
-        pipeline.value("artifacts", "ENDPOINT_URL") or None
+    endpoint = deploy_endpoint(pipeline)
+    checked_option(image_ref, image or None, "--image")
     return manifests.Options(
         namespace=namespace, store=pipeline.store_uri(store),
         run_id=run_id or artifacts.new_run_id(), image=image or None,

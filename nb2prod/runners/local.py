@@ -6,32 +6,130 @@ descendants while independent branches finish.  Every run gets an id and a
 `run.json` in the artifact store; `latest.json` moves only when every batch
 stage succeeded and the promotion gate passed.  Then each service stage is
 served by gunicorn on a real port until Ctrl-C.
+
+Nothing outlives the runner: stage processes and gunicorn get its lifeline
+(`nb2prod.lifeline`) and stop themselves, kernels included, when it is gone, however
+it went; SIGTERM is handled like Ctrl-C (`signals_interrupt`); a stage gets
+MAX_COMPLETION_TIME_SECONDS.  `run.json` names the runner process, so a run left
+"running" by a runner that died shows as `interrupted` (`displayed_status`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import artifacts, cache, dag, workdir
+from nb2prod import artifacts, cache, dag, lifeline, workdir
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
 
 Event = dict
 OnEvent = Callable[[Event], None]
 OK_STATES = ("done", "cached")
+
+#: Seconds a stage process gets to stop its kernel after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 10
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the runner: stop everything, record the run as such."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM (CI, `timeout`, a script's `kill PID`) and SIGINT raise `Interrupted`.
+
+    Set explicitly rather than inherited: a runner started with SIGINT ignored (a
+    background job) still stops on Ctrl-C, and SIGTERM no longer kills the runner
+    outright, which would leave its stages and servers to their lifelines only.
+    """
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[list[int]]:
+    """While cleaning up, a second Ctrl-C / SIGTERM is noted, not raised mid-cleanup."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of `pid` in clock ticks since boot (/proc), to tell reused pids apart."""
+    fields = lifeline.stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+def runner_identity() -> dict:
+    """Who runs this run, recorded in run.json while it is running."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "start": _process_start(os.getpid())}
+
+
+def runner_alive(identity: object) -> bool | None:
+    """Whether the runner named in a run.json still runs; None when that is unknowable."""
+    if not isinstance(identity, dict) or identity.get("host") != socket.gethostname():
+        return None
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = identity.get("start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+def displayed_status(record: dict) -> str:
+    """A run's status for `nb2prod runs`: "running" with its runner gone is "interrupted"."""
+    status = record.get("status", "?")
+    if status == "running" and runner_alive(record.get("runner")) is False:
+        return "interrupted"
+    return status if isinstance(status, str) else "?"
 
 
 @dataclass
@@ -143,6 +241,7 @@ class LocalRunner:
                    PYTHONUNBUFFERED="1")
         env.pop("MODEL_RUN_ID", None)
         env["NB2PROD_INPUT_RUN_ID"] = input_run_id or self.run_id
+        env.update(lifeline.runner().child_env())
         return env
 
     def key(self, *parts: str) -> str:
@@ -172,6 +271,8 @@ class LocalRunner:
             "params": self.params, "store": self.store_uri, "started": self.started,
             "stages": {n: s.record() for n, s in self.states.items()}, **extra,
         }
+        if status == "running":
+            record["runner"] = runner_identity()
         artifacts.write_json(self.store, self.key("run.json"), record)
 
     # -- one stage --------------------------------------------------------------------
@@ -190,7 +291,7 @@ class LocalRunner:
                      *(["--wait"] if wait else [])],
                     stdout=log, stderr=subprocess.STDOUT, env=env,
                     stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
-                    start_new_session=True,
+                    start_new_session=True, pass_fds=lifeline.runner().pass_fds,
                 )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -234,6 +335,7 @@ class LocalRunner:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             started.proc.communicate(b"stop\n", timeout=30)
         if started.proc.poll() is None:
+            lifeline.kill_tree(started.proc.pid)  # its kernel leads a session of its own
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(started.proc.pid, signal.SIGKILL)
             started.proc.wait()
@@ -261,14 +363,23 @@ class LocalRunner:
                 started.proc.stdin.close()
         self.start_ahead(name, input_run_id)
         work = started.work
+        limit = stage.number("batch", "MAX_COMPLETION_TIME_SECONDS", 1800)
+        timed_out = False
         try:
-            code = started.proc.wait()
+            try:
+                code = started.proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                code = stop_stage_process(started.proc)
             with self.lock:
                 self.processes.pop(name, None)
             result_file = work / "out" / "result.json"
             result = json.loads(result_file.read_text()) if result_file.is_file() else {
                 "status": "failed", "ename": "ProcessError",
                 "evalue": f"stage process exited with code {code}"}
+            if timed_out:
+                result.update(status="failed", ename="TimeoutError", evalue=(
+                    f"exceeded MAX_COMPLETION_TIME_SECONDS ({limit:g}s) and was stopped"))
             if result.get("status") != "succeeded":  # the log ends saying why
                 with open(work / "log.txt", "a", encoding="utf-8") as log:
                     log.write(f"\nnb2prod: {_failure_text(result)}\n")
@@ -393,15 +504,30 @@ class LocalRunner:
         return self.states
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop every running stage (and its kernel) now."""
+        """Ctrl-C / SIGTERM: stop every running stage (and its kernel) now.
+
+        Each stage process kills its kernel on SIGTERM (`runners.execute`); the
+        threads waiting for them then record the stages as interrupted.
+        """
         self.interrupted = True
         with self.lock:
             procs = list(self.processes.values())
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+
+
+def stop_stage_process(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> int:
+    """SIGTERM a stage process (it stops its kernel), SIGKILL it and its tree after `grace`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        lifeline.kill_tree(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
 
 
 def _failure_text(result: dict) -> str:
@@ -427,7 +553,13 @@ def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
         stages = [only]
     else:
         stages = pipeline.batch
-    states = runner.run(stages, input_run_id)
+    try:
+        states = runner.run(stages, input_run_id)
+    except KeyboardInterrupt:
+        with shielded():
+            runner.write_run("interrupted", finished=time.time(),
+                             reason="interrupted (Ctrl-C or SIGTERM)")
+        raise
     failed = [s for s in stages if not states[s].ok]
     metrics = artifacts.read_run_metrics(runner.store, pipeline.name, runner.run_id)
     promoted, reason = False, ""
@@ -456,12 +588,19 @@ def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
 # -- serving ------------------------------------------------------------------------------
 @dataclass
 class Service:
-    """A running service stage."""
+    """A running service stage; its log goes to `log` and, at stop, to `log_key` in the store."""
 
     stage: StageSpec
     url: str
     process: subprocess.Popen
     workdir: Path | None = None  # its working directory (removed when it stops)
+    log_key: str | None = None  # where its log is kept in the store
+    store_uri: str | None = None
+
+    @property
+    def log(self) -> Path | None:
+        return None if self.workdir is None else self.workdir / "service-log.txt"
+
 
 
 def _service_workdir(pipeline: Pipeline, name: str) -> tuple[Path, dict[str, str]]:
@@ -479,16 +618,79 @@ def _service_workdir(pipeline: Pipeline, name: str) -> tuple[Path, dict[str, str
                   "NB2PROD_FILES_PLAN": str(work / workdir.FILES_PLAN)}
 
 
-def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: int | None,
-                   host: str = "127.0.0.1", model_run_id: str | None = None) -> list[Service]:
-    """Start gunicorn for each service stage and wait until /readyz answers 200."""
+@dataclass
+class Reservation:
+    """Ports bound (not yet listening) for the service stages, before anything runs."""
+
+    host: str
+    ports: dict[str, int]
+    sockets: dict[str, socket.socket]
+
+    def take(self, name: str) -> socket.socket:
+        return self.sockets.pop(name)
+
+    def release(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+
+def service_ports(pipeline: Pipeline, names: list[str], port: int | None) -> dict[str, int]:
+    """A distinct port per service: --port P gives P, P+1, ...; else each stage's PORT,
+    moved up past the ports of earlier services when two stages name the same one."""
+    ports: dict[str, int] = {}
+    for i, name in enumerate(names):
+        wanted = port + i if port is not None else pipeline.stages[name].integer(
+            "service", "PORT", 8080)
+        while wanted in ports.values():
+            wanted += 1
+        ports[name] = wanted
+    return ports
+
+
+def reserve_ports(pipeline: Pipeline, names: list[str], port: int | None,
+                  host: str = "127.0.0.1") -> Reservation:
+    """Bind every service's port now: a taken one fails here, in one line, fast."""
     from nb2prod import serve
 
+    reservation = Reservation(host, service_ports(pipeline, names, port), {})
+    try:
+        for name, number in reservation.ports.items():
+            if not 0 < number < 65536:
+                raise UserError(Problem(f"[service] PORT = {number} is not a TCP port (1-65535)",
+                                        file=str(pipeline.stages[name].directory / "config.ini")))
+            try:
+                reservation.sockets[name] = serve.reserve_port(host, number)
+            except OSError as exc:
+                source = "--port" if port is not None else "config.ini [service] PORT"
+                why = "is already in use" if exc.errno == errno.EADDRINUSE else \
+                    f"cannot be bound ({exc.strerror})"
+                raise UserError(Problem(
+                    f"port {number} on {host} {why} (service stage '{name}', from {source}); "
+                    "stop what uses it or choose another with --port")) from None
+    except BaseException:
+        reservation.release()
+        raise
+    return reservation
+
+
+def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: int | None,
+                   host: str = "127.0.0.1", model_run_id: str | None = None, *,
+                   reservation: Reservation | None = None,
+                   echo: Callable[[str], None] | None = None,
+                   log_run_id: str | None = None) -> list[Service]:
+    """Start gunicorn for each service stage and wait until /readyz answers 200.
+
+    Each server's output is echoed line by line with a ``[stage]`` prefix (`echo`) and
+    kept; `stop_services` stores it as ``<log_run_id>/<stage>/service-log.txt``.
+    """
+    from nb2prod import serve
+
+    reservation = reservation or reserve_ports(pipeline, names, port, host)
     started: list[Service] = []
     try:
-        for i, name in enumerate(names):
+        for name in names:
             stage = pipeline.stages[name]
-            stage_port = (port + i) if port is not None else stage.integer("service", "PORT", 8080)
             env = dict(os.environ)
             env.update(NB2PROD_STORE=store_uri, NB2PROD_PIPELINE=pipeline.name,
                        NB2PROD_STAGE=name)
@@ -499,27 +701,59 @@ def start_services(pipeline: Pipeline, names: list[str], store_uri: str, port: i
             workers = stage.integer("service", "WORKERS", 2)
             work, work_env = _service_workdir(pipeline, name)
             env.update(work_env)
+            on_line = (lambda line, prefix=f"[{name}] ": echo(prefix + line)) if echo else None
             try:
-                proc = serve.start_service(stage.directory, stage_port, env, workers, host=host)
+                proc = serve.start_service(
+                    stage.directory, reservation.ports[name], env, workers, host=host,
+                    threads=stage.integer("service", "THREADS", serve.THREADS),
+                    listener=reservation.take(name), lifeline=lifeline.runner(),
+                    log_file=work / "service-log.txt", on_line=on_line)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
-            url = f"http://{host}:{stage_port}"
-            started.append(Service(stage, url, proc, work))
+            bracketed = f"[{host}]" if ":" in host else host
+            url = f"http://{bracketed}:{reservation.ports[name]}"
+            key = None
+            if log_run_id:
+                key = f"{artifacts.run_prefix(pipeline.name, log_run_id)}/{name}/service-log.txt"
+            started.append(Service(stage, url, proc, work, key, store_uri))
             serve.wait_ready(url, stage.number("service", "MAX_STARTUP_TIME_SECONDS", 120), proc)
     except BaseException:
-        stop_services(started)
+        with shielded():
+            reservation.release()
+            stop_services(started)
         raise
     return started
 
 
 def stop_services(services: list[Service]) -> None:
+    """Stop every server (draining requests), then keep its log in the store."""
     from nb2prod import serve
 
-    for service in services:
-        serve.stop_service(service.process, 30)
-        if service.workdir is not None:
-            shutil.rmtree(service.workdir, ignore_errors=True)
+    with shielded():
+        for service in services:
+            serve.stop_service(service.process, 30)
+        for service in services:
+            keep_service_log(service)
+            if service.workdir is not None:
+                shutil.rmtree(service.workdir, ignore_errors=True)
+
+
+def keep_service_log(service: Service) -> None:
+    """Append the server's log to the store (several serving sessions of one run add up)."""
+    log = service.log
+    if log is None or not log.is_file() or not (service.log_key and service.store_uri):
+        return
+    try:
+        store = artifacts.open_store(service.store_uri)
+        try:
+            before = store.read_bytes(service.log_key)
+        except FileNotFoundError:
+            before = b""
+        store.write_bytes(service.log_key, before + log.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - a store hiccup must not mask the real outcome
+        print(f"nb2prod: warning: could not keep the log of '{service.stage.name}' in the "
+              f"store: {exc}", file=sys.stderr)
 
 
 def sample_request(pipeline: Pipeline, service: Service, store_uri: str, run_id: str) -> str:
@@ -570,23 +804,17 @@ def smoke_request(service: Service, body: str, echo: Callable[[str], None]) -> b
 
 def wait_for_shutdown(services: list[Service]) -> int:
     """Block until Ctrl-C / SIGTERM or a service exits; return the exit code to use."""
-    stop = threading.Event()
-
-    def _terminate(signum, frame) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        while not stop.is_set():
-            for service in services:
-                if service.process.poll() is not None:
-                    raise PipelineFailure(
-                        f"service '{service.stage.name}' exited with code "
-                        f"{service.process.returncode}")
-            stop.wait(0.5)
+        with signals_interrupt():
+            while True:
+                for service in services:
+                    if service.process.poll() is not None:
+                        raise PipelineFailure(
+                            f"service '{service.stage.name}' exited with code "
+                            f"{service.process.returncode}")
+                time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop_services(services)
     return 0

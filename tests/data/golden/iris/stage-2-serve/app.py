@@ -62,6 +62,12 @@ from importlib import metadata
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+try:  # gunicorn raises these from wsgi.input reads (a bad chunk size, a cut-off body...)
+    from gunicorn.http.errors import ParseException as _GunicornParseError
+    BODY_ERRORS: tuple[type[BaseException], ...] = (_GunicornParseError,)
+except ImportError:  # served by another WSGI server
+    BODY_ERRORS = ()
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # nb2prod_runtime.py sits beside this file
     sys.path.insert(0, HERE)
@@ -165,6 +171,9 @@ def load_settings(config_path: str) -> dict:
     s["workers"] = int(raw_workers) if raw_workers.strip().isdigit() else 0
     if s["workers"] < 1:
         raise ConfigError(f"NB2PROD_WORKERS must be a positive integer, got {raw_workers!r}")
+    # A nonce per server start (set by `nb2prod run`): /readyz echoes it so the runner
+    # knows the server answering is the one it just started, not another on the port.
+    s["instance"] = os.environ.get("NB2PROD_INSTANCE") or None
     return s
 
 
@@ -305,6 +314,7 @@ def _model_run_id() -> str | None:
 
 
 def _fail(state: State, reason: str, public: str | None = None) -> None:
+    """Start-up failed: `reason` goes to the log, `public` (short, no paths) to clients."""
     state.reason = reason
     state.public_reason = public or reason
     state.duration = state.elapsed()
@@ -353,7 +363,8 @@ def run_startup(state: State) -> None:
         if cells is None:  # nbformat 3
             cells = [c for ws in nb.get("worksheets", []) for c in ws.get("cells", [])]
     except (OSError, ValueError, AttributeError) as exc:
-        _fail(state, f"cannot read notebook {executable}: {exc}")
+        _fail(state, f"cannot read notebook {executable}: {exc}",
+              f"cannot read notebook {executable} (details in the server log)")
         return
     try:
         work = enter_workdir()
@@ -387,9 +398,9 @@ def run_startup(state: State) -> None:
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a cell must not kill us
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             log.error("%s raised:\n%s", filename, traceback.format_exc())
-            public = None
-            if TOKEN_BYTES is not None:  # a protected service keeps exception text private
-                public = f"{filename} raised {type(exc).__name__} (details in the server log)"
+            # Clients (unauthenticated probes too) get the cell and the exception type;
+            # its text (and the cell's code) may hold store paths, data or credentials.
+            public = f"{filename} raised {type(exc).__name__} (details in the server log)"
             _fail(state, f"{filename} ({json.dumps(first)}) raised {detail[:500]}", public)
             return
     name = SETTINGS["entrypoint"]
@@ -721,6 +732,13 @@ def prediction_failed(what: str) -> Response:
     return error(500, "prediction failed", {"X-Request-ID": rid}, request_id=rid)
 
 
+def with_instance(body: dict) -> dict:
+    """`body` plus the server's instance nonce, when `nb2prod run` gave it one."""
+    if SETTINGS["instance"] is not None:
+        body["instance"] = SETTINGS["instance"]
+    return body
+
+
 def not_ready() -> Response:
     state = STATE
     body: dict = {"error": "model not ready", "status": state.status}
@@ -851,15 +869,16 @@ def create_app() -> Flask:
             expected = SETTINGS["workers"]
             ready = workers_ready() if expected > 1 else 1
             if ready >= expected:
-                return json_response({"status": "ready"})
+                return json_response(with_instance({"status": "ready"}))
             return json_response(
-                {"status": "starting", "workers_ready": ready, "workers": expected},
+                with_instance({"status": "starting", "workers_ready": ready,
+                               "workers": expected}),
                 503, {"Retry-After": "1"},
             )
         body: dict = {"status": state.status, "elapsed_seconds": round(state.elapsed(), 3)}
         if state.status == "failed":
             body["reason"] = state.public_reason
-        return json_response(body, 503, {"Retry-After": "1"})
+        return json_response(with_instance(body), 503, {"Retry-After": "1"})
 
     @flask_app.get("/info")
     def info() -> Response:
@@ -878,6 +897,7 @@ def create_app() -> Flask:
             "startup_seconds": None if state.duration is None else round(state.duration, 3),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.started_at)),
             "pid": os.getpid(),
+            "instance": SETTINGS["instance"],
             "versions": VERSIONS,
         })
 
@@ -903,6 +923,9 @@ def create_app() -> Flask:
 
     @flask_app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, BODY_ERRORS):  # the server could not parse the body it was sent
+            log.info("malformed request body: %s", exc)
+            return error(400, f"malformed request body: {type(exc).__name__}")
         rid = request_id()
         log.error("request %s: unexpected error:\n%s", rid, traceback.format_exc())
         return error(500, "internal error", {"X-Request-ID": rid}, request_id=rid)

@@ -1005,12 +1005,15 @@ def without_imports(source: str, names: set[str]) -> str | None:
     Only plain-Python cells are rewritten (magics would not survive the round
     trip), statement by statement, keeping every other line as written.
     """
+    if any(ch in source for ch in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+        return None  # str.splitlines would not count lines as the parser does
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, str]] = []  # (first line, last line, replacement), 1-based
+    left_out: set[str] = set()
     for stmt in tree.body:
         if not isinstance(stmt, (ast.Import, ast.ImportFrom)) or (
                 isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"):
@@ -1020,23 +1023,24 @@ def without_imports(source: str, names: set[str]) -> str | None:
         keep = [a for a in stmt.names if _bound_name(a) not in names]
         if len(keep) == len(stmt.names):
             continue
+        left_out |= {_bound_name(a) for a in stmt.names} - {_bound_name(a) for a in keep}
         end = stmt.end_lineno or stmt.lineno
-        first, last = lines[stmt.lineno - 1], lines[end - 1]
-        if first[:stmt.col_offset].strip() or last[stmt.end_col_offset or 0:].strip(" \t\r\n"):
+        first, last = lines[stmt.lineno - 1].encode(), lines[end - 1].encode()  # offsets: bytes
+        comment = last[stmt.end_col_offset or 0:].strip()
+        if first[:stmt.col_offset].strip() or comment and not comment.startswith(b"#"):
             return None  # shares a line with another statement (`import a; x = 1`)
         text = ""
         if keep:
             node = ast.Import(keep) if isinstance(stmt, ast.Import) else ast.ImportFrom(
                 stmt.module, keep, stmt.level)
-            text = first[:stmt.col_offset] + ast.unparse(node) + "\n"
+            text = ast.unparse(node) + (f"  {comment.decode()}" if comment else "") + "\n"
         edits.append((stmt.lineno, end, text))
     if not edits:
         return None
     for start, end, text in reversed(edits):
         lines[start - 1:end] = [text] if text else []
-    left_out = sorted(names & {_bound_name(a) for stmt in tree.body
-                               if isinstance(stmt, (ast.Import, ast.ImportFrom)) for a in stmt.names})
-    lines.insert(0, f"# nb2prod: left out imports this stage never uses: {', '.join(left_out)}\n")
+    lines.insert(0, "# nb2prod: left out imports this stage never uses: "
+                    f"{', '.join(sorted(left_out))}\n")
     pruned = "".join(lines)
     return pruned if source.endswith("\n") else pruned.rstrip("\n")
 

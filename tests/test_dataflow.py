@@ -13,6 +13,7 @@ from nb2prod.dataflow import (
     CellSyntaxError,
     analyze_cell,
     python_source,
+    without_imports,
 )
 
 
@@ -503,3 +504,21 @@ def test_mutating_an_alias_mutates_what_it_came_from(source: str, mutated: set[s
 def test_a_call_mutates_what_the_function_changes_through_its_parameters(
         source: str, mutated: set[str]) -> None:
     assert flow(source).mutates == mutated
+
+
+@pytest.mark.parametrize(("source", "names", "expected"), [
+    ("import a, b as c\nfrom x.y import (p,\n   q)\nimport os.path\nx = 1\n", {"c", "q", "os"},
+     ("# nb2prod: left out imports this stage never uses: c, os, q\n"
+     "import a\nfrom x.y import p\nx = 1\n")),
+    ("import a, b  # é 数値\nimport c\n", {"b"},
+     "# nb2prod: left out imports this stage never uses: b\nimport a  # é 数値\nimport c\n"),
+    ("from __future__ import annotations\nimport a\n", {"annotations", "a"},
+     ("# nb2prod: left out imports this stage never uses: a\n"
+     "from __future__ import annotations\n")),
+    ("import a; x = 1\n", {"a"}, None),  # shares its line
+    ("%matplotlib inline\nimport a\n", {"a"}, None),  # magics: kept as written
+    ("import a\r\nimport b\r\n", {"b"}, None),
+    ("import a\n", {"z"}, None),  # nothing to leave out
+])
+def test_without_imports(source: str, names: set[str], expected: str | None) -> None:
+    assert without_imports(source, names) == expected

@@ -514,3 +514,30 @@ def test_without_a_record_every_value_is_kept_and_every_replaced_file_backed_up(
     backup = next((out / ".nb2prod" / "backup").iterdir())
     assert (backup / "stage-1-train" / "config.ini").read_text() == edited
     assert (out / "nb2prod.split.json").is_file()
+
+
+def test_a_pipeline_split_by_an_older_nb2prod_keeps_its_edits(cli: CLI, iris: Path) -> None:
+    """The record used to be `.nb2prod/split.json` (full sha256s, no stages): still read."""
+    import hashlib
+
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    record = json.loads((out / "nb2prod.split.json").read_text())
+    legacy = {"files": {rel: hashlib.sha256((out / rel).read_bytes()).hexdigest()
+                        for rel in record["files"]},
+              "configs": record["configs"]}
+    (out / ".nb2prod").mkdir(exist_ok=True)
+    (out / ".nb2prod" / "split.json").write_text(json.dumps(legacy))
+    (out / "nb2prod.split.json").unlink()
+    config = out / "stage-1-train" / "config.ini"
+    config.write_text(config.read_text().replace("RETRIES = 2", "RETRIES = 8"))
+    script = out / "stage-1-train" / "train.py"
+
+    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    assert code == 0
+    assert ini(config)["batch"]["RETRIES"] == "8"
+    assert "kept your edit: stage-1-train/config.ini [batch] RETRIES" in stdout
+    assert "train.py" not in stdout  # unedited: recognised by its full-length hash
+    assert script.is_file()
+    assert (out / "nb2prod.split.json").is_file()
+    assert not (out / ".nb2prod" / "split.json").exists()  # migrated

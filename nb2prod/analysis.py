@@ -103,6 +103,7 @@ def _analyze(notebook: Notebook, entrypoint: str) -> Analysis:
         builder.resolve_metrics()
         builder.prune_imports()
         builder.check_services()
+        builder.check_stage_names()
         builder.build_dag()
     if builder.problems:
         raise UserError(builder.problems)
@@ -504,6 +505,21 @@ class _Builder:
                 pruned = without_imports(sources[index], unused)
                 if pruned is not None:
                     stage.pruned[index] = pruned
+
+    def check_stage_names(self) -> None:
+        """A stage's script `<name>.py` sits on its import path, so in `stage:xgboost` an
+        `import xgboost` imports the script (standard-library names are a tag error,
+        nb2prod.tags): warn on the cell that names the stage."""
+        from nb2prod.requirements import installed_modules
+
+        for stage in self.stages.values():
+            name = stage.name
+            if name.isidentifier() and name in installed_modules():
+                self.warnings.append(Problem(
+                    f"stage '{name}': its script {name}.py would be imported instead of "
+                    f"Python's '{name}' module inside the stage; rename the stage "
+                    f"(e.g. '{name}_stage')", cell=stage.cells[0], file=self.file,
+                    cell_line=self.nb.first_line(stage.cells[0])))
 
     # -- 5. services and the DAG ----------------------------------------------
     def check_services(self) -> None:

@@ -605,3 +605,13 @@ def test_a_function_changing_its_argument_makes_the_calling_stage_the_provider(
             (["train"], "model = train['r']"))
     assert a.stage("train").inputs == {"train": "features"}
     assert a.stage("features").inputs == {"train": "load"}
+
+
+@pytest.mark.parametrize("name", ["sklearn", "xgboost"])
+def test_a_stage_named_like_an_installed_module_gets_a_warning_on_its_cell(name: str) -> None:
+    # stage-N-xgboost/xgboost.py would be what `import xgboost` imports in that stage
+    a = run((["train"], "x = 1"), ([f"stage:{name}"], "y = x"))
+    assert [(w.cell, w.message) for w in a.warnings] == [(1, (
+        f"stage '{name}': its script {name}.py would be imported instead of Python's "
+        f"'{name}' module inside the stage; rename the stage (e.g. '{name}_stage')"))]
+    assert run((["train"], "x = 1"), (["stage:inspect_model"], "y = x")).warnings == []

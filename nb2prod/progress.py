@@ -49,7 +49,8 @@ class Progress:
             elif event["state"] != "waiting":
                 state, message = state_text(self.rows[name])
                 message = f" {message}" if message else ""
-                elapsed = f" ({event['elapsed']:.1f}s)" if event.get("elapsed") else ""
+                elapsed = f" ({event['elapsed']:.1f}s)" if event.get("elapsed") and \
+                    event["state"] != "cached" else ""
                 print(f"[{time.strftime('%H:%M:%S')}] stage {name}: {state}"
                       f"{elapsed}{message}", flush=True)
 

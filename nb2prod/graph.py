@@ -158,12 +158,14 @@ def analysis_stages(analysis) -> list[StageInfo]:
 
 
 
-def graph_for(target: Path, run_id: str | None = None, store: str | None = None) -> Graph:
+def graph_for(target: Path, run_id: str | None = None, store: str | None = None,
+              analysis=None) -> Graph:
     """The graph of a pipeline directory, or of a notebook (analysed in memory, nothing
     written), with the state of run `run_id` (default: the newest run, if any).
 
     A notebook's runs are those of its default pipeline directory
-    (NOTEBOOK-pipeline), which `nb2prod run NOTEBOOK` uses.
+    (NOTEBOOK-pipeline), which `nb2prod run NOTEBOOK` uses.  `analysis` is the
+    notebook's analysis when the caller has it already (the JupyterLab panel).
     """
     from nb2prod import artifacts
     from nb2prod.pipeline import load_pipeline
@@ -173,7 +175,7 @@ def graph_for(target: Path, run_id: str | None = None, store: str | None = None)
         from nb2prod.render import pipeline_name
         from nb2prod.split import check_notebook, default_output
 
-        analysis = check_notebook(target).analysis
+        analysis = analysis if analysis is not None else check_notebook(target).analysis
         stages, edges = analysis_stages(analysis), list(analysis.edges)
         directory = default_output(target)
         pipeline = load_pipeline(directory) if (directory / "nb2prod.ini").is_file() else None

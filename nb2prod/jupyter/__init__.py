@@ -22,7 +22,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the /nb2prod/* handlers on the server's web application."""
     setup_handlers(serverapp.web_app)
-    serverapp.log.info("nb2prod: /nb2prod/check, /split and /deploy handlers registered")
+    serverapp.log.info("nb2prod: /nb2prod/* handlers registered (check, split, deploy, "
+                       "pipeline, run, runs, file)")
 
 
 # jupyter_server < 2 / notebook-era name, harmless to keep for older launchers.

@@ -48,7 +48,7 @@ FINAL_STATES = ("done", "failed")
 logger = logging.getLogger(__name__)
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
     """Ends a request with an HTTP status and a list of problems."""
 
     def __init__(self, status: int, problems: list[Problem]) -> None:
@@ -57,13 +57,28 @@ class _Refusal(Exception):
         self.problems = problems
 
 
-def _problem_dict(problem: Problem) -> dict[str, Any]:
+def problem_dict(problem: Problem) -> dict[str, Any]:
+    """A problem as the frontend gets it: `cell` counts from 0 (the notebook model's
+    index), `position` from 1 (what JupyterLab's status bar shows, and `text` says)."""
     return {"message": problem.message, "cell": problem.cell, "file": problem.file,
+            "position": None if problem.cell is None else problem.cell + 1,
             "text": str(problem)}
 
 
-def _refuse(status: int, message: str, file: str | None = None) -> _Refusal:
-    return _Refusal(status, [Problem(message, file=file)])
+def refuse(status: int, message: str, file: str | None = None) -> Refusal:
+    return Refusal(status, [Problem(message, file=file)])
+
+
+def server_root(handler: Any) -> Path:
+    """A handler's server root directory, symlinks resolved (the confinement boundary)."""
+    root = handler.settings.get("server_root_dir") or handler.contents_manager.root_dir
+    return Path(root).expanduser().resolve()
+
+
+def inside(root: Path, path: Path) -> Path | None:
+    """`path` with symlinks resolved if that is `root` or below it, else None."""
+    candidate = Path(path).resolve()
+    return candidate if candidate == root or root in candidate.parents else None
 
 
 class Nb2prodHandler(APIHandler):
@@ -74,19 +89,18 @@ class Nb2prodHandler(APIHandler):
     @property
     def root_dir(self) -> Path:
         """The server's root directory, symlinks resolved (the confinement boundary)."""
-        root = self.settings.get("server_root_dir") or self.contents_manager.root_dir
-        return Path(root).expanduser().resolve()
+        return server_root(self)
 
     def body(self) -> dict[str, Any]:
         """The JSON object posted; anything else is a 400 with a readable reason."""
         try:
             data = json.loads(self.request.body or b"{}")
         except ValueError as exc:
-            raise _refuse(400, f"request body is not JSON: {exc}") from None
+            raise refuse(400, f"request body is not JSON: {exc}") from None
         except RecursionError:
-            raise _refuse(400, "request body is nested too deeply") from None
+            raise refuse(400, "request body is nested too deeply") from None
         if not isinstance(data, dict):
-            raise _refuse(400, "request body must be a JSON object")
+            raise refuse(400, "request body must be a JSON object")
         return data
 
     def resolve(self, value: Any, what: str) -> Path:
@@ -97,9 +111,9 @@ class Nb2prodHandler(APIHandler):
         or below it after resolving `..` and symlinks, otherwise 403.
         """
         if not isinstance(value, str) or not value.strip():
-            raise _refuse(400, f"'{what}' must be a non-empty path relative to the server root")
+            raise refuse(400, f"'{what}' must be a non-empty path relative to the server root")
         if "\0" in value:
-            raise _refuse(400, f"'{what}' contains a NUL character")
+            raise refuse(400, f"'{what}' contains a NUL character")
         return self.confine(self.root_dir / value.strip().lstrip("/"), what, value)
 
     def confine(self, path: Path, what: str, shown: str | None = None) -> Path:
@@ -109,11 +123,10 @@ class Nb2prodHandler(APIHandler):
         (the default pipeline directory beside a notebook): a symlink there must
         not make the server write, or move run history, outside its root.
         """
-        root = self.root_dir
-        candidate = Path(path).resolve()
-        if candidate != root and root not in candidate.parents:
-            raise _refuse(403, f"'{what}' is outside the server's root directory",
-                          shown if shown is not None else self.relative_or_name(path))
+        candidate = inside(self.root_dir, path)
+        if candidate is None:
+            raise refuse(403, f"'{what}' is outside the server's root directory",
+                         shown if shown is not None else self.relative_or_name(path))
         return candidate
 
     def relative_or_name(self, path: Path) -> str:
@@ -143,7 +156,7 @@ class Nb2prodHandler(APIHandler):
         path = self.resolve(data.get("path"), "path")
         if path.is_file() or (allow_dir and path.is_dir()):
             return path
-        raise _refuse(404, "no such notebook" if not allow_dir else "no such notebook or "
+        raise refuse(404, "no such notebook" if not allow_dir else "no such notebook or "
                       "pipeline directory", data.get("path"))
 
     def optional_path(self, data: dict[str, Any], key: str) -> Path | None:
@@ -153,7 +166,7 @@ class Nb2prodHandler(APIHandler):
     def send_problems(self, status: int, problems: list[Problem]) -> None:
         """The error shape of every nb2prod endpoint: `{"problems": [...]}`."""
         self.set_status(status)
-        payload = [_problem_dict(p) for p in problems]
+        payload = [problem_dict(p) for p in problems]
         self.finish(json.dumps({"problems": payload,
                                 "message": "\n".join(p["text"] for p in payload)}))
 
@@ -167,15 +180,15 @@ class Nb2prodHandler(APIHandler):
         try:
             return await asyncio.to_thread(work)
         except UserError as exc:
-            raise _Refusal(400, exc.problems) from None
+            raise Refusal(400, exc.problems) from None
         except PipelineFailure as exc:
-            raise _refuse(500, str(exc)) from None
+            raise refuse(500, str(exc)) from None
 
     async def answer(self, coro: Callable[[], Any]) -> None:
-        """Call a request body and turn `_Refusal` / surprises into JSON errors."""
+        """Call a request body and turn `Refusal` / surprises into JSON errors."""
         try:
             await coro()
-        except _Refusal as refusal:
+        except Refusal as refusal:
             self.send_problems(refusal.status, refusal.problems)
         except web.HTTPError:
             raise
@@ -275,7 +288,7 @@ class DeployRecord:
                 "namespace": self.namespace,
                 "pipeline": self.pipeline_label,
                 "stages": [dict(s) for s in self.stages.values()],
-                "problems": [_problem_dict(p) for p in self.problems],
+                "problems": [problem_dict(p) for p in self.problems],
                 "error": self.error,
                 "elapsed": round(end - self.started, 3),
                 "result": _jsonable(self.result),
@@ -310,7 +323,7 @@ class DeployRegistry:
         with self._lock:
             for record in self._records.values():
                 if record.pipeline == pipeline and record.state == "running":
-                    raise _refuse(409, f"deploy {record.id} of this pipeline is still running",
+                    raise refuse(409, f"deploy {record.id} of this pipeline is still running",
                                   label)
             record = DeployRecord(secrets.token_hex(8), namespace, pipeline, label)
             self._records[record.id] = record
@@ -373,7 +386,7 @@ class DeployHandler(Nb2prodHandler):
             data = self.body()
             namespace = data.get("namespace")
             if not isinstance(namespace, str) or not namespace.strip():
-                raise _refuse(400, "'namespace' is required")
+                raise refuse(400, "'namespace' is required")
             kwargs = self._deploy_options(data)
             path = self.notebook(data, allow_dir=True)
             stages: list[dict[str, Any]] = []
@@ -392,7 +405,7 @@ class DeployHandler(Nb2prodHandler):
             try:
                 deploy = _load_deploy()
             except ImportError as exc:
-                raise _refuse(501, f"deploying is not available in this installation: {exc}") \
+                raise refuse(501, f"deploying is not available in this installation: {exc}") \
                     from None
             label = self.relative(pipeline) or pipeline.name
             record = self.registry.start(namespace.strip(), pipeline, label)
@@ -417,14 +430,22 @@ class DeployHandler(Nb2prodHandler):
             if value in (None, ""):
                 continue
             if not isinstance(value, str):
-                raise _refuse(400, f"'{key}' must be a string")
+                raise refuse(400, f"'{key}' must be a string")
             options[key] = value.strip()
-        params = data.get("params")
-        if params not in (None, {}):
-            if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-                raise _refuse(400, "'params' must be an object of name: value")
-            options["params"] = {k: str(v) for k, v in params.items()}
+        params = params_option(data)
+        if params:
+            options["params"] = params
         return options
+
+
+def params_option(data: dict[str, Any]) -> dict[str, str]:
+    """The request's `params` ({name: value}, values as text like `--param k=v`)."""
+    params = data.get("params")
+    if params in (None, {}):
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise refuse(400, "'params' must be an object of name: value")
+    return {k: str(v) for k, v in params.items()}
 
 
 class DeployStatusHandler(Nb2prodHandler):
@@ -444,9 +465,10 @@ def setup_handlers(web_app: Any) -> None:
     """Mount the handlers under the server's base URL."""
     web_app.settings.setdefault(REGISTRY_KEY, DeployRegistry())
     base = url_path_join(web_app.settings.get("base_url", "/"), "nb2prod")
-    web_app.add_handlers(".*$", [
-        (url_path_join(base, "check"), CheckHandler),
-        (url_path_join(base, "split"), SplitHandler),
-        (url_path_join(base, "deploy"), DeployHandler),
-        (url_path_join(base, "deploy", r"([0-9a-f]+)"), DeployStatusHandler),
-    ])
+    from nb2prod.jupyter import panel, runs
+
+    routes = [("check", CheckHandler), ("split", SplitHandler), ("deploy", DeployHandler),
+              (r"deploy/([0-9a-f]+)", DeployStatusHandler),
+              ("pipeline", panel.PipelineHandler), *runs.HANDLERS]
+    web_app.add_handlers(".*$", [(url_path_join(base, route), handler)
+                                 for route, handler in routes])

@@ -95,16 +95,16 @@ def shielded() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time of `pid` in clock ticks since boot (/proc), to tell reused pids apart."""
     fields = lifeline.stat_fields(pid)
     return fields[19] if fields is not None and len(fields) > 19 else None
 
 
-def runner_identity() -> dict:
-    """Who runs this run, recorded in run.json while it is running."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "start": _process_start(os.getpid())}
+def runner_identity(pid: int | None = None) -> dict:
+    """Who runs this run (default: this process), recorded in run.json while it runs."""
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "pid": pid, "start": process_start(pid)}
 
 
 def runner_alive(identity: object) -> bool | None:
@@ -121,7 +121,7 @@ def runner_alive(identity: object) -> bool | None:
     except PermissionError:
         pass
     start = identity.get("start")
-    return start is None or _process_start(pid) in (None, start)
+    return start is None or process_start(pid) in (None, start)
 
 
 def displayed_status(record: dict) -> str:

@@ -1,0 +1,74 @@
+"""GET /nb2prod/pipeline: everything the JupyterLab Pipeline panel draws for a notebook.
+
+One answer holds the stages (cells, inputs, outputs, files, requirements,
+resource hints), the problems and warnings with their cell positions, and the
+DAG as `nb2prod.graph` models it (the same nodes, edges and states that
+`nb2prod graph` draws), with the newest run of the notebook's default
+pipeline directory applied.  A notebook with errors is a normal state for the
+panel, so problems come back in a 200 answer, never as an HTTP error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tornado import web
+
+from nb2prod.errors import UserError
+from nb2prod.jupyter.handlers import Nb2prodHandler, authorized, problem_dict
+
+
+def stage_entries(report: dict[str, Any], analysis: Any) -> list[dict[str, Any]]:
+    """The report's stages plus what the panel shows besides: positions, hints, secrets."""
+    by_name = {s.name: s for s in analysis.stages}
+    entries = []
+    for stage in report["stages"]:
+        spec = by_name[stage["name"]]
+        entries.append({
+            **stage,
+            "positions": [i + 1 for i in stage["cells"]],
+            "resources": dict(spec.hints),
+            "secrets": [f"{name}:{key}:{env}" for name, key, env in spec.secrets],
+        })
+    return entries
+
+
+def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
+    """The panel's JSON for `notebook` (blocking: analysis, store listing)."""
+    from nb2prod.graph import graph_for
+    from nb2prod.split import check_notebook, default_output
+
+    pipeline_dir = default_output(notebook)
+    answer: dict[str, Any] = {"notebook": relative(notebook), "pipeline_dir": relative(
+        pipeline_dir), "split": (pipeline_dir / "nb2prod.ini").is_file(), "stages": [],
+        "dag": [], "problems": [], "warnings": [], "no_stage": [], "graph": None}
+    try:
+        report = check_notebook(notebook)
+    except UserError as exc:
+        answer["problems"] = [problem_dict(p) for p in exc.problems]
+        return answer
+    data = report.to_dict()
+    answer.update(stages=stage_entries(data, report.analysis), dag=data["dag"],
+                  warnings=[problem_dict(p) for p in report.warnings],
+                  no_stage=[{**n, "position": n["cell"] + 1} for n in data["no_stage"]])
+    try:
+        answer["graph"] = graph_for(notebook, analysis=report.analysis).to_dict()
+    except UserError as exc:  # e.g. an unreadable nb2prod.ini beside it: still show stages
+        answer["warnings"].extend(problem_dict(p) for p in exc.problems)
+    return answer
+
+
+class PipelineHandler(Nb2prodHandler):
+    """GET /nb2prod/pipeline?path=NB: stages, problems and the DAG of a notebook."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        async def run() -> None:
+            path = self.notebook({"path": self.get_query_argument("path", "")})
+            answer = await self.guarded(lambda: panel_answer(path, self.relative))
+            self.finish(json.dumps(answer, default=str))
+
+        await self.answer(run)

@@ -1,0 +1,353 @@
+"""Local runs from JupyterLab: start `nb2prod run`, list runs, open their reports.
+
+- ``POST /nb2prod/run`` splits the notebook (like `nb2prod run NOTEBOOK`) and
+  starts ``python -m nb2prod run DIR --no-serve`` (or with serving) as a
+  detached process in its own session: it is not a child of the browser tab,
+  and a server shutdown's Ctrl-C to its process group does not reach it.  The
+  launch is recorded on disk (``DIR/.nb2prod/panel/<id>/launch.json`` and the
+  run's console output beside it), so a reopened panel, even of a restarted
+  server, finds it again; the run's own state comes from its ``run.json``.
+- ``POST /nb2prod/run/<id>/stop`` sends SIGTERM to the run (nb2prod records it
+  as interrupted and stops every stage and server).
+- ``GET /nb2prod/runs?path=NB-or-DIR[&run=ID]`` lists runs with stage states,
+  durations, `cached`, metrics and the promotion verdict, the launches, and the
+  graph of one run (default the newest), as `nb2prod graph --run` models it.
+- ``GET /nb2prod/file?path=REL`` serves a run's executed notebook, HTML report
+  or log.  Those live in the artifact store, a hidden ``.nb2prod/`` directory
+  the contents API will not serve; this handler serves only files laid out as
+  ``runs/<run>/<stage>/<file>`` or a launch's output, inside the server root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.base.handlers import JupyterHandler
+from tornado import web
+
+from nb2prod.jupyter.handlers import (
+    Nb2prodHandler,
+    authorized,
+    inside,
+    params_option,
+    refuse,
+    server_root,
+)
+
+#: Where a pipeline directory keeps the panel's launch records.
+LAUNCH_DIR = Path(".nb2prod") / "panel"
+#: The CLI's first line about a run: "run <id>: N batch stage(s), store URI".
+RUN_LINE = re.compile(r"^run (\S+): \d+ batch stage", re.MULTILINE)
+#: Lines of console output a launch status carries.
+TAIL_LINES = 30
+#: Content types of the run files the file handler serves.
+FILE_TYPES = {".html": "text/html; charset=utf-8", ".txt": "text/plain; charset=utf-8",
+              ".log": "text/plain; charset=utf-8", ".ipynb": "application/x-ipynb+json"}
+#: The files a stage leaves in its run directory, by what the panel calls them.
+STAGE_FILES = {"html": "{stem}.html", "notebook": "{stem}.ipynb", "log": "log.txt"}
+
+
+# -- launches (a launch = one `nb2prod run` process started from the panel) -----------
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_command(pipeline_dir: Path, serve: bool, params: dict[str, str],
+                no_cache: bool) -> list[str]:
+    """The `nb2prod run` command line a launch executes."""
+    command = [sys.executable, "-m", "nb2prod", "run", str(pipeline_dir)]
+    command += [] if serve else ["--no-serve"]
+    command += [arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]
+    return command + (["--no-cache"] if no_cache else [])
+
+
+def _reap(proc: subprocess.Popen, record_file: Path) -> None:
+    """Wait for a launch's process (no zombie) and record its exit code."""
+    code = proc.wait()
+    record = _read_json(record_file) or {}
+    record.update(exit_code=code, finished=time.time())
+    _write_json(record_file, record)
+
+
+def start_launch(pipeline_dir: Path, command: list[str]) -> dict[str, Any]:
+    """Start `command` detached, with its record and console output under LAUNCH_DIR."""
+    from nb2prod.runners.local import runner_identity
+
+    launch_id = f"{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    folder = pipeline_dir / LAUNCH_DIR / launch_id
+    folder.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "NB2PROD_LIFELINE_FD"}
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(folder / "output.log", "wb") as log:
+        proc = subprocess.Popen(command, cwd=pipeline_dir.parent, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    record = {"id": launch_id, "started": time.time(), "command": command[2:],
+              "runner": runner_identity(proc.pid)}
+    _write_json(folder / "launch.json", record)
+    threading.Thread(target=_reap, args=(proc, folder / "launch.json"),
+                     name=f"nb2prod-run-{launch_id}", daemon=True).start()
+    return record
+
+
+def _tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def launch_status(folder: Path) -> dict[str, Any] | None:
+    """A launch as the panel shows it: running or exited, its run id, its output's tail."""
+    from nb2prod.runners.local import runner_alive
+
+    record = _read_json(folder / "launch.json")
+    if record is None:
+        return None
+    log = folder / "output.log"
+    head = ""
+    try:
+        with open(log, "rb") as fh:
+            head = fh.read(16 * 1024).decode("utf-8", errors="replace")
+    except OSError:
+        pass
+    found = RUN_LINE.search(head)
+    running = "exit_code" not in record and runner_alive(record.get("runner")) is not False
+    return {"id": record.get("id", folder.name), "started": record.get("started"),
+            "finished": record.get("finished"), "state": "running" if running else "exited",
+            "exit_code": record.get("exit_code"), "run_id": found.group(1) if found else None,
+            "output": _tail(log), "log": log}
+
+
+def launches(pipeline_dir: Path) -> list[dict[str, Any]]:
+    """Every launch recorded in the pipeline directory, newest first."""
+    folder = pipeline_dir / LAUNCH_DIR
+    if not folder.is_dir():
+        return []
+    found = (launch_status(entry) for entry in sorted(folder.iterdir(), reverse=True)
+             if entry.is_dir())
+    return [status for status in found if status is not None]
+
+
+# -- runs ------------------------------------------------------------------------------
+def stage_files(store: Any, pipeline: Any, run_id: str) -> dict[str, dict[str, Path]]:
+    """{stage: {html|notebook|log: local path}} of a run in a file store (else empty)."""
+    from nb2prod.artifacts import FileStore, run_prefix
+
+    if not isinstance(store, FileStore):
+        return {}
+    found: dict[str, dict[str, Path]] = {}
+    for name, spec in pipeline.stages.items():
+        stem = Path(spec.executable).stem
+        for label, pattern in STAGE_FILES.items():
+            key = f"{run_prefix(pipeline.name, run_id)}/{name}/{pattern.format(stem=stem)}"
+            if store.exists(key):
+                found.setdefault(name, {})[label] = store.root / key
+    return found
+
+
+def run_summary(record: dict[str, Any], files: dict[str, dict[str, Path]]) -> dict[str, Any]:
+    """One run for the panel's list: status (`interrupted` for a dead runner), stages, links."""
+    from nb2prod.runners.local import displayed_status
+
+    started, finished = record.get("started"), record.get("finished")
+    numbers = (int, float)
+    stages = {}
+    for name, stage in (record.get("stages") or {}).items():
+        stages[name] = {k: stage.get(k) for k in (
+            "status", "seconds", "cached_from", "message", "cell", "reason")
+            if stage.get(k) is not None}
+        stages[name]["files"] = files.get(name, {})
+    return {
+        "run_id": record.get("run_id"), "status": displayed_status(record),
+        "started": started, "finished": finished,
+        "seconds": round(finished - started, 1) if isinstance(started, numbers)
+        and isinstance(finished, numbers) else None,
+        "metrics": record.get("metrics") or {}, "promoted": record.get("promoted"),
+        "reason": record.get("reason") or "", "latest": record.get("latest", False),
+        "params": record.get("params") or {}, "stages": stages,
+    }
+
+
+def runs_answer(pipeline_dir: Path, run_id: str | None) -> dict[str, Any]:
+    """Runs, launches and one run's graph of a split pipeline (blocking)."""
+    from nb2prod import artifacts
+    from nb2prod.graph import graph_for
+    from nb2prod.pipeline import load_pipeline
+
+    pipeline = load_pipeline(pipeline_dir)
+    store = artifacts.open_store(pipeline.store_uri())
+    records = artifacts.list_runs(store, pipeline.name)
+    runs = [run_summary(r, stage_files(store, pipeline, r["run_id"]))
+            for r in reversed(records)]
+    known = {r["run_id"] for r in records}
+    graph = graph_for(pipeline_dir, run_id if run_id in known else None).to_dict()
+    return {"pipeline": pipeline.name, "runs": runs, "launches": launches(pipeline_dir),
+            "graph": graph}
+
+
+class _PipelineDirMixin(Nb2prodHandler):
+    def pipeline_dir(self, value: Any) -> Path:
+        """A notebook's default pipeline dir (confined) or a pipeline dir given as is."""
+        from nb2prod.split import default_output
+
+        path = self.notebook({"path": value}, allow_dir=True)
+        return path if path.is_dir() else self.confine(default_output(path), "output")
+
+    def linked(self, answer: Any) -> Any:
+        """Every Path in `answer` made relative to the root; None when it is outside."""
+        if isinstance(answer, dict):
+            return {k: self.linked(v) for k, v in answer.items()}
+        if isinstance(answer, list):
+            return [self.linked(v) for v in answer]
+        return self.relative(answer) if isinstance(answer, Path) else answer
+
+
+class RunsHandler(_PipelineDirMixin):
+    """GET /nb2prod/runs?path=NB-or-DIR[&run=ID]: runs, launches, a run's graph."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        async def run() -> None:
+            directory = self.pipeline_dir(self.get_query_argument("path", ""))
+            if not (directory / "nb2prod.ini").is_file():
+                self.finish(json.dumps({"pipeline": None, "runs": [], "launches": [],
+                                        "graph": None}))
+                return
+            run_id = self.get_query_argument("run", None)
+            answer = await self.guarded(lambda: runs_answer(directory, run_id))
+            self.finish(json.dumps(self.linked(answer), default=str))
+
+        await self.answer(run)
+
+
+class RunHandler(_PipelineDirMixin):
+    """POST /nb2prod/run {"path", "serve"?, "params"?, "no_cache"?}: start a local run.
+
+    A notebook is split first (updating its default pipeline dir, as `nb2prod
+    run NOTEBOOK` does), so split problems come back at once as 400.  The answer
+    is 202 with the launch; `GET /nb2prod/runs` follows it.  409 while another
+    launch of the same pipeline still runs.
+    """
+
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        async def run() -> None:
+            data = self.body()
+            params = params_option(data)
+            path = self.notebook(data, allow_dir=True)
+            directory = self.pipeline_dir(data.get("path"))
+            if path.is_file():
+                from nb2prod.split import split_notebook
+
+                await self.guarded(lambda: split_notebook(path, directory, force=True,
+                                                          wait=False))
+            else:
+                from nb2prod.pipeline import load_pipeline
+
+                await self.guarded(lambda: load_pipeline(directory))
+            busy = [x for x in launches(directory) if x["state"] == "running"]
+            if busy:
+                raise refuse(409, f"run {busy[0]['run_id'] or busy[0]['id']} of this pipeline "
+                             "is still running", self.relative(directory))
+            command = run_command(directory, data.get("serve") is True, params,
+                                  data.get("no_cache") is True)
+            record = await self.guarded(lambda: start_launch(directory, command))
+            status = launch_status(directory / LAUNCH_DIR / record["id"])
+            self.set_status(202)
+            self.finish(json.dumps(self.linked({"pipeline_dir": directory, "launch": status})))
+
+        await self.answer(run)
+
+
+class StopHandler(_PipelineDirMixin):
+    """POST /nb2prod/run/<id>/stop {"path"}: SIGTERM to a running launch (like Ctrl-C)."""
+
+    @web.authenticated
+    @authorized("execute")
+    async def post(self, launch_id: str) -> None:
+        async def run() -> None:
+            from nb2prod.runners.local import runner_alive
+
+            directory = self.pipeline_dir(self.body().get("path"))
+            record = _read_json(directory / LAUNCH_DIR / launch_id / "launch.json")
+            if record is None:
+                raise refuse(404, f"no run launch {launch_id}")
+            runner = record.get("runner") or {}
+            if "exit_code" not in record and runner_alive(runner):
+                try:
+                    os.killpg(int(runner["pid"]), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            self.finish(json.dumps({"id": launch_id, "stopping": True}))
+
+        await self.answer(run)
+
+
+class RunFileHandler(JupyterHandler):
+    """GET /nb2prod/file?path=REL: a run's report, notebook or log (see module doc)."""
+
+    auth_resource = "nb2prod"
+
+    @property
+    def content_security_policy(self) -> str:
+        # A report is HTML the user's code produced: its scripts get a unique
+        # origin, so they cannot call the server's API (as jupyter's /files does).
+        return super().content_security_policy + "; sandbox allow-scripts"
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        value = self.get_query_argument("path", "")
+        if not value.strip() or "\0" in value:
+            raise web.HTTPError(400, "path required")
+        root = server_root(self)
+        path = inside(root, root / value.strip().lstrip("/"))
+        if path is None:
+            raise web.HTTPError(403, "outside the server's root directory")
+        parts = path.relative_to(root).parts
+        is_run_file = len(parts) >= 4 and parts[-4] == "runs"
+        is_launch_log = parts[-4:-2] == LAUNCH_DIR.parts and parts[-1] == "output.log"
+        kind = FILE_TYPES.get(path.suffix.lower())
+        if not (is_run_file or is_launch_log) or kind is None:
+            raise web.HTTPError(403, "not a run's report, notebook or log")
+        if not path.is_file():
+            raise web.HTTPError(404, "no such file")
+        self.set_header("Content-Type", kind)
+        if path.suffix == ".ipynb":
+            self.set_header("Content-Disposition", f'attachment; filename="{path.name}"')
+        self.finish(path.read_bytes())
+
+
+HANDLERS = [
+    ("runs", RunsHandler),
+    ("run", RunHandler),
+    (r"run/([0-9a-z-]+)/stop", StopHandler),
+    ("file", RunFileHandler),
+]

@@ -1,0 +1,218 @@
+"""The Pipeline panel's REST API: pipeline info, local runs, run list, run files.
+
+A real jupyter_server in-process (pytest-jupyter) with the extension enabled,
+and a real `nb2prod run` process started by the run handler (papermill, a real
+kernel): the panel in the browser sees exactly these answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from tests.test_jupyter_handlers import (  # noqa: F401 - fixtures, used by name
+    IRIS,
+    REPO,
+    _error,
+    _notebook,
+    _post,
+    broken,
+    iris,
+    jp_server_config,
+)
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+WINE = REPO / "example_notebooks" / "wine_parallel.ipynb"
+#: A guard against a hung run, not a timing margin: runs end by themselves.
+RUN_DEADLINE = 900
+
+
+async def _get(jp_fetch: Any, endpoint: str, **query: str) -> dict[str, Any]:
+    response = await jp_fetch("nb2prod", endpoint, params=query)
+    assert response.code == 200
+    return json.loads(response.body)
+
+
+async def _get_error(jp_fetch: Any, *parts: str, **kwargs: Any) -> int:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*parts, **kwargs)
+    return info.value.code
+
+
+async def _wait_run(jp_fetch: Any, path: str) -> dict[str, Any]:
+    """GET /nb2prod/runs until the newest launch has exited; its answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RUN_DEADLINE
+    while True:
+        answer = await _get(jp_fetch, "runs", path=path)
+        if answer["launches"] and answer["launches"][0]["state"] == "exited":
+            return answer
+        assert loop.time() < deadline, answer["launches"][:1]
+        await asyncio.sleep(0.2)
+
+
+# -- pipeline info ----------------------------------------------------------------------
+async def test_pipeline_info_of_iris(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
+    answer = await _get(jp_fetch, "pipeline", path="work/iris.ipynb")
+    assert answer["notebook"] == "work/iris.ipynb"
+    assert answer["pipeline_dir"] == "work/iris-pipeline" and answer["split"] is False
+    assert answer["problems"] == []
+    train, serve = answer["stages"]
+    assert (train["name"], train["type"], serve["type"]) == ("train", "batch", "service")
+    assert train["positions"] == [i + 1 for i in train["cells"]]
+    assert "model" in train["outputs"] and serve["inputs"]["model"] == "train"
+    assert any(r.startswith("scikit-learn==") for r in train["requirements"])
+    assert isinstance(train["resources"], dict)
+    graph = answer["graph"]
+    assert [(n["name"], n["kind"], n["state"]) for n in graph["nodes"]] == [
+        ("train", "batch", None), ("serve", "service", None)]
+    assert [(e["source"], e["target"]) for e in graph["edges"]] == [("train", "serve")]
+    assert "model" in graph["edges"][0]["names"]
+    assert sorted(p.name for p in iris.parent.iterdir()) == ["iris.ipynb"]  # wrote nothing
+
+
+async def test_pipeline_info_of_parallel_branches(jp_fetch: Any, jp_root_dir: Path) -> None:
+    shutil.copy(WINE, jp_root_dir / "wine.ipynb")
+    graph = (await _get(jp_fetch, "pipeline", path="wine.ipynb"))["graph"]
+    names = [n["name"] for n in graph["nodes"]]
+    assert len(names) == len(set(names)) >= 4
+    sources: dict[str, list[str]] = {}
+    for edge in graph["edges"]:
+        sources.setdefault(edge["source"], []).append(edge["target"])
+    assert any(len(targets) >= 2 for targets in sources.values()), graph["edges"]
+
+
+async def test_pipeline_problems_are_listed_with_positions(jp_fetch: Any, broken: Path) -> None:  # noqa: F811
+    answer = await _get(jp_fetch, "pipeline", path="broken.ipynb")
+    assert answer["stages"] == [] and answer["graph"] is None
+    problems = answer["problems"]
+    assert problems and all(p["position"] == p["cell"] + 1 for p in problems)
+    bad = next(p for p in problems if "Bad Name" in p["message"])
+    assert bad["cell"] == 1 and "cell 2 (" in bad["text"]
+
+
+# -- a local run from the panel ----------------------------------------------------------
+async def test_run_locally_then_list_runs_and_open_report(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
+    response = await _post(jp_fetch, "run", {"path": "work/iris.ipynb"})
+    assert response.code == 202
+    started = json.loads(response.body)
+    assert started["pipeline_dir"] == "work/iris-pipeline"
+    assert started["launch"]["state"] == "running"
+
+    code, body = await _error(jp_fetch, "run", {"path": "work/iris.ipynb"})
+    assert code == 409 and "still running" in body["problems"][0]["message"]
+
+    answer = await _wait_run(jp_fetch, "work/iris.ipynb")
+    launch = answer["launches"][0]
+    assert launch["exit_code"] == 0, launch["output"]
+    run = answer["runs"][0]
+    assert run["run_id"] == launch["run_id"] and run["status"] == "succeeded"
+    assert run["promoted"] is True and run["latest"] is True
+    assert isinstance(run["metrics"]["train"]["accuracy"], float)
+    train = run["stages"]["train"]
+    assert train["status"] == "done" and train["seconds"] > 0
+    assert "serve" not in run["stages"]  # --no-serve: batch stages only
+    states = {n["name"]: n["state"] for n in answer["graph"]["nodes"]}
+    assert answer["graph"]["run_id"] == run["run_id"] and states["train"] == "done"
+
+    report = await jp_fetch("nb2prod", "file", params={"path": train["files"]["html"]})
+    assert report.headers["Content-Type"].startswith("text/html")
+    assert "sandbox allow-scripts" in report.headers["Content-Security-Policy"]
+    assert b"accuracy" in report.body
+    log = await jp_fetch("nb2prod", "file", params={"path": train["files"]["log"]})
+    assert log.headers["Content-Type"].startswith("text/plain")
+    executed = await jp_fetch("nb2prod", "file", params={"path": train["files"]["notebook"]})
+    assert json.loads(executed.body)["cells"]
+    console = await jp_fetch("nb2prod", "file", params={"path": launch["log"]})
+    assert run["run_id"].encode() in console.body
+
+    # a second run reuses the unchanged stage: `cached` in its record
+    await _post(jp_fetch, "run", {"path": "work/iris-pipeline"})
+    again = await _wait_run(jp_fetch, "work/iris-pipeline")
+    assert len(again["runs"]) == 2
+    assert again["runs"][0]["stages"]["train"]["cached_from"] == run["run_id"]
+    assert again["runs"][0]["stages"]["train"]["files"]["html"]
+
+
+async def test_a_served_run_is_stopped_from_the_panel(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
+    await _post(jp_fetch, "run", {"path": "work/iris.ipynb", "serve": True})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RUN_DEADLINE
+    while True:  # serving: the batch run finished and the launch keeps running
+        answer = await _get(jp_fetch, "runs", path="work/iris.ipynb")
+        launch = answer["launches"][0]
+        assert launch["state"] == "running", launch["output"]
+        if answer["runs"] and answer["runs"][0]["status"] == "succeeded" \
+                and "http://" in launch["output"]:
+            break
+        assert loop.time() < deadline, launch
+        await asyncio.sleep(0.2)
+    record = json.loads((iris.parent / "iris-pipeline" / ".nb2prod" / "panel" / launch["id"]
+                         / "launch.json").read_text())
+    try:
+        stopped = await _post(jp_fetch, f"run/{launch['id']}/stop",
+                              {"path": "work/iris.ipynb"})
+        assert json.loads(stopped.body)["stopping"] is True
+        answer = await _wait_run(jp_fetch, "work/iris.ipynb")
+        assert answer["launches"][0]["exit_code"] is not None
+    finally:
+        if answer["launches"][0]["state"] != "exited":
+            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+
+
+# -- security ----------------------------------------------------------------------------
+async def test_panel_endpoints_need_authentication(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
+    for endpoint in ("pipeline", "runs"):
+        code = await _get_error(jp_fetch, "nb2prod", endpoint, params={"path": "work/iris.ipynb"},
+                                headers={"Authorization": ""})
+        assert code == 403, endpoint
+    # a page, not an API: without a login it sends the browser to the login page
+    code = await _get_error(jp_fetch, "nb2prod", "file", params={"path": "work/runs/r/s/log.txt"},
+                            headers={"Authorization": ""}, follow_redirects=False)
+    assert code == 302
+    for endpoint in ("run", "run/20260101t000000-abc/stop"):
+        code, _ = await _error(jp_fetch, endpoint, {"path": "work/iris.ipynb"},
+                               headers={"Authorization": ""})
+        assert code == 403, endpoint
+    assert not (iris.parent / "iris-pipeline").exists()
+
+
+async def test_panel_paths_outside_root_are_403(jp_fetch: Any, iris: Path, jp_root_dir: Path,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "p" / "runs" / "r1" / "train").mkdir(parents=True)
+    (outside / "p" / "runs" / "r1" / "train" / "log.txt").write_text("secret")
+    shutil.copy(IRIS, outside / "iris.ipynb")
+    (jp_root_dir / "link").symlink_to(outside, target_is_directory=True)
+    for endpoint in ("pipeline", "runs"):
+        for path in ("../outside/iris.ipynb", "link/iris.ipynb"):
+            code = await _get_error(jp_fetch, "nb2prod", endpoint, params={"path": path})
+            assert code == 403, (endpoint, path)
+    code, answer = await _error(jp_fetch, "run", {"path": "link/iris.ipynb"})
+    assert code == 403 and "outside the server's root" in answer["problems"][0]["message"]
+    for path in ("link/p/runs/r1/train/log.txt", "../outside/p/runs/r1/train/log.txt"):
+        assert await _get_error(jp_fetch, "nb2prod", "file", params={"path": path}) == 403
+    assert sorted(p.name for p in outside.iterdir()) == ["iris.ipynb", "p"]
+
+
+async def test_file_handler_serves_only_run_files(jp_fetch: Any, iris: Path,  # noqa: F811
+                                                  jp_root_dir: Path) -> None:
+    run_dir = jp_root_dir / "work" / "runs" / "r1" / "train"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.txt").write_text("stage log")
+    (run_dir / "secrets.env").write_text("TOKEN=x")
+    shown = await jp_fetch("nb2prod", "file", params={"path": "work/runs/r1/train/log.txt"})
+    assert shown.body == b"stage log"
+    for path in ("work/iris.ipynb", "work/runs/r1/train/secrets.env"):
+        assert await _get_error(jp_fetch, "nb2prod", "file", params={"path": path}) == 403
+    assert await _get_error(jp_fetch, "nb2prod", "file",
+                            params={"path": "work/runs/r1/train/none.txt"}) == 404

@@ -162,8 +162,12 @@ def _index_key(pipeline: str, stage: str, key: str) -> str:
 def remember(store: artifacts.Store, pipeline: str, stage: str, key: str, run_id: str) -> None:
     """Record that `run_id` executed `stage` with `key`, with the sha256 of each file it left."""
     prefix = f"{artifacts.run_prefix(pipeline, run_id)}/{stage}/"
-    files = {k[len(prefix):]: hashlib.sha256(store.read_bytes(k)).hexdigest()
-             for k in store.list(prefix)}
+    manifest = artifacts.read_json(store, prefix + artifacts.MANIFEST, default={})
+    known = {e["file"]: e["sha256"] for e in (manifest.get("artifacts") or {}).values()
+             if isinstance(e, dict) and isinstance(e.get("file"), str)
+             and isinstance(e.get("sha256"), str)}  # artifacts: no second read of their bytes
+    files = {k[len(prefix):]: known.get(k[len(prefix):])
+             or hashlib.sha256(store.read_bytes(k)).hexdigest() for k in store.list(prefix)}
     artifacts.write_json(store, _index_key(pipeline, stage, key),
                          {"schema": SCHEMA, "run_id": run_id, "stage": stage, "key": key,
                           "files": files}, atomic=True)

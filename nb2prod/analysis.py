@@ -509,12 +509,13 @@ class _Builder:
     def check_stage_names(self) -> None:
         """A stage's script `<name>.py` sits on its import path, so in `stage:xgboost` an
         `import xgboost` imports the script (standard-library names are a tag error,
-        nb2prod.tags): warn on the cell that names the stage."""
-        from nb2prod.requirements import installed_modules
+        nb2prod.tags): warn on the cell that names the stage.  A path lookup per name,
+        no import and no scan of every installed distribution's metadata."""
+        from importlib.machinery import PathFinder
 
         for stage in self.stages.values():
             name = stage.name
-            if name.isidentifier() and name in installed_modules():
+            if name.isidentifier() and PathFinder.find_spec(name) is not None:
                 self.warnings.append(Problem(
                     f"stage '{name}': its script {name}.py would be imported instead of "
                     f"Python's '{name}' module inside the stage; rename the stage "

@@ -48,11 +48,6 @@ def _distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
 
 
-def installed_modules() -> set[str] | dict[str, list[str]]:
-    """Top-level import names that installed distributions provide."""
-    return _distributions()
-
-
 @functools.cache
 def pin(distribution: str) -> str:
     """`name==version` for an installed distribution (its canonical spelling)."""

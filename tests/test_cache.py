@@ -309,3 +309,17 @@ def test_no_cache_tag_is_vocabulary_and_typos_are_caught() -> None:
     assert parse_tags(["no-cache"]).hints == {"CACHE": "false"}
     assert parse_tags(["nocache"]).warnings == [
         "tag 'nocache' is not an nb2prod tag; did you mean 'no-cache'?"]
+
+
+def test_schedule_cache_setting_is_not_silently_ignored(session: Session, tmp_path: Path) -> None:
+    copy = tmp_path / "p"
+    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
+    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
+    ini = copy / "nb2prod.ini"
+    ini.write_text(ini.read_text().replace("[schedule]\n", "[schedule]\nCACHE = true\n"))
+    done = nb2prod("render", copy, "-n", "ml", "--store", "s3://bucket/prefix", "--cron",
+                   "0 3 * * *", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "kind: CronJob" in done.stdout
+    assert "[schedule] CACHE = true is not supported yet; scheduled runs run every stage" \
+        in done.stderr

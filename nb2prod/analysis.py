@@ -569,10 +569,18 @@ class _Builder:
                 return index
         return stage.cells[0]
 
+    def _imports_only(self, index: int) -> bool:
+        flow = self.flows.get(index)
+        return bool(flow and flow.declarative and flow.definitions
+                    and all(d.kind == "import" for d in flow.definitions.values())
+                    and flow.writes | flow.maybe_writes <= set(flow.definitions))
+
     def result(self) -> Analysis:
         stages = sorted(self.stages.values(), key=lambda s: s.position)
         sources = {c.index: c.source for c in self.nb.cells}
-        unassigned = {i: "before the first stage tag" for i in self.orphans}
+        unassigned = {i: "imports only: each stage gets the ones it uses"
+                      if self._imports_only(i) else "before the first stage tag"
+                      for i in self.orphans}
         unassigned.update({i: "tagged skip" for i in self.skipped})
         unassigned = {i: why for i, why in sorted(unassigned.items()) if sources[i].strip()}
         return Analysis(self.nb, stages, self.edges, self.prelude, self.flows, self.warnings,

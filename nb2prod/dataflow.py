@@ -28,6 +28,18 @@ BUILTIN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__"
 #: imports and these still "does no work" (DESIGN.md, the block rule).
 SETUP_MAGICS = frozenset({"matplotlib", "load_ext", "reload_ext", "autoreload", "config"})
 
+#: Module-level calls that configure the session, with literal or plain-name arguments
+#: (`np.random.seed(SEED)`, `warnings.filterwarnings("ignore")`, `plt.style.use("ggplot")`):
+#: no work either, and a seed must reach every stage for its results to match the notebook.
+SETUP_CALLS = frozenset({
+    "seed", "manual_seed", "set_seed", "set_random_seed", "set_option", "set_options",
+    "filterwarnings", "simplefilter", "set_theme", "set_style", "set_context", "set_palette",
+    "use", "set_printoptions", "basicConfig", "setLevel", "init_notebook_mode",
+})
+#: Option objects a literal may be assigned into (`plt.rcParams["figure.dpi"] = 120`,
+#: `pd.options.display.max_rows = 100`).
+SETUP_OPTIONS = frozenset({"rcParams", "options"})
+
 #: Cell magics whose body is Python run in the user namespace.
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
 
@@ -971,16 +983,45 @@ def _declarative(stmt: ast.stmt) -> bool:
         return is_optional_import(stmt)
     if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-        return (stmt.value is not None and all(isinstance(t, (ast.Name, ast.Tuple)) for t in targets)
-                and _literal(stmt.value))
+        return (stmt.value is not None and _literal(stmt.value)
+                and all(isinstance(t, (ast.Name, ast.Tuple)) or _option_target(t)
+                        for t in targets))
     if isinstance(stmt, ast.Expr):
         value = stmt.value
         if isinstance(value, ast.Constant):
             return True
-        return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-                and value.func.attr == "run_line_magic" and bool(value.args)
-                and isinstance(value.args[0], ast.Constant) and value.args[0].value in SETUP_MAGICS)
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)):
+            return False
+        if value.func.attr == "run_line_magic":
+            return (bool(value.args) and isinstance(value.args[0], ast.Constant)
+                    and value.args[0].value in SETUP_MAGICS)
+        return (value.func.attr in SETUP_CALLS and _dotted(value.func.value)
+                and all(_setting(a) for a in value.args)
+                and all(_setting(k.value) for k in value.keywords))
     return False
+
+
+def _setting(node: ast.expr) -> bool:
+    """A literal, or a plain name such as a parameter (`np.random.seed(SEED)`)."""
+    return isinstance(node, ast.Name) or _literal(node)
+
+
+def _dotted(node: ast.expr) -> bool:
+    """`np.random`, `warnings`: a plain dotted name (a module, as far as we can tell)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def _option_target(target: ast.expr) -> bool:
+    """`plt.rcParams["x"]` or `pd.options.display.max_rows`: an option, not data."""
+    node, seen = target, False
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Subscript) and not _literal(node.slice):
+            return False
+        seen = seen or (isinstance(node, ast.Attribute) and node.attr in SETUP_OPTIONS)
+        node = node.value
+    return seen and isinstance(node, ast.Name)
 
 
 def _literal(node: ast.expr) -> bool:

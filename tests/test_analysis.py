@@ -615,3 +615,11 @@ def test_a_stage_named_like_an_installed_module_gets_a_warning_on_its_cell(name:
         f"stage '{name}': its script {name}.py would be imported instead of Python's "
         f"'{name}' module inside the stage; rename the stage (e.g. '{name}_stage')"))]
     assert run((["train"], "x = 1"), (["stage:inspect_model"], "y = x")).warnings == []
+
+
+def test_an_untagged_imports_cell_above_the_first_stage_says_its_imports_reach_the_stages() -> None:
+    a = run(([], "%matplotlib inline\nimport numpy as np\nimport pandas as pd"),
+            ([], "import json\nx = 1"), (["train"], "y = np.zeros(2)"))
+    assert a.unassigned == {0: "imports only: each stage gets the ones it uses",
+                            1: "before the first stage tag"}
+    assert a.stage("train").copied["np"].source == "import numpy as np\n"

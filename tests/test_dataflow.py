@@ -458,6 +458,13 @@ def test_imports_inside_functions_and_methods_are_recorded() -> None:
     ("!pip install xgboost\n", False),
     ("path = Path('data')\n", False),
     ("try:\n    import x\nexcept ImportError:\n    x = None\n", True),
+    (("import numpy as np\nnp.random.seed(42)\nimport warnings\nwarnings.filterwarnings('ignore')\n"
+     "plt.style.use('ggplot')\nsns.set_theme(style='whitegrid')\n"
+     "plt.rcParams['figure.figsize'] = (10, 6)\npd.options.display.max_rows = 100\n"), True),
+    ("np.random.seed(SEED)\n", True),  # a parameter, say
+    ("np.random.seed(len(df))\n", False),  # computed: work
+    ("df['a'] = 0\n", False),  # data, not an option
+    ("model.fit(X)\n", False),
 ])
 def test_declarative_cells(source: str, declarative: bool) -> None:
     assert analyze_cell(source).declarative is declarative

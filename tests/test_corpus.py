@@ -125,6 +125,11 @@ SPECS: dict[str, Spec] = {
     "csv_handoff": Spec(
         metrics=("train_accuracy", "holdout_accuracy", "n_holdout"),
         edges=(("extract", "features"), ("features", "train"), ("train", "report"))),
+    "local_package": Spec(
+        metrics=("test_accuracy", "n_train"),
+        payload=_wrap("customers", csv_rows("data/customers.csv", n=3, drop=("churn",),
+                                            as_dicts=True)),
+        edges=(("prepare", "train"), ("train", "serve"))),
     "classes_methods": Spec(
         metrics=("accuracy",),
         payload={"flowers": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]}),
@@ -246,8 +251,9 @@ def run_pipeline(name: str, directory: Path, payload: Any) -> PipelineRun:
         return outcome
     pipeline = directory / "pipeline"
     for config in pipeline.glob("stage-*/config.ini"):  # one gunicorn worker is enough here
-        text = config.read_text()
-        config.write_text(re.sub(r"(?m)^WORKERS = 2$", "WORKERS = 1", text))
+        text, edited = re.subn(r"(?m)^WORKERS = \d+$", "WORKERS = 1", config.read_text())
+        assert edited == ("STAGE_TYPE = service" in text), config
+        config.write_text(text)
     top = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
     top.read(pipeline / "nb2prod.ini")
     outcome.dag = parse_dag(top["workflow"]["DAG"])[1]

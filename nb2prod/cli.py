@@ -318,8 +318,14 @@ def _summarise(result) -> None:
 @cli.command()
 @click.argument("target", type=PathArg, default=Path("."))
 @click.option("--store", help="Artifact store URI [nb2prod.ini].")
-def runs(target: Path, store: str | None) -> None:
-    """List past runs of the pipeline in DIR: status, metrics, which one is latest."""
+@click.option("--namespace", "-n", help="For a pvc:// store: the claim's namespace "
+              "[nb2prod.ini NAMESPACE].")
+@click.option("--context", help="For a pvc:// store: kubeconfig context [current context].")
+def runs(target: Path, store: str | None, namespace: str | None, context: str | None) -> None:
+    """List past runs of the pipeline in DIR: status, metrics, which one is latest.
+
+    A pvc:// store is read by a short-lived pod in the claim's namespace.
+    """
     import datetime
 
     from rich.table import Table
@@ -330,7 +336,16 @@ def runs(target: Path, store: str | None) -> None:
     from nb2prod.settings import local_store
 
     pipeline = load_pipeline(target)
-    st = artifacts.open_store(local_store(pipeline.store_uri(store)))
+    uri = pipeline.store_uri(store)
+    if uri.lower().startswith("pvc://"):
+        from nb2prod.runners import claim
+        from nb2prod.runners import kubernetes as kube
+
+        opts = kube.options_for(pipeline, _namespace(pipeline, namespace), store=uri)
+        with kube.api_errors():
+            st = claim.snapshot(pipeline, opts, context)
+    else:
+        st = artifacts.open_store(local_store(uri))
     latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
     table = Table(title=f"runs of {pipeline.name}", title_justify="left")
     for column in ("run", "status", "started", "seconds", "metrics", "failed stage"):
@@ -439,6 +454,7 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
     with kube.api_errors(), Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
         deployer = kube.Deployer(client, pipeline, opts, progress, click.echo,
                                  use_cache=not no_cache)
+        deployer.preflight()
         click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
                    f"store {opts.store}")
@@ -464,7 +480,8 @@ def _deploy_summary(result: dict) -> None:
         click.echo(f"serving {name} (run {svc['model_run_id']}) at {svc['url']}")
         click.echo(f"  from outside the cluster: {svc['port_forward']}, then "
                    f"curl http://127.0.0.1:8080{svc['url'].split('.svc.cluster.local', 1)[1]}")
-        click.echo(f"  or through the API server (kubectl proxy): {svc['proxy_url']}")
+        click.echo(f"  or through the API server's service proxy (kubeconfig credentials): "
+                   f"{svc['proxy_url']}")
 
 
 @cli.command()
@@ -700,8 +717,12 @@ def history(target: Path, namespace: str | None, context: str | None, as_json: b
                       incluster.format_time(run["end"]), run["status"].replace("_", " "),
                       metrics or "-", run["failed_stage"] or "-", run["reason"] or "-")
     _console().print(table)
+    store = (scheduled or {}).get("store") or next((r["store"] for r in runs if r.get("store")),
+                                                   None)
+    where = f" -n {ns}" if store and store.startswith("pvc://") else ""
     click.echo("The cluster keeps the newest runs only ([schedule] SUCCESSFUL_RUNS_KEPT, "
-               "FAILED_RUNS_KEPT); every run, from the store: nb2prod runs DIR --store URI")
+               f"FAILED_RUNS_KEPT); every run, from the store: nb2prod runs {pipeline.root} "
+               f"--store {store or 'URI'}{where}")
 
 
 @cli.command()
@@ -731,6 +752,11 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
         table.add_row(run["run_id"], run["status"], *(run["stages"].get(s, "-") for s in batch),
                       run["promotion"] or "-")
     console.print(table)
+    for run in info["runs"][:10]:
+        rollout = run.get("rollout") or {}
+        if rollout.get("status") == "failed":
+            click.echo(f"run {run['run_id']}: promoted, but the roll-out failed: "
+                       f"{rollout.get('reason') or '?'}")
     if info["services"]:
         table = Table(title="services", title_justify="left")
         for column in ("stage", "deployment", "ready", "rollout"):

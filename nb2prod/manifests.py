@@ -20,6 +20,7 @@ Shape of a deployment (DESIGN.md "Kubernetes"):
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import math
@@ -40,8 +41,8 @@ DEFAULT_IMAGE = "python:3.11-slim"
 CONFIGMAP_LIMIT = 1024 * 1024
 #: Finished Jobs (and their pods, i.e. their logs) are kept this long for `nb2prod logs`.
 JOB_TTL_SECONDS = 7 * 24 * 3600
-#: gunicorn's drain time after SIGTERM; the pod's grace period must exceed it.
-GRACEFUL_TIMEOUT = 30
+#: gunicorn's drain time after SIGTERM (the local server's); the pod's grace period exceeds it.
+GRACEFUL_TIMEOUT = serve.GRACEFUL_TIMEOUT
 #: Exit code of `nb2prod_runtime.py promote` when the gate is not passed.
 PROMOTE_NOT_PASSED = 3
 
@@ -58,8 +59,28 @@ MODEL_RUN_ID = "nb2prod.io/model-run-id"
 PREVIOUS_TEMPLATE = "nb2prod.io/previous-template"
 AFTER = "nb2prod.io/after"
 PROMOTE = "promote"
-PROMOTE_RESOURCES: Obj = {"requests": {"cpu": "100m", "memory": "128Mi"},
-                          "limits": {"cpu": "500m", "memory": "512Mi"}}
+PROMOTE_RESOURCES: Obj = {
+    "requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "256Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"}}
+#: Marker of a finished pip install in the deps emptyDir (a restarted container skips it).
+INSTALLED_MARKER = f"{DEPS_DIR}/.nb2prod-installed"
+#: Where the pip log goes; its first network error is what the container reports.
+PIP_LOG = f"{TMP_DIR}/nb2prod-pip.log"
+#: Causes worth naming when pip fails (what pip prints when the index is unreachable).
+PIP_NETWORK_ERRORS = ("Failed to establish a new connection: [^')\"]*", "ProxyError\\([^)]*",
+                      "Cannot connect to proxy", "Temporary failure in name resolution",
+                      "Name or service not known", "Network is unreachable", "Read timed out",
+                      "CERTIFICATE_VERIFY_FAILED", "Connection refused")
+#: Every nb2prod container: what PodSecurity `restricted` asks for, and a read-only root.
+CONTAINER_SECURITY: Obj = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                           "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+PIP_FAILED = ("nb2prod: pip could not install the requirements ($why): without --image the "
+              "container pip-installs them from PyPI at start; where pods cannot reach PyPI, "
+              "deploy with --image IMAGE that has them (README: building an image)")
+NAMESPACE_POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted"
+                          for mode in ("enforce", "audit", "warn")}
+_DIGEST = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints", ".nb2prod", ".git"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -317,6 +338,7 @@ def resources(stage: StageSpec) -> Obj:
     cpu_lim = stage.number("default", "CPU_LIMIT", max(cpu_req, 1.0))
     mem_lim = stage.integer("default", "MEMORY_LIMIT_MB", max(mem_req, 1000))
     gpu = stage.integer("default", "GPU", 0)
+    disk_req, disk_lim = ephemeral_storage(stage)
     for key, value in (("CPU_REQUEST", cpu_req), ("MEMORY_REQUEST_MB", mem_req),
                        ("CPU_LIMIT", cpu_lim), ("MEMORY_LIMIT_MB", mem_lim)):
         if value <= 0 or not math.isfinite(value):
@@ -326,17 +348,64 @@ def resources(stage: StageSpec) -> Obj:
                                 "CPU_REQUEST / MEMORY_REQUEST_MB", file=where))
     if gpu < 0:
         raise UserError(Problem(f"[default] GPU = {gpu} must not be negative", file=where))
-    requests = {"cpu": cpu_quantity(cpu_req), "memory": f"{mem_req}Mi"}
-    limits = {"cpu": cpu_quantity(cpu_lim), "memory": f"{mem_lim}Mi"}
+    requests = {"cpu": cpu_quantity(cpu_req), "memory": f"{mem_req}Mi",
+                "ephemeral-storage": f"{disk_req}Mi"}
+    limits = {"cpu": cpu_quantity(cpu_lim), "memory": f"{mem_lim}Mi",
+              "ephemeral-storage": f"{disk_lim}Mi"}
     if gpu > 0:
         limits["nvidia.com/gpu"] = str(gpu)
     return {"requests": requests, "limits": limits}
 
 
+def ephemeral_storage(stage: StageSpec | None) -> tuple[int, int]:
+    """`[default] EPHEMERAL_STORAGE_MB` (request, 1024) and `EPHEMERAL_STORAGE_LIMIT_MB` (8192).
+
+    The limit also caps each scratch emptyDir (work dir, /tmp, pip's target): a stage
+    that fills the node's disk is evicted alone instead of taking the node down.
+    """
+    if stage is None:
+        return 256, 1024
+    request = stage.integer("default", "EPHEMERAL_STORAGE_MB", 1024)
+    limit = stage.integer("default", "EPHEMERAL_STORAGE_LIMIT_MB", max(request, 8192))
+    if request <= 0 or limit < request:
+        raise UserError(Problem("[default] EPHEMERAL_STORAGE_MB must be positive and "
+                                "EPHEMERAL_STORAGE_LIMIT_MB not below it",
+                                file=str(stage.directory / "config.ini")))
+    return request, limit
+
+
 def image_for(pipeline: Pipeline, stage: StageSpec | None, opts: Options) -> str:
-    """--image, else the stage's IMAGE, else [kubernetes] IMAGE, else python:3.11-slim."""
-    return (opts.image or (stage.value("default", "IMAGE") if stage else "")
-            or pipeline.value("kubernetes", "IMAGE") or DEFAULT_IMAGE)
+    """--image, else the stage's IMAGE, else [kubernetes] IMAGE, else python:3.11-slim.
+
+    A reference pinned by digest (`repo@sha256:...`) must carry a whole sha256.
+    """
+    image = (opts.image or (stage.value("default", "IMAGE") if stage else "")
+             or pipeline.value("kubernetes", "IMAGE") or DEFAULT_IMAGE)
+    if "@" in image and not _DIGEST.match(image):
+        raise UserError(Problem(f"image {image!r}: a digest reference is REPO@sha256:<64 hex "
+                                "digits>", file=str(pipeline.root / "nb2prod.ini")))
+    return image
+
+
+def pull_policy(pipeline: Pipeline, image: str) -> str:
+    """`[kubernetes] IMAGE_PULL_POLICY`, else IfNotPresent for a digest or a fixed tag and
+    Always for `:latest` or no tag (a moving reference: each pod gets the current image)."""
+    wanted = pipeline.value("kubernetes", "IMAGE_PULL_POLICY")
+    if wanted:
+        if wanted not in _PULL_POLICIES:
+            raise UserError(Problem(f"[kubernetes] IMAGE_PULL_POLICY = {wanted!r}: expected "
+                                    f"{', '.join(_PULL_POLICIES)}",
+                                    file=str(pipeline.root / "nb2prod.ini")))
+        return wanted
+    if "@" in image:
+        return "IfNotPresent"
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def store_secret(env: str) -> bool:
+    """Credentials every pod that reads the store needs (boto3's AWS_*, the signing key)."""
+    return env.startswith("AWS_") or env == "NB2PROD_SIGNING_KEY"
 
 
 #: The variable the stage runtime reads its manifest signing key from.
@@ -362,7 +431,11 @@ def signing_secret(pipeline: Pipeline) -> tuple[str, str] | None:
 
 
 def _secret_env(pipeline: Pipeline, stage: StageSpec | None) -> list[Obj]:
-    refs = dict(pipeline.secrets)
+    """The stage's own `[secrets]`; pipeline-wide ones for batch stages and the promotion
+    step, and for a service only the store's credentials (a service stage lists any
+    other Secret it needs in its own config.ini)."""
+    refs = {env: ref for env, ref in pipeline.secrets.items()
+            if stage is None or stage.type == "batch" or store_secret(env)}
     if stage is not None:
         refs.update(stage.secrets)
         signing = signing_secret(pipeline)
@@ -406,19 +479,34 @@ def startup_script(final: str, opts: Options, *, install: list[str] | None = Non
     """What the container runs: copy the code to a writable dir, install, exec `final`.
 
     The ConfigMap mount is read-only (and full of `..data` symlinks), so the stage
-    runs from a copy.  Without --image the base image has none of the stage's
-    dependencies: pip installs requirements.txt into an emptyDir on PYTHONPATH,
-    since the root filesystem is read-only and the user is not root.
+    runs from a copy.  A container restarted inside its pod (liveness kill, OOM, node
+    reboot) finds the emptyDirs as its last run left them, copies included, which are
+    read-only (0444, like their ConfigMap files): it empties the work dir first, and a
+    finished pip install is not repeated.  Without --image the base image has none of
+    the stage's dependencies: pip installs requirements.txt into an emptyDir on
+    PYTHONPATH (the root filesystem is read-only and the user is not root); when that
+    fails, the last line names pip's first network error and the way out (--image).
     """
-    lines = ["set -eu", f"cp -rL {CODE_DIR}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
-    if not opts.prebuilt:
+    lines = ["set -eu",
+             f"chmod -R u+w {WORK_DIR} && find {WORK_DIR} -mindepth 1 -delete",
+             f"cp -rL {CODE_DIR}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
+    if not opts.prebuilt and (requirements or install):
         args = ["python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                 "--no-warn-script-location", "--quiet", "--target", DEPS_DIR]
         if requirements:
             args += ["-r", "requirements.txt"]
         args += install or []
-        if requirements or install:
-            lines.append(" ".join(shlex.quote(a) for a in args))
+        causes = shlex.quote("|".join(PIP_NETWORK_ERRORS))
+        lines += [
+            f"if [ ! -f {INSTALLED_MARKER} ]; then",
+            f"  {' '.join(shlex.quote(a) for a in args)} >{PIP_LOG} 2>&1 || {{",
+            f"    cat {PIP_LOG}",
+            f"    why=$(grep -m1 -oE {causes} {PIP_LOG} || tail -n1 {PIP_LOG})",
+            f'    echo "{PIP_FAILED}" >&2',
+            "    exit 1",
+            "  }",
+            f"  touch {INSTALLED_MARKER}",
+            "fi"]
     lines.append(f"exec {final}")
     return "\n".join(lines) + "\n"
 
@@ -430,20 +518,17 @@ def _extra_installs(opts: Options) -> list[str]:
 def harden(pipeline: Pipeline, stage: StageSpec | None, opts: Options, container: Obj,
            mounts: list[Obj]) -> Obj:
     """A container with image, working dir, mounts and the restricted security context."""
+    image = image_for(pipeline, stage, opts)
     return {
         **container,
-        "image": image_for(pipeline, stage, opts),
+        "image": image,
+        "imagePullPolicy": pull_policy(pipeline, image),
         "workingDir": WORK_DIR,
         # A failed container's status then carries its log tail: why it failed is
         # visible in `kubectl describe` and to nb2prod without fetching logs.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
 
 
@@ -487,11 +572,10 @@ def scratch_mounts(opts: Options, sub_path: str | None = None) -> list[Obj]:
     return mounts
 
 
-def scratch_volumes(opts: Options) -> list[Obj]:
-    """The emptyDirs (and pvc:// claim) behind :func:`scratch_mounts`."""
-    volumes: list[Obj] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    if not opts.prebuilt:
-        volumes.append({"name": "deps", "emptyDir": {}})
+def scratch_volumes(opts: Options, size_mb: int) -> list[Obj]:
+    """The emptyDirs (and pvc:// claim) behind :func:`scratch_mounts`, each capped at `size_mb`."""
+    names = ["work", "tmp"] + ([] if opts.prebuilt else ["deps"])
+    volumes: list[Obj] = [{"name": n, "emptyDir": {"sizeLimit": f"{size_mb}Mi"}} for n in names]
     claim = store_mount(opts.store).claim
     if claim:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": claim}})
@@ -505,7 +589,8 @@ def pod_spec(pipeline: Pipeline, code: StageCode, opts: Options, *,
     return {
         **pod_base(stages_account(pipeline), restart),
         "containers": [harden(pipeline, stage, opts, container, mounts)],
-        "volumes": [code_volume("code", pipeline, code), *scratch_volumes(opts)],
+        "volumes": [code_volume("code", pipeline, code),
+                    *scratch_volumes(opts, ephemeral_storage(stage)[1])],
     }
 
 
@@ -632,11 +717,11 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
     threads = stage.integer("service", "THREADS", serve.THREADS)  # as `nb2prod run` serves
     if threads < 1:
         raise UserError(Problem("[service] THREADS must be >= 1", file=where))
-    # gthread: a slow or stuck client holds one thread, not the worker, so probes and
-    # other clients are still answered without a buffering proxy in front.
-    final = (f"python -m gunicorn --chdir {WORK_DIR} -w {workers} -b 0.0.0.0:{port} "
-             f"--graceful-timeout {GRACEFUL_TIMEOUT} -k gthread --threads {threads} "
-             f"--keep-alive {serve.KEEPALIVE} --error-logfile - app:app")
+    # The settings of `nb2prod run` (gthread: a slow or stuck client holds one thread, not
+    # the worker, so probes and other clients are still answered), bound to every address.
+    server = serve.gunicorn_options(port, workers, "0.0.0.0", threads=threads,
+                                    version=_pinned(code, "gunicorn"), shm=True)
+    final = " ".join(["python -m gunicorn --chdir", WORK_DIR, *map(shlex.quote, server), "app:app"])
     script = startup_script(final, opts, install=_extra_installs(opts))
     env = pod_env(pipeline, stage.name, opts, {"MODEL_RUN_ID": model_run_id,
                                                "NB2PROD_WORKERS": str(workers)}, stage)
@@ -648,8 +733,10 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
         "resources": resources(stage),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
-        # Generous: without --image the container pip-installs before gunicorn listens.
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+        # A TCP check of gunicorn's listening socket (held by the master): a worker busy
+        # with a long predict is not "dead" (gunicorn's own --timeout handles hung
+        # workers).  Generous delay: without --image the container pip-installs first.
+        "livenessProbe": {"tcpSocket": {"port": "http"},
                           "initialDelaySeconds": startup, "periodSeconds": 10,
                           "timeoutSeconds": 5, "failureThreshold": 3},
     }
@@ -676,6 +763,35 @@ def deployment(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Opti
             },
         },
     }
+
+
+def _pinned(code: StageCode, distribution: str) -> tuple[int, ...] | None:
+    """The version `requirements.txt` pins `distribution` to (what the pod will run)."""
+    text = code.files.get("requirements.txt", b"").decode("utf-8", "replace")
+    found = re.search(rf"(?im)^{re.escape(distribution)}==([0-9][0-9.]*)", text)
+    return tuple(int(p) for p in found.group(1).split(".") if p) if found else None
+
+
+def network_policy(pipeline: Pipeline, stage: StageSpec, namespace: str) -> Obj | None:
+    """Only the serving port may reach the stage's pods (`[kubernetes] NETWORK_POLICY = false`
+    turns this off, e.g. for a sidecar that must be reached on another port)."""
+    if pipeline.value("kubernetes", "NETWORK_POLICY", "true").lower() in ("false", "0", "no", "off"):
+        return None
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(service_name(pipeline, stage.name), namespace,
+                              labels(pipeline, stage.name, stage.name)),
+            "spec": {"podSelector": {"matchLabels": {
+                         "app.kubernetes.io/instance": pipeline.name,
+                         "app.kubernetes.io/component": stage.name}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": _port(stage)}]}]}}
+
+
+def service_objects(pipeline: Pipeline, stage: StageSpec, deployment_obj: Obj,
+                    namespace: str) -> list[Obj]:
+    """[Deployment, Service, (NetworkPolicy), (Ingress)] of one service stage."""
+    extra = [network_policy(pipeline, stage, namespace), ingress(pipeline, stage, namespace)]
+    return [deployment_obj, service(pipeline, stage, namespace), *(o for o in extra if o)]
 
 
 def service(pipeline: Pipeline, stage: StageSpec, namespace: str) -> Obj:
@@ -724,7 +840,8 @@ def namespace_object(pipeline: Pipeline, namespace: str) -> Obj:
     """The namespace; labelled as nb2prod's but not by pipeline, since pipelines share it."""
     return {"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": namespace, "labels": {"app.kubernetes.io/managed-by": "nb2prod",
-                                                       "app.kubernetes.io/part-of": "nb2prod"}}}
+                                                       "app.kubernetes.io/part-of": "nb2prod",
+                                                       **NAMESPACE_POD_SECURITY}}}
 
 
 def rbac_objects(pipeline: Pipeline, namespace: str) -> list[Obj]:
@@ -769,7 +886,7 @@ class Plan:
     setup: list[Obj]                 # RBAC + code ConfigMaps: created before anything runs
     jobs: dict[str, Obj]             # batch stage -> Job
     promote: Obj | None              # after every Job completed
-    services: dict[str, list[Obj]]   # service stage -> [Deployment, Service, (Ingress)]
+    services: dict[str, list[Obj]]   # service stage -> service_objects()
     codes: dict[str, StageCode]
 
     def objects(self) -> list[Obj]:
@@ -792,15 +909,10 @@ def plan(pipeline: Pipeline, opts: Options) -> Plan:
     jobs = {name: batch_job(pipeline, pipeline.stages[name], codes[name], opts)
             for name in pipeline.batch}
     promote = promote_job(pipeline, codes[pipeline.batch[0]], opts) if pipeline.batch else None
-    services: dict[str, list[Obj]] = {}
-    for name in pipeline.services:
-        stage = pipeline.stages[name]
-        objs = [deployment(pipeline, stage, codes[name], opts, opts.run_id),
-                service(pipeline, stage, opts.namespace)]
-        ing = ingress(pipeline, stage, opts.namespace)
-        if ing is not None:
-            objs.append(ing)
-        services[name] = objs
+    services = {name: service_objects(pipeline, pipeline.stages[name],
+                                      deployment(pipeline, pipeline.stages[name], codes[name],
+                                                 opts, opts.run_id), opts.namespace)
+                for name in pipeline.services}
     return Plan(namespace_object(pipeline, opts.namespace), setup, jobs, promote, services, codes)
 
 

@@ -159,7 +159,9 @@ def run_job_spec(pipeline: Pipeline, codes: dict[str, StageCode], roll_name: str
     volumes = [manifests.code_volume(f"code-{names[s]}", pipeline, codes[s])
                for s in pipeline.batch]
     volumes.append({"name": "roll", "configMap": {"name": roll_name, "defaultMode": 0o444}})
-    volumes += manifests.scratch_volumes(opts)
+    # One set of emptyDirs for the pod, a subPath per container: sized for the largest stage.
+    volumes += manifests.scratch_volumes(opts, max(
+        manifests.ephemeral_storage(pipeline.stages[s])[1] for s in pipeline.batch))
     account = manifests.stages_account(pipeline)
     if pipeline.services:
         account = manifests.roller_account(pipeline)
@@ -194,7 +196,7 @@ class RetrainPlan:
     namespace: Obj
     setup: list[Obj]                 # RBAC, code ConfigMaps, the roll ConfigMap
     job_spec: Obj                    # the run Job's spec
-    services: dict[str, list[Obj]]   # service stage -> [Deployment, Service, (Ingress)]
+    services: dict[str, list[Obj]]   # service stage -> manifests.service_objects()
 
     def run_job(self, pipeline: Pipeline, run_id: str, namespace: str) -> Obj:
         """A Job running the pipeline now, named (and identified) by `run_id`."""
@@ -271,10 +273,6 @@ def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> Re
         dep = manifests.deployment(pipeline, stage, codes[name], opts, serving or "latest")
         if serving is None:
             dep["spec"]["replicas"] = 0
-        objs = [dep, manifests.service(pipeline, stage, opts.namespace)]
-        ing = manifests.ingress(pipeline, stage, opts.namespace)
-        if ing is not None:
-            objs.append(ing)
-        services[name] = objs
+        services[name] = manifests.service_objects(pipeline, stage, dep, opts.namespace)
     return RetrainPlan(manifests.namespace_object(pipeline, opts.namespace), setup, job_spec,
                        services)

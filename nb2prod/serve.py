@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.lifeline import Lifeline
@@ -66,8 +67,7 @@ def _gunicorn_version() -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def gunicorn_command(
-    stage_dir: Path,
+def gunicorn_options(
     port: int,
     workers: int,
     host: str = "127.0.0.1",
@@ -78,25 +78,26 @@ def gunicorn_command(
     timeout: int = WORKER_TIMEOUT,
     fd: int | None = None,
     lifeline: bool = False,
+    version: tuple[int, ...] | None = None,
+    shm: bool | None = None,
 ) -> list[str]:
-    """The argv that serves `stage_dir/app.py` with this interpreter's gunicorn.
+    """gunicorn's settings for a service stage: one definition for local runs and pods.
 
-    `sys.executable -m gunicorn` rather than a `gunicorn` script so the server uses the
-    same environment as nb2prod (a venv's script may not be on PATH).  Access logging is
-    off by default: per-request lines cost throughput, and /metrics has the counts.
-    `threads > 1` selects gthread workers, which keep /readyz answering during a slow
-    predict and keep slow clients from starving the others.  `fd` serves a socket the
-    caller bound (``fd://N``) instead of binding `host`:`port`; `lifeline` loads
-    `nb2prod.lifeline` as config module (the master stops when the runner is gone).
+    Access logging is off by default: per-request lines cost throughput, and /metrics
+    has the counts.  `threads > 1` selects gthread workers, which keep /readyz answering
+    during a slow predict and keep slow clients from starving the others.  `fd` serves a
+    socket the caller bound (``fd://N``) instead of binding `host`:`port`; `lifeline`
+    loads `nb2prod.lifeline` as config module (the master stops when the runner is
+    gone; local runs only: pods have no nb2prod).  `version` is the gunicorn that will
+    run (default: this environment's; a pod passes its requirements.txt pin) and `shm`
+    whether /dev/shm exists there (default: here).
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    cmd = [
-        sys.executable, "-m", "gunicorn",
-        "--chdir", str(Path(stage_dir).resolve()),
+    opts = [
         "--bind", f"fd://{fd}" if fd is not None else f"{bind_host}:{port}",
         "--workers", str(workers),
         "--graceful-timeout", str(graceful_timeout),
@@ -105,20 +106,36 @@ def gunicorn_command(
         "--error-logfile", "-",
     ]
     if threads > 1:
-        cmd += ["--worker-class", "gthread", "--threads", str(threads),
-                "--keep-alive", str(KEEPALIVE)]
+        opts += ["--worker-class", "gthread", "--threads", str(threads),
+                 "--keep-alive", str(KEEPALIVE)]
     if lifeline:
-        cmd += ["--config", "python:nb2prod.lifeline"]
+        opts += ["--config", "python:nb2prod.lifeline"]
     if access_log:
-        cmd += ["--access-logfile", "-"]
-    if _gunicorn_version() >= (25, 1):
+        opts += ["--access-logfile", "-"]
+    if (version if version is not None else _gunicorn_version()) >= (25, 1):
         # gunicorn >= 25.1 opens a control socket at one fixed per-user path: two services
         # (or two test runs) would fight over it, and nb2prod never uses it.
-        cmd.append("--no-control-socket")
-    if Path("/dev/shm").is_dir():
-        cmd += ["--worker-tmp-dir", "/dev/shm"]  # heartbeat file off slow/overlay disks
-    cmd.append("app:app")
-    return cmd
+        opts.append("--no-control-socket")
+    if Path("/dev/shm").is_dir() if shm is None else shm:
+        opts += ["--worker-tmp-dir", "/dev/shm"]  # heartbeat file off slow/overlay disks
+    return opts
+
+
+def gunicorn_command(
+    stage_dir: Path,
+    port: int,
+    workers: int,
+    host: str = "127.0.0.1",
+    **settings: Any,
+) -> list[str]:
+    """The argv that serves `stage_dir/app.py` with this interpreter's gunicorn.
+
+    `sys.executable -m gunicorn` rather than a `gunicorn` script so the server uses the
+    same environment as nb2prod (a venv's script may not be on PATH); `settings` are
+    :func:`gunicorn_options`' keyword arguments.
+    """
+    return [sys.executable, "-m", "gunicorn", "--chdir", str(Path(stage_dir).resolve()),
+            *gunicorn_options(port, workers, host, **settings), "app:app"]
 
 
 class ServiceProcess(subprocess.Popen):

@@ -16,8 +16,10 @@ repeating the first deploy for every assertion.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import threading
 import time
 import urllib.error
@@ -288,6 +290,8 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     assert service["status"] == "rolled_back"
     assert f"rolled back to run {run1}" in service["message"]
     assert "ProgressDeadlineExceeded" in service["message"]
+    assert "-- pod iris-serve-" in service["message"]  # and why the new pods failed
+    assert "broken on purpose" in service["message"], service["message"]
     assert rec.states("serve")[-1] == "failed"
     assert answers and all(a == (200, IRIS_ANSWER) for a in answers), answers[:5]
     dep = apps.read_namespaced_deployment("iris-serve", NS)
@@ -331,6 +335,11 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     code, output = run_cli(["status", str(directory), "-n", NS], capsys)
     assert code == 0, output
     assert run1 in output and run2 in output and "iris-serve" in output
+    # status agrees with deploy: run 2 was promoted, but its roll-out failed
+    row2 = next(line for line in output.splitlines() if line.startswith(f"│ {run2}"))
+    assert "failed" in row2 and "promoted" in row2, row2
+    assert f"run {run2}: promoted, but the roll-out failed: service 'serve': rollout of " \
+           "iris-serve" in output
     assert "2/2" in output
     code, output = run_cli(["logs", "train", str(directory), "-n", NS, "--run", run1], capsys)
     assert code == 0, output
@@ -459,6 +468,26 @@ def test_pods_that_cannot_start_fail_the_stage_fast_with_the_reason(
         kube.deploy(directory, NS, store="s3://bucket-not-used/x", image=IMAGE)
 
 
+def test_without_image_a_failed_pip_install_says_why_and_points_at_image(
+        kube_standin: KubeStandIn, tmp_path: Path) -> None:
+    """The default image pip-installs at start; where pods cannot reach PyPI the stage's
+    message is pip's network error and the way out, not "No matching distribution"."""
+    directory = split(write_notebook(tmp_path / "small.ipynb", [
+        ("parameters", "q = 1"), ("stage:work", "total = q + 1"), ("metrics", "total")]),
+        tmp_path / "small")
+    set_ini(directory / "stage-1-work" / "config.ini", "batch", "RETRIES", "0")
+    kube_standin.extra_env.update({"PIP_INDEX_URL": "https://pypi.invalid/simple",
+                                   "PIP_RETRIES": "1", "PIP_TIMEOUT": "5",
+                                   "PIP_CONFIG_FILE": os.devnull})
+    result = kube.deploy(directory, NS, store="s3://bucket-not-used/x")  # no --image
+    assert result["status"] == "failed", result
+    message = result["stages"]["work"]["message"]
+    assert "nb2prod: pip could not install the requirements (Failed to establish a new " \
+           "connection: [Errno" in message, message
+    assert "from PyPI at start" in message and "--image" in message
+    assert "No matching distribution" not in message
+
+
 def test_a_pod_waits_for_a_node_within_the_grace_period(cluster: tuple[KubeStandIn, str],
                                                         tmp_path: Path) -> None:
     """A stage whose pod is unschedulable for a while (autoscaler, busy node) still runs."""
@@ -541,7 +570,11 @@ def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, st
     assert result["status"] == "failed", result
     assert result["promoted"] is True
     assert result["services"]["serve"]["status"] == "removed"
-    assert "first deploy removed" in result["services"]["serve"]["message"]
+    message = result["services"]["serve"]["message"]
+    assert "first deploy removed" in message
+    # why: the failing pod's state and its own last words
+    assert "-- pod gated-serve-" in message, message
+    assert "nb2prod: start-up failed" in message and "this service never starts" in message
     deadline = time.monotonic() + 180
     leftovers: list[str] = []
     while time.monotonic() < deadline:
@@ -643,6 +676,12 @@ def test_unit_helpers() -> None:
     pending.forget("serve")
     assert not pending.waiting("p")
     assert kube.PendingPods(grace=0).check(pod) == "Unschedulable: 0/1 nodes"
+    # ... but not a claim that does not exist: no node can fix that
+    claimless = {"metadata": {"name": "c"}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": '0/1 nodes are available: persistentvolumeclaim "gone" not found.'}]}}
+    assert "persistentvolumeclaim \"gone\" not found" in (
+        kube.PendingPods(grace=600).check(claimless, "train") or "")
 
 
 def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -687,8 +726,19 @@ def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
     assert k8s_retry.update(read, write) == 3  # re-read before every retry
 
 
+def wait_until(fn: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def test_pvc_store_deploys_end_to_end(kube_standin: KubeStandIn, iris_split: Path,
-                                      tmp_path: Path) -> None:
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
     """`pvc://CLAIM/path`: the claim is mounted into every pod and holds the artifacts."""
     from kubernetes import client
 
@@ -709,3 +759,41 @@ def test_pvc_store_deploys_end_to_end(kube_standin: KubeStandIn, iris_split: Pat
     assert "model" in manifest["artifacts"]
     status, body = predict(kube_standin, "iris-serve", {"instances": [[5.1, 3.5, 1.4, 0.2]]})
     assert (status, body["predictions"]) == (200, ["setosa"])
+
+    # A serving container restarted inside its pod (kill -TERM 1, a liveness or OOM kill)
+    # comes back by itself: its emptyDirs still hold its read-only copy of the code.
+    victim = next(p["metadata"]["name"] for p in kube_standin.store.scan("pods", NS)
+                  if p["metadata"]["name"].startswith("iris-serve-"))
+    assert kube_standin.kill_pod(NS, victim, signal.SIGTERM)
+    core = client.CoreV1Api(kube_standin.api_client())
+
+    def back() -> Any:
+        cs = core.read_namespaced_pod(victim, NS).status.container_statuses[0]
+        return cs if cs.restart_count >= 1 and cs.ready else None
+
+    restarted = wait_until(back, "the restarted serving container to be ready again", 120)
+    assert restarted.restart_count == 1 and restarted.last_state.terminated is not None
+    assert predict(kube_standin, "iris-serve", {"instances": [[5.1, 3.5, 1.4, 0.2]]})[0] == 200
+
+    # `runs --store pvc://` reads the claim through a short-lived pod, then removes it.
+    code, output = run_cli(["runs", str(directory), "--store", "pvc://models/team", "-n", NS],
+                           capsys)
+    assert code == 0, output
+    assert f"{latest['run_id']} (latest)" in output and "succeeded" in output
+    assert not [p for p in kube_standin.store.scan("pods", NS)
+                if "store-reader" in p["metadata"]["name"]
+                and not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_missing_claim_fails_before_anything_is_created(
+        kube_standin: KubeStandIn, iris_split: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(kube_standin.requests)
+    code, output = run_cli(["deploy", str(iris_split), "-n", "fresh", "--image", IMAGE,
+                            "--store", "pvc://missing-claim/iris"], capsys)
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if line.strip() and "fresh" in line]
+    assert len(lines) == 1 and "PersistentVolumeClaim missing-claim not found in namespace " \
+        "fresh" in lines[0], output
+    assert kube_standin.store.peek("namespaces", "", "fresh") is None  # not even the namespace
+    writes = [r for r in kube_standin.requests[before:] if r.method != "GET"]
+    assert writes == []

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -815,6 +816,57 @@ def test_fault_kill_restarts_a_deployment_container(api: ApiClient, ns: str, kub
     restarted = wait_for(restarted_and_ready, "the container to restart")
     assert restarted.last_state.terminated.exit_code == 137
     assert '"GET / HTTP/1.1" 200' in v1.read_namespaced_pod_log(pod.metadata.name, ns, previous=True)
+
+
+def test_non_root_container_restart_keeps_emptydir_and_configmap_modes(
+        api: ApiClient, ns: str, kube_standin: KubeStandIn) -> None:
+    """As on a real node: ConfigMap files are 0444 (defaultMode), an emptyDir outlives a
+    container restart, and a non-root container cannot write over a read-only file."""
+    apps, v1 = client.AppsV1Api(api), client.CoreV1Api(api)
+    v1.create_namespaced_config_map(ns, {"metadata": {"name": "code"}, "data": {"app.py": "x = 1\n"}})
+    script = ("ls -l /code/app.py; cp -rL /code/* /work/ && echo copied && "
+              "exec python -m http.server 8080")
+    dep = web_deployment("copier")
+    pod_spec = dep["spec"]["template"]["spec"]
+    pod_spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 1000}
+    pod_spec["volumes"] = [{"name": "code", "configMap": {"name": "code", "defaultMode": 0o444}},
+                           {"name": "work", "emptyDir": {}}]
+    web = pod_spec["containers"][0]
+    web["command"] = ["sh", "-c", script]
+    web["volumeMounts"] = [{"name": "code", "mountPath": "/code", "readOnly": True},
+                           {"name": "work", "mountPath": "/work"}]
+    apps.create_namespaced_deployment(ns, dep)
+    wait_for(lambda: apps.read_namespaced_deployment("copier", ns).status.ready_replicas == 1, "ready")
+    [pod] = pods_of(v1, ns, "app=copier")
+    first = v1.read_namespaced_pod_log(pod.metadata.name, ns)
+    assert "-r--r--r--" in first and "copied" in first
+    assert kube_standin.kill_pod(ns, pod.metadata.name, signal.SIGTERM)
+
+    def crashing() -> Any:
+        status = v1.read_namespaced_pod(pod.metadata.name, ns).status.container_statuses[0]
+        last = status.last_state.terminated
+        return status if status.restart_count >= 1 and last and last.exit_code == 1 else None
+
+    wait_for(crashing, "the restarted container to fail")  # (the first instance: 143)
+    log = v1.read_namespaced_pod_log(pod.metadata.name, ns)
+    assert "Permission denied" in log and "copied" not in log
+
+
+def test_missing_claim_is_unschedulable_with_the_scheduler_message(api: ApiClient, ns: str) -> None:
+    v1 = client.CoreV1Api(api)
+    v1.create_namespaced_pod(ns, pod_body("needs-claim", [container("c", ["true"])], volumes=[
+        {"name": "data", "persistentVolumeClaim": {"claimName": "missing-claim"}}]))
+
+    def message() -> str | None:
+        pod = v1.read_namespaced_pod("needs-claim", ns)
+        if cond(pod, "PodScheduled") == ("False", "Unschedulable"):
+            return next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
+        return None
+
+    assert 'persistentvolumeclaim "missing-claim" not found' in wait_for(message, "Unschedulable")
+    v1.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": "missing-claim"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    wait_for(lambda: pod_phase(v1, ns, "needs-claim", "Succeeded"), "the pod to run once the claim exists")
 
 
 def test_fault_injected_api_errors(api: ApiClient, ns: str, kube_standin: KubeStandIn) -> None:

@@ -10,6 +10,7 @@ test_deploy.py then prove the objects actually run.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nb2prod import manifests as m
+from nb2prod import serve
 from nb2prod.errors import UserError
 from nb2prod.pipeline import load_pipeline
 
@@ -80,6 +82,10 @@ def env_of(container: dict) -> dict[str, object]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def spec_selector(deployment: dict) -> dict:
+    return deployment["spec"]["selector"]["matchLabels"]
+
+
 def container_of(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]["containers"][0]
 
@@ -107,8 +113,8 @@ def test_ingress_validates(iris_dir: Path) -> None:
     set_ini(iris_dir / "stage-2-serve/config.ini", "service", "INGRESS", "true")
     set_ini(iris_dir / "stage-2-serve/config.ini", "service", "INGRESS_HOST", "iris.example.com")
     objs = m.plan(load_pipeline(iris_dir), options()).services["serve"]
-    ing = objs[2]
-    assert ing["kind"] == "Ingress"
+    assert [o["kind"] for o in objs] == ["Deployment", "Service", "NetworkPolicy", "Ingress"]
+    ing = objs[3]
     rule = ing["spec"]["rules"][0]
     assert rule["host"] == "iris.example.com"
     assert rule["http"]["paths"][0]["path"] == "/predict"
@@ -274,8 +280,10 @@ def test_batch_job_settings(iris_dir: Path) -> None:
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     c = pod["containers"][0]
-    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "300Mi"},
-                              "limits": {"cpu": "2", "memory": "2048Mi", "nvidia.com/gpu": "1"}}
+    assert c["resources"] == {
+        "requests": {"cpu": "250m", "memory": "300Mi", "ephemeral-storage": "1024Mi"},
+        "limits": {"cpu": "2", "memory": "2048Mi", "ephemeral-storage": "8192Mi",
+                   "nvidia.com/gpu": "1"}}
     assert c["image"] == "python:3.11-slim"
     env = env_of(c)
     assert env["NB2PROD_RUN_ID"] == RUN
@@ -334,11 +342,14 @@ def test_default_image_script_pip_installs_into_an_emptydir(split_dirs: dict[str
     job_script = container_of(p.jobs["train"])["command"][2]
     lines = job_script.strip().splitlines()
     assert lines[0] == "set -eu"
-    assert lines[1] == "cp -rL /nb2prod/code/* /nb2prod/work/"
-    assert lines[2] == "cd /nb2prod/work"
-    assert lines[3].startswith("python -m pip install --no-cache-dir")
-    assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[3]
-    assert lines[4] == "exec python nb2prod_runtime.py run-stage"
+    assert lines[1] == ("chmod -R u+w /nb2prod/work && "
+                        "find /nb2prod/work -mindepth 1 -delete")
+    assert lines[2] == "cp -rL /nb2prod/code/* /nb2prod/work/"
+    assert lines[3] == "cd /nb2prod/work"
+    assert lines[4] == "if [ ! -f /nb2prod/deps/.nb2prod-installed ]; then"
+    assert lines[5].strip().startswith("python -m pip install --no-cache-dir")
+    assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[5]
+    assert lines[-1] == "exec python nb2prod_runtime.py run-stage"
     assert env_of(container_of(p.jobs["train"]))["PYTHONPATH"] == "/nb2prod/deps"
     promote = container_of(p.promote)["command"][2]
     assert "-r requirements.txt" not in promote and "boto3==9" in promote
@@ -369,6 +380,71 @@ def test_startup_script_runs_the_stage_from_a_writable_copy(tmp_path: Path) -> N
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout == "hellonested"
     assert (work / "written").exists() and not (work / "..data").exists()
+
+
+def localize(script: str, paths: dict[str, Path]) -> str:
+    """The container paths of a startup script pointed at local dirs (in one pass)."""
+    pattern = "|".join(re.escape(k) for k in sorted(paths, key=len, reverse=True))
+    return re.sub(pattern, lambda match: str(paths[match.group(0)]), script)
+
+
+def test_startup_script_survives_a_restart_in_the_same_pod(tmp_path: Path) -> None:
+    """A second start finds the first one's read-only copies (ConfigMap files are 0444)
+    and its finished pip install in the emptyDirs: it must start all the same."""
+    from tests.kube.podrunner import without_root_powers
+
+    code, work, deps, tmp = (tmp_path / n for n in ("code", "work", "deps", "tmp"))
+    for d in (code, work, deps, tmp):
+        d.mkdir()
+    (code / "app.py").write_text("x = 1\n")
+    (code / "requirements.txt").write_text("")
+    for f in code.iterdir():
+        f.chmod(0o444)
+    script = m.startup_script("sh -c 'cat app.py; echo run >> stale.txt; ls'", options())
+    fake_pip = tmp_path / "bin"
+    fake_pip.mkdir()
+    (fake_pip / "python").write_text("#!/bin/sh\necho pip-ran >> " + str(tmp / "pip-calls") + "\n")
+    (fake_pip / "python").chmod(0o755)
+    script = localize(script, {m.CODE_DIR: code, m.WORK_DIR: work, m.DEPS_DIR: deps,
+                               m.TMP_DIR: tmp})
+    env = {"PATH": f"{fake_pip}:/usr/bin:/bin"}
+    argv = without_root_powers(["sh", "-c", script], env)  # as the pod's uid 1000 would
+    outputs = [subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+               for _ in range(2)]
+    assert outputs[0] == outputs[1] == "x = 1\napp.py\nrequirements.txt\nstale.txt\n"
+    assert oct((work / "app.py").stat().st_mode & 0o777) == "0o444"  # as the copy was
+    assert (tmp / "pip-calls").read_text() == "pip-ran\n"  # installed once per pod
+
+
+def test_failed_pip_install_names_the_network_error_and_image(tmp_path: Path) -> None:
+    code, work, tmp = (tmp_path / n for n in ("code", "work", "tmp"))
+    for d in (code, work, tmp, tmp_path / "deps"):
+        d.mkdir()
+    (code / "requirements.txt").write_text("ipykernel==7.4.0\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(
+        "#!/bin/sh\n"
+        "echo \"WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, "
+        "status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3."
+        "connection.HTTPSConnection object at 0x7f>: Failed to establish a new connection: "
+        "[Errno -3] Temporary failure in name resolution')': /simple/ipykernel/\"\n"
+        "echo 'ERROR: Could not find a version that satisfies the requirement ipykernel==7.4.0 "
+        "(from versions: none)'\n"
+        "echo 'ERROR: No matching distribution found for ipykernel==7.4.0'\nexit 1\n")
+    (fake / "python").chmod(0o755)
+    script = m.startup_script("echo never", options())
+    script = localize(script, {m.CODE_DIR: code, m.WORK_DIR: work, m.TMP_DIR: tmp,
+                               m.DEPS_DIR: tmp_path / "deps"})
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"}, check=False)
+    assert out.returncode == 1 and "never" not in out.stdout
+    assert "No matching distribution" in out.stdout  # pip's own output is shown
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("nb2prod: pip could not install the requirements (Failed to "
+                           "establish a new connection: [Errno -3] Temporary failure in name "
+                           "resolution)")
+    assert "from PyPI at start" in last and "--image" in last
 
 
 def test_promote_job(iris_dir: Path) -> None:
@@ -409,6 +485,23 @@ def test_secrets_only_as_secret_key_refs(iris_dir: Path) -> None:
         m.plan(load_pipeline(iris_dir), options())
 
 
+def test_each_stage_gets_only_its_secrets(iris_dir: Path) -> None:
+    set_ini(iris_dir / "nb2prod.ini", "secrets", "AWS_ACCESS_KEY_ID", "s3-credentials")
+    set_ini(iris_dir / "nb2prod.ini", "secrets", "WAREHOUSE_PASSWORD", "warehouse")
+    set_ini(iris_dir / "stage-1-train/config.ini", "secrets", "LABELS_TOKEN", "labels")
+    p = m.plan(load_pipeline(iris_dir), options())
+
+    def refs(obj: dict) -> set[str]:
+        return {e["name"] for e in container_of(obj)["env"] if "valueFrom" in e}
+
+    assert refs(p.jobs["train"]) == {"AWS_ACCESS_KEY_ID", "WAREHOUSE_PASSWORD", "LABELS_TOKEN"}
+    assert refs(p.promote) == {"AWS_ACCESS_KEY_ID", "WAREHOUSE_PASSWORD"}
+    assert refs(p.services["serve"][0]) == {"AWS_ACCESS_KEY_ID"}  # the store's only
+    set_ini(iris_dir / "stage-2-serve/config.ini", "secrets", "WAREHOUSE_PASSWORD", "warehouse")
+    p = m.plan(load_pipeline(iris_dir), options())
+    assert refs(p.services["serve"][0]) == {"AWS_ACCESS_KEY_ID", "WAREHOUSE_PASSWORD"}
+
+
 # -- services -------------------------------------------------------------------------------
 def test_deployment_and_service(iris_dir: Path) -> None:
     cfg = iris_dir / "stage-2-serve/config.ini"
@@ -418,7 +511,12 @@ def test_deployment_and_service(iris_dir: Path) -> None:
     set_ini(cfg, "service", "MAX_STARTUP_TIME_SECONDS", "77")
     p = m.plan(load_pipeline(iris_dir), options(run_id="run-7"))
     dep, svc = p.services["serve"][:2]
-    assert len(p.services["serve"]) == 2  # INGRESS = false
+    assert [o["kind"] for o in p.services["serve"]] == [  # INGRESS = false
+        "Deployment", "Service", "NetworkPolicy"]
+    policy = p.services["serve"][2]["spec"]
+    assert policy["podSelector"]["matchLabels"] == spec_selector(p.services["serve"][0])
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}]}]
     assert dep["metadata"]["name"] == svc["metadata"]["name"] == "iris-serve"
     spec = dep["spec"]
     assert spec["replicas"] == 3
@@ -435,19 +533,68 @@ def test_deployment_and_service(iris_dir: Path) -> None:
     c = tmpl["spec"]["containers"][0]
     assert c["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # liveness checks gunicorn's socket, not a worker: a busy worker is not killed
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"}
     assert c["livenessProbe"]["initialDelaySeconds"] >= 77
     assert env_of(c)["MODEL_RUN_ID"] == "run-7"
-    assert "exec python -m gunicorn --chdir /nb2prod/work -w 4 -b 0.0.0.0:9090 " \
-           "--graceful-timeout 30 -k gthread --threads 4 --keep-alive 5 " in c["command"][2]
-    assert c["command"][2].rstrip().endswith("app:app")
-    assert tmpl["spec"]["terminationGracePeriodSeconds"] > 30
+    # the very settings of a local `nb2prod run` (serve.gunicorn_options), bound to 0.0.0.0
+    settings = " ".join(serve.gunicorn_options(9090, 4, "0.0.0.0", shm=True))
+    assert f"exec python -m gunicorn --chdir /nb2prod/work {settings} app:app" in c["command"][2]
+    assert "--bind 0.0.0.0:9090 --workers 4" in settings
+    assert "--worker-class gthread --threads 4 --keep-alive 5" in settings
+    assert tmpl["spec"]["terminationGracePeriodSeconds"] > serve.GRACEFUL_TIMEOUT
     assert tmpl["spec"]["restartPolicy"] == "Always"
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
                                      "protocol": "TCP"}]
     assert m.service_url(load_pipeline(iris_dir), load_pipeline(iris_dir).stages["serve"],
                          "ml") == "http://iris-serve.ml.svc.cluster.local/predict"
+
+
+def test_scratch_space_limits_namespace_labels_and_network_policy_switch(iris_dir: Path
+                                                                        ) -> None:
+    set_ini(iris_dir / "stage-1-train/config.ini", "default", "EPHEMERAL_STORAGE_MB", "2048")
+    p = m.plan(load_pipeline(iris_dir), options())
+    train = p.jobs["train"]["spec"]["template"]["spec"]
+    res = train["containers"][0]["resources"]
+    assert res["requests"]["ephemeral-storage"] == "2048Mi"
+    assert res["limits"]["ephemeral-storage"] == "8192Mi"
+    sizes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in train["volumes"] if "emptyDir" in v}
+    assert sizes == {"work": "8192Mi", "tmp": "8192Mi", "deps": "8192Mi"}
+    promote = container_of(p.promote)["resources"]
+    assert promote["limits"]["ephemeral-storage"] == "1Gi"
+    labels = p.namespace["metadata"]["labels"]
+    assert {labels[f"pod-security.kubernetes.io/{k}"] for k in ("enforce", "audit", "warn")} \
+        == {"restricted"}
+    set_ini(iris_dir / "stage-1-train/config.ini", "default", "EPHEMERAL_STORAGE_LIMIT_MB", "100")
+    with pytest.raises(UserError, match="EPHEMERAL_STORAGE_LIMIT_MB"):
+        m.plan(load_pipeline(iris_dir), options())
+    set_ini(iris_dir / "stage-1-train/config.ini", "default", "EPHEMERAL_STORAGE_LIMIT_MB", "4096")
+    set_ini(iris_dir / "nb2prod.ini", "kubernetes", "NETWORK_POLICY", "false")
+    p = m.plan(load_pipeline(iris_dir), options())
+    assert [o["kind"] for o in p.services["serve"]] == ["Deployment", "Service"]
+
+
+@pytest.mark.parametrize(("image", "policy"), [
+    ("python:3.11-slim", "IfNotPresent"), ("reg.example/iris", "Always"),
+    ("reg.example:5000/iris:latest", "Always"), ("reg.example:5000/iris:3", "IfNotPresent"),
+    ("reg.example/iris@sha256:" + "a" * 64, "IfNotPresent")])
+def test_image_pull_policy_follows_the_reference(iris_dir: Path, image: str, policy: str
+                                                 ) -> None:
+    p = m.plan(load_pipeline(iris_dir), options(image=image))
+    assert {(container_of(o)["image"], container_of(o)["imagePullPolicy"])
+            for o in (p.jobs["train"], p.promote, p.services["serve"][0])} == {(image, policy)}
+
+
+def test_image_digest_and_pull_policy_are_checked(iris_dir: Path) -> None:
+    with pytest.raises(UserError, match="REPO@sha256"):
+        m.plan(load_pipeline(iris_dir), options(image="reg/iris@sha256:abc"))
+    set_ini(iris_dir / "nb2prod.ini", "kubernetes", "IMAGE_PULL_POLICY", "Never")
+    p = m.plan(load_pipeline(iris_dir), options(image="reg/iris"))
+    assert container_of(p.jobs["train"])["imagePullPolicy"] == "Never"
+    set_ini(iris_dir / "nb2prod.ini", "kubernetes", "IMAGE_PULL_POLICY", "sometimes")
+    with pytest.raises(UserError, match="IMAGE_PULL_POLICY"):
+        m.plan(load_pipeline(iris_dir), options())
 
 
 def test_privileged_port_refused(iris_dir: Path) -> None:

@@ -259,6 +259,7 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     assert report["schedule"]["schedule"] == "0 3 * * *"
     code, output = run_cli(["history", str(directory), "-n", NS], capsys)
     assert code == 0 and run2 in output and "failed" in output and "train" in output
+    assert f"nb2prod runs {directory} --store {store}" in output  # a command that works
 
     # The store tells the same without the cluster (whose CronJob deletes old Jobs).
     from nb2prod import artifacts
@@ -643,6 +644,28 @@ def test_history_summaries_of_runs_in_every_state() -> None:
         [_terminated("promote-and-roll", 0, verdict)])])
     assert (run["status"], run["promoted"], run["metrics"]) == (
         "succeeded", True, {"train.accuracy": 0.97})
+
+    # `kubectl create job --from=cronjob/iris-retrain` (what `schedule` suggests): the Job
+    # is owned by the CronJob too, but kubectl marks it as started by hand.
+    by_hand = _job("iris-retrain-manual", [complete])
+    by_hand["metadata"]["annotations"] = {"cronjob.kubernetes.io/instantiate": "manual"}
+    assert run_summary(by_hand, [])["trigger"] == "manual"
+
+
+def test_history_knows_the_store_of_a_run() -> None:
+    """`history` ends with a `runs --store` command that works: the store as the user gave it."""
+    from nb2prod.runners.schedule import store_of
+
+    def spec(value: str, claim: str | None = None) -> dict:
+        volumes = [{"name": "store", "persistentVolumeClaim": {"claimName": claim}}] if claim \
+            else []
+        return {"initContainers": [{"name": "train", "env": [
+            {"name": "NB2PROD_STORE", "value": value}]}], "volumes": volumes}
+
+    assert store_of(spec("file:///nb2prod/store/iris", "models")) == "pvc://models/iris"
+    assert store_of(spec("file:///nb2prod/store", "models")) == "pvc://models/"
+    assert store_of(spec("s3://bucket/prefix")) == "s3://bucket/prefix"
+    assert store_of({"containers": [{"name": "x"}]}) is None
 
 
 def test_promoted_run_is_read_only_when_the_store_answers_in_time(

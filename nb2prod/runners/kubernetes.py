@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +54,8 @@ OnLog = Callable[[str], None]
 STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
                            "InvalidImageName", "CreateContainerError"})
 PROMOTE_UNIT = "(promote)"
+#: On a run's promote Job: the roll-out's outcome, so `status` tells what `deploy` told.
+ROLLOUT_ANNOTATION = "nb2prod.io/rollout"
 WATCH_SECONDS = 60
 #: Extra time past a Job's activeDeadlineSeconds before we stop waiting for its condition.
 DEADLINE_SLACK = 120.0
@@ -122,6 +125,8 @@ class Kube:
         "Deployment": ("apps", "deployment"),
         "ReplicaSet": ("apps", "replica_set"),
         "Ingress": ("net", "ingress"),
+        "NetworkPolicy": ("net", "network_policy"),
+        "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
     }
 
     def method(self, verb: str, kind: str) -> Callable[..., Any]:
@@ -330,6 +335,41 @@ def stuck_reason(pod: Obj) -> str | None:
     return None
 
 
+def _last_lines(text: str, count: int = 3) -> list[str]:
+    """nb2prod's own verdict in a log (also behind a logger's prefix), else its last lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    own = summary_line(lines) or next((line[line.index("nb2prod: "):] for line in reversed(lines)
+                                       if "nb2prod: " in line), None)
+    return [own] if own else lines[-count:]
+
+
+def pod_problem(pod: Obj) -> tuple[str, str | None, bool] | None:
+    """(what is wrong, container, whether its log is the previous instance's) for a pod that
+    does not become ready, from its container statuses; None when nothing is wrong yet."""
+    status = pod.get("status") or {}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        term = state.get("terminated") or last.get("terminated") or {}
+        failed = term and int(term.get("exitCode", 0)) != 0
+        if waiting.get("reason") in (*STUCK_REASONS, "CrashLoopBackOff") or failed:
+            parts = [f"container {cs['name']}: {waiting.get('reason') or 'terminated'}"]
+            if term:
+                parts.append(f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})")
+            if cs.get("restartCount"):
+                parts.append(f"{cs['restartCount']} restart(s)")
+            text = ", ".join(parts)
+            message = str(term.get("message") or "")
+            if message:
+                return f"{text}; last lines: {' | '.join(_last_lines(message))}", None, False
+            return text, cs["name"], "terminated" not in state
+        if "running" in state and not cs.get("ready"):
+            return f"container {cs['name']} runs but is not ready (readiness probe)", \
+                cs["name"], False
+    reason = stuck_reason(pod)
+    return (reason, None, False) if reason else None
+
+
 class PendingPods:
     """Unschedulable pods, given time to be scheduled before their stage fails.
 
@@ -349,7 +389,8 @@ class PendingPods:
         """Why the pod's stage should fail now; None while it is fine or still waiting."""
         name = pod["metadata"]["name"]
         reason = stuck_reason(pod)
-        if reason is None or self.grace <= 0 or not reason.startswith("Unschedulable"):
+        if reason is None or self.grace <= 0 or not reason.startswith("Unschedulable") or \
+                hopeless(reason):
             self.since.pop(name, None)
             return reason
         first = self.since.get(name, (time.monotonic(), reason, owner))[0]
@@ -376,6 +417,15 @@ class PendingPods:
     def _late(self, first: float, reason: str) -> str | None:
         waited = time.monotonic() - first
         return f"{reason} (for {waited:.0f}s)" if waited >= self.grace else None
+
+
+#: Scheduler messages no new or freed node can fix (a claim that does not exist).
+_HOPELESS = re.compile(r'persistentvolumeclaim "[^"]*" not found')
+
+
+def hopeless(reason: str) -> bool:
+    """An Unschedulable reason that waiting will not resolve."""
+    return bool(_HOPELESS.search(reason))
 
 
 def unschedulable_grace(pipeline: Pipeline) -> float:
@@ -416,20 +466,49 @@ def summary_line(lines: Sequence[str]) -> str | None:
 
 
 # -- applying objects ------------------------------------------------------------------------
-def ensure_namespace(kube: Kube, namespace: Obj) -> None:
-    """Create the namespace unless it exists (or we may not even look: then assume it does)."""
+def ensure_namespace(kube: Kube, namespace: Obj) -> bool:
+    """Create the namespace unless it exists (or we may not even look: then assume it does).
+
+    True when this call created it (a deploy that then fails at once removes it again).
+    """
     try:
         exists = kube.json(kube.core.read_namespace, namespace["metadata"]["name"])
     except Exception as exc:
         status = k8s_retry.status_of(exc)
         if status == 403:
-            return  # no cluster-scope rights: assume an admin made it for us
+            return False  # no cluster-scope rights: assume an admin made it for us
         if status != 404:
             raise
         exists = None
     if exists is None:
-        k8s_retry.create(kube.core.create_namespace, namespace,
+        return k8s_retry.create(kube.core.create_namespace, namespace,
+                                _request_timeout=(10, 60)) is not None
+    return False
+
+
+def remove_namespace(kube: Kube, name: str) -> None:
+    """Delete a namespace this deploy created for an attempt that failed before running."""
+    with contextlib.suppress(Exception):  # best effort: the failure is what gets reported
+        k8s_retry.delete(kube.core.delete_namespace, name, _preload_content=False,
                          _request_timeout=(10, 60))
+
+
+def check_claim(kube: Kube, opts: manifests.Options) -> None:
+    """A pvc:// store's claim must exist before anything is created: no node can fix a
+    missing one (the scheduler would keep every pod Pending).  Unreadable (403): go on."""
+    claim = manifests.store_mount(opts.store).claim
+    if claim is None:
+        return
+    try:
+        kube.json(kube.core.read_namespaced_persistent_volume_claim, claim, opts.namespace)
+    except Exception as exc:
+        status = k8s_retry.status_of(exc)
+        if status == 404:
+            raise UserError(Problem(
+                f"--store {opts.store}: PersistentVolumeClaim {claim} not found in namespace "
+                f"{opts.namespace}; create it first (pvc:// mounts an existing claim)")) from None
+        if status != 403:
+            raise
 
 
 def ensure_object(kube: Kube, obj: Obj) -> None:
@@ -530,6 +609,7 @@ class Deployer:
         self.use_cache = use_cache
         self.cache_keys: dict[str, str] = {}
         self.reused: dict[str, str] = {}   # stage -> run it was reused from
+        self.checked = False
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, stage: str, state: str, message: str = "", elapsed: float = 0.0) -> None:
@@ -547,17 +627,32 @@ class Deployer:
         self.emit(unit.name, state, message, unit.elapsed)
 
     # -- setup ----------------------------------------------------------------------------------
-    def ensure_namespace(self) -> None:
-        ensure_namespace(self.kube, self.plan.namespace)
+    def ensure_namespace(self) -> bool:
+        return ensure_namespace(self.kube, self.plan.namespace)
 
     def ensure(self, obj: Obj) -> None:
         ensure_object(self.kube, obj)
 
+    def preflight(self) -> None:
+        """What must hold before anything is created (once): the pvc:// claim exists."""
+        if not self.checked:
+            check_claim(self.kube, self.opts)
+            self.checked = True
+
     def setup(self) -> None:
+        """Check the store's claim, upload the input files, then create the namespace, RBAC
+        and code ConfigMaps; a namespace created here is removed again if the rest of the
+        setup fails."""
+        self.preflight()
         upload_input_files(self.pipeline, self.opts)
-        self.ensure_namespace()
-        for obj in self.plan.setup:
-            self.ensure(obj)
+        created = self.ensure_namespace()
+        try:
+            for obj in self.plan.setup:
+                self.ensure(obj)
+        except BaseException:
+            if created:
+                remove_namespace(self.kube, self.ns)
+            raise
 
     # -- batch ----------------------------------------------------------------------------------
     def run_jobs(self) -> bool:
@@ -814,7 +909,9 @@ class Deployer:
             self.set_state(unit, "done", self.reason)
             return
         self.promoted = False
-        self.reason = summary_line(self.promote_log(unit, pod)) or "promotion gate not passed"
+        line = summary_line(self.promote_log(unit, pod)) or "promotion gate not passed"
+        # the runtime says "not promoted: WHY"; every report of it adds "not promoted" itself
+        self.reason = line.removeprefix("not promoted:").strip()
         self.set_state(unit, "skipped", self.reason)
 
     def promote_log(self, unit: Unit, pod: Obj | None) -> list[str]:
@@ -878,8 +975,7 @@ class Deployer:
             k8s_retry.update(read, write)
         for obj in objs[1:]:
             self.ensure_networking(obj)
-        if len(objs) == 2:
-            self.remove_stale_ingress(dname)
+        self.remove_stale(dname, {o["kind"] for o in objs})
         ok, why = self.await_rollout(dname, stage, model_run_id, new_hash)
         elapsed = time.time() - started
         if ok:
@@ -887,7 +983,7 @@ class Deployer:
             self.emit(name, "serving", f"run {model_run_id} at {result['url']}", elapsed)
             return result
         if first:
-            for kind in ("Ingress", "Service", "Deployment"):
+            for kind in ("Ingress", "NetworkPolicy", "Service", "Deployment"):
                 self.kube.delete(kind, self.ns, dname)
             result["status"] = "removed"
             result["message"] = f"{why}; first deploy removed"
@@ -902,11 +998,15 @@ class Deployer:
     def ensure_networking(self, obj: Obj) -> None:
         ensure_networking(self.kube, obj)
 
-    def remove_stale_ingress(self, name: str) -> None:
-        existing = self.kube.read("Ingress", self.ns, name)
-        if existing and (existing["metadata"].get("labels") or {}).get(
-                "app.kubernetes.io/managed-by") == "nb2prod":
-            self.kube.delete("Ingress", self.ns, name)
+    def remove_stale(self, name: str, wanted: set[str]) -> None:
+        """Remove our Ingress / NetworkPolicy of `name` that the config no longer asks for."""
+        for kind in ("Ingress", "NetworkPolicy"):
+            if kind in wanted:
+                continue
+            existing = self.kube.read(kind, self.ns, name)
+            if existing and (existing["metadata"].get("labels") or {}).get(
+                    "app.kubernetes.io/managed-by") == "nb2prod":
+                self.kube.delete(kind, self.ns, name)
 
     def await_rollout(self, dname: str, stage: Any, model_run_id: str,
                       wanted_hash: str | None) -> tuple[bool, str]:
@@ -932,6 +1032,7 @@ class Deployer:
             watcher.start()
         limit = time.monotonic() + deadline_s + DEADLINE_SLACK
         pending = PendingPods(self.grace)
+        pods: dict[str, Obj] = {}   # the new template's pods, as last seen
         try:
             while time.monotonic() < limit:
                 for pod, _, reason in pending.overdue():
@@ -942,10 +1043,15 @@ class Deployer:
                     continue
                 if kind == "pod":
                     notes = obj["metadata"].get("annotations") or {}
-                    if notes.get(manifests.MODEL_RUN_ID) == model_run_id and etype != "DELETED":
-                        reason = pending.check(obj)
-                        if reason:
-                            return False, f"pod {obj['metadata']['name']} cannot start: {reason}"
+                    if notes.get(manifests.MODEL_RUN_ID) != model_run_id:
+                        continue
+                    if etype == "DELETED":
+                        pods.pop(obj["metadata"]["name"], None)
+                        continue
+                    pods[obj["metadata"]["name"]] = obj
+                    reason = pending.check(obj)
+                    if reason:
+                        return False, f"pod {obj['metadata']['name']} cannot start: {reason}"
                     continue
                 if etype == "DELETED":
                     return False, f"Deployment {dname} was deleted"
@@ -954,11 +1060,35 @@ class Deployer:
                     continue  # an older version of the object
                 verdict = rollout_verdict(obj)
                 if verdict is not None:
-                    return verdict
-            return False, f"Deployment {dname} not available after {deadline_s:.0f}s"
+                    ok, why = verdict
+                    return ok, why if ok else self.with_pod_problem(why, pods.values())
+            return False, self.with_pod_problem(
+                f"Deployment {dname} not available after {deadline_s:.0f}s", pods.values())
         finally:
             for watcher in watchers:
                 watcher.stop()
+
+    def with_pod_problem(self, why: str, pods: Any) -> str:
+        """`why` plus what is wrong with one of the new pods: the container's state, exit
+        code and its last log lines (termination message, else the log's tail)."""
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            found = pod_problem(pod)
+            if not found:
+                continue
+            text, container, previous = found
+            name = pod["metadata"]["name"]
+            if container is not None:
+                try:
+                    resp = k8s_retry.call(self.kube.core.read_namespaced_pod_log, name, self.ns,
+                                          container=container, tail_lines=20, previous=previous,
+                                          _preload_content=False, _request_timeout=(10, 30))
+                    tail = _last_lines("\n".join(_lines(resp)))
+                    if tail:
+                        text += f"; last log lines: {' | '.join(tail)}"
+                except Exception:  # noqa: BLE001, S110 - the state alone still says a lot
+                    pass
+            return f"{why} -- pod {name}: {text}"
+        return why
 
     def roll_back(self, dname: str, stage: Any) -> str:
         """Put back the pod template saved before this deploy changed it; return its run id."""
@@ -992,6 +1122,21 @@ class Deployer:
             self.on_log(f"[{stage.name}] rollback to run {restored} not complete: {why}")
         return restored
 
+    def record_rollout(self, status: str) -> None:
+        """Note the roll-out's outcome on the run's promote Job (read by `status`)."""
+        if self.plan.promote is None:
+            return
+        note = json.dumps({"status": "serving" if status == "succeeded" else "failed",
+                           "reason": self.reason if status != "succeeded" else ""})
+        try:
+            k8s_retry.call(self.kube.batch.patch_namespaced_job,
+                           self.plan.promote["metadata"]["name"], self.ns,
+                           {"metadata": {"annotations": {ROLLOUT_ANNOTATION: note}}},
+                           _request_timeout=(10, 60))
+        except Exception as exc:  # noqa: BLE001 - only `status` loses the detail
+            self.on_log(f"nb2prod: could not record the roll-out on the promote Job: "
+                        f"{k8s_retry.message_of(exc)}")
+
     # -- the whole deploy -------------------------------------------------------------------
     def run(self) -> dict:
         """Set up, run the Jobs, promote, roll out; the result as a JSON-able dict."""
@@ -1018,6 +1163,8 @@ class Deployer:
                 self.reason = "; ".join(f"service '{n}': {s['message']}"
                                         for n, s in self.services.items()
                                         if s["status"] != "serving")
+            if self.services:
+                self.record_rollout(status)
         else:
             for name in self.pipeline.services:
                 self.emit(name, "skipped", "nothing new to serve" if status == "not_promoted"
@@ -1216,14 +1363,19 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
         if component == manifests.PROMOTE:
             entry["promotion"] = {"Complete": "promoted", "Running": "running",
                                   "Pending": "pending"}.get(state, "not promoted / failed")
+            note = (job["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+            if note:
+                with contextlib.suppress(ValueError):
+                    entry["rollout"] = json.loads(note)
         else:
             entry["stages"][component] = state
     for entry in runs.values():
         if entry.get("in_cluster"):
             continue
         states = list(entry["stages"].values())
-        if any(s.startswith("Failed") for s in states):
-            entry["status"] = "failed"
+        if any(s.startswith("Failed") for s in states) or \
+                (entry.get("rollout") or {}).get("status") == "failed":
+            entry["status"] = "failed"  # a batch stage, or the roll-out after promotion
         elif any(s in ("Running", "Pending") for s in states) or entry["promotion"] in (
                 "running", "pending"):
             entry["status"] = "running"
@@ -1340,7 +1492,8 @@ def logs(pipeline: str, namespace: str, stage: str, *, run_id: str | None = None
 
 
 # -- delete ---------------------------------------------------------------------------------------
-DELETE_ORDER = ("CronJob", "Job", "Deployment", "ReplicaSet", "Ingress", "Service", "Pod",
+DELETE_ORDER = ("CronJob", "Job", "Deployment", "ReplicaSet", "Ingress", "NetworkPolicy",
+                "Service", "Pod",
                 "ConfigMap", "RoleBinding", "Role", "ServiceAccount")
 
 

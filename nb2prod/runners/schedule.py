@@ -19,6 +19,7 @@ from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline
 from nb2prod.runners.kubernetes import (
     Kube,
+    check_claim,
     condition_true,
     ensure_namespace,
     ensure_networking,
@@ -59,12 +60,14 @@ def promoted_run(pipeline: Pipeline, store: str, timeout: float = 10.0) -> str |
     return found.get("run")
 
 
-def apply_plan(kube: Kube, plan: retrain.RetrainPlan) -> dict[str, str]:
+def apply_plan(kube: Kube, plan: retrain.RetrainPlan, opts: manifests.Options) -> dict[str, str]:
     """Create what a run needs; a Deployment that exists is left exactly as it is.
 
     Returns service stage -> "created" / "kept".  Serving only ever changes
-    through a run that passed (the roller), never by scheduling.
+    through a run that passed (the roller), never by scheduling.  A pvc:// claim
+    that does not exist stops this before anything is created.
     """
+    check_claim(kube, opts)
     ensure_namespace(kube, plan.namespace)
     for obj in plan.setup:
         ensure_object(kube, obj)
@@ -84,7 +87,7 @@ def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | Non
     job = plan.run_job(pipeline, opts.run_id, opts.namespace)
     upload_input_files(pipeline, opts)
     kube = Kube(context)
-    services = apply_plan(kube, plan)
+    services = apply_plan(kube, plan, opts)
     if kube.create(job) is None:
         raise UserError(Problem(f"Job {job['metadata']['name']} exists already in namespace "
                                 f"{opts.namespace}"))
@@ -111,7 +114,7 @@ def schedule(pipeline: Pipeline, opts: manifests.Options, cron_expr: str,
                                       serving=serving)
     upload_input_files(pipeline, opts)
     kube = Kube(context)
-    services = apply_plan(kube, plan)
+    services = apply_plan(kube, plan, opts)
     name = cronjob["metadata"]["name"]
     action = "created"
     if kube.create(cronjob) is None:
@@ -176,6 +179,35 @@ def _flat_metrics(metrics: Any) -> dict[str, Any]:
     return flat
 
 
+#: What `kubectl create job --from=cronjob/NAME` puts on the Job it makes.
+INSTANTIATE = "cronjob.kubernetes.io/instantiate"
+
+
+def trigger(job: Obj) -> str:
+    """"schedule" for a Job the CronJob controller started, else "manual" (`kubectl create
+    job --from=cronjob/...` owns its Job to the CronJob too, but says so; `deploy --no-wait`)."""
+    meta = job["metadata"]
+    if (meta.get("annotations") or {}).get(INSTANTIATE) == "manual":
+        return "manual"
+    owners = [o.get("kind") for o in meta.get("ownerReferences") or []]
+    return "schedule" if "CronJob" in owners else "manual"
+
+
+def store_of(pod_spec: Obj) -> str | None:
+    """The store URI a run pod uses, as the user gives it (`pvc://CLAIM/path` for a claim)."""
+    containers = (pod_spec.get("initContainers") or []) + (pod_spec.get("containers") or [])
+    value = next((e.get("value") for c in containers for e in c.get("env") or []
+                  if e.get("name") == "NB2PROD_STORE"), None)
+    if not value:
+        return None
+    claim = next((v["persistentVolumeClaim"]["claimName"] for v in pod_spec.get("volumes") or []
+                  if v.get("name") == "store" and v.get("persistentVolumeClaim")), None)
+    local = f"file://{manifests.STORE_DIR}"
+    if claim and (value == local or value.startswith(local + "/")):
+        return f"pvc://{claim}{value[len(local):] or '/'}"
+    return value
+
+
 def run_summary(job: Obj, pods: list[Obj]) -> dict:
     """One run of the history from its Job and pods (pure).
 
@@ -184,11 +216,10 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
     when it ran out of time) and why, from termination messages and conditions.
     """
     meta, jstatus = job["metadata"], job.get("status") or {}
-    owners = [o.get("kind") for o in meta.get("ownerReferences") or []]
     failed_cond = condition_true(job, "Failed")
     record: dict[str, Any] = {
         "run_id": meta["name"],
-        "trigger": "schedule" if "CronJob" in owners else "manual",
+        "trigger": trigger(job),
         "start": jstatus.get("startTime") or meta.get("creationTimestamp"),
         "end": jstatus.get("completionTime") or (failed_cond or {}).get("lastTransitionTime"),
         "status": "succeeded" if condition_true(job, "Complete") else (
@@ -252,6 +283,8 @@ def history(pipeline: Pipeline, namespace: str, *, context: str | None = None) -
         if job_name:
             by_job.setdefault(job_name, []).append(pod)
     runs = [run_summary(job, by_job.get(job["metadata"]["name"], [])) for job in jobs]
+    for run, job in zip(runs, jobs):
+        run["store"] = store_of(job["spec"]["template"]["spec"])
     return sorted(runs, key=lambda r: (r["start"] or "", r["run_id"]), reverse=True)
 
 
@@ -264,6 +297,7 @@ def cron_status(pipeline: Pipeline, namespace: str, *, context: str | None = Non
         return None
     spec, status = obj["spec"], obj.get("status") or {}
     return {"cronjob": obj["metadata"]["name"], "schedule": spec["schedule"],
+            "store": store_of(spec["jobTemplate"]["spec"]["template"]["spec"]),
             "time_zone": spec.get("timeZone"), "suspend": bool(spec.get("suspend")),
             "last_schedule": status.get("lastScheduleTime"),
             "active": [a.get("name") for a in status.get("active") or []]}

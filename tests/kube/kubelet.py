@@ -190,6 +190,13 @@ class Kubelet:
         return BY_PLURAL["pods"]
 
     def _unfit(self, pod: Obj) -> list[str]:
+        # The scheduler's VolumeBinding pre-filter: a claim that does not exist fails the
+        # pod before any node is looked at (and no node can ever fix it).
+        for volume in pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and self.api.store.peek("persistentvolumeclaims", pod["metadata"]["namespace"],
+                                             claim) is None:
+                return [f'persistentvolumeclaim "{claim}" not found']
         if self.config.unschedulable:
             return ["1 node(s) were unschedulable"]
         selector = pod["spec"].get("nodeSelector") or {}

@@ -16,7 +16,8 @@ class NodeConfig:
     to provoke the failure modes a real cluster has.
     """
 
-    capacity: dict[str, str] = field(default_factory=lambda: {"cpu": "8", "memory": "16Gi", "pods": "110"})
+    capacity: dict[str, str] = field(default_factory=lambda: {"cpu": "8", "memory": "16Gi", "ephemeral-storage": "100Gi",
+                                                                  "pods": "110"})
     labels: dict[str, str] = field(default_factory=lambda: {
         "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
         "node-role.kubernetes.io/worker": ""})

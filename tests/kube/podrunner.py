@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,41 @@ if TYPE_CHECKING:
 
 PODS = BY_PLURAL["pods"]
 TERMINATION_MESSAGE_LIMIT = 4096  # kubecontainer.MaxContainerTerminationMessageLength
+#: Exec'd in front of a non-root container's command when the stand-in runs as root: drops
+#: every capability from the bounding set, so after exec the process (still uid 0) has none
+#: and file modes bind it like the non-root user it stands for (a 0444 file is read-only).
+DROP_CAPABILITIES = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for cap in range(64):\n"
+    "    if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22: break\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+def runs_as_non_root(pod: Obj, container: Obj) -> bool:
+    """What the container's (else the pod's) securityContext says about its user."""
+    pod_ctx = pod["spec"].get("securityContext") or {}
+    ctx = container.get("securityContext") or {}
+    user = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    if user is not None:
+        return int(user) != 0
+    return bool(ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")))
+
+
+def without_root_powers(argv: list[str], env: dict[str, str]) -> list[str]:
+    """`argv` behind :data:`DROP_CAPABILITIES` when this process is root, else unchanged.
+
+    The process kubelet cannot switch users (the host Python and the test files belong
+    to whoever runs the tests), so a container that a real runtime would start as uid
+    1000 keeps root's permission overrides here; without them, a container that writes
+    over its own read-only files fails here exactly as it does in a cluster.
+    """
+    if os.geteuid() != 0:
+        return argv
+    found = shutil.which(argv[0], path=env.get("PATH")) if "/" not in argv[0] else argv[0]
+    if found is None:
+        return argv  # let Popen fail as it would (StartError)
+    return [sys.executable, "-I", "-S", "-c", DROP_CAPABILITIES, found, *argv[1:]]
 
 
 @dataclass
@@ -238,6 +274,8 @@ class PodRunner(threading.Thread):
                 "the Kubernetes stand-in cannot run an image's default entrypoint: set command/args")}}
             run.next_attempt = now + 5
             return True
+        if runs_as_non_root(self.pod, run.spec):
+            argv = without_root_powers(argv, env)
         run.env = env
         run.cwd = self._workdir(run)
         if run.logs:

@@ -63,6 +63,8 @@ RESOURCES: list[Resource] = [
     Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False, "path"),
     Resource("networking.k8s.io", "v1", "ingresses", "Ingress", True, short_names=("ing",),
              subresources=("status",), has_generation=True),
+    Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",),
+             has_generation=True),
 ]
 
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.plural): r for r in RESOURCES}

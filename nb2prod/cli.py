@@ -650,7 +650,7 @@ def schedule(target: Path, namespace: str | None, context: str | None, cron_expr
     _report_created_services(info)
     click.echo(f"run it now: kubectl -n {info['namespace']} create job "
                f"--from=cronjob/{info['cronjob']} {info['cronjob']}-manual; "
-               f"see runs: nb2prod history -n {info['namespace']}")
+               f"see runs: nb2prod history {pipeline.root} -n {info['namespace']}")
 
 
 @cli.command()

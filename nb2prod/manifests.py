@@ -59,6 +59,7 @@ MODEL_RUN_ID = "nb2prod.io/model-run-id"
 PREVIOUS_TEMPLATE = "nb2prod.io/previous-template"
 AFTER = "nb2prod.io/after"
 PROMOTE = "promote"
+RECORD = "record"   # component of the Job that notes a roll-out's outcome in run.json
 PROMOTE_RESOURCES: Obj = {
     "requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "256Mi"},
     "limits": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"}}
@@ -481,14 +482,17 @@ def startup_script(final: str, opts: Options, *, install: list[str] | None = Non
     The ConfigMap mount is read-only (and full of `..data` symlinks), so the stage
     runs from a copy.  A container restarted inside its pod (liveness kill, OOM, node
     reboot) finds the emptyDirs as its last run left them, copies included, which are
-    read-only (0444, like their ConfigMap files): it empties the work dir first, and a
+    read-only (0444, like their ConfigMap files): it empties the work dir first (its
+    own files, in directories it may make writable), and a
     finished pip install is not repeated.  Without --image the base image has none of
     the stage's dependencies: pip installs requirements.txt into an emptyDir on
     PYTHONPATH (the root filesystem is read-only and the user is not root); when that
     fails, the last line names pip's first network error and the way out (--image).
     """
     lines = ["set -eu",
-             f"chmod -R u+w {WORK_DIR} && find {WORK_DIR} -mindepth 1 -delete",
+             # (not the mount point itself: root owns that, and uid 1000 may not chmod it)
+             f"find {WORK_DIR} -mindepth 1 -type d -exec chmod u+w {{}} +",
+             f"find {WORK_DIR} -mindepth 1 -delete",
              f"cp -rL {CODE_DIR}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
     if not opts.prebuilt and (requirements or install):
         args = ["python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
@@ -665,20 +669,39 @@ def promote_job(pipeline: Pipeline, code: StageCode, opts: Options) -> Obj:
     could fail the Job on exit 3 without a retry, but the 1.28 schema rejects an
     onExitCodes-only rule, and promote is idempotent, so one retry is harmless.)
     """
-    args = ["python", "nb2prod_runtime.py", "promote", "--pipeline", pipeline.name,
-            "--run-id", opts.run_id, *promotion_args(pipeline)]
+    return _runtime_job(pipeline, code, opts, PROMOTE, promote_job_name(pipeline, opts.run_id),
+                        ["promote", *promotion_args(pipeline)], {AFTER: ",".join(pipeline.batch)})
+
+
+def record_job(pipeline: Pipeline, code: StageCode, opts: Options, values: Obj) -> Obj:
+    """A Job that merges `values` (the roll-out's outcome) into the run's run.json.
+
+    The store keeps what the cluster forgets, and only pods can reach it with the
+    stages' credentials (a pvc:// claim, or S3 credentials that live in a Secret).
+    """
+    name = f"{k8s_name(pipeline.name)[:20].rstrip('-')}-record-{_short_hash(opts.run_id, RECORD)}"
+    job = _runtime_job(pipeline, code, opts, RECORD, name,
+                       ["record", "--values", json.dumps(values, sort_keys=True, default=str)])
+    job["spec"]["ttlSecondsAfterFinished"] = 3600
+    return job
+
+
+def _runtime_job(pipeline: Pipeline, code: StageCode, opts: Options, component: str, name: str,
+                 command: list[str], annotations: dict[str, str] | None = None) -> Obj:
+    """A Job running `nb2prod_runtime.py COMMAND --pipeline P --run-id R` from `code`."""
+    args = ["python", "nb2prod_runtime.py", command[0], "--pipeline", pipeline.name,
+            "--run-id", opts.run_id, *command[1:]]
     final = " ".join(shlex.quote(a) for a in args)
     script = startup_script(final, opts, install=_extra_installs(opts), requirements=False)
-    lbls = {**labels(pipeline, PROMOTE), RUN_ID_LABEL: opts.run_id}
+    lbls = {**labels(pipeline, component), RUN_ID_LABEL: opts.run_id}
     env = pod_env(pipeline, code.stage, opts, {"NB2PROD_RUN_ID": opts.run_id}, None)
-    container = {"name": PROMOTE, "command": ["sh", "-c", script], "env": env,
+    container = {"name": component, "command": ["sh", "-c", script], "env": env,
                  "resources": PROMOTE_RESOURCES}
     spec = pod_spec(pipeline, code, opts, stage=None,
                     container=container, restart="Never")
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(promote_job_name(pipeline, opts.run_id), opts.namespace, lbls,
-                          {AFTER: ",".join(pipeline.batch)}),
+        "metadata": _meta(name, opts.namespace, lbls, annotations),
         "spec": {
             "backoffLimit": 1,
             "activeDeadlineSeconds": 900,

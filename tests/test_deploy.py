@@ -309,6 +309,16 @@ def test_iris_deploy_rollback_failed_train_status_logs_delete(
     assert (dep.status.available_replicas, dep.status.replicas) == (2, 2)
     assert predict(standin, "iris-serve", IRIS_REQUEST) == (200, IRIS_ANSWER)
     assert run2 != run1
+    # The store says so too (run.json, via a short record Job): `runs` agrees with deploy.
+    from nb2prod import artifacts
+
+    def recorded() -> Any:
+        found = {r["run_id"]: r for r in artifacts.list_runs(store, "iris")}.get(run2) or {}
+        return found if found.get("status") == "failed" else None
+
+    stored = wait_until(recorded, "the failed roll-out in run.json", 180)
+    assert stored["rollout"]["iris-serve"]["status"] == "rolled_back"
+    assert "ProgressDeadlineExceeded" in stored["reason"]
     # Re-deploying rewrote nothing that did not change: one new ConfigMap (serve's code).
     second_versions = versions()
     added = set(second_versions) - set(first_versions)

@@ -342,13 +342,13 @@ def test_default_image_script_pip_installs_into_an_emptydir(split_dirs: dict[str
     job_script = container_of(p.jobs["train"])["command"][2]
     lines = job_script.strip().splitlines()
     assert lines[0] == "set -eu"
-    assert lines[1] == ("chmod -R u+w /nb2prod/work && "
-                        "find /nb2prod/work -mindepth 1 -delete")
-    assert lines[2] == "cp -rL /nb2prod/code/* /nb2prod/work/"
-    assert lines[3] == "cd /nb2prod/work"
-    assert lines[4] == "if [ ! -f /nb2prod/deps/.nb2prod-installed ]; then"
-    assert lines[5].strip().startswith("python -m pip install --no-cache-dir")
-    assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[5]
+    assert lines[1] == "find /nb2prod/work -mindepth 1 -type d -exec chmod u+w {} +"
+    assert lines[2] == "find /nb2prod/work -mindepth 1 -delete"
+    assert lines[3] == "cp -rL /nb2prod/code/* /nb2prod/work/"
+    assert lines[4] == "cd /nb2prod/work"
+    assert lines[5] == "if [ ! -f /nb2prod/deps/.nb2prod-installed ]; then"
+    assert lines[6].strip().startswith("python -m pip install --no-cache-dir")
+    assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[6]
     assert lines[-1] == "exec python nb2prod_runtime.py run-stage"
     assert env_of(container_of(p.jobs["train"]))["PYTHONPATH"] == "/nb2prod/deps"
     promote = container_of(p.promote)["command"][2]
@@ -388,6 +388,14 @@ def localize(script: str, paths: dict[str, Path]) -> str:
     return re.sub(pattern, lambda match: str(paths[match.group(0)]), script)
 
 
+def foreign_mount_point(path: Path) -> None:
+    """An emptyDir as a node makes it: world-writable, owned by someone else than the
+    container's user (who may write in it, but not chmod it)."""
+    from tests.kube.podenv import foreign
+
+    foreign(path)
+
+
 def test_startup_script_survives_a_restart_in_the_same_pod(tmp_path: Path) -> None:
     """A second start finds the first one's read-only copies (ConfigMap files are 0444)
     and its finished pip install in the emptyDirs: it must start all the same."""
@@ -396,6 +404,7 @@ def test_startup_script_survives_a_restart_in_the_same_pod(tmp_path: Path) -> No
     code, work, deps, tmp = (tmp_path / n for n in ("code", "work", "deps", "tmp"))
     for d in (code, work, deps, tmp):
         d.mkdir()
+        foreign_mount_point(d)
     (code / "app.py").write_text("x = 1\n")
     (code / "requirements.txt").write_text("")
     for f in code.iterdir():

@@ -1123,19 +1123,32 @@ class Deployer:
         return restored
 
     def record_rollout(self, status: str) -> None:
-        """Note the roll-out's outcome on the run's promote Job (read by `status`)."""
+        """Note the roll-out's outcome where `status` and `runs` look: on the run's promote
+        Job (an annotation) and, through a short Job, in the store's run.json (as the
+        in-cluster roller does).  Neither is worth failing the deploy for."""
         if self.plan.promote is None:
             return
-        note = json.dumps({"status": "serving" if status == "succeeded" else "failed",
-                           "reason": self.reason if status != "succeeded" else ""})
-        try:
-            k8s_retry.call(self.kube.batch.patch_namespaced_job,
-                           self.plan.promote["metadata"]["name"], self.ns,
-                           {"metadata": {"annotations": {ROLLOUT_ANNOTATION: note}}},
-                           _request_timeout=(10, 60))
-        except Exception as exc:  # noqa: BLE001 - only `status` loses the detail
-            self.on_log(f"nb2prod: could not record the roll-out on the promote Job: "
-                        f"{k8s_retry.message_of(exc)}")
+        failed = status != "succeeded"
+        note = json.dumps({"status": "failed" if failed else "serving",
+                           "reason": self.reason if failed else ""})
+        values: Obj = {"rollout": {s["deployment"]: {k: s[k] for k in ("status", "model_run_id",
+                                                                     "message") if k in s}
+                                   for s in self.services.values()}}
+        if failed:
+            values.update(status="failed", reason=self.reason)
+        code = self.plan.codes[self.pipeline.batch[0]]
+        for what, action in (
+                ("on the promote Job", lambda: k8s_retry.call(
+                    self.kube.batch.patch_namespaced_job, self.plan.promote["metadata"]["name"],
+                    self.ns, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: note}}},
+                    _request_timeout=(10, 60))),
+                ("in the store", lambda: self.kube.create(manifests.record_job(
+                    self.pipeline, code, self.opts, values)))):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                self.on_log(f"nb2prod: could not record the roll-out {what}: "
+                            f"{k8s_retry.message_of(exc)}")
 
     # -- the whole deploy -------------------------------------------------------------------
     def run(self) -> dict:
@@ -1360,6 +1373,8 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
         entry = runs.setdefault(run, {"run_id": run, "stages": {}, "promotion": None,
                                       "created": job["metadata"].get("creationTimestamp")})
         state = _job_state(job)
+        if component == manifests.RECORD:
+            continue  # bookkeeping, not a stage
         if component == manifests.PROMOTE:
             entry["promotion"] = {"Complete": "promoted", "Running": "running",
                                   "Pending": "pending"}.get(state, "not promoted / failed")

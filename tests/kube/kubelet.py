@@ -159,6 +159,8 @@ class Kubelet:
         if reasons:
             message = (f"0/1 nodes are available: {', '.join(reasons)}. preemption: 0/1 nodes are available: "
                        "1 Preemption is not helpful for scheduling.")
+            if reasons[0].startswith("persistentvolumeclaim"):  # a pre-filter: as kube-scheduler 1.36 says it
+                message = f"0/1 nodes are available: {reasons[0]}. not found"
 
             def unschedulable(p: Obj) -> None:
                 set_condition(p.setdefault("status", {}), "PodScheduled", "False", "Unschedulable", message,

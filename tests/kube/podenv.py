@@ -31,6 +31,20 @@ from .store import Obj, Store
 PYTHON_NAMES = re.compile(r"^python(3(\.\d+)?)?$")
 
 
+#: Owner of the directories the kubelet makes (emptyDirs, subPaths) when the stand-in runs
+#: as root: not the container's user, as on a node, where root owns them.
+KUBELET_UID = 65534
+
+
+def foreign(path: Path) -> None:
+    """Make `path` what a node's kubelet makes: mode 0777, owned by another user than the
+    container's, so a container (capabilities dropped, see podrunner) may write in it but
+    not chmod it."""
+    path.chmod(0o777)
+    if os.geteuid() == 0:
+        os.chown(path, KUBELET_UID, KUBELET_UID)
+
+
 class NotReadyError(Exception):
     """A referenced object is missing; the kubelet retries (reason is the waiting reason)."""
 
@@ -160,6 +174,8 @@ class PodEnv:
                             self._write_files(target, data or {}, ref.get("items"), mode)
             return target
         target.mkdir(parents=True, exist_ok=True)  # emptyDir and anything exotic
+        if vol.get("emptyDir") is not None:
+            foreign(target)
         return target
 
     def _token(self) -> str:
@@ -191,7 +207,9 @@ class PodEnv:
                 continue
             if mount.get("subPath"):
                 local = local / mount["subPath"]
-                local.mkdir(parents=True, exist_ok=True)
+                if not local.exists():
+                    local.mkdir(parents=True)
+                    foreign(local)
             out.append((mount["mountPath"].rstrip("/") or "/", str(local)))
         return sorted(out, key=lambda m: -len(m[0]))
 

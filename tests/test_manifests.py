@@ -108,6 +108,32 @@ def test_every_object_validates_strictly(split_dirs: dict[str, Path], image: str
                 kv.validate(obj, version, strict=True)
 
 
+def test_record_job_and_claim_reader_validate(iris_dir: Path) -> None:
+    """The Jobs/pods deploy and `runs` make besides the plan: same hardening, valid."""
+    kv = pytest.importorskip("kubernetes_validate")
+    from kubernetes_validate import utils
+
+    from nb2prod.runners import claim
+
+    pipeline = load_pipeline(iris_dir)
+    opts = options(store="pvc://models/iris")
+    code = m.stage_code(pipeline.stages["train"])
+    job = m.record_job(pipeline, code, opts, {"status": "failed", "reason": "why"})
+    script = container_of(job)["command"][2]
+    assert "nb2prod_runtime.py record --pipeline iris --run-id" in script
+    assert '--values \'{"reason": "why", "status": "failed"}\'' in script
+    reader = claim.reader_pod(pipeline, opts)
+    assert reader["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "models", "readOnly": True}
+    assert reader["spec"]["containers"][0]["command"][-2:] == ["/nb2prod/store/iris", "iris"]
+    for obj in (job, reader):
+        for version in ("1.28.0", utils.latest_version()):
+            kv.validate(obj, version, strict=True)
+        pod = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else obj["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["containers"][0]["securityContext"] == m.CONTAINER_SECURITY
+
+
 def test_ingress_validates(iris_dir: Path) -> None:
     kv = pytest.importorskip("kubernetes_validate")
     set_ini(iris_dir / "stage-2-serve/config.ini", "service", "INGRESS", "true")
@@ -634,3 +660,22 @@ def test_rbac_is_minimal(split_dirs: dict[str, Path], iris_dir: Path) -> None:
     p = m.plan(load_pipeline(iris_dir), options())
     assert {o["kind"] for o in p.setup} == {"ServiceAccount", "ConfigMap"}
     assert not p.services
+
+
+def test_claim_snapshot_parsing() -> None:
+    """What the reader pod printed becomes a store `list_runs` reads, or one clear error."""
+    from nb2prod import artifacts
+    from nb2prod.errors import PipelineFailure
+    from nb2prod.runners import claim
+
+    run = {"run_id": "r1", "status": "succeeded", "started": 1.0, "finished": 2.0}
+    printed = json.dumps({"keys": ["iris/latest.json", "iris/runs/r1/run.json",
+                                   "iris/runs/r1/train/model.joblib"],
+                          "files": {"iris/latest.json": json.dumps({"run_id": "r1"}),
+                                    "iris/runs/r1/run.json": json.dumps(run)}})
+    store = claim.parse("pvc://models/", "Succeeded", "some noise\n" + printed + "\n")
+    (found,) = artifacts.list_runs(store, "iris")
+    assert (found["run_id"], found["status"], found["latest"]) == ("r1", "succeeded", True)
+    assert found["stage_dirs"] == ["train"]
+    with pytest.raises(PipelineFailure, match="reading pvc://models/: python: can't open"):
+        claim.parse("pvc://models/", "Failed", "python: can't open file\n")

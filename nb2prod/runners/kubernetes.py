@@ -1124,8 +1124,9 @@ class Deployer:
 
     def record_rollout(self, status: str) -> None:
         """Note the roll-out's outcome where `status` and `runs` look: on the run's promote
-        Job (an annotation) and, through a short Job, in the store's run.json (as the
-        in-cluster roller does).  Neither is worth failing the deploy for."""
+        Job (an annotation) and, when it failed, through a short Job in the store's run.json
+        (as the in-cluster roller does; a success is what run.json says already).  Neither
+        is worth failing the deploy for."""
         if self.plan.promote is None:
             return
         failed = status != "succeeded"
@@ -1137,13 +1138,14 @@ class Deployer:
         if failed:
             values.update(status="failed", reason=self.reason)
         code = self.plan.codes[self.pipeline.batch[0]]
-        for what, action in (
-                ("on the promote Job", lambda: k8s_retry.call(
-                    self.kube.batch.patch_namespaced_job, self.plan.promote["metadata"]["name"],
-                    self.ns, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: note}}},
-                    _request_timeout=(10, 60))),
-                ("in the store", lambda: self.kube.create(manifests.record_job(
-                    self.pipeline, code, self.opts, values)))):
+        actions = [("on the promote Job", lambda: k8s_retry.call(
+            self.kube.batch.patch_namespaced_job, self.plan.promote["metadata"]["name"],
+            self.ns, {"metadata": {"annotations": {ROLLOUT_ANNOTATION: note}}},
+            _request_timeout=(10, 60)))]
+        if failed:
+            actions.append(("in the store", lambda: self.kube.create(manifests.record_job(
+                self.pipeline, code, self.opts, values))))
+        for what, action in actions:
             try:
                 action()
             except Exception as exc:  # noqa: BLE001 - reported, not fatal

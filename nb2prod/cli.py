@@ -494,20 +494,32 @@ def _deploy_summary(result: dict) -> None:
 @click.option("--cron", "cron_expr", metavar="EXPR", help="Render the scheduled form instead: "
               "a CronJob that retrains, gates and rolls [nb2prod.ini [schedule] CRON].")
 @click.option("--time-zone", help="IANA time zone of --cron [nb2prod.ini [schedule] TIME_ZONE].")
+@click.option("--dockerfile", is_flag=True, help="Print a Dockerfile instead: an image with "
+              "every stage's requirements preinstalled, for --image.")
 @click.option("-o", "--output", type=PathArg, help="Write the YAML here [stdout].")
 def render(target: Path, namespace: str | None, image: str | None, store: str | None,
            params: tuple[str, ...], cron_expr: str | None, time_zone: str | None,
-           output: Path | None) -> None:
+           dockerfile: bool, output: Path | None) -> None:
     """Print every Kubernetes object of a deploy of DIR as YAML (for kubectl / GitOps).
 
     With --cron (or [schedule] CRON in nb2prod.ini): the objects of `nb2prod
-    schedule` instead, which a plain `kubectl apply` can run on its own.
+    schedule` instead, which a plain `kubectl apply` can run on its own.  With
+    --dockerfile: the Dockerfile of an image for `deploy --image`.
     """
     from nb2prod import manifests
     from nb2prod.runners import kubernetes as kube
 
     _check_output_file(output)
     pipeline = _open_pipeline(target)
+    if dockerfile:
+        text = manifests.dockerfile(pipeline, pipeline.store_uri(store),
+                                    manifests.default_boto3_requirement())
+        if output is None:
+            click.echo(text, nl=False)
+        else:
+            _write_file(output, text)
+            click.echo(f"wrote the Dockerfile of {pipeline.name} to {output}", err=True)
+        return
     cron_expr, time_zone, _ = _schedule_settings(pipeline, cron_expr, time_zone, False,
                                                  required=False)
     opts = kube.options_for(pipeline, _namespace(pipeline, namespace), image=image, store=store,

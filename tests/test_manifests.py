@@ -679,3 +679,24 @@ def test_claim_snapshot_parsing() -> None:
     assert found["stage_dirs"] == ["train"]
     with pytest.raises(PipelineFailure, match="reading pvc://models/: python: can't open"):
         claim.parse("pvc://models/", "Failed", "python: can't open file\n")
+
+
+def test_dockerfile_preinstalls_every_stages_requirements(iris_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from nb2prod import cli
+
+    pipeline = load_pipeline(iris_dir)
+    wanted = set()
+    for stage in pipeline.stages.values():
+        wanted |= {line.strip() for line in (stage.directory / "requirements.txt").read_text()
+                   .splitlines() if line.strip() and not line.startswith("#")}
+    text = m.dockerfile(pipeline, "pvc://models/iris", "boto3==9")
+    lines = text.splitlines()
+    assert "FROM python:3.11-slim" in lines and lines[-1] == "USER 1000:1000"
+    installed = {line.strip().rstrip(" \\") for line in lines if line.startswith("      ")}
+    assert installed == wanted and "gunicorn" in " ".join(installed)
+    assert "boto3==9" in m.dockerfile(pipeline, "s3://bucket/x", "boto3==9")
+    assert cli.main(["render", str(iris_dir), "--dockerfile"]) == 0
+    assert capsys.readouterr().out == m.dockerfile(pipeline, pipeline.store_uri(None),
+                                                   m.default_boto3_requirement())

@@ -414,6 +414,18 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     assert predict(standin, "gated-serve", {}) == (200, {"accuracy": 0.95})
 
 
+def test_schedule_and_no_wait_refuse_a_missing_claim_before_creating_anything(
+        kube_standin: KubeStandIn, iris_split: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(kube_standin.requests)
+    for command in (["schedule", str(iris_split), "-n", "fresh", "--cron", "0 3 * * *"],
+                    ["deploy", str(iris_split), "-n", "fresh", "--no-wait"]):
+        code, output = run_cli([*command, "--image", IMAGE, "--store", "pvc://gone/iris"], capsys)
+        assert code == 2, output
+        assert "PersistentVolumeClaim gone not found in namespace fresh" in output
+    assert [r for r in kube_standin.requests[before:] if r.method != "GET"] == []
+    assert kube_standin.store.peek("namespaces", "", "fresh") is None
+
+
 # -- render --cron and cron checks ---------------------------------------------------------
 def test_render_cron_validates_and_runs_on_its_own(iris_split: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,7 @@ def render(
                 env, "app.py.j2", pipeline=name, stage=stage.name,
                 executable=f"{stage.name}.ipynb", route=service["ROUTE"],
                 entrypoint=service["ENTRYPOINT"], nb2prod_version=__version__)
-        for module in local.closure(site.module for site in _stage_imports(analysis, stage)):
+        for module in local.closure(site.module for site in _loading_imports(analysis, stage)):
             for rel, data in module.files.items():
                 out.files[f"{base}/{rel}"] = data
     if problems:
@@ -217,6 +217,16 @@ def _stage_imports(analysis: Analysis, stage: Stage) -> list[Import]:
     return found
 
 
+def _loading_imports(analysis: Analysis, stage: Stage) -> list[Import]:
+    """A stage's own imports plus those of the stages it loads from (variables or files):
+    unpickling their data needs their modules, third-party and local alike (an object of
+    a class from a local package needs that package in the loading stage too)."""
+    imports = _stage_imports(analysis, stage)
+    for producer in sorted(set(stage.inputs.values()) | set(stage.file_inputs.values())):
+        imports += _stage_imports(analysis, analysis.stage(producer))
+    return imports
+
+
 @functools.lru_cache(maxsize=256)
 def _pruned_flow(source: str) -> CellFlow:
     return analyze_cell(source)
@@ -227,9 +237,7 @@ def _stage_requirements(analysis: Analysis, stage: Stage, overrides: dict[str, s
                         notes: list[Problem]) -> list[str]:
     """Its own imports, those inside the local modules it imports, plus the imports of
     the stages it loads from, variables or files (to unpickle their data)."""
-    imports = _stage_imports(analysis, stage)
-    for producer in sorted(set(stage.inputs.values()) | set(stage.file_inputs.values())):
-        imports += _stage_imports(analysis, analysis.stage(producer))
+    imports = _loading_imports(analysis, stage)
     names = {site.module for site in imports}
     reached = {module.name for module in local.closure(names)}
     imports += local.third_party_imports(names)

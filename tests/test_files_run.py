@@ -156,3 +156,30 @@ def _free_port() -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_stage_loading_an_object_of_a_local_class_gets_its_package(tmp_path: Path) -> None:
+    """`enc` is an object of a class from the local package `kit/`; the stage that loads
+    it never imports `kit`, yet unpickling needs it there (seen in a real notebook whose
+    service loaded a fitted encoder)."""
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "kit" / "__init__.py").write_text("")
+    (tmp_path / "kit" / "encode.py").write_text(
+        "class Scale:\n    def fit(self, xs):\n        self.top = max(xs)\n        return self\n\n"
+        "    def apply(self, xs):\n        return [x / self.top for x in xs]\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in [
+        (["stage:prep"], "from kit.encode import Scale\nenc = Scale().fit([1.0, 4.0])"),
+        (["stage:use"], "scaled = enc.apply([2.0])\nprint(scaled)\nshare = scaled[0]"),
+        (["metrics"], "share"),
+    ]]
+    nbformat.write(nb, tmp_path / "enc.ipynb")
+    done = nb2prod("run", "enc.ipynb", "--no-serve", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pipeline = tmp_path / "enc-pipeline"
+    assert (pipeline / "stage-2-use" / "kit" / "encode.py").is_file()
+    [run] = [p for p in (pipeline / ".nb2prod" / "artifacts").glob("*/runs/*") if p.is_dir()]
+    metrics = json.loads((run / "use" / "metrics.json").read_text())
+    assert metrics["share"] == 0.5

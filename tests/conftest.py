@@ -8,6 +8,8 @@ silently, so CI cannot go green on a broken import or a wrong path.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 MINIMUM_TESTS = 50
@@ -23,3 +25,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(
             f"only {len(session.items)} tests collected for the whole suite "
             f"(expected at least {MINIMUM_TESTS}): a test module failed to import?")
+
+
+def _sigterm_is_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """CI runners and `timeout` stop a suite with SIGTERM, whose default kills pytest
+    before any fixture tears down: the servers, stand-in pods and kernels tests started
+    would be left running.  Taking the Ctrl-C path instead runs every teardown."""
+    signal.signal(signal.SIGTERM, _sigterm_is_ctrl_c)

@@ -6,7 +6,7 @@
   iris example, checks the stage markers against the Python analysis, splits
   from the toolbar, checks the pipeline on disk, deploys (scripted deploy
   function, real handlers and polling), then re-tags a cell with the
-  "Set stage" command and follows a problem's "Go to cell" button.
+  "Cell role…" command and follows a problem's "Go to cell" button.
 - The wheel contains the labextension and the server config, and a fresh
   venv with only that wheel lists both as enabled.
 
@@ -285,15 +285,15 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             dialog.locator(".jp-Dialog-button", has_text="Close").click()
             expect(dialog).to_have_count(0)
 
-            # 4. "Set stage" from the cell context menu: an empty answer removes
-            # the train tag, so train's cells fall before the first stage...
+            # 4. "Cell role…" from the cell context menu: "joins the stage above"
+            # removes the train tag, so train's cells fall before the first stage...
             train_cell = expected.index("train")
             cells.nth(train_cell).locator(".jp-InputPrompt").click(button="right")
-            page.locator(".lm-Menu-item", has_text="nb2prod: Set stage of selected cells").click()
-            answer = dialog.locator("input")
-            expect(answer).to_have_value("train")
-            answer.fill("")
-            dialog.locator(".jp-Dialog-button", has_text="Set stage").click()
+            page.locator(".lm-Menu-item", has_text="nb2prod: Cell role…").click()
+            expect(dialog.locator("select[name=place]")).to_have_value("stage")
+            expect(dialog.locator("input[name=name]")).to_have_value("train")
+            dialog.locator("select[name=place]").select_option("join")
+            dialog.locator(".jp-Dialog-button", has_text="Set role").click()
             expect(cells.nth(train_cell).locator(".nb2prod-StageMarker")).to_have_count(0)
             nb_cells = json.loads(notebook.read_text())["cells"]
             metrics_cell = next(i for i, c in enumerate(nb_cells)

@@ -145,3 +145,125 @@ export function deploy(req: IDeployRequest): Promise<IDeployStatus> {
 export function deployStatus(id: string): Promise<IDeployStatus> {
   return request<IDeployStatus>(`deploy/${encodeURIComponent(id)}`, { method: 'GET' });
 }
+
+// -- the Pipeline panel -------------------------------------------------------------
+/** A problem with `position` = cell + 1 (what the status bar and messages show). */
+export interface IPanelProblem extends IProblem {
+  position?: number | null;
+}
+
+export interface IPanelStage extends IStage {
+  positions: number[];
+  files: string[];
+  file_inputs: { [path: string]: string };
+  resources: { [key: string]: string };
+  secrets: string[];
+}
+
+/** One node of `nb2prod.graph.Graph` (the model `nb2prod graph` draws). */
+export interface IGraphNode {
+  name: string;
+  kind: 'batch' | 'service';
+  state: string | null;
+  seconds: number | null;
+  cached_from: string | null;
+  metrics: { [name: string]: number };
+  message: string;
+}
+
+export interface IGraphEdge {
+  source: string;
+  target: string;
+  names: string[];
+  files: string[];
+}
+
+export interface IGraph {
+  pipeline: string;
+  nodes: IGraphNode[];
+  edges: IGraphEdge[];
+  run_id: string | null;
+  run_status: string | null;
+}
+
+/** GET /nb2prod/pipeline */
+export interface IPipelineInfo {
+  notebook: string;
+  pipeline_dir: string | null;
+  split: boolean;
+  stages: IPanelStage[];
+  dag: [string, string][];
+  problems: IPanelProblem[];
+  warnings: IPanelProblem[];
+  no_stage: { cell: number; position: number; why: string }[];
+  graph: IGraph | null;
+}
+
+export interface IRunStage {
+  status?: string;
+  seconds?: number;
+  cached_from?: string;
+  message?: string;
+  reason?: string;
+  /** paths relative to the server root: open with `fileUrl` */
+  files: { html?: string; notebook?: string; log?: string };
+}
+
+export interface IRun {
+  run_id: string;
+  status: string;
+  started: number | null;
+  finished: number | null;
+  seconds: number | null;
+  metrics: { [stage: string]: { [name: string]: number } };
+  promoted: boolean | null;
+  reason: string;
+  latest: boolean;
+  stages: { [name: string]: IRunStage };
+}
+
+export interface ILaunch {
+  id: string;
+  state: 'running' | 'exited';
+  exit_code: number | null;
+  run_id: string | null;
+  output: string;
+  log: string | null;
+  started: number | null;
+}
+
+/** GET /nb2prod/runs */
+export interface IRuns {
+  pipeline: string | null;
+  runs: IRun[];
+  launches: ILaunch[];
+  graph: IGraph | null;
+}
+
+function query(endpoint: string, params: { [key: string]: string }): Promise<any> {
+  const search = new URLSearchParams(params).toString();
+  return request(`${endpoint}?${search}`, { method: 'GET' });
+}
+
+export function pipelineInfo(path: string): Promise<IPipelineInfo> {
+  return query('pipeline', { path });
+}
+
+export function runs(path: string, run?: string): Promise<IRuns> {
+  return query('runs', run ? { path, run } : { path });
+}
+
+export function startRun(path: string, serve = false): Promise<{ launch: ILaunch }> {
+  return post('run', { path, serve });
+}
+
+export function stopRun(path: string, launch: string): Promise<unknown> {
+  return post(`run/${encodeURIComponent(launch)}/stop`, { path });
+}
+
+/** The URL that serves a run's report, notebook or log (GET /nb2prod/file). */
+export function fileUrl(path: string): string {
+  const settings = ServerConnection.makeSettings();
+  return URLExt.join(settings.baseUrl, 'nb2prod', 'file') +
+    '?' + new URLSearchParams({ path }).toString();
+}

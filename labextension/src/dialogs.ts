@@ -28,11 +28,32 @@ export async function revealCell(notebook: Notebook, index: number): Promise<voi
   notebook.deselectAll();
   notebook.mode = 'command';
   notebook.activeCellIndex = index;
-  await notebook.scrollToItem(index, 'center');
   const cell = notebook.widgets[index];
+  // JupyterLab 4 renders long notebooks windowed: a far cell has no DOM node
+  // until `scrollToItem` brings it in, and the offset it scrolls to is
+  // estimated from cell heights not measured yet, so the cell can land off
+  // screen once the cells above it render.  Scroll again until it is visible.
+  for (let attempt = 0; attempt < 8 && !isInView(notebook, cell); attempt++) {
+    try {
+      await notebook.scrollToItem(index, 'center');
+    } catch {
+      // superseded by a newer scroll request (e.g. the activation's own)
+    }
+    await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+  }
   cell.addClass('nb2prod-flash');
   window.setTimeout(() => cell.removeClass('nb2prod-flash'), 1600);
   notebook.activate();
+}
+
+/** Whether the cell's node is attached and at least partly inside the notebook's viewport. */
+function isInView(notebook: Notebook, cell: Widget): boolean {
+  if (!cell.node.isConnected) {
+    return false;
+  }
+  const view = notebook.node.getBoundingClientRect();
+  const box = cell.node.getBoundingClientRect();
+  return box.height > 0 && box.bottom > view.top + 4 && box.top < view.bottom - 4;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(

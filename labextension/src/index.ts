@@ -4,7 +4,8 @@
  * - notebook toolbar buttons "Split to pipeline" and "Deploy…" calling the
  *   nb2prod jupyter_server extension;
  * - a stage marker on every code cell, recomputed as tags change;
- * - "nb2prod: Set stage of selected cells" (palette and cell context menu).
+ * - "nb2prod: Cell role…" (palette, cell context menu, toolbar): every tag of DESIGN.md;
+ * - the Pipeline panel in the right sidebar (panel.ts).
  *
  * All the splitting logic stays in Python: the frontend only saves the
  * notebook, sends its path and shows what the server answers, so the CLI and
@@ -16,11 +17,9 @@ import {
 } from '@jupyterlab/application';
 import {
   ICommandPalette,
-  InputDialog,
   showErrorMessage,
   ToolbarButton
 } from '@jupyterlab/apputils';
-import { Cell } from '@jupyterlab/cells';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import {
   INotebookModel,
@@ -28,6 +27,7 @@ import {
   NotebookPanel
 } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { LabIcon } from '@jupyterlab/ui-components';
 import { DisposableDelegate, IDisposable } from '@lumino/disposable';
 
 import * as api from './api';
@@ -40,7 +40,10 @@ import {
   showReport
 } from './dialogs';
 import { StageMarkers, tagsOf } from './markers';
-import { applyStage, stageNames } from './stages';
+import { PipelinePanel } from './panel';
+import { askRole } from './roleform';
+import { readRole, roleTags } from './roles';
+import { stageNames } from './stages';
 
 const PLUGIN_ID = 'nb2prod:plugin';
 
@@ -49,7 +52,19 @@ export namespace CommandIDs {
   export const deploy = 'nb2prod:deploy';
   export const check = 'nb2prod:check';
   export const setStage = 'nb2prod:set-stage';
+  export const showPanel = 'nb2prod:show-pipeline';
+  export const runLocally = 'nb2prod:run-locally';
 }
+
+/** The Pipeline panel's tab icon: three stages joined in a DAG. */
+const pipelineIcon = new LabIcon({
+  name: 'nb2prod:pipeline',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">' +
+    '<g class="jp-icon3" fill="#616161"><rect x="5" y="1" width="6" height="4" rx="1"/>' +
+    '<rect x="1" y="11" width="6" height="4" rx="1"/><rect x="9" y="11" width="6" height="4" rx="1"/>' +
+    '<path d="M7.5 5h1v3h3.5v3h-1V9H5v2H4V8h3.5z"/></g></svg>'
+});
 
 /** The server path of a notebook: drive prefixes (e.g. "RTC:") stripped. */
 function serverPath(app: JupyterFrontEnd, panel: NotebookPanel): string {
@@ -158,12 +173,23 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
     if (!panel.toolbar.insertAfter('nb2prod-split', 'nb2prod-deploy', deploy)) {
       panel.toolbar.addItem('nb2prod-deploy', deploy);
     }
+    const role = new ToolbarButton({
+      className: 'nb2prod-RoleButton',
+      label: 'Cell role…',
+      tooltip: 'Set the nb2prod role of the selected cells (stage, serve, imports, ' +
+        'functions, parameters, skip, metrics, after:, resources)',
+      onClick: () => void setRole(panel, this._markers.get(panel) ?? null)
+    });
+    if (!panel.toolbar.insertAfter('nb2prod-deploy', 'nb2prod-role', role)) {
+      panel.toolbar.addItem('nb2prod-role', role);
+    }
     const markers = new StageMarkers(panel);
     markers.enabled = this._settings.showStageMarkers;
     this._markers.set(panel, markers);
     return new DisposableDelegate(() => {
       split.dispose();
       deploy.dispose();
+      role.dispose();
       markers.dispose();
       this._markers.delete(panel);
     });
@@ -203,6 +229,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .catch(reason => console.warn('nb2prod: settings not loaded', reason));
     }
 
+    const pipeline = new PipelinePanel(markers, panel => serverPath(app, panel));
+    pipeline.title.icon = pipelineIcon;
+    app.shell.add(pipeline, 'right', { rank: 650 });
+    pipeline.notebook = tracker.currentWidget;
+    tracker.currentChanged.connect((_, panel) => {
+      pipeline.notebook = panel;
+    });
+
     const current = (): NotebookPanel | null => tracker.currentWidget;
     const hasNotebook = (): boolean => current() !== null;
 
@@ -237,14 +271,31 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.setStage, {
-      label: 'nb2prod: Set stage of selected cells',
-      caption: 'Tag the selected cells with stage:NAME (or serve / serve:NAME)',
+      label: 'nb2prod: Cell role…',
+      caption: 'Set the role of the selected cells: stage, service, imports, functions, ' +
+        'parameters, skip, metrics, after:, resource hints',
       isEnabled: hasNotebook,
       execute: async () => {
         const panel = current();
         if (panel) {
-          await setStage(panel, markers.get(panel) ?? null);
+          await setRole(panel, markers.get(panel) ?? null);
         }
+      }
+    });
+
+    app.commands.addCommand(CommandIDs.showPanel, {
+      label: 'nb2prod: Show pipeline panel',
+      execute: () => {
+        app.shell.activateById(pipeline.id);
+      }
+    });
+    app.commands.addCommand(CommandIDs.runLocally, {
+      label: 'nb2prod: Run pipeline locally',
+      caption: 'Save, split and run the batch stages on the server (nb2prod run --no-serve)',
+      isEnabled: hasNotebook,
+      execute: async () => {
+        app.shell.activateById(pipeline.id);
+        await pipeline.runLocally();
       }
     });
 
@@ -262,10 +313,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
 };
 
 /**
- * Ask for a stage name and tag the selected cells with it, replacing their
- * other stage/role tags (a cell has one place in the pipeline).
+ * The "Cell role…" form for the selected code cells, pre-filled from the
+ * active cell; saving replaces our tags on every selected cell (foreign tags
+ * such as `hide-input` stay) in one undoable transaction.
  */
-async function setStage(panel: NotebookPanel, markers: StageMarkers | null): Promise<void> {
+async function setRole(panel: NotebookPanel, markers: StageMarkers | null): Promise<void> {
   const notebook = panel.content;
   const cells = notebook.widgets.filter(
     cell => cell.model.type === 'code' && notebook.isSelectedOrActive(cell)
@@ -274,35 +326,17 @@ async function setStage(panel: NotebookPanel, markers: StageMarkers | null): Pro
     await showErrorMessage('nb2prod', 'Select one or more code cells first.');
     return;
   }
+  const active = notebook.activeCell && cells.includes(notebook.activeCell)
+    ? notebook.activeCell : cells[0];
   const known = markers ? stageNames(markers.markers) : [];
-  const active = markers?.markers[notebook.activeCellIndex];
-  const initial = active && active.kind === 'stage' ? active.name : known[0] ?? '';
-  const suggestions = known.length ? ` Stages so far: ${known.join(', ')}.` : '';
-  const result = await InputDialog.getText({
-    title: `nb2prod: stage of ${cells.length} selected cell${cells.length === 1 ? '' : 's'}`,
-    label:
-      'Stage name (serve or serve:NAME for a service stage; empty: join the stage above).' +
-      suggestions,
-    text: initial,
-    placeholder: 'train',
-    okLabel: 'Set stage'
-  });
-  if (!result.button.accept || result.value === null) {
+  const role = await askRole(readRole(tagsOf(active)), known, cells.length);
+  if (role === null) {
     return;
   }
-  const updates: [Cell, string[]][] = [];
-  for (const cell of cells) {
-    const next = applyStage(tagsOf(cell), result.value);
-    if (typeof next === 'string') {
-      await showErrorMessage('nb2prod: invalid stage name', next);
-      return;
-    }
-    updates.push([cell, next]);
-  }
-  // One undoable transaction for all selected cells.
   const shared = panel.context.model.sharedModel;
   shared.transact(() => {
-    for (const [cell, tags] of updates) {
+    for (const cell of cells) {
+      const tags = roleTags(tagsOf(cell), role);
       if (tags.length) {
         cell.model.setMetadata('tags', tags);
       } else {

@@ -12,10 +12,28 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 import { PanelLayout, Widget } from '@lumino/widgets';
 
-import { CellMarker, computeMarkers, ICellInfo, stageColor } from './stages';
+import {
+  CellMarker,
+  computeMarkers,
+  ICellInfo,
+  hashedColor,
+  rememberStageColors,
+  stageColors,
+  stageNames
+} from './stages';
 
 const MARKER_CLASS = 'nb2prod-StageMarker';
 const CELL_CLASS = 'nb2prod-staged';
+const PROBLEM_CLASS = 'nb2prod-CellProblem';
+const PROBLEM_CELL_CLASS = 'nb2prod-hasProblem';
+
+/** A problem the server reported on a cell (0-based index). */
+export interface ICellProblem {
+  cell: number;
+  message: string;
+  text: string;
+  severity: 'error' | 'warning';
+}
 
 /** Keeps the markers of one notebook panel up to date. */
 export class StageMarkers implements IDisposable {
@@ -66,8 +84,13 @@ export class StageMarkers implements IDisposable {
       tags: tagsOf(cell)
     }));
     this._markers = computeMarkers(infos);
+    this._colors = stageColors(stageNames(this._markers));
+    if (this._panel.isVisible) {
+      rememberStageColors(this._colors);
+    }
     cells.forEach((cell, i) => {
       this._render(cell, this._enabled ? this._markers[i] : { kind: 'none' });
+      this._renderProblems(cell, this._problems.get(i) ?? []);
     });
   }
 
@@ -107,7 +130,7 @@ export class StageMarkers implements IDisposable {
       this._widgets.set(cell, widget);
     }
     const node = widget.node;
-    const { text, title, color, variant, stage } = describe(marker);
+    const { text, title, color, variant, stage } = describe(marker, this._colors);
     if (node.textContent !== text) {
       node.textContent = text;
     }
@@ -119,7 +142,56 @@ export class StageMarkers implements IDisposable {
     cell.node.style.setProperty('--nb2prod-stage-color', color);
   }
 
+  /** The colour of each stage, as the markers show it (the panel uses the same). */
+  get colors(): Map<string, string> {
+    return this._colors;
+  }
+
+  /**
+   * Problems found by the server's last check, shown on their cells until the
+   * next check replaces them (`[]` clears them).
+   */
+  setProblems(problems: readonly ICellProblem[]): void {
+    this._problems = new Map();
+    for (const problem of problems) {
+      const list = this._problems.get(problem.cell) ?? [];
+      list.push(problem);
+      this._problems.set(problem.cell, list);
+    }
+    this.update();
+  }
+
+  private _renderProblems(cell: Cell, problems: readonly ICellProblem[]): void {
+    let widget = this._problemWidgets.get(cell);
+    if (!problems.length) {
+      if (widget) {
+        widget.dispose();
+        this._problemWidgets.delete(cell);
+      }
+      cell.removeClass(PROBLEM_CELL_CLASS);
+      return;
+    }
+    if (!widget || widget.isDisposed) {
+      widget = new Widget();
+      widget.addClass(PROBLEM_CLASS);
+      const layout = cell.layout as PanelLayout;
+      const marker = this._widgets.get(cell);
+      layout.insertWidget(marker && !marker.isDisposed ? 1 : 0, widget);
+      this._problemWidgets.set(cell, widget);
+    }
+    const severity = problems.some(p => p.severity === 'error') ? 'error' : 'warning';
+    widget.node.dataset.severity = severity;
+    widget.node.textContent = problems
+      .map(p => `${p.severity === 'error' ? '✖' : '⚠'} ${p.message}`)
+      .join('\n');
+    widget.node.title = problems.map(p => p.text).join('\n');
+    cell.addClass(PROBLEM_CELL_CLASS);
+  }
+
   private _panel: NotebookPanel;
+  private _colors = new Map<string, string>();
+  private _problems = new Map<number, ICellProblem[]>();
+  private _problemWidgets = new WeakMap<Cell, Widget>();
   private _disposed = false;
   private _enabled = true;
   private _timer: number | null = null;
@@ -141,7 +213,7 @@ interface IMarkerView {
   stage: string | null;
 }
 
-function describe(marker: CellMarker): IMarkerView {
+function describe(marker: CellMarker, colors: Map<string, string>): IMarkerView {
   switch (marker.kind) {
     case 'stage': {
       const kind = marker.type === 'service' ? 'service' : 'batch';
@@ -150,7 +222,7 @@ function describe(marker: CellMarker): IMarkerView {
         title: marker.start
           ? `Starts ${kind} stage '${marker.name}'`
           : `Untagged: joins ${kind} stage '${marker.name}' (the stage of the nearest tagged cell above)`,
-        color: stageColor(marker.name),
+        color: colors.get(marker.name) ?? hashedColor(marker.name),
         variant: marker.start ? 'start' : 'continued',
         stage: marker.name
       };

@@ -194,48 +194,6 @@ export function isStageOrRoleTag(tag: string): boolean {
   );
 }
 
-/**
- * The tags a cell should have after "set stage" with the user's answer.
- *
- * `NAME` (or `stage:NAME`) → `stage:NAME`; `serve` / `serve:NAME` → that
- * service tag; an empty answer removes the stage so the cell joins the stage
- * above.  Other stage and role tags of ours are removed because a cell has
- * one place; foreign tags (`hide-input`, `after:x`, `cpu:1`...) are kept.
- * Returns an error message instead when the name is not valid.
- */
-export function applyStage(tags: readonly string[], answer: string): string[] | string {
-  let value = answer.trim();
-  let tag: string | null = null;
-  if (value === '') {
-    tag = null;
-  } else if (value === 'serve' || value.startsWith('serve:')) {
-    const name = value === 'serve' ? 'serve' : value.slice('serve:'.length);
-    if (!NAME_RE.test(name)) {
-      return invalidName(name);
-    }
-    tag = name === 'serve' ? 'serve' : `serve:${name}`;
-  } else {
-    for (const prefix of BATCH_PREFIXES) {
-      if (value.startsWith(`${prefix}:`)) {
-        value = value.slice(prefix.length + 1);
-      }
-    }
-    if (!NAME_RE.test(value)) {
-      return invalidName(value);
-    }
-    tag = `stage:${value}`;
-  }
-  const kept = tags.filter(t => !isStageOrRoleTag(t));
-  return tag === null ? kept : [...kept, tag];
-}
-
-function invalidName(name: string): string {
-  return (
-    `'${name}' is not a valid stage name: use lowercase letters, digits, '-' and '_' ` +
-    '(at most 40, starting with a letter or digit)'
-  );
-}
-
 /** The stage names used in a notebook, in order, for suggestions. */
 export function stageNames(markers: readonly CellMarker[]): string[] {
   const names: string[] = [];
@@ -248,14 +206,54 @@ export function stageNames(markers: readonly CellMarker[]): string[] {
 }
 
 /**
- * A stable colour per stage name, so the same stage has the same colour in
- * every notebook and after reloads (a hash of the name, not the position).
+ * Stage colours: well separated hues, each dark enough that white marker
+ * text on it has at least 4.5:1 contrast (WCAG AA), in light and dark themes
+ * alike (the marker carries its own background).
  */
-export function stageColor(name: string): string {
+export const STAGE_PALETTE = [
+  '#1f5fa8', '#a3361f', '#2e7d32', '#6a3d9a', '#b0357a', '#00695c',
+  '#8a5a00', '#455a64', '#3949ab', '#ad1457', '#5d4037', '#006c75'
+];
+
+/**
+ * The colour of each stage: palette entries in order of first appearance in
+ * the notebook, so no two of the first twelve stages share a colour and a
+ * stage keeps its colour across reloads; further stages get a hashed hue.
+ */
+export function stageColors(names: readonly string[]): Map<string, string> {
+  const colors = new Map<string, string>();
+  names.forEach((name, i) => {
+    if (!colors.has(name)) {
+      colors.set(name, i < STAGE_PALETTE.length ? STAGE_PALETTE[i] : hashedColor(name));
+    }
+  });
+  return colors;
+}
+
+/** A stable dark colour for a stage name beyond the palette (or without an order). */
+export function hashedColor(name: string): string {
   let hash = 0;
   for (let i = 0; i < name.length; i++) {
     hash = (hash * 31 + name.charCodeAt(i)) >>> 0;
   }
   const hue = (hash * 137) % 360;
-  return `hsl(${hue}, 62%, 40%)`;
+  return `hsl(${hue}, 60%, 26%)`;
+}
+
+/** The colours of the notebook last marked: dialogs show stages in the same colours. */
+let current = new Map<string, string>();
+
+export function rememberStageColors(colors: Map<string, string>): void {
+  current = colors;
+}
+
+/** A stage's colour as its cells' markers show it. */
+export function stageColor(name: string): string {
+  return current.get(name) ?? hashedColor(name);
+}
+
+/** Colours of stages given with their cells, in order of their first cell. */
+export function colorsOfStages(stages: readonly { name: string; cells: number[] }[]): Map<string, string> {
+  const first = (cells: number[]): number => (cells.length ? Math.min(...cells) : Infinity);
+  return stageColors([...stages].sort((a, b) => first(a.cells) - first(b.cells)).map(s => s.name));
 }

@@ -1,0 +1,453 @@
+"use strict";(self.rspackChunknb2prod=self.rspackChunknb2prod||[]).push([[232],{8475(r,o,e){var n=e(1601),t=e.n(n),a=e(6314),p=(e.n(a))()(t());p.push([r.id,`/*
+ * nb2prod: stage markers on cells and the split/deploy dialogs.
+ * Colours come from JupyterLab theme variables so light and dark themes work;
+ * the per-stage colour is set inline as --nb2prod-stage-color.
+ */
+
+/* -- stage markers -------------------------------------------------------- */
+
+.jp-Cell.nb2prod-staged {
+  box-shadow: inset 3px 0 0 var(--nb2prod-stage-color, transparent);
+}
+
+.nb2prod-StageMarker {
+  display: inline-block;
+  align-self: flex-start;
+  margin: 0 0 2px var(--jp-cell-prompt-width, 64px);
+  padding: 0 6px;
+  border-radius: 3px;
+  font-family: var(--jp-ui-font-family);
+  font-size: var(--jp-ui-font-size0, 10px);
+  line-height: 16px;
+  max-width: calc(100% - var(--jp-cell-prompt-width, 64px));
+  overflow: hidden;
+  white-space: nowrap;
+  text-overflow: ellipsis;
+  color: #fff;
+  background: var(--nb2prod-stage-color, var(--jp-layout-color4));
+  user-select: none;
+}
+
+.nb2prod-StageMarker[data-variant='continued'] {
+  color: var(--jp-ui-font-color1);
+  background: transparent;
+  border: 1px solid var(--nb2prod-stage-color);
+  line-height: 14px;
+}
+
+.nb2prod-StageMarker[data-variant='role'],
+.nb2prod-StageMarker[data-variant='skip'] {
+  color: var(--jp-ui-font-color1);
+  background: var(--jp-layout-color2);
+  border: 1px dashed var(--jp-border-color1);
+  line-height: 14px;
+}
+
+.nb2prod-StageMarker[data-variant='error'] {
+  color: #fff;
+  background: var(--jp-error-color1);
+}
+
+.jp-Cell.nb2prod-flash {
+  animation: nb2prod-flash 1.6s ease-out;
+}
+
+@keyframes nb2prod-flash {
+  0%,
+  40% {
+    background: var(--jp-warn-color3, #ffe0b2);
+  }
+
+  100% {
+    background: transparent;
+  }
+}
+
+.nb2prod-busy .nb2prod-SplitButton,
+.nb2prod-busy .nb2prod-DeployButton {
+  opacity: 0.5;
+  cursor: progress;
+}
+
+/* -- dialogs -------------------------------------------------------------- */
+
+.nb2prod-Dialog .jp-Dialog-content {
+  max-width: min(900px, 90vw);
+}
+
+.nb2prod-Report,
+.nb2prod-ProblemsBody,
+.nb2prod-DeployProgress {
+  max-height: 60vh;
+  overflow: auto;
+  font-size: var(--jp-ui-font-size1);
+}
+
+.nb2prod-Report-output {
+  font-family: var(--jp-code-font-family);
+  background: var(--jp-layout-color2);
+  padding: 1px 4px;
+  border-radius: 2px;
+}
+
+.nb2prod-Stages {
+  border-collapse: collapse;
+  width: 100%;
+  margin: 8px 0;
+}
+
+.nb2prod-Stages th,
+.nb2prod-Stages td {
+  text-align: left;
+  vertical-align: top;
+  padding: 4px 8px;
+  border-bottom: 1px solid var(--jp-border-color2);
+}
+
+.nb2prod-Stages th {
+  font-weight: 600;
+  color: var(--jp-ui-font-color1);
+}
+
+.nb2prod-Stage-name {
+  display: inline-block;
+  padding: 0 6px;
+  border-radius: 3px;
+  color: #fff;
+  background: var(--nb2prod-stage-color, var(--jp-brand-color1));
+  font-weight: 600;
+}
+
+.nb2prod-Stage-dir,
+.nb2prod-Stage-after,
+.nb2prod-Stage-reqs {
+  font-family: var(--jp-code-font-family);
+  font-size: var(--jp-code-font-size);
+  color: var(--jp-ui-font-color2);
+}
+
+.nb2prod-Report-dag {
+  color: var(--jp-ui-font-color2);
+}
+
+.nb2prod-Report-heading {
+  font-size: var(--jp-ui-font-size2);
+  margin: 12px 0 4px;
+}
+
+.nb2prod-Problems {
+  list-style: none;
+  padding: 0;
+  margin: 0;
+}
+
+.nb2prod-Problem {
+  display: flex;
+  align-items: baseline;
+  gap: 8px;
+  padding: 4px 0;
+  border-bottom: 1px solid var(--jp-border-color2);
+}
+
+.nb2prod-Problem-text {
+  flex: 1 1 auto;
+  font-family: var(--jp-code-font-family);
+  font-size: var(--jp-code-font-size);
+  white-space: pre-wrap;
+}
+
+.nb2prod-GoToCell {
+  flex: 0 0 auto;
+}
+
+.nb2prod-DeployForm {
+  display: flex;
+  flex-direction: column;
+  gap: 8px;
+  min-width: 360px;
+}
+
+.nb2prod-DeployForm-row {
+  display: flex;
+  flex-direction: column;
+  gap: 2px;
+}
+
+.nb2prod-DeployForm-label {
+  font-size: var(--jp-ui-font-size1);
+  color: var(--jp-ui-font-color1);
+}
+
+.nb2prod-State {
+  display: inline-block;
+  padding: 0 6px;
+  border-radius: 3px;
+  background: var(--jp-layout-color3);
+}
+
+.nb2prod-State-running {
+  background: var(--jp-brand-color3);
+}
+
+.nb2prod-State-done {
+  background: var(--jp-success-color3, #c8e6c9);
+}
+
+.nb2prod-State-failed {
+  color: #fff;
+  background: var(--jp-error-color1);
+}
+
+.nb2prod-State-skipped {
+  color: var(--jp-ui-font-color2);
+}
+
+/* -- problems of the last check, on their cells ----------------------------- */
+
+.nb2prod-CellProblem {
+  margin: 0 0 2px var(--jp-cell-prompt-width, 64px);
+  padding: 2px 6px;
+  font-family: var(--jp-ui-font-family);
+  font-size: var(--jp-ui-font-size1);
+  white-space: pre-wrap;
+  color: var(--jp-ui-font-color1);
+  background: var(--jp-layout-color1);
+  border-left: 4px solid var(--jp-warn-color1);
+}
+
+.nb2prod-CellProblem[data-severity='error'] {
+  border-left-color: var(--jp-error-color1);
+}
+
+/* -- the Pipeline panel ------------------------------------------------------ */
+
+.nb2prod-PipelinePanel {
+  background: var(--jp-layout-color1);
+  color: var(--jp-ui-font-color1);
+  font-size: var(--jp-ui-font-size1);
+  min-width: 300px;
+  overflow: auto;
+}
+
+.nb2prod-PanelBody {
+  padding: 8px;
+}
+
+.nb2prod-PanelHeader {
+  display: flex;
+  align-items: center;
+  gap: 6px;
+  flex-wrap: wrap;
+}
+
+.nb2prod-PanelHeader-name {
+  flex: 1 1 auto;
+  font-weight: 600;
+  overflow: hidden;
+  text-overflow: ellipsis;
+}
+
+.nb2prod-PanelSection-title {
+  font-size: var(--jp-ui-font-size2);
+  margin: 12px 0 4px;
+}
+
+.nb2prod-Panel-error {
+  color: var(--jp-error-color1);
+  white-space: pre-wrap;
+  font-family: var(--jp-code-font-family);
+}
+
+.nb2prod-Dag {
+  max-width: 100%;
+  height: auto;
+  font-family: var(--jp-ui-font-family);
+}
+
+.nb2prod-DagNode {
+  cursor: pointer;
+}
+
+.nb2prod-DagNode text {
+  font-size: 11px;
+  fill: #212121; /* on the light state fills, in both themes */
+}
+
+.nb2prod-DagNode-name {
+  font-weight: 600;
+}
+
+.nb2prod-DagEdge path {
+  fill: none;
+  stroke: var(--jp-ui-font-color2);
+  stroke-width: 1.5;
+}
+
+.nb2prod-Dag-arrow {
+  fill: var(--jp-ui-font-color2);
+}
+
+.nb2prod-DagEdge text {
+  font-size: 10px;
+  fill: var(--jp-ui-font-color1);
+  paint-order: stroke;
+  stroke: var(--jp-layout-color1);
+  stroke-width: 3px;
+}
+
+.nb2prod-RunStages {
+  border-collapse: collapse;
+  width: 100%;
+}
+
+.nb2prod-RunStages th,
+.nb2prod-RunStages td {
+  overflow-wrap: anywhere;
+  text-align: left;
+  padding: 2px 4px;
+  border-bottom: 1px solid var(--jp-border-color2);
+  vertical-align: top;
+}
+
+.nb2prod-RunStage[data-state='failed'] td:nth-child(2) {
+  color: var(--jp-error-color1);
+  font-weight: 600;
+}
+
+.nb2prod-RunStage-message {
+  font-family: var(--jp-code-font-family);
+  white-space: pre-wrap;
+}
+
+.nb2prod-RunLink {
+  margin-right: 6px;
+  color: var(--jp-content-link-color);
+}
+
+.nb2prod-RunStatus[data-status='failed'] {
+  color: var(--jp-error-color1);
+}
+
+.nb2prod-PanelStage {
+  padding: 4px 0;
+  border-bottom: 1px solid var(--jp-border-color2);
+}
+
+.nb2prod-PanelStage-facts {
+  display: grid;
+  grid-template-columns: max-content 1fr;
+  gap: 0 8px;
+  margin: 2px 0;
+}
+
+.nb2prod-PanelStage-facts dt {
+  color: var(--jp-ui-font-color1);
+  font-weight: 600;
+}
+
+.nb2prod-PanelStage-facts dd {
+  margin: 0;
+  font-family: var(--jp-code-font-family);
+  word-break: break-word;
+}
+
+.nb2prod-CellLink,
+.nb2prod-RunItem-button {
+  background: none;
+  border: none;
+  padding: 0 3px;
+  color: var(--jp-content-link-color);
+  cursor: pointer;
+  font: inherit;
+  text-align: left;
+}
+
+.nb2prod-RunList {
+  list-style: none;
+  padding: 0;
+  margin: 0;
+}
+
+.nb2prod-RunItem.nb2prod-mod-shown {
+  font-weight: 600;
+}
+
+.nb2prod-Legend {
+  list-style: none;
+  padding: 0;
+  margin: 0;
+  display: flex;
+  flex-wrap: wrap;
+  gap: 4px 12px;
+}
+
+.nb2prod-Legend-item {
+  display: flex;
+  align-items: center;
+  gap: 4px;
+}
+
+.nb2prod-Legend-swatch,
+.nb2prod-Legend-shape {
+  display: inline-block;
+  width: 14px;
+  height: 10px;
+  border: 1px solid var(--jp-border-color1);
+}
+
+.nb2prod-Legend-batch {
+  border-radius: 3px;
+}
+
+.nb2prod-Legend-service {
+  border-radius: 50%;
+}
+
+.nb2prod-Legend-dashed {
+  display: inline-block;
+  width: 18px;
+  border-top: 2px dashed var(--jp-ui-font-color2);
+}
+
+.nb2prod-Problem[data-severity='warning'] .nb2prod-Problem-text::before {
+  content: '⚠ ';
+}
+
+/* -- the cell role form ------------------------------------------------------- */
+
+.nb2prod-RoleForm {
+  display: flex;
+  flex-direction: column;
+  gap: 6px;
+  min-width: 420px;
+}
+
+.nb2prod-RoleForm-check {
+  display: flex;
+  align-items: center;
+  gap: 4px;
+}
+
+.nb2prod-RoleForm-errors {
+  color: var(--jp-error-color1);
+  margin: 0;
+  padding-left: 16px;
+}
+
+.nb2prod-PipelinePanel {
+  overflow-x: hidden;
+}
+
+.nb2prod-PipelinePanel .nb2prod-Problem {
+  flex-wrap: wrap;
+}
+
+.nb2prod-PipelinePanel .nb2prod-Problem-text {
+  overflow-wrap: anywhere;
+  min-width: 0;
+}
+
+.nb2prod-PanelStage-requirements {
+  white-space: pre-line;
+}
+`,""]),e.d(o,{},{A:p})},6314(r){r.exports=function(r){var o=[];return o.toString=function(){return this.map(function(o){var e="",n=void 0!==o[5];return o[4]&&(e+="@supports (".concat(o[4],") {")),o[2]&&(e+="@media ".concat(o[2]," {")),n&&(e+="@layer".concat(o[5].length>0?" ".concat(o[5]):""," {")),e+=r(o),n&&(e+="}"),o[2]&&(e+="}"),o[4]&&(e+="}"),e}).join("")},o.i=function(r,e,n,t,a){"string"==typeof r&&(r=[[null,r,void 0]]);var p={};if(n)for(var i=0;i<this.length;i++){var l=this[i][0];null!=l&&(p[l]=!0)}for(var d=0;d<r.length;d++){var s=[].concat(r[d]);n&&p[s[0]]||(void 0!==a&&(void 0===s[5]||(s[1]="@layer".concat(s[5].length>0?" ".concat(s[5]):""," {").concat(s[1],"}")),s[5]=a),e&&(s[2]&&(s[1]="@media ".concat(s[2]," {").concat(s[1],"}")),s[2]=e),t&&(s[4]?(s[1]="@supports (".concat(s[4],") {").concat(s[1],"}"),s[4]=t):s[4]="".concat(t)),o.push(s))}},o}},1601(r){r.exports=function(r){return r[1]}},5072(r){var o=[];function e(r){for(var e=-1,n=0;n<o.length;n++)if(o[n].identifier===r){e=n;break}return e}function n(r,n){for(var t={},a=[],p=0;p<r.length;p++){var i=r[p],l=n.base?i[0]+n.base:i[0],d=t[l]||0,s="".concat(l," ").concat(d);t[l]=d+1;var c=e(s),f={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==c)o[c].references++,o[c].updater(f);else{var b=function(r,o){var e=o.domAPI(o);return e.update(r),function(o){o?(o.css!==r.css||o.media!==r.media||o.sourceMap!==r.sourceMap||o.supports!==r.supports||o.layer!==r.layer)&&e.update(r=o):e.remove()}}(f,n);n.byIndex=p,o.splice(p,0,{identifier:s,updater:b,references:1})}a.push(s)}return a}r.exports=function(r,t){var a=n(r=r||[],t=t||{});return function(r){r=r||[];for(var p=0;p<a.length;p++){var i=e(a[p]);o[i].references--}for(var l=n(r,t),d=0;d<a.length;d++){var s=e(a[d]);0===o[s].references&&(o[s].updater(),o.splice(s,1))}a=l}}},7659(r){var o={};r.exports=function(r,e){var n=function(r){if(void 0===o[r]){var e=document.querySelector(r);if(window.HTMLIFrameElement&&e instanceof window.HTMLIFrameElement)try{e=e.contentDocument.head}catch(r){e=null}o[r]=e}return o[r]}(r);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(e)}},540(r){r.exports=function(r){var o=document.createElement("style");return r.setAttributes(o,r.attributes),r.insert(o,r.options),o}},5056(r,o,e){r.exports=function(r){var o=e.nc;o&&r.setAttribute("nonce",o)}},7825(r){r.exports=function(r){if("u"<typeof document)return{update:function(){},remove:function(){}};var o=r.insertStyleElement(r);return{update:function(e){var n,t,a;n="",e.supports&&(n+="@supports (".concat(e.supports,") {")),e.media&&(n+="@media ".concat(e.media," {")),(t=void 0!==e.layer)&&(n+="@layer".concat(e.layer.length>0?" ".concat(e.layer):""," {")),n+=e.css,t&&(n+="}"),e.media&&(n+="}"),e.supports&&(n+="}"),(a=e.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(a))))," */")),r.styleTagTransform(n,o,r.options)},remove:function(){var r;null===(r=o).parentNode||r.parentNode.removeChild(r)}}}},1113(r){r.exports=function(r,o){if(o.styleSheet)o.styleSheet.cssText=r;else{for(;o.firstChild;)o.removeChild(o.firstChild);o.appendChild(document.createTextNode(r))}}},8579(r,o,e){var n=e(5072),t=e.n(n),a=e(7825),p=e.n(a),i=e(7659),l=e.n(i),d=e(5056),s=e.n(d),c=e(540),f=e.n(c),b=e(1113),u=e.n(b),g=e(8475),v={};v.styleTagTransform=u(),v.setAttributes=s(),v.insert=l().bind(null,"head"),v.domAPI=p(),v.insertStyleElement=f(),t()(g.A,v),g.A&&g.A.locals&&g.A.locals}}]);

@@ -1,0 +1,351 @@
+"""The Pipeline panel in a real browser (Playwright + Debian Chromium, real `jupyter lab`).
+
+- iris: the panel draws one DAG node per stage (dagre layout of the server's
+  graph model); "Run locally" starts a real `nb2prod run` (papermill, real
+  kernel) that reaches `succeeded` with the accuracy shown, and the stage's
+  HTML report opens;
+- wine_parallel: one node per stage, the two training branches side by side;
+- a 200-cell notebook (windowed rendering): a problem's "Go to cell 170" and a
+  click on a DAG node select the right cell and bring it into view; the
+  problem stays marked on its cell;
+- the cell role control: every role and option written as the right tags,
+  a stage named like a role refused;
+- stage markers: text/background contrast computed from the rendered colours
+  is at least 4.5:1, in the light and the dark theme, and stage colours differ.
+
+Screenshots go to the test's tmp directory (`<tmp>/shots`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.test_browser import (  # noqa: F401 - `lab` is a fixture, used by name
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    TIMEOUT_MS,
+    Lab,
+    lab,
+)
+
+IRIS = REPO / "example_notebooks" / "iris.ipynb"
+WINE = REPO / "example_notebooks" / "wine_parallel.ipynb"
+PANEL = "#nb2prod-pipeline-panel"
+
+
+def _long_notebook(path: Path, broken: bool, cells: int = 200) -> Path:
+    """A long notebook: stage prepare at cell 2, train at 150, cell 170 (`broken`: an
+    undefined name)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    sources: list[tuple[str, list[str]]] = [("import math", ["imports"])]
+    sources += [(f"value_{i} = math.sqrt({i})", ["stage:prepare"] if i == 1 else [])
+                for i in range(1, 149)]
+    sources += [("total = value_1 + value_2", ["stage:train"])]
+    sources += [(f"step_{i} = total * {i}", []) for i in range(150, 169)]
+    sources += [("broken = not_defined_anywhere + 1" if broken else "fine = total + 1", [])]
+    sources += [(f"tail_{i} = total - {i}", []) for i in range(170, cells)]
+    assert len(sources) == cells
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags} if tags else {})
+                for src, tags in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+def _plain_notebook(path: Path, cells: int) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(f"x{i} = {i}", metadata={"tags": ["hide-input"]}
+                                          if i == 2 else {}) for i in range(cells)]
+    nbformat.write(nb, path)
+    return path
+
+
+def _tags(path: Path) -> list[list[str]]:
+    return [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
+
+
+#: (cell, place, text fields, checkboxes) set with the role control, and the tags wanted.
+ROLE_STEPS = [
+    (0, "parameters", {}, []),
+    (1, "imports", {}, []),
+    (2, "stage", {"name": "prepare", "cpu": "0.5", "memory": "1Gi"}, ["nocache"]),
+    (3, "join", {}, ["metrics"]),
+    (4, "stage", {"name": "imports"}, []),  # refused, then cancelled: no tags
+    (5, "stage", {"name": "train", "after": "prepare", "gpu": "1",
+                  "secrets": "s3-creds:key:AWS_KEY"}, []),
+    (6, "functions", {}, []),
+    (7, "serve", {"name": "api", "image": "reg/ml:1"}, []),
+    (8, "skip", {}, []),
+]
+ROLE_TAGS = [
+    ["parameters"], ["imports"], ["hide-input", "stage:prepare", "no-cache", "cpu:0.5",
+                                  "memory:1Gi"],
+    ["metrics"], [], ["train", "after:prepare", "gpu:1", "secret:s3-creds:key:AWS_KEY"],
+    ["functions"], ["serve:api", "image:reg/ml:1"], ["skip"],
+]
+
+
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG contrast of two CSS `rgb(...)`/`rgba(...)` colours (alpha over `bg`)."""
+    def parse(text: str) -> tuple[float, float, float, float]:
+        values = [float(v) for v in re.findall(r"[\d.]+", text)]
+        return (*values[:3], values[3] if len(values) > 3 else 1.0)  # type: ignore[return-value]
+
+    def luminance(rgb: tuple[float, float, float]) -> float:
+        def channel(c: float) -> float:
+            c /= 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+        r, g, b = (channel(c) for c in rgb)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    f, b = parse(fg), parse(bg)
+    mixed = tuple(f[i] * f[3] + b[i] * (1 - f[3]) for i in range(3))
+    light, dark = sorted((luminance(mixed), luminance(b[:3])), reverse=True)  # type: ignore[arg-type]
+    return (light + 0.05) / (dark + 0.05)
+
+
+# The effective colours of each visible marker: its own background when it has
+# one, else the first ancestor's that is not transparent.
+MARKER_COLOURS_JS = """() => [...document.querySelectorAll(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-StageMarker')].map(m => {
+  let node = m, bg = 'rgba(0, 0, 0, 0)';
+  while (node && /rgba\\(0, 0, 0, 0\\)|transparent/.test(bg)) {
+    bg = getComputedStyle(node).backgroundColor; node = node.parentElement;
+  }
+  return {text: m.textContent, variant: m.dataset.variant, stage: m.dataset.stage,
+          fg: getComputedStyle(m).color, bg};
+})"""
+
+
+CHIP_COLOURS_JS = """() => Object.fromEntries([...document.querySelectorAll(
+    '.nb2prod-PanelStage .nb2prod-Stage-name')].map(c => [c.textContent,
+    {fg: getComputedStyle(c).color, bg: getComputedStyle(c).backgroundColor}]))"""
+
+
+def _open(page, server: Lab, name: str) -> None:
+    """`name` as the only open notebook (`reset`: no tabs restored from the workspace)."""
+    page.goto(f"{server.url}/lab/tree/{name}?reset&token={server.token}")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for()
+    page.wait_for_function("""name => {
+        const tab = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
+        return tab !== null && tab.textContent.includes(name)
+          && document.querySelectorAll('.jp-NotebookPanel').length === 1;
+    }""", arg=name)
+
+
+def _show_panel(page) -> object:
+    panel = page.locator(PANEL)
+    if not panel.is_visible():
+        page.locator('.jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id="nb2prod-pipeline-panel"]'
+                     ).click()
+    panel.wait_for(state="visible")
+    return panel
+
+
+def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    shutil.copy(IRIS, lab.root / "iris.ipynb")
+    shutil.copy(WINE, lab.root / "wine.ipynb")
+    _long_notebook(lab.root / "long.ipynb", broken=True)
+    _long_notebook(lab.root / "long_ok.ipynb", broken=False)
+    _plain_notebook(lab.root / "roles.ipynb", len(ROLE_TAGS))
+    js_errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            page.on("pageerror", lambda error: js_errors.append(str(error)))
+
+            # 0. the cell role control: every place and option becomes the right tags,
+            # and a stage can never be named like a role
+            _open(page, lab, "roles.ipynb")
+            cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+            dialog = page.locator(".jp-Dialog")
+            for index, place, fields, checks in ROLE_STEPS:
+                cells.nth(index).locator(".jp-InputPrompt").click()
+                page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-RoleButton").click()
+                dialog.locator("select[name=place]").select_option(place)
+                for name, value in fields.items():
+                    dialog.locator(f"input[name={name}]").fill(value)
+                for name in checks:
+                    dialog.locator(f"input[name={name}]").check()
+                if index == 4:  # a stage named like a role: refused in the form
+                    expect(dialog.locator(".nb2prod-RoleForm-error")).to_contain_text(
+                        "'imports' is a tag of its own")
+                    page.screenshot(path=str(shots / "role-refused.png"))
+                    dialog.locator(".jp-Dialog-button", has_text="Set role").click()
+                    expect(dialog.locator("input[name=name]")).to_have_value("imports")
+                    dialog.locator(".jp-Dialog-button", has_text="Cancel").click()
+                else:
+                    dialog.locator(".jp-Dialog-button", has_text="Set role").click()
+                expect(dialog).to_have_count(0)
+            page.screenshot(path=str(shots / "roles.png"))
+            page.keyboard.press("Control+s")
+            page.wait_for_function("""() => !document.querySelector(
+                '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty')""")
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while _tags(lab.root / "roles.ipynb") != ROLE_TAGS:
+                assert time.monotonic() < deadline, _tags(lab.root / "roles.ipynb")
+                time.sleep(0.1)
+
+            # 1. iris: one node per stage, the edge passing the model
+            _open(page, lab, "iris.ipynb")
+            panel = _show_panel(page)
+            nodes = panel.locator(".nb2prod-DagNode")
+            expect(nodes).to_have_count(2)
+            expect(panel.locator('.nb2prod-DagNode[data-stage="train"]')).to_have_attribute(
+                "data-kind", "batch")
+            expect(panel.locator('.nb2prod-DagNode[data-stage="serve"]')).to_have_attribute(
+                "data-kind", "service")
+            edge = panel.locator('.nb2prod-DagEdge[data-source="train"][data-target="serve"]')
+            expect(edge).to_contain_text("model")
+            expect(panel.locator('.nb2prod-PanelStage[data-stage="train"]')).to_contain_text(
+                "scikit-learn==")
+            expect(panel.locator(".nb2prod-Legend")).to_contain_text("cached")
+            page.screenshot(path=str(shots / "iris-panel.png"))
+
+            # 2. Run locally: a real run to succeeded, accuracy shown, report opens
+            panel.locator(".nb2prod-RunLocally").click()
+            run = panel.locator(".nb2prod-RunSection")
+            expect(run).to_have_attribute("data-status", "succeeded")
+            train = run.locator('.nb2prod-RunStage[data-stage="train"]')
+            expect(train).to_have_attribute("data-state", "done")
+            expect(train).to_contain_text("accuracy=")
+            expect(run.locator(".nb2prod-RunStatus")).to_contain_text("promoted to latest")
+            expect(panel.locator('.nb2prod-DagNode[data-stage="train"]')).to_have_attribute(
+                "data-state", "done")
+            expect(panel.locator(".nb2prod-RunItem")).to_have_count(1)
+            page.screenshot(path=str(shots / "iris-run.png"))
+            with context.expect_page() as report_page:
+                train.locator(".nb2prod-RunLink-html").click()
+            report = report_page.value
+            report.wait_for_load_state()
+            expect(report.locator("body")).to_contain_text("accuracy")
+            report.screenshot(path=str(shots / "iris-report.png"))
+            report.close()
+
+            # reopening the notebook (a new tab) reattaches to the same runs
+            page.reload()
+            panel = _show_panel(page)
+            expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
+                "data-status", "succeeded")
+
+            # 3. wine_parallel: one node per stage, the two branches on one rank
+            _open(page, lab, "wine.ipynb")
+            panel = _show_panel(page)
+            expect(panel.locator(".nb2prod-DagNode")).to_have_count(5)
+            page.wait_for_function("""() => document.querySelectorAll(
+                '.nb2prod-PanelHeader-name')[0].textContent.includes('wine')""")
+            boxes = {name: panel.locator(f'.nb2prod-DagNode[data-stage="{name}"]').bounding_box()
+                     for name in ("prepare", "train_forest", "train_logreg", "evaluate")}
+            forest, logreg = boxes["train_forest"], boxes["train_logreg"]
+            assert forest and logreg and abs(forest["y"] - logreg["y"]) < 1  # same rank
+            assert abs(forest["x"] - logreg["x"]) >= forest["width"] / 2  # side by side
+            assert boxes["prepare"]["y"] < forest["y"] < boxes["evaluate"]["y"]  # type: ignore[index]
+            for target in ("train_forest", "train_logreg"):
+                expect(panel.locator(f'.nb2prod-DagEdge[data-source="prepare"]'
+                                     f'[data-target="{target}"]')).to_have_count(1)
+            page.screenshot(path=str(shots / "wine-panel.png"))
+
+            # 4. 200 cells: the problem is listed and marked; "Go to cell" and a
+            # node click scroll the windowed notebook to the right cell
+            _open(page, lab, "long.ipynb")
+            panel = _show_panel(page)
+            problem = panel.locator(".nb2prod-PanelProblems .nb2prod-Problem").first
+            expect(problem).to_contain_text("not_defined_anywhere")
+            go = problem.locator(".nb2prod-GoToCell")
+            expect(go).to_have_text("Go to cell 170")
+            go.click()
+            notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+            active = notebook.locator(".jp-Cell.jp-mod-active")
+            expect(active).to_contain_text("not_defined_anywhere")
+            expect(active).to_be_in_viewport()
+            expect(active.locator(".nb2prod-CellProblem")).to_contain_text(
+                "not_defined_anywhere")
+            page.screenshot(path=str(shots / "long-goto.png"))
+            _open(page, lab, "long_ok.ipynb")
+            panel = _show_panel(page)
+            expect(panel.locator(".nb2prod-PanelProblems")).to_have_count(0)
+            panel.locator('.nb2prod-DagNode[data-stage="train"]').click()
+            expect(active).to_contain_text("total = value_1 + value_2")
+            expect(active).to_be_in_viewport()
+            panel.locator('.nb2prod-DagNode[data-stage="prepare"]').click()
+            expect(active).to_contain_text("value_1 = math.sqrt(1)")
+            expect(active).to_be_in_viewport()
+            expect(active).to_have_count(1)
+
+            # 5. marker contrast from the rendered colours, light then dark theme;
+            # stage colours differ (wine has five stages)
+            for theme in ("light", "dark"):
+                seen: set[str] = set()
+                for name in ("iris.ipynb", "wine.ipynb"):
+                    _open(page, lab, name)
+                    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-StageMarker"
+                                 ).first.wait_for()
+                    colours = page.evaluate(MARKER_COLOURS_JS)
+                    seen |= {c["variant"] for c in colours}
+                    for c in colours:
+                        ratio = _contrast(c["fg"], c["bg"])
+                        assert ratio >= 4.5, (theme, name, c, ratio)
+                    page.screenshot(path=str(shots / f"markers-{theme}-{name}.png"))
+                assert seen >= {"start", "continued", "role"}, seen
+                # every stage's colour (the panel's chips: the cells of later stages
+                # are not rendered in a windowed notebook) differs, white text on it
+                # too has 4.5:1, and the markers use the same colours
+                panel = _show_panel(page)
+                expect(panel.locator(".nb2prod-PanelStage")).to_have_count(5)
+                chips = page.evaluate(CHIP_COLOURS_JS)
+                assert len({c["bg"] for c in chips.values()}) == len(chips) == 5, chips
+                for chip in chips.values():
+                    assert _contrast(chip["fg"], chip["bg"]) >= 4.5, (theme, chip)
+                for c in colours:
+                    if c["variant"] == "start":
+                        assert c["bg"] == chips[c["stage"]]["bg"], (c, chips)
+                if theme == "light":
+                    settings = (lab.root.parent / "settings" / "@jupyterlab" /
+                                "apputils-extension" / "themes.jupyterlab-settings")
+                    settings.write_text(json.dumps({"theme": "JupyterLab Dark"}))
+                    page.reload()
+                    page.wait_for_function(
+                        "() => document.body.dataset.jpThemeLight === 'false'")
+        except Exception:
+            page.screenshot(path=str(shots / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert not js_errors, js_errors
+    for block in lab.log.read_text().split("Traceback")[1:]:
+        assert "nb2prod" not in block.split("\n[", 1)[0], block
+    print(f"screenshots: {shots}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs(tmp_path: Path):
+    """The run started from the panel has ended by itself (--no-serve) by the test's end."""
+    yield
+    for launch in tmp_path.glob("root/*-pipeline/.nb2prod/panel/*/launch.json"):
+        record = json.loads(launch.read_text())
+        from nb2prod.runners.local import runner_alive
+
+        if "exit_code" not in record and runner_alive(record.get("runner")):
+            import os
+            import signal
+
+            os.killpg(record["runner"]["pid"], signal.SIGTERM)

@@ -56,7 +56,8 @@ function isInView(notebook: Notebook, cell: Widget): boolean {
   return box.height > 0 && box.bottom > view.top + 4 && box.top < view.bottom - 4;
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
+/** A DOM element with a class and optional text (the panels and dialogs are plain DOM). */
+export function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   className: string,
   text?: string

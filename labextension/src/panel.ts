@@ -17,7 +17,7 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
-import { revealCell } from './dialogs';
+import { el, revealCell } from './dialogs';
 import { ICellProblem, StageMarkers } from './markers';
 import { colorsOfStages, rememberStageColors } from './stages';
 
@@ -35,18 +35,6 @@ export const STATE_COLORS: { [state: string]: string } = {
   waiting: '#ffffff'
 };
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 function svg<K extends keyof SVGElementTagNameMap>(
   tag: K,

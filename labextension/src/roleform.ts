@@ -9,16 +9,9 @@
 import { Dialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
+import { el } from './dialogs';
 import { HINT_KEYS, IRole, Place, PLACES, roleErrors } from './roles';
 
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 const list = (text: string): string[] => text.split(/[\s,]+/).map(s => s.trim()).filter(Boolean);
 

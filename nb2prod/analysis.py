@@ -54,6 +54,9 @@ class Stage:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> providing stage
     outputs: list[str] = field(default_factory=list)
     copied: dict[str, Definition] = field(default_factory=dict)  # imports/defs from other stages
+    #: the copied imports the parameters/imports/functions cells need (a decorator, a
+    #: default value): they run before those cells
+    before_prelude: set[str] = field(default_factory=set)
     pruned: dict[int, str] = field(default_factory=dict)  # imports cell -> source minus unused
     file_inputs: dict[str, str] = field(default_factory=dict)  # path literal -> writing stage
     metrics: list[str] = field(default_factory=list)
@@ -332,7 +335,10 @@ class _Builder:
     def resolve_inputs(self) -> None:
         prelude, prelude_functions = self.prelude_names()
         modules = self.import_names()
+        first = self.prelude_imports(prelude, modules)
         for stage in self.stages.values():
+            stage.copied.update(first)
+            stage.before_prelude = set(first)
             bound: set[str] = set()
             maybe: set[str] = set()
             known_functions = dict(prelude_functions)
@@ -356,6 +362,26 @@ class _Builder:
                                     prelude, modules, known_functions)
             self.copy_for_unpickling(stage, bound | maybe, prelude, modules, known_functions)
             stage.copied = _definition_order(stage.copied)
+
+    def prelude_imports(self, prelude: set[str], modules: set[str]) -> dict[str, Definition]:
+        """The prelude cells run first in every stage: a module one of them uses at once
+        (`@functools.lru_cache` on a def, `def f(sep=os.sep)`), imported in a cell outside
+        the prelude (in no stage, or in a stage), is copied before them."""
+        found: dict[str, Definition] = {}
+
+        def add(name: str, before: int) -> None:
+            source = None if name in prelude or name in found or name not in modules \
+                else self.import_for(name, before)
+            if source is not None:
+                found[name] = self.flows[source].definitions[name]
+                for free in sorted(found[name].free_reads):
+                    add(free, before)
+
+        for index in sorted(i for cells in self.prelude.values() for i in cells):
+            flow = self.flows.get(index)
+            for name in sorted(flow.reads | flow.maybe_reads) if flow else ():
+                add(name, index)
+        return found
 
     def copy_for_unpickling(self, stage: Stage, bound: set[str], prelude: set[str],
                             modules: set[str], known_functions: dict[str, Definition]) -> None:
@@ -588,9 +614,10 @@ class _Builder:
 
 
 def _definition_order(copied: dict[str, Definition]) -> dict[str, Definition]:
-    """Copied sources in an order that runs: imports first, then each def/class after
-    the copied ones its statement needs (`class B(A)`; a cycle keeps the found order)."""
-    ordered = {n: d for n, d in copied.items() if d.kind == "import"}
+    """Copied sources in an order that runs: imports first (`import sys` before `if
+    sys.version_info ...: import tomllib`), then each def/class after the copied ones
+    its statement needs (`class B(A)`; a cycle keeps the found order)."""
+    ordered: dict[str, Definition] = {}
     visiting: set[str] = set()
 
     def visit(name: str) -> None:
@@ -601,7 +628,7 @@ def _definition_order(copied: dict[str, Definition]) -> dict[str, Definition]:
             visit(dep)
         ordered[name] = copied[name]
 
-    for name in copied:
+    for name in sorted(copied, key=lambda n: copied[n].kind != "import"):  # stable
         visit(name)
     return ordered
 

@@ -438,10 +438,35 @@ class _ScopeWalker(ast.NodeVisitor):
             )
 
     def visit_If(self, node: ast.If) -> None:
+        imports = not self.conditional and _has_import(node)
+        first = len(self.imports)
         self.visit(node.test)
         self.conditional += 1
+        self.optional += imports  # a branch's module may be missing here: like `try`
         self.branches(node.body, node.orelse, exhaustive=True)
+        self.optional -= imports
         self.conditional -= 1
+        if imports:
+            self.conditional_import(node, first)
+
+    def conditional_import(self, node: ast.If, first: int) -> None:
+        """`if USE_GPU: import cupy as xp / else: import numpy as xp`: the names it imports
+        are modules whichever branch binds them, never data.  One import definition of
+        them: the whole statement when it does no work, else its imports only (the
+        tests kept), so a copy never repeats the work."""
+        bound = {a.asname or a.name.split(".")[0] for sub in ast.walk(node)
+                 if isinstance(sub, (ast.Import, ast.ImportFrom)) for a in sub.names}
+        if _declarative(node):
+            source, copied = self._segment(node), node
+            bound |= _stored_names(node)
+        else:
+            copied = _imports_only(node)
+            source = ast.unparse(copied) + "\n"
+        definition = Definition(
+            "import", source, frozenset(_loaded_names(copied) - bound - BUILTIN_NAMES),
+            modules=_modules(self.imports[first:]), optional=True)
+        for name in bound:
+            self.definitions[name] = definition
 
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
@@ -974,13 +999,42 @@ def is_optional_import(node: ast.Try) -> bool:
     return False
 
 
+def _has_import(node: ast.If) -> bool:
+    """An `if` with an import in one of its branches (not inside a def there)."""
+    todo: list[ast.stmt] = node.body + node.orelse
+    while todo:
+        stmt = todo.pop()
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            return True
+        if isinstance(stmt, ast.If):
+            todo += stmt.body + stmt.orelse
+    return False
+
+
+def _imports_only(node: ast.If) -> ast.If:
+    """`node` with nothing but its imports (and the `if`s holding them) in its branches."""
+    def keep(body: list[ast.stmt]) -> list[ast.stmt]:
+        kept: list[ast.stmt] = []
+        for stmt in body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                kept.append(stmt)
+            elif isinstance(stmt, ast.If) and _has_import(stmt):
+                kept.append(_imports_only(stmt))
+        return kept
+
+    return ast.If(node.test, keep(node.body) or [ast.Pass()], keep(node.orelse))
+
+
 def _declarative(stmt: ast.stmt) -> bool:
-    """An import, def/class, literal constant, docstring, `pass` or setup magic: no work."""
+    """An import, def/class, literal constant, docstring, `pass` or setup magic: no work;
+    also a conditional import (`if sys.version_info >= (3, 11): import tomllib ...`)."""
     if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
                          ast.ClassDef, ast.Pass)):
         return True
     if isinstance(stmt, ast.Try):
         return is_optional_import(stmt)
+    if isinstance(stmt, ast.If):
+        return _has_import(stmt) and all(_declarative(s) for s in stmt.body + stmt.orelse)
     if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         return (stmt.value is not None and _literal(stmt.value)

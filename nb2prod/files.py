@@ -54,6 +54,16 @@ PATH_CALLS = frozenset({"open", "Path", "PurePath", "PosixPath", "join", "exists
                         "isdir", "listdir", "glob", "scandir", "walk", "load", "loadtxt",
                         "genfromtxt", "imread", "read", "File", "Dataset", "load_model",
                         "DMatrix", "Booster", "fromfile", "mmap", "copy", "copyfile"})
+#: String methods (and `re` functions): their literal receiver and arguments are text to
+#: search or cut, never paths (`c.replace("/", "_")`, `s.split("/")`, `"/".join(parts)`).
+#: `format` is not here: `"data/{}.csv".format(i)` spells a path.
+STRING_METHODS = frozenset({
+    "replace", "split", "rsplit", "partition", "rpartition", "startswith", "endswith",
+    "strip", "lstrip", "rstrip", "removeprefix", "removesuffix", "find", "rfind", "index",
+    "rindex", "count", "join", "translate", "maketrans", "contains", "match", "fullmatch",
+    "search", "sub", "subn", "findall", "finditer", "compile", "escape"})
+#: Receivers of those names that are not strings: `os.replace(a, b)` renames a file.
+_NOT_STRINGS = frozenset({"os", "shutil", "posixpath", "pathlib"})
 _PATH_CONSTRUCTORS = frozenset({"Path", "PurePath", "PosixPath", "PurePosixPath"})
 _WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -183,6 +193,11 @@ class _LiteralWalker(ast.NodeVisitor):
         if composed is not None:
             self.add(composed, context=True)
             return
+        if _string_call(node):
+            for part in [node.func.value, *node.args, *(k.value for k in node.keywords)]:
+                if _literal(part) is None:
+                    self.visit(part)
+            return
         written = _written_args(node, name)
         if isinstance(node.func, ast.Attribute):
             receiver = _literal(node.func.value)
@@ -226,6 +241,21 @@ def _call_name(func: ast.expr) -> str:
     if isinstance(func, ast.Attribute):
         return func.attr
     return ""
+
+
+def _string_call(node: ast.Call) -> bool:
+    """`c.replace("/", "_")`, `"/".join(parts)`, `re.sub("/", "_", s)`: text, not paths;
+    not `os.replace(...)`, nor a method of a path (`Path("a").replace("b")`)."""
+    func = node.func
+    if not isinstance(func, ast.Attribute) or func.attr not in STRING_METHODS:
+        return False
+    receiver = func.value
+    if isinstance(receiver, ast.Name) and receiver.id in _NOT_STRINGS:
+        return False
+    if isinstance(receiver, ast.Call) and _call_name(receiver.func) in _PATH_CONSTRUCTORS:
+        return False
+    return not (_is_os_path_join(node) or isinstance(receiver, ast.BinOp)
+                and isinstance(receiver.op, ast.Div))
 
 
 def _is_os_path_join(node: ast.Call) -> bool:

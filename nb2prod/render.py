@@ -282,13 +282,16 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
     else:
         source = "\n\n".join(by_index[i].source for i in params)
         cells.append((_cell("nb2prod-parameters", source, ["parameters"]), None))
+    first = {n: d for n, d in stage.copied.items() if n in stage.before_prelude}
+    if first:  # imports the functions cells need (`@functools.lru_cache`)
+        cells.append(_generated(env, "copied", "nb2prod-copied-before-prelude", copied=first))
     for role in ("imports", "functions"):
         cells += [_original(by_index[i], source=stage.pruned.get(i))
                   for i in analysis.prelude[role]]
     # copied defs/classes come before the load (unpickling a notebook class needs it),
     # unless defining them reads a loaded name (`def f(x, k=K)` with K an input)
     late = {n: d for n, d in stage.copied.items() if d.definition_reads & set(stage.inputs)}
-    early = {n: d for n, d in stage.copied.items() if n not in late}
+    early = {n: d for n, d in stage.copied.items() if n not in late and n not in first}
     if early:
         cells.append(_generated(env, "copied", copied=early))
     if stage.inputs:

@@ -518,6 +518,16 @@ def stage_code(a: Analysis, name: str) -> list[str]:
         ([(["stage:a"], ("import functools\nclass A:\n    pass\nclass B(A):\n    pass\n"
                         "@functools.lru_cache(None)\ndef f(x):\n    return B\nx = 1")),
           (["stage:b"], "y = f(2)")], "b"),  # copied sources run in dependency order
+        ([(["parameters"], "USE_GPU = False"),
+          (["stage:a"], ("if USE_GPU:\n    import nb2prod_no_such_cupy as xp\nelse:\n"
+                         "    import math as xp\nx = xp.sqrt(4)")),
+          (["stage:b"], "y = xp.sqrt(9)")], "b"),  # conditional import, one branch missing
+        ([(["stage:a"], ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\n"
+                         "else:\n    import tomli as tomllib\nx = 1")),
+          (["stage:b"], "c = tomllib.loads('a = 1')")], "b"),
+        ([([], "import functools\nprint(functools)"),
+          (["functions"], "@functools.lru_cache(maxsize=None)\ndef f(x):\n    return x"),
+          (["train"], "import functools\ny = f(1)")], "train"),  # the decorator's import first
     ],
 )
 def test_stage_code_runs_without_name_errors(cells: list[CellSpec], stage: str) -> None:
@@ -623,3 +633,45 @@ def test_an_untagged_imports_cell_above_the_first_stage_says_its_imports_reach_t
     assert a.unassigned == {0: "imports only: each stage gets the ones it uses",
                             1: "before the first stage tag"}
     assert a.stage("train").copied["np"].source == "import numpy as np\n"
+
+
+@pytest.mark.parametrize("branches", [
+    "if USE_GPU:\n    import cupy as xp\nelse:\n    import numpy as xp",
+    ("if USE_GPU:\n    import cupy as xp\n    DEVICE = 'cuda'\nelse:\n    import numpy as xp\n"
+     "    DEVICE = 'cpu'"),
+])
+def test_a_conditional_import_reaches_every_stage_using_the_name(branches: str) -> None:
+    a = run((["parameters"], "USE_GPU = False"),
+            (["stage:a"], f"{branches}\nX = xp.arange(3)"),
+            (["stage:b"], "Z = xp.zeros(3)"), (["train"], "w = xp.ones(3)"))
+    for name in ("b", "train"):
+        stage = a.stage(name)
+        assert stage.inputs == {}
+        assert stage.copied["xp"].source == branches + "\n"
+    assert all(s.outputs == [] for s in a.stages)
+    assert a.edges == []
+
+
+def test_a_version_dependent_import_brings_the_module_its_test_reads_first() -> None:
+    a = run((["stage:a"], ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\n"
+                           "else:\n    import tomli as tomllib\nx = 1")),
+            (["stage:b"], "c = tomllib.loads('a = 1')"))
+    b = a.stage("b")
+    assert b.inputs == {}
+    assert list(b.copied) == ["sys", "tomllib"]  # `sys` runs before the `if` reading it
+
+
+@pytest.mark.parametrize(("orphan", "functions", "name"), [
+    ("import functools\nimport pandas as pd\ndf = pd.DataFrame()",
+     "@functools.lru_cache(maxsize=None)\ndef f(x):\n    return x * 2", "functools"),
+    ("import os\nprint(os.getcwd())", "def f(x, sep=os.sep):\n    return x + sep", "os"),
+])
+def test_an_import_a_functions_cell_needs_at_once_runs_before_it(
+        orphan: str, functions: str, name: str) -> None:
+    # The import is in a cell in no stage (exploration above the first stage); the
+    # decorator or default value runs when the functions cell runs, first in every stage.
+    a = run(([], orphan), (["functions"], functions), (["stage:a"], "y = f('a')"),
+            (["stage:b"], f"import {name}\nz = f('b')"))
+    assert a.unassigned == {0: "before the first stage tag"}
+    for stage in a.stages:
+        assert name in stage.copied and name in stage.before_prelude

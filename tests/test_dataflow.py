@@ -529,3 +529,33 @@ def test_a_call_mutates_what_the_function_changes_through_its_parameters(
 ])
 def test_without_imports(source: str, names: set[str], expected: str | None) -> None:
     assert without_imports(source, names) == expected
+
+
+@pytest.mark.parametrize(("source", "names", "modules"), [
+    ("if USE_GPU:\n    import cupy as xp\nelse:\n    import numpy as xp\n", {"xp"},
+     ("cupy", "numpy")),
+    ("if sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib\n",
+     {"tomllib"}, ("tomllib", "tomli")),
+    ("if A:\n    import a as m\nelif B:\n    from b import m\n", {"m"}, ("a", "b")),
+])
+def test_a_conditional_import_is_one_optional_import_definition_not_data(
+        source: str, names: set[str], modules: tuple[str, ...]) -> None:
+    # DESIGN.md "What is not data": names bound by imports, whichever branch binds them.
+    f = flow(source)
+    for name in names:
+        definition = f.definitions[name]
+        assert (definition.kind, definition.optional, definition.modules) == (
+            "import", True, modules)
+        assert definition.source == source  # the whole if/else reaches the consumer
+    assert f.optional_imports == set(modules)  # a branch's module may be missing
+    assert f.declarative
+
+
+def test_a_conditional_import_that_also_does_work_copies_only_its_imports() -> None:
+    f = flow("if FAST:\n    import ujson as json\n    data = json.loads(s)\nelse:\n"
+             "    import json\n    data = json.loads(s)\n")
+    assert f.definitions["json"].source == (
+        "if FAST:\n    import ujson as json\nelse:\n    import json\n")
+    assert f.definitions["json"].free_reads == {"FAST"}
+    assert "data" not in f.definitions and "data" in f.writes
+    assert not f.declarative

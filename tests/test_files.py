@@ -371,3 +371,25 @@ def test_split_warns_when_inputs_are_over_100_mb(tmp_path: Path) -> None:
     warnings = [w.message for w in split_notebook(nb).warnings]
     assert any(w.startswith("input files total 100 MB") and "store" in w for w in warnings), \
         warnings
+
+
+@pytest.mark.parametrize("source", [
+    'c = c.replace("/", "_")', 'parts = s.split("/")', 'ok = s.startswith("/")',
+    'p = "/".join(parts)', 's = s.strip("/")', 'name = re.sub("/", "_", name)',
+    'df.columns = df.columns.str.replace("/", "_")',
+])
+def test_string_method_arguments_are_text_not_paths(source: str) -> None:
+    # "/" exists on every machine: only a literal used as a path may be warned about.
+    assert files.plan(cells(("train", source)), exists=lambda text: True).warnings == []
+    assert cell_paths(source).literals == ()
+
+
+@pytest.mark.parametrize(("source", "texts"), [
+    ('os.replace("clean.tmp", "clean.csv")', ["clean.tmp", "clean.csv"]),  # renames a file
+    ('Path("a.txt").replace("b.txt")', ["a.txt", "b.txt"]),
+    ('f = open(name.replace("raw", "clean"))', []),
+    ('df = pd.read_csv("data/{}.csv".format(split))', ["data/{}.csv"]),
+])
+def test_methods_of_paths_and_modules_keep_their_path_literals(source: str,
+                                                                 texts: list[str]) -> None:
+    assert [literal.text for literal in cell_paths(source).literals] == texts

@@ -202,6 +202,24 @@ def test_try_except_import_error_never_fails_check_or_split(tmp_path: Path) -> N
     assert split.analysis.stage("report").inputs == {"x": "train"}  # widgets is no data
 
 
+
+def test_a_conditional_import_of_a_missing_module_never_fails_check_or_split(
+        tmp_path: Path) -> None:
+    notebook = write_notebook(
+        tmp_path / "nb.ipynb",
+        (["parameters"], "USE_GPU = False"),
+        (["train"], ("if USE_GPU:\n    import nb2prod_no_such_cupy as xp\nelse:\n"
+                    "    import yaml as xp\nx = 1")),
+        (["stage:report"], "print(xp, x)"))
+    report = check_notebook(notebook)
+    assert [str(w) for w in report.warnings] == [
+        ("nb.ipynb, cell 2 (\"if USE_GPU:\"): optional import 'nb2prod_no_such_cupy' is not "
+         "installed here: left out of requirements.txt")]
+    for stage in ("train", "report"):  # report gets the whole if/else, so yaml too
+        assert installed("PyYAML") in report.rendered.requirements[stage]
+    split = split_notebook(notebook)
+    assert split.analysis.stage("report").inputs == {"x": "train"}  # xp is no data
+
 def test_requirements_mapping_next_to_the_notebook_works_on_the_first_split(
         tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "nb.ipynb",

@@ -454,14 +454,9 @@ class _ScopeWalker(ast.NodeVisitor):
         are modules whichever branch binds them, never data.  One import definition of
         them: the whole statement when it does no work, else its imports only (the
         tests kept), so a copy never repeats the work."""
-        bound = {a.asname or a.name.split(".")[0] for sub in ast.walk(node)
-                 if isinstance(sub, (ast.Import, ast.ImportFrom)) for a in sub.names}
-        if _declarative(node):
-            source, copied = self._segment(node), node
-            bound |= _stored_names(node)
-        else:
-            copied = _imports_only(node)
-            source = ast.unparse(copied) + "\n"
+        copied = node if _declarative(node) else _imports_only(node)
+        bound = _bound_by(copied)
+        source = self._segment(node) if copied is node else ast.unparse(copied) + "\n"
         definition = Definition(
             "import", source, frozenset(_loaded_names(copied) - bound - BUILTIN_NAMES),
             modules=_modules(self.imports[first:]), optional=True)
@@ -528,12 +523,7 @@ class _ScopeWalker(ast.NodeVisitor):
         self.optional -= 1
         if not top:
             return
-        bound = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
-                 and isinstance(n.ctx, ast.Store)}
-        for sub in ast.walk(node):
-            if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                bound |= {a.asname or a.name.split(".")[0] for a in sub.names}
-        bound -= {h.name for h in node.handlers if h.name}
+        bound = _bound_by(node)
         definition = Definition(
             "import", self._segment(node),
             frozenset(_loaded_names(node) - bound - BUILTIN_NAMES - {"ImportError"}),
@@ -999,12 +989,24 @@ def is_optional_import(node: ast.Try) -> bool:
     return False
 
 
+def _bound_by(node: ast.stmt) -> set[str]:
+    """Names an optional or conditional import statement binds (not `except ... as e`)."""
+    bound = _stored_names(node)
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.Import, ast.ImportFrom)):
+            bound |= {a.asname or a.name.split(".")[0] for a in sub.names}
+        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+            bound.discard(sub.name)
+    return bound
+
+
 def _has_import(node: ast.If) -> bool:
     """An `if` with an import in one of its branches (not inside a def there)."""
     todo: list[ast.stmt] = node.body + node.orelse
     while todo:
         stmt = todo.pop()
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or (
+                isinstance(stmt, ast.Try) and is_optional_import(stmt)):
             return True
         if isinstance(stmt, ast.If):
             todo += stmt.body + stmt.orelse
@@ -1016,7 +1018,8 @@ def _imports_only(node: ast.If) -> ast.If:
     def keep(body: list[ast.stmt]) -> list[ast.stmt]:
         kept: list[ast.stmt] = []
         for stmt in body:
-            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)) or (
+                    isinstance(stmt, ast.Try) and is_optional_import(stmt)):
                 kept.append(stmt)
             elif isinstance(stmt, ast.If) and _has_import(stmt):
                 kept.append(_imports_only(stmt))

@@ -537,6 +537,8 @@ def test_without_imports(source: str, names: set[str], expected: str | None) -> 
     ("if sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib\n",
      {"tomllib"}, ("tomllib", "tomli")),
     ("if A:\n    import a as m\nelif B:\n    from b import m\n", {"m"}, ("a", "b")),
+    (("if SHOW:\n    try:\n        import plotly as px\n    except ImportError:\n"
+      "        px = None\n"), {"px"}, ("plotly",)),
 ])
 def test_a_conditional_import_is_one_optional_import_definition_not_data(
         source: str, names: set[str], modules: tuple[str, ...]) -> None:

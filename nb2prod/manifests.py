@@ -871,7 +871,9 @@ def rbac_objects(pipeline: Pipeline, namespace: str) -> list[Obj]:
     """ServiceAccount for stage pods (no token) and, with services, a roller identity.
 
     The roller may only get and patch this pipeline's own Deployments (by name),
-    which is all an in-cluster retraining run needs to roll them to a new model.
+    which is all an in-cluster retraining run needs to roll them to a new model, and
+    list pods and read their logs (pod names are not known in advance), so that a
+    failed roll-out says why, as `deploy` does.  No get, watch or anything on Secrets.
     Without service stages there is nothing to roll and no Role is made (a Role
     with empty resourceNames would grant every Deployment).
     """
@@ -891,7 +893,9 @@ def rbac_objects(pipeline: Pipeline, namespace: str) -> list[Obj]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": _meta(roller, namespace, lbls),
          "rules": [{"apiGroups": ["apps"], "resources": ["deployments"],
-                    "resourceNames": names, "verbs": ["get", "patch"]}]},
+                    "resourceNames": names, "verbs": ["get", "patch"]},
+                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                   {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": _meta(roller, namespace, lbls),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": roller},

@@ -3,8 +3,9 @@
 Shipped into the run pod as ``nb2prod_roller.py`` next to ``nb2prod_runtime.py``
 (the stage runtime), so nothing has to be published: it uses only the standard
 library (``urllib``/``ssl``) and the pod's own service-account token.  That
-account's Role allows ``get`` and ``patch`` on the pipeline's Deployments and
-nothing else, which is all this needs:
+account's Role allows ``get`` and ``patch`` on the pipeline's Deployments, and
+``list pods`` and ``get pods/log`` in its namespace (to say why a roll-out failed,
+as ``deploy`` does), nothing else, which is all this needs:
 
 1. ``python nb2prod_runtime.py promote --json``: gate the run on ``[promotion]``
    and, if it passes, write ``latest.json``;
@@ -12,14 +13,16 @@ nothing else, which is all this needs:
    that sets the new pod template (serving the run id) and the replica count,
    keeping the old template in an annotation;
 3. poll until the rollout is available; if it is not within its progress
-   deadline, patch the previous template back.
+   deadline, read the failing new pod's state and log tail (:func:`with_pod_problem`)
+   and patch the previous template back.
 
 The outcome goes to the container's termination message as JSON, which is
 where ``nb2prod history`` reads it from (no access to the store needed).
 Exit codes: 0 promoted and rolled, 3 below the promotion gate, 1 failure.
 
-:func:`rollout_verdict` and :func:`template_hash` are also used by the
-deploying machine (``nb2prod.runners.kubernetes``): one definition for both.
+:func:`rollout_verdict`, :func:`template_hash` and the failure wording
+(:func:`with_pod_problem` and its helpers) are also used by the deploying machine
+(``nb2prod.runners.kubernetes``): one definition for both.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Obj = dict[str, Any]
@@ -78,6 +83,97 @@ def rollout_verdict(dep: Obj) -> tuple[bool, str] | None:
     return True, ""
 
 
+#: Waiting reasons that will not resolve by themselves: fail the stage now, not at the deadline.
+STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
+                           "InvalidImageName", "CreateContainerError"})
+
+
+def summary_line(lines: Sequence[str]) -> str | None:
+    """The runtime's own one-line verdict (`nb2prod: stage 'x' failed in cell 3: ...`)."""
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith(("nb2prod:", "promoted run", "not promoted:", "error: promote")):
+            return text
+    return None
+
+
+def stuck_reason(pod: Obj) -> str | None:
+    """`Reason: message` when a pod cannot start and waiting will not help."""
+    status = pod.get("status") or {}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".strip().rstrip(":")
+    scheduled = next((c for c in status.get("conditions") or []
+                      if c.get("type") == "PodScheduled"), None)
+    if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return f"Unschedulable: {scheduled.get('message', '')}".strip().rstrip(":")
+    return None
+
+
+def last_lines(text: str, count: int = 3) -> list[str]:
+    """nb2prod's own verdict in a log (also behind a logger's prefix), else its last lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    own = summary_line(lines) or next((line[line.index("nb2prod: "):] for line in reversed(lines)
+                                       if "nb2prod: " in line), None)
+    return [own] if own else lines[-count:]
+
+
+def pod_problem(pod: Obj) -> tuple[str, str | None, bool] | None:
+    """(what is wrong, container, whether its log is the previous instance's) for a pod that
+    does not become ready, from its container statuses; None when nothing is wrong yet."""
+    status = pod.get("status") or {}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        term = state.get("terminated") or last.get("terminated") or {}
+        failed = term and int(term.get("exitCode", 0)) != 0
+        if waiting.get("reason") in (*STUCK_REASONS, "CrashLoopBackOff") or failed:
+            parts = [f"container {cs['name']}: {waiting.get('reason') or 'terminated'}"]
+            if term:
+                parts.append(f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})")
+            if cs.get("restartCount"):
+                parts.append(f"{cs['restartCount']} restart(s)")
+            text = ", ".join(parts)
+            message = str(term.get("message") or "")
+            if message:
+                return f"{text}; last lines: {' | '.join(last_lines(message))}", None, False
+            return text, cs["name"], "terminated" not in state
+        if "running" in state and not cs.get("ready"):
+            return f"container {cs['name']} runs but is not ready (readiness probe)", \
+                cs["name"], False
+    reason = stuck_reason(pod)
+    return (reason, None, False) if reason else None
+
+
+#: Reads a container's log: (pod, container, previous instance?) -> its text.
+ReadLog = Callable[[str, str, bool], str]
+
+
+def with_pod_problem(why: str, pods: Iterable[Obj], read_log: ReadLog) -> str:
+    """`why` plus what is wrong with one of a failed roll-out's new pods: the container's
+    state, exit code and its last log lines (termination message, else the log's tail).
+
+    The deploying machine and the in-cluster roller both say it this way; each passes
+    its own way of reading a log.  A log that cannot be read leaves the state alone.
+    """
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        found = pod_problem(pod)
+        if not found:
+            continue
+        text, container, previous = found
+        name = pod["metadata"]["name"]
+        if container is not None:
+            try:
+                tail = last_lines(read_log(name, container, previous))
+            except Exception:  # noqa: BLE001 - the state alone still says a lot
+                tail = []
+            if tail:
+                text += f"; last log lines: {' | '.join(tail)}"
+        return f"{why} -- pod {name}: {text}"
+    return why
+
+
 # -- the API, with the pod's own identity ----------------------------------------------------
 class ApiError(Exception):
     """A non-2xx answer of the Kubernetes API (status code and its message)."""
@@ -109,8 +205,15 @@ class Api:
 
     def request(self, method: str, name: str, body: Any = None,
                 content_type: str = "application/json") -> Obj:
-        """One call on deployments/NAME, retried on connection errors, 429 and 5xx."""
-        url = f"{self.base}/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
+        """One call on deployments/NAME (see :meth:`call`)."""
+        data = self.call(method, f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}",
+                         body, content_type)
+        return json.loads(data or b"{}")
+
+    def call(self, method: str, path: str, body: Any = None,
+             content_type: str = "application/json") -> bytes:
+        """One API call (the raw answer), retried on connection errors, 429 and 5xx."""
+        url = self.base + path
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(6):
             req = urllib.request.Request(url, data=data, method=method, headers={
@@ -118,7 +221,7 @@ class Api:
                 **({"Content-Type": content_type} if data is not None else {})})
             try:
                 with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:
-                    return json.loads(resp.read() or b"{}")
+                    return resp.read()
             except urllib.error.HTTPError as exc:
                 message = exc.read().decode("utf-8", "replace")
                 try:
@@ -132,6 +235,26 @@ class Api:
                     raise ApiError(0, f"cannot reach the API server: {exc}") from None
             time.sleep(min(0.5 * 2 ** attempt, 8.0))
         raise AssertionError("unreachable")
+
+    def pods(self, labels: dict[str, str]) -> list[Obj]:
+        """The namespace's pods with these labels (the Role's ``list pods``)."""
+        selector = urllib.parse.quote(",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        data = self.call("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")
+        return list(json.loads(data or b"{}").get("items") or [])
+
+    def log(self, pod: str, container: str, previous: bool) -> str:
+        """The last lines of a container's log (the Role's ``get pods/log``)."""
+        query = urllib.parse.urlencode({"container": container, "tailLines": 20,
+                                        "previous": str(previous).lower()})
+        data = self.call("GET", f"/api/v1/namespaces/{self.namespace}/pods/{pod}/log?{query}")
+        return data.decode("utf-8", "replace")
+
+
+def failing_pods(api: Api, template: Obj, run_id: str) -> list[Obj]:
+    """The pods of `template` (by its labels) that serve `run_id`: the roll-out's new pods."""
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    return [p for p in api.pods(labels)
+            if (p["metadata"].get("annotations") or {}).get(MODEL_RUN_ID) == run_id]
 
 
 # -- rolling one Deployment -------------------------------------------------------------------
@@ -200,6 +323,10 @@ def roll(api: Api, name: str, wanted: Obj, run_id: str, log: Any = print) -> Obj
     if ok:
         log(f"Deployment {name} serves run {run_id}")
         return {"status": "serving", "model_run_id": run_id}
+    try:
+        why = with_pod_problem(why, failing_pods(api, template, run_id), api.log)
+    except ApiError as exc:  # the roll-back matters more than the detail
+        log(f"cannot read the new pods of {name}: {exc}")
     previous = before["spec"]["template"]
     restored = (previous.get("metadata", {}).get("annotations") or {}).get(MODEL_RUN_ID, "?")
     log(f"rollout of {name} failed: {why}; rolling back to run {restored}")
@@ -222,7 +349,15 @@ def write_termination_message(record: Obj) -> None:
     if len(text.encode()) > MESSAGE_LIMIT:
         record = {k: v for k, v in record.items() if k != "metrics"}
         record["metrics_truncated"] = True
-        text = json.dumps(record, sort_keys=True, default=str)[:MESSAGE_LIMIT - 8]
+        text = json.dumps(record, sort_keys=True, default=str)
+    if len(text.encode()) > MESSAGE_LIMIT:  # a long failure: the reason repeats each message
+        record["rolled"] = {n: {k: v for k, v in r.items() if k != "message"}
+                            for n, r in (record.get("rolled") or {}).items()}
+        excess = len(json.dumps(record, sort_keys=True, default=str).encode()) - MESSAGE_LIMIT
+        if excess > 0:
+            reason = str(record.get("reason", ""))
+            record["reason"] = reason[:max(0, len(reason) - excess - 8)] + " ..."
+        text = json.dumps(record, sort_keys=True, default=str)
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)

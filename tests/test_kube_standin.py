@@ -193,6 +193,48 @@ def test_cli_prints_address_and_writes_kubeconfig(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
 
 
+def test_pod_processes_die_with_a_killed_standin(tmp_path: Path) -> None:
+    """kill -9 of the process running the stand-in stops its pods' processes too."""
+    from nb2prod.lifeline import stat_fields
+
+    kubeconfig, pids = tmp_path / "standin.kubeconfig", tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kube.standin", "--port", "0", "--kubeconfig",
+                             str(kubeconfig)], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    found: list[int] = []
+
+    def gone(pid: int) -> bool:
+        fields = stat_fields(pid)
+        return fields is None or fields[0] in ("Z", "X")  # an unreaped zombie runs nothing
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("Kubernetes stand-in")
+        wait_for(kubeconfig.exists, "the kubeconfig file", timeout=30)
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        with ApiClient(configuration) as api_client:
+            v1 = client.CoreV1Api(api_client)
+            v1.create_namespace({"metadata": {"name": "lifeline"}})
+            # PID 1 and a child of it, as a container's own processes.
+            v1.create_namespaced_pod("lifeline", {"metadata": {"name": "sleeper"}, "spec": {
+                "containers": [{"name": "c", "image": PY, "command": [
+                    "sh", "-c", f'sleep 600 & echo "$$ $!" > {pids}.tmp && mv {pids}.tmp {pids}; wait']}]}})
+            wait_for(pids.exists, "the pod's processes", timeout=120)
+        found = [int(p) for p in pids.read_text().split()]
+        assert len(found) == 2 and not any(gone(p) for p in found)
+        proc.kill()
+        proc.wait(timeout=30)
+        wait_for(lambda: all(gone(p) for p in found), "the pod's processes to die with the stand-in",
+                 timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pid in found:  # only if the test failed: leave nothing behind
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------- CRUD, selectors, patches, errors
 
 def test_configmap_crud_selectors_patches_dry_run_and_error_shapes(api: ApiClient, ns: str) -> None:

@@ -649,7 +649,9 @@ def test_rbac_is_minimal(split_dirs: dict[str, Path], iris_dir: Path) -> None:
     assert "iris-roller" in accounts
     (role,) = by_kind["Role"]
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
-                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]}]
+                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]},
+                             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
     (binding,) = by_kind["RoleBinding"]
     assert binding["roleRef"]["name"] == "iris-roller"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "iris-roller",

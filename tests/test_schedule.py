@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import time
 import urllib.request
@@ -108,7 +109,8 @@ def served_run(standin: KubeStandIn, name: str) -> tuple[str, int]:
 
 
 def assert_roller_rights(standin: KubeStandIn) -> None:
-    """With the roller's token: get/patch on its Deployment work, everything else is 403."""
+    """With the roller's token: get/patch on its Deployment, list pods and get their logs
+    work; everything else is 403."""
     from kubernetes import client
 
     api = standin.api_client(token=standin.service_account_token(NS, "iris-roller"))
@@ -118,6 +120,33 @@ def assert_roller_rights(standin: KubeStandIn) -> None:
     assert apps.read_namespaced_deployment("iris-serve", NS).metadata.name == "iris-serve"
     apps.patch_namespaced_deployment("iris-serve", NS, {"metadata": {"annotations": {
         "nb2prod.io/rbac-check": "ok"}}})
+    # A pod of this namespace to read: the admin starts one that prints a line.
+    admin = client.CoreV1Api(standin.api_client())
+    admin.create_namespaced_pod(NS, {"metadata": {"name": "rbac-check"}, "spec": {
+        **pod, "containers": [{**pod["containers"][0], "command": ["echo", "rbac-check-line"]}],
+        "restartPolicy": "Never"}})
+    try:
+        deadline = time.monotonic() + 120
+        while admin.read_namespaced_pod("rbac-check", NS).status.phase != "Succeeded":
+            assert time.monotonic() < deadline, "the check pod did not finish"
+            time.sleep(0.3)
+        assert "rbac-check-line" in core.read_namespaced_pod_log("rbac-check", NS, container="c")
+        assert "rbac-check" in [p.metadata.name for p in core.list_namespaced_pod(NS).items]
+        denied = [
+            lambda: core.read_namespaced_pod("rbac-check", NS),
+            lambda: core.read_namespaced_pod_status("rbac-check", NS),
+            lambda: core.list_namespaced_pod(NS, watch=True, timeout_seconds=1),
+            lambda: core.list_pod_for_all_namespaces(),
+            lambda: core.delete_namespaced_pod("rbac-check", NS),
+            lambda: core.patch_namespaced_pod("rbac-check", NS, {"metadata": {"labels": {
+                "a": "b"}}}),
+            lambda: core.create_namespaced_pod(NS, {"metadata": {"name": "x"}, "spec": pod}),
+            lambda: core.list_namespaced_pod("default"),
+            lambda: core.read_namespaced_pod_log("other", "default"),
+        ]
+        assert_denied(denied)
+    finally:
+        admin.delete_namespaced_pod("rbac-check", NS, grace_period_seconds=0)
     denied = [
         lambda: apps.list_namespaced_deployment(NS),
         lambda: apps.delete_namespaced_deployment("iris-serve", NS),
@@ -129,16 +158,24 @@ def assert_roller_rights(standin: KubeStandIn) -> None:
             "template": {"metadata": {"labels": {"a": "b"}}, "spec": pod}}}),
         lambda: apps.read_namespaced_deployment("other", NS),
         lambda: core.read_namespaced_secret("s3-credentials", NS),
-        lambda: core.list_namespaced_pod(NS),
+        lambda: core.list_namespaced_secret(NS),
+        lambda: core.list_namespaced_config_map(NS),
         lambda: batch.create_namespaced_job(NS, {"metadata": {"name": "x"}, "spec": {
             "template": {"spec": {**pod, "restartPolicy": "Never"}}}}),
         lambda: client.RbacAuthorizationV1Api(api).patch_namespaced_role(
             "iris-roller", NS, {"rules": []}),
     ]
-    for call in denied:
+    assert_denied(denied)
+
+
+def assert_denied(calls: list[Any]) -> None:
+    """Each call is refused with 403 Forbidden."""
+    from kubernetes import client
+
+    for number, call in enumerate(calls):
         with pytest.raises(client.exceptions.ApiException) as info:
             call()
-        assert info.value.status == 403, info.value
+        assert info.value.status == 403, (number, info.value)
 
 
 # -- the iris schedule ----------------------------------------------------------------------
@@ -179,10 +216,13 @@ def test_scheduled_retraining_rolls_only_passing_runs(
     assert [c["name"] for c in pod_spec["containers"]] == ["promote-and-roll"]
     assert served_run(standin, "iris-serve") == ("latest", 0)
 
-    # The roller's Role: get and patch on the pipeline's Deployment, by name, nothing else.
+    # The roller's Role: get and patch on the pipeline's Deployment, by name; list pods and
+    # read their logs (to say why a roll-out failed); nothing else.
     role = standin.store.peek("roles", NS, "iris-roller")
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
-                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]}]
+                              "resourceNames": ["iris-serve"], "verbs": ["get", "patch"]},
+                             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
 
     # ... and the API enforces exactly that for the roller's token.
     assert_roller_rights(standin)
@@ -402,12 +442,17 @@ def test_no_wait_runs_in_cluster_and_the_gate_holds_back_a_weak_model(
     assert failed["run_id"] == run3 and failed["status"] == "failed", failed
     assert failed["failed_stage"] == "promote-and-roll"
     assert f"rolled back to run {run1}" in failed["reason"], failed
+    # ... and says why, as deploy does: the new pod's state and its log's last line.
+    why = re.compile(r" -- pod gated-serve-[a-z0-9]+-[a-z0-9]+: container serve[^;]*; "
+                     r"last log lines: [^;]*RuntimeError: cannot start")
+    assert why.search(failed["reason"]), failed
     assert served_run(standin, "gated-serve") == (run1, 2)
     # The store keeps the outcome too, for when the cluster has deleted the Job.
     recorded = artifacts.read_json(store, f"gated/runs/{run3}/run.json")
     assert recorded["status"] == "failed" and recorded["promoted"] is True
     assert recorded["rollout"]["gated-serve"]["status"] == "rolled_back"
     assert f"rolled back to run {run1}" in recorded["reason"]
+    assert why.search(recorded["reason"]), recorded
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and predict(standin, "gated-serve", {})[0] != 200:
         time.sleep(0.5)

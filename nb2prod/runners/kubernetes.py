@@ -43,16 +43,20 @@ from nb2prod import k8s_retry, manifests, workdir
 from nb2prod.errors import PipelineFailure, Problem, UserError
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline, load_pipeline, notebook_parameters, run_parameters
-from nb2prod.roller import TEMPLATE_HASH, rollout_verdict, template_hash
+from nb2prod.roller import (
+    TEMPLATE_HASH,
+    rollout_verdict,
+    stuck_reason,
+    summary_line,
+    template_hash,
+    with_pod_problem,
+)
 from nb2prod.settings import PROJECT, check_value, checked_option, endpoint_url, image_ref
 
 Event = dict
 OnEvent = Callable[[Event], None]
 OnLog = Callable[[str], None]
 
-#: Waiting reasons that will not resolve by themselves: fail the stage now, not at the deadline.
-STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
-                           "InvalidImageName", "CreateContainerError"})
 PROMOTE_UNIT = "(promote)"
 #: On a run's promote Job: the roll-out's outcome, so `status` tells what `deploy` told.
 ROLLOUT_ANNOTATION = "nb2prod.io/rollout"
@@ -322,54 +326,6 @@ def condition_true(obj: Obj, kind: str) -> Obj | None:
     return cond if cond is not None and cond.get("status") == "True" else None
 
 
-def stuck_reason(pod: Obj) -> str | None:
-    """`Reason: message` when a pod cannot start and waiting will not help."""
-    status = pod.get("status") or {}
-    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in STUCK_REASONS:
-            return f"{waiting['reason']}: {waiting.get('message', '')}".strip().rstrip(":")
-    scheduled = _conditions(pod).get("PodScheduled")
-    if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        return f"Unschedulable: {scheduled.get('message', '')}".strip().rstrip(":")
-    return None
-
-
-def _last_lines(text: str, count: int = 3) -> list[str]:
-    """nb2prod's own verdict in a log (also behind a logger's prefix), else its last lines."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    own = summary_line(lines) or next((line[line.index("nb2prod: "):] for line in reversed(lines)
-                                       if "nb2prod: " in line), None)
-    return [own] if own else lines[-count:]
-
-
-def pod_problem(pod: Obj) -> tuple[str, str | None, bool] | None:
-    """(what is wrong, container, whether its log is the previous instance's) for a pod that
-    does not become ready, from its container statuses; None when nothing is wrong yet."""
-    status = pod.get("status") or {}
-    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        state, last = cs.get("state") or {}, cs.get("lastState") or {}
-        waiting = state.get("waiting") or {}
-        term = state.get("terminated") or last.get("terminated") or {}
-        failed = term and int(term.get("exitCode", 0)) != 0
-        if waiting.get("reason") in (*STUCK_REASONS, "CrashLoopBackOff") or failed:
-            parts = [f"container {cs['name']}: {waiting.get('reason') or 'terminated'}"]
-            if term:
-                parts.append(f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})")
-            if cs.get("restartCount"):
-                parts.append(f"{cs['restartCount']} restart(s)")
-            text = ", ".join(parts)
-            message = str(term.get("message") or "")
-            if message:
-                return f"{text}; last lines: {' | '.join(_last_lines(message))}", None, False
-            return text, cs["name"], "terminated" not in state
-        if "running" in state and not cs.get("ready"):
-            return f"container {cs['name']} runs but is not ready (readiness probe)", \
-                cs["name"], False
-    reason = stuck_reason(pod)
-    return (reason, None, False) if reason else None
-
-
 class PendingPods:
     """Unschedulable pods, given time to be scheduled before their stage fails.
 
@@ -454,15 +410,6 @@ def _started(pod: Obj) -> bool:
         if state.get("running") or state.get("terminated"):
             return True
     return False
-
-
-def summary_line(lines: Sequence[str]) -> str | None:
-    """The runtime's own one-line verdict (`nb2prod: stage 'x' failed in cell 3: ...`)."""
-    for line in reversed(lines):
-        text = line.strip()
-        if text.startswith(("nb2prod:", "promoted run", "not promoted:", "error: promote")):
-            return text
-    return None
 
 
 # -- applying objects ------------------------------------------------------------------------
@@ -1069,26 +1016,13 @@ class Deployer:
                 watcher.stop()
 
     def with_pod_problem(self, why: str, pods: Any) -> str:
-        """`why` plus what is wrong with one of the new pods: the container's state, exit
-        code and its last log lines (termination message, else the log's tail)."""
-        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-            found = pod_problem(pod)
-            if not found:
-                continue
-            text, container, previous = found
-            name = pod["metadata"]["name"]
-            if container is not None:
-                try:
-                    resp = k8s_retry.call(self.kube.core.read_namespaced_pod_log, name, self.ns,
-                                          container=container, tail_lines=20, previous=previous,
-                                          _preload_content=False, _request_timeout=(10, 30))
-                    tail = _last_lines("\n".join(_lines(resp)))
-                    if tail:
-                        text += f"; last log lines: {' | '.join(tail)}"
-                except Exception:  # noqa: BLE001, S110 - the state alone still says a lot
-                    pass
-            return f"{why} -- pod {name}: {text}"
-        return why
+        """`why` plus what is wrong with one of the new pods (:func:`with_pod_problem`)."""
+        def read_log(name: str, container: str, previous: bool) -> str:
+            resp = k8s_retry.call(self.kube.core.read_namespaced_pod_log, name, self.ns,
+                                  container=container, tail_lines=20, previous=previous,
+                                  _preload_content=False, _request_timeout=(10, 30))
+            return "\n".join(_lines(resp))
+        return with_pod_problem(why, pods, read_log)
 
     def roll_back(self, dname: str, stage: Any) -> str:
         """Put back the pod template saved before this deploy changed it; return its run id."""

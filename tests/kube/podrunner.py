@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .logs import LogFile, pump
 from .node import NodeConfig
 from .podenv import NotReadyError, PodEnv
+from .reaper import reaper
 from .resources import BY_PLURAL
 from .util import condition, iso, set_condition
 
@@ -288,6 +289,7 @@ class PodRunner(threading.Thread):
                 run.proc = subprocess.Popen(
                     argv, cwd=run.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, start_new_session=True)
+                reaper().watch(run.proc.pid)  # killed with its group should this process die
         except OSError as exc:
             log.append(f"exec {argv[0]!r}: {exc}".encode())
             log.stream_done()
@@ -335,6 +337,7 @@ class PodRunner(threading.Thread):
         assert run.proc is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, signal.SIGKILL)  # PID 1 exited: the container's other processes die too
+        reaper().forget(run.proc.pid)
         for reader in run.readers:
             reader.join(timeout=2)
         with self._lock:

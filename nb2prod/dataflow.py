@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import textwrap
 from dataclasses import dataclass, field
 
 from nb2prod.readonly import PURE_METHODS, READ_ONLY_ACCESSORS
@@ -631,7 +632,9 @@ class _ScopeWalker(ast.NodeVisitor):
         lines = self.code.splitlines()
         start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
         end = node.end_lineno or node.lineno
-        return "\n".join(lines[start - 1 : end]) + "\n"
+        segment = "\n".join(lines[start - 1 : end]) + "\n"
+        # a statement inside `with` is indented: its copy must run at module level
+        return textwrap.dedent(segment) if node.col_offset else segment
 
 
 class _FunctionScope(ast.NodeVisitor):

@@ -561,3 +561,10 @@ def test_a_conditional_import_that_also_does_work_copies_only_its_imports() -> N
     assert f.definitions["json"].free_reads == {"FAST"}
     assert "data" not in f.definitions and "data" in f.writes
     assert not f.declarative
+
+
+def test_a_definition_inside_with_is_copied_at_module_level() -> None:
+    f = flow("with open('x') as fh:\n    if A:\n        import a as m\n"
+             "    def g():\n        return 1\n")
+    assert f.definitions["m"].source == "if A:\n    import a as m\n"
+    assert f.definitions["g"].source == "def g():\n    return 1\n"

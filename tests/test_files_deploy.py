@@ -63,9 +63,24 @@ def test_deploy_ships_input_files_through_the_store(
 
 def test_deploy_refuses_files_it_cannot_put_in_a_pvc_store(kube_standin: KubeStandIn,
                                                            tmp_path: Path) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
     from nb2prod.runners import kubernetes as kube
 
     directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
+    core = client.CoreV1Api(kube_standin.api_client())
+    claim = {"metadata": {"name": "claim"},
+             "spec": {"accessModes": ["ReadWriteMany"],
+                      "resources": {"requests": {"storage": "1Gi"}}}}
+    # The claim exists (an earlier test of the session may have made the namespace):
+    # what is refused is shipping files into it from this machine.
+    for create, args in ((core.create_namespace, ({"metadata": {"name": NS}},)),
+                         (core.create_namespaced_persistent_volume_claim, (NS, claim))):
+        try:
+            create(*args)
+        except ApiException as exc:
+            assert exc.status == 409, exc
     with pytest.raises(UserError, match="input files"):
         kube.deploy(directory, NS, image="python:3.11-slim", store="pvc://claim/artifacts")
 

@@ -68,7 +68,24 @@ def _fake_deploy(pipeline_dir, namespace, *, on_event=None, wait=True, **kwargs)
 def _load_jupyter_server_extension(serverapp):
     from nb2prod.jupyter import handlers
     handlers._load_deploy = lambda: _fake_deploy
+    real = handlers._load_cluster_check()
+    # the scripted cluster answers; the kubeconfig's "unreachable" context is checked for real
+    handlers._load_cluster_check = lambda: (
+        lambda context: real(context) if context == "unreachable"
+        else {"host": "fake", "version": "v1"})
 """
+
+
+def _kubeconfig(path: Path) -> Path:
+    """Contexts "fake" (current: the scripted cluster) and "unreachable" (a closed port)."""
+    port = _free_port()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}}
+                     for n in ("fake", "unreachable")]}))
+    return path
 
 
 def _free_port() -> int:
@@ -123,6 +140,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     env = {**os.environ,
            "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig")),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(pylib),
                                                        os.environ.get("PYTHONPATH")]))}
     log = tmp_path / "jupyter-lab.log"

@@ -10,6 +10,8 @@
   problem stays marked on its cell;
 - the cell role control: every role and option written as the right tags,
   a stage named like a role refused;
+- deploy preflight: a cluster that does not answer is one error before anything
+  is split; the form offers the kubeconfig's contexts, a store and parameters;
 - stage markers: text/background contrast computed from the rendered colours
   is at least 4.5:1, in the light and the dark theme, and stage colours differ.
 
@@ -204,6 +206,27 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             while _tags(lab.root / "roles.ipynb") != ROLE_TAGS:
                 assert time.monotonic() < deadline, _tags(lab.root / "roles.ipynb")
                 time.sleep(0.1)
+
+            # 0b. deploy preflight: the cluster is checked before anything is split;
+            # the form lists the kubeconfig's contexts and has store and parameters
+            _open(page, lab, "iris.ipynb")
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-DeployButton").click()
+            form = dialog.locator(".nb2prod-DeployForm")
+            expect(form.locator("select[name=context] option")).to_have_text(
+                ["current context (fake)", "fake", "unreachable"])
+            form.locator("input[name=namespace]").fill("ml")
+            form.locator("select[name=context]").select_option("unreachable")
+            form.locator("input[name=store]").fill("s3://bucket/prefix")
+            form.locator("textarea[name=params]").fill("max_iter=300")
+            page.screenshot(path=str(shots / "deploy-form.png"))
+            dialog.locator(".jp-Dialog-button", has_text="Deploy").click()
+            error = page.locator(".nb2prod-ErrorDialog")
+            expect(error).to_contain_text("cannot reach the Kubernetes API at http://127.0.0.1:")
+            expect(dialog).to_have_count(1)  # one message, no progress dialog behind it
+            page.screenshot(path=str(shots / "deploy-preflight.png"))
+            error.locator(".jp-Dialog-button").first.click()
+            expect(dialog).to_have_count(0)
+            assert not (lab.root / "iris-pipeline").exists()  # nothing re-split
 
             # 1. iris: one node per stage, the edge passing the model
             _open(page, lab, "iris.ipynb")

@@ -247,6 +247,45 @@ async def _wait_deploy(jp_fetch: Any, deploy_id: str, timeout: float = 60) -> di
         await asyncio.sleep(0.1)
 
 
+def _reachable(context: str | None) -> dict[str, str]:
+    """A cluster check that passes (for tests whose deploy function is scripted)."""
+    return {"host": "https://scripted", "version": "v1.30.0"}
+
+
+async def test_deploy_preflight_refuses_before_splitting(
+        jp_fetch: Any, iris: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real cluster check: no kubeconfig is 400, a silent API server 503; nothing split."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    body = {"path": "work/iris.ipynb", "namespace": "ml"}
+    code, answer = await _error(jp_fetch, "deploy", body)
+    assert code == 400 and "no Kubernetes configuration found" in answer["message"], answer
+    contexts = json.loads((await jp_fetch("nb2prod", "kube")).body)
+    assert contexts["contexts"] == [] and contexts["error"]
+
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "u"}},
+                     {"name": "prod", "context": {"cluster": "c", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    contexts = json.loads((await jp_fetch("nb2prod", "kube")).body)
+    assert contexts == {"contexts": ["dev", "prod"], "current": "dev", "error": None}
+    code, answer = await _error(jp_fetch, "deploy", body)
+    assert code == 503, answer
+    assert answer["message"].startswith(f"cannot reach the Kubernetes API at http://127.0.0.1:{port}")
+    code, answer = await _error(jp_fetch, "deploy", {**body, "context": "nope"})
+    assert code == 400 and "--context nope" in answer["message"]
+    assert sorted(p.name for p in iris.parent.iterdir()) == ["iris.ipynb"]
+
+
 async def test_deploy_runs_in_background_and_reports_stages(
         jp_fetch: Any, iris: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The handler's own contract, with `deploy` replaced by a scripted one."""
@@ -263,6 +302,7 @@ async def test_deploy_runs_in_background_and_reports_stages(
         return {"ok": True}
 
     monkeypatch.setattr(handlers, "_load_deploy", lambda: fake_deploy)
+    monkeypatch.setattr(handlers, "_load_cluster_check", lambda: _reachable)
     response = await _post(jp_fetch, "deploy", {
         "path": "work/iris.ipynb", "namespace": "ml", "image": "reg/iris:1",
         "params": {"max_iter": 300}})
@@ -298,6 +338,7 @@ async def test_deploy_failures_are_reported(jp_fetch: Any, iris: Path, broken: P
         raise UserError(Problem("no kubeconfig context 'nope'"))
 
     monkeypatch.setattr(handlers, "_load_deploy", lambda: failing_deploy)
+    monkeypatch.setattr(handlers, "_load_cluster_check", lambda: _reachable)
     # split problems come back at once, before anything is deployed
     code, body = await _error(jp_fetch, "deploy", {"path": "broken.ipynb", "namespace": "ml"})
     assert code == 400 and body["problems"]

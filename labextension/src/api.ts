@@ -68,6 +68,19 @@ export interface IDeployRequest {
   namespace: string;
   context?: string;
   image?: string;
+  store?: string;
+  params?: { [name: string]: string };
+}
+
+/** GET /nb2prod/kube: the kubeconfig's contexts */
+export interface IKubeContexts {
+  contexts: string[];
+  current: string | null;
+  error: string | null;
+}
+
+export function kubeContexts(): Promise<IKubeContexts> {
+  return request<IKubeContexts>('kube', { method: 'GET' });
 }
 
 /** A non-2xx answer from the server, with its problems when it sent some. */

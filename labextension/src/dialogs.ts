@@ -15,8 +15,10 @@ import {
   deployStatus,
   IDeployStatus,
   IProblem,
+  IKubeContexts,
   IReport,
-  IStageStatus
+  IStageStatus,
+  kubeContexts
 } from './api';
 import { stageColor } from './stages';
 
@@ -214,8 +216,30 @@ export async function showProblems(
 /** What the deploy form asks for. */
 export interface IDeployForm {
   namespace: string;
+  /** a kubeconfig context ('' = the current one) */
   context: string;
   image: string;
+  /** artifact store URI ('' = nb2prod.ini's) */
+  store: string;
+  /** `k=v` pairs, one per line or comma-separated (like --param) */
+  params: string;
+}
+
+/** The form's params text as {name: value}; a string naming the bad entry otherwise. */
+export function parseParams(text: string): { [name: string]: string } | string {
+  const params: { [name: string]: string } = {};
+  for (const raw of text.split(/[\n,]+/)) {
+    const item = raw.trim();
+    if (!item) {
+      continue;
+    }
+    const eq = item.indexOf('=');
+    if (eq <= 0) {
+      return `parameter '${item}' must be NAME=VALUE`;
+    }
+    params[item.slice(0, eq).trim()] = item.slice(eq + 1).trim();
+  }
+  return params;
 }
 
 /** DNS-1123 label: what Kubernetes accepts as a namespace name. */
@@ -231,37 +255,58 @@ export function namespaceError(namespace: string): string | null {
 }
 
 class DeployFormBody extends Widget implements Dialog.IBodyWidget<IDeployForm> {
-  constructor(initial: IDeployForm) {
+  constructor(initial: IDeployForm, kube: IKubeContexts) {
     super();
     this.addClass('nb2prod-DeployForm');
     this._namespace = this._field('Namespace', 'namespace', initial.namespace, 'ml', true);
-    this._context = this._field(
-      'Kubernetes context',
-      'context',
-      initial.context,
-      'current context of your kubeconfig',
-      false
-    );
-    this._image = this._field(
-      'Image',
-      'image',
-      initial.image,
-      'default from nb2prod.ini (python:3.11-slim)',
-      false
-    );
+    this._context = el('select', 'jp-mod-styled nb2prod-DeployForm-input');
+    this._context.name = 'context';
+    const current = el('option', '', kube.current
+      ? `current context (${kube.current})` : 'current context / in-cluster account');
+    current.value = '';
+    this._context.appendChild(current);
+    for (const name of kube.contexts) {
+      const option = el('option', '', name);
+      option.value = name;
+      this._context.appendChild(option);
+    }
+    this._context.value = kube.contexts.includes(initial.context) ? initial.context : '';
+    this._row('Kubernetes context (from your kubeconfig)', this._context);
+    if (kube.error) {
+      this.node.appendChild(el('p', 'nb2prod-DeployForm-note', `kubeconfig: ${kube.error}`));
+    }
+    this._image = this._field('Image', 'image', initial.image,
+      'default from nb2prod.ini (python:3.11-slim)', false);
+    this._store = this._field('Artifact store', 'store', initial.store,
+      'default from nb2prod.ini, e.g. s3://bucket/prefix or pvc://claim/path', false);
+    this._params = el('textarea', 'jp-mod-styled nb2prod-DeployForm-input');
+    this._params.name = 'params';
+    this._params.rows = 2;
+    this._params.value = initial.params;
+    this._params.placeholder = 'max_iter=300, test_size=0.3';
+    this._row('Parameters (NAME=VALUE, like --param)', this._params);
   }
 
   getValue(): IDeployForm {
     return {
       namespace: this._namespace.value.trim(),
-      context: this._context.value.trim(),
-      image: this._image.value.trim()
+      context: this._context.value,
+      image: this._image.value.trim(),
+      store: this._store.value.trim(),
+      params: this._params.value.trim()
     };
   }
 
   protected onAfterAttach(): void {
     this._namespace.focus();
     this._namespace.select();
+  }
+
+  private _row(label: string, input: HTMLElement): void {
+    const row = el('label', 'nb2prod-DeployForm-row');
+    row.appendChild(el('span', 'nb2prod-DeployForm-label', label));
+    row.appendChild(input);
+    this.node.appendChild(row);
   }
 
   private _field(
@@ -271,29 +316,34 @@ class DeployFormBody extends Widget implements Dialog.IBodyWidget<IDeployForm> {
     placeholder: string,
     required: boolean
   ): HTMLInputElement {
-    const row = el('label', 'nb2prod-DeployForm-row');
-    row.appendChild(el('span', 'nb2prod-DeployForm-label', required ? `${label} *` : label));
     const input = el('input', 'jp-mod-styled nb2prod-DeployForm-input');
     input.name = name;
     input.value = value;
     input.placeholder = placeholder;
     input.required = required;
     input.spellcheck = false;
-    row.appendChild(input);
-    this.node.appendChild(row);
+    this._row(required ? `${label} *` : label, input);
     return input;
   }
 
   private _namespace: HTMLInputElement;
-  private _context: HTMLInputElement;
+  private _context: HTMLSelectElement;
   private _image: HTMLInputElement;
+  private _store: HTMLInputElement;
+  private _params: HTMLTextAreaElement;
 }
 
-/** Ask for namespace / context / image; null when cancelled. */
+/** Ask for namespace, context, image, store and parameters; null when cancelled. */
 export async function askDeploy(initial: IDeployForm): Promise<IDeployForm | null> {
+  let kube: IKubeContexts;
+  try {
+    kube = await kubeContexts();
+  } catch (error) {
+    kube = { contexts: [], current: null, error: String((error as Error).message ?? error) };
+  }
   const result = await new Dialog<IDeployForm>({
     title: 'nb2prod: deploy to Kubernetes',
-    body: new DeployFormBody(initial),
+    body: new DeployFormBody(initial, kube),
     buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Deploy' })],
     focusNodeSelector: 'input[name="namespace"]'
   }).launch();

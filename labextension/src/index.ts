@@ -35,6 +35,7 @@ import {
   askDeploy,
   IDeployForm,
   namespaceError,
+  parseParams,
   showDeployProgress,
   showProblems,
   showReport
@@ -111,15 +112,19 @@ async function runSplit(app: JupyterFrontEnd, panel: NotebookPanel, write: boole
 }
 
 /** The last answers of the deploy form, so a redeploy is two clicks. */
-let lastDeploy: IDeployForm = { namespace: '', context: '', image: '' };
+let lastDeploy: IDeployForm = { namespace: '', context: '', image: '', store: '', params: '' };
 
 async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<void> {
   if (busy.has(panel)) {
     return;
   }
   let form = await askDeploy(lastDeploy);
-  while (form !== null && namespaceError(form.namespace) !== null) {
-    await showErrorMessage('nb2prod: deploy', namespaceError(form.namespace) ?? '');
+  const formError = (f: IDeployForm): string | null => {
+    const params = parseParams(f.params);
+    return namespaceError(f.namespace) ?? (typeof params === 'string' ? params : null);
+  };
+  while (form !== null && formError(form) !== null) {
+    await showErrorMessage('nb2prod: deploy', formError(form) ?? '');
     form = await askDeploy(form);
   }
   if (form === null || !(await saved(panel))) {
@@ -133,7 +138,9 @@ async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<vo
       path: serverPath(app, panel),
       namespace: form.namespace,
       ...(form.context ? { context: form.context } : {}),
-      ...(form.image ? { image: form.image } : {})
+      ...(form.image ? { image: form.image } : {}),
+      ...(form.store ? { store: form.store } : {}),
+      params: parseParams(form.params) as { [name: string]: string }
     });
   } catch (error) {
     await showProblems(panel.content, 'nb2prod: cannot deploy', error);

@@ -340,6 +340,25 @@ def _load_deploy() -> Callable[..., dict[str, Any]]:
     return deploy
 
 
+def _load_cluster_check() -> Callable[[str | None], dict[str, str]]:
+    """`nb2prod.runners.kubernetes.cluster_check`, imported late (a heavy import)."""
+    from nb2prod.runners.kubernetes import cluster_check
+
+    return cluster_check
+
+
+def preflight(context: str | None) -> dict[str, str]:
+    """The cluster answers (else 400 without a kubeconfig, 503 when it does not answer)."""
+    try:
+        check = _load_cluster_check()
+    except ImportError as exc:
+        raise refuse(501, f"deploying is not available in this installation: {exc}") from None
+    try:
+        return check(context)
+    except PipelineFailure as exc:
+        raise refuse(503, str(exc)) from None
+
+
 def _run_deploy(record: DeployRecord, deploy: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """Body of the deploy thread: every outcome ends in `record.finish`."""
     try:
@@ -389,9 +408,11 @@ class DeployHandler(Nb2prodHandler):
                 raise refuse(400, "'namespace' is required")
             kwargs = self._deploy_options(data)
             path = self.notebook(data, allow_dir=True)
+            output = self.output(data, path) if path.is_file() else None  # confined: 403 first
+            # Then the cluster: without one, say so before re-splitting anything.
+            await self.guarded(lambda: preflight(kwargs.get("context")))
             stages: list[dict[str, Any]] = []
-            if path.is_file():  # a notebook: split first, exactly like `nb2prod deploy NB`
-                output = self.output(data, path)
+            if output is not None:  # a notebook: split first, exactly like `nb2prod deploy NB`
                 force = data.get("force", False) is True
                 from nb2prod.split import split_notebook
 
@@ -448,6 +469,27 @@ def params_option(data: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in params.items()}
 
 
+class KubeHandler(Nb2prodHandler):
+    """GET /nb2prod/kube: the kubeconfig's contexts (and current one) for the deploy form."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        async def run() -> None:
+            def contexts() -> dict[str, Any]:
+                from nb2prod.runners.kubernetes import kubeconfig_contexts
+
+                return kubeconfig_contexts()
+
+            try:
+                answer = await asyncio.to_thread(contexts)
+            except ImportError as exc:
+                answer = {"contexts": [], "current": None, "error": str(exc)}
+            self.finish(json.dumps(answer))
+
+        await self.answer(run)
+
+
 class DeployStatusHandler(Nb2prodHandler):
     """GET /nb2prod/deploy/<id>: stage states so far and the overall state."""
 
@@ -469,6 +511,6 @@ def setup_handlers(web_app: Any) -> None:
 
     routes = [("check", CheckHandler), ("split", SplitHandler), ("deploy", DeployHandler),
               (r"deploy/([0-9a-f]+)", DeployStatusHandler),
-              ("pipeline", panel.PipelineHandler), *runs.HANDLERS]
+              ("kube", KubeHandler), ("pipeline", panel.PipelineHandler), *runs.HANDLERS]
     web_app.add_handlers(".*$", [(url_path_join(base, route), handler)
                                  for route, handler in routes])

@@ -176,6 +176,39 @@ class Kube:
         return list(data.get("items") or [])
 
 
+def kubeconfig_contexts() -> dict[str, Any]:
+    """The contexts of the kubeconfig (KUBECONFIG or ~/.kube/config) and the current one.
+
+    For the JupyterLab deploy form's context list; a missing or unreadable
+    kubeconfig is an answer (`error`), not a failure.
+    """
+    from kubernetes import config
+
+    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        contexts, current = config.list_kube_config_contexts(config_file=path)
+    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+        return {"contexts": [], "current": None, "error": str(exc).splitlines()[0] if str(exc)
+                else f"no kubeconfig at {path}"}
+    return {"contexts": [str(c.get("name")) for c in contexts or []],
+            "current": (current or {}).get("name"), "error": None}
+
+
+def cluster_check(context: str | None = None) -> dict[str, str]:
+    """One cheap call (GET /version) that says whether this machine reaches the cluster.
+
+    Run before a deploy re-splits or creates anything, so "no cluster" is one
+    early line: UserError without a usable kubeconfig, PipelineFailure naming
+    the API server when it does not answer.
+    """
+    from kubernetes import client
+
+    kube = Kube(context)
+    with api_errors(f"cannot reach the Kubernetes API at {kube.host}"):
+        info = client.VersionApi(kube.api_client).get_code(_request_timeout=(5, 15))
+    return {"host": kube.host, "version": str(getattr(info, "git_version", "") or "")}
+
+
 def _lines(resp: Any) -> Iterator[str]:
     """Lines of a streamed response, the last one even without a trailing newline."""
     buffer = b""

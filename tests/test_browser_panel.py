@@ -147,11 +147,18 @@ def _open(page, server: Lab, name: str) -> None:
 
 
 def _show_panel(page) -> object:
+    """The Pipeline panel, opened from its sidebar tab unless it is open (or opening):
+    the tab is clicked only while it is not the current one, since a click on the
+    current tab closes the panel."""
     panel = page.locator(PANEL)
-    if not panel.is_visible():
-        page.locator('.jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id="nb2prod-pipeline-panel"]'
-                     ).click()
-    panel.wait_for(state="visible")
+    tab = page.locator('.jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id="nb2prod-pipeline-panel"]')
+    tab.wait_for()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not panel.is_visible():
+        assert time.monotonic() < deadline, "the pipeline panel did not open"
+        if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+            tab.click()
+        time.sleep(0.2)
     return panel
 
 
@@ -318,10 +325,13 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             # stage colours differ (wine has five stages)
             for theme in ("light", "dark"):
                 seen: set[str] = set()
-                for name in ("iris.ipynb", "wine.ipynb"):
+                for name, variants in (("iris.ipynb", ("start", "continued", "role")),
+                                       ("wine.ipynb", ("start", "role"))):
                     _open(page, lab, name)
-                    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-StageMarker"
-                                 ).first.wait_for()
+                    for variant in variants:  # cells render progressively: wait for each
+                        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) "
+                                     f".nb2prod-StageMarker[data-variant={variant}]"
+                                     ).first.wait_for()
                     colours = page.evaluate(MARKER_COLOURS_JS)
                     seen |= {c["variant"] for c in colours}
                     for c in colours:

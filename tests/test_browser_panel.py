@@ -249,6 +249,16 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             expect(panel.locator('.nb2prod-PanelStage[data-stage="train"]')).to_contain_text(
                 "scikit-learn==")
             expect(panel.locator(".nb2prod-Legend")).to_contain_text("cached")
+            # a split from the toolbar checks the panel again
+            checks = int(panel.get_attribute("data-checks") or "0")
+            assert checks >= 1
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-SplitButton").click()
+            expect(dialog.locator(".nb2prod-Report")).to_be_visible()
+            page.wait_for_function(
+                "n => +document.querySelector('#nb2prod-pipeline-panel').dataset.checks > n",
+                arg=checks)
+            dialog.locator(".jp-Dialog-button", has_text="Close").click()
+            expect(dialog).to_have_count(0)
             page.screenshot(path=str(shots / "iris-panel.png"))
 
             # 2. Run locally: a real run to succeeded, accuracy shown, report opens

@@ -88,6 +88,9 @@ async function saved(panel: NotebookPanel): Promise<boolean> {
   return true;
 }
 
+/** The Pipeline panel: checked again after every split or check from the toolbar. */
+let pipelinePanel: PipelinePanel | null = null;
+
 /** Guards against double clicks while a request is in flight. */
 const busy = new WeakSet<NotebookPanel>();
 
@@ -102,12 +105,21 @@ async function runSplit(app: JupyterFrontEnd, panel: NotebookPanel, write: boole
     const report = write ? await api.split(path) : await api.check(path);
     busy.delete(panel);
     panel.node.classList.remove('nb2prod-busy');
+    void refreshPanel(panel);
     await showReport(panel.content, report, write);
   } catch (error) {
     busy.delete(panel);
     panel.node.classList.remove('nb2prod-busy');
     const title = write ? 'nb2prod: cannot split this notebook' : 'nb2prod: check found problems';
+    void refreshPanel(panel);
     await showProblems(panel.content, title, error);
+  }
+}
+
+/** Refresh the Pipeline panel when it shows `panel` (its problems, DAG and runs). */
+async function refreshPanel(panel: NotebookPanel): Promise<void> {
+  if (pipelinePanel && pipelinePanel.notebook === panel) {
+    await pipelinePanel.refresh();
   }
 }
 
@@ -237,6 +249,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     const pipeline = new PipelinePanel(markers, panel => serverPath(app, panel));
+    pipelinePanel = pipeline;
     pipeline.title.icon = pipelineIcon;
     app.shell.add(pipeline, 'right', { rank: 650 });
     pipeline.notebook = tracker.currentWidget;

@@ -241,6 +241,7 @@ export class PipelinePanel extends Widget {
       this._info = info;
       this._runs = runs;
       this._error = null;
+      this.node.dataset.checks = String(++this._checks); // how many checks it has shown
       this._markProblems();
       if (runs.launches[0]?.state === 'running') {
         this._startPolling();
@@ -644,5 +645,6 @@ export class PipelinePanel extends Widget {
   private _runError: string | null = null;
   private _timer: number | null = null;
   private _polling = false;
+  private _checks = 0;
   private _body: HTMLElement;
 }

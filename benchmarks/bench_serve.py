@@ -63,8 +63,8 @@ BASELINE_APP = textwrap.dedent('''
 
 
     @app.get("/readyz")
-    def readyz():
-        return jsonify({"status": "ready"})
+    def readyz():  # echoes the start's nonce, as nb2prod.serve.wait_ready checks
+        return jsonify({"status": "ready", "instance": os.environ.get("NB2PROD_INSTANCE")})
 ''')
 
 WRK_SCRIPT = textwrap.dedent('''

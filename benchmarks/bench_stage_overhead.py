@@ -45,8 +45,11 @@ from _common import machine
 CODE = "total = sum(i * i for i in range(n))"
 
 PHASES = textwrap.dedent('''
-    import json, sys, time
+    import json, os, sys, time
     stage_dir, executable, out = sys.argv[1:4]
+    # the kernel imports the pipeline's nb2prod_runtime/ (beside the stage dir), as in a run
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.abspath(stage_dir)), os.environ.get("PYTHONPATH", "")])
     t = {}
     t0 = time.perf_counter()
     try:  # jsonschema's optional "iri" format checker; nbformat imports jsonschema

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from nb2prod import artifacts
 from nb2prod.pipeline import Pipeline, StageSpec, notebook_parameters
+from nb2prod.runtime import runs
+from nb2prod.runtime_copy import pipeline_runtime
 from nb2prod.workdir import sha256_file
 
 SCHEMA = 1
@@ -61,7 +63,8 @@ def _code_cells(notebook: Path) -> str:
 
 
 def stage_code(stage: StageSpec) -> dict[str, str]:
-    """{relative path: sha256} of the stage's code: notebook code cells, local modules.
+    """{relative path: sha256} of the stage's code: notebook code cells, local modules,
+    the pipeline's `nb2prod_runtime/`.
 
     Only `.py` files count besides the notebook: a stage runs in its directory,
     so files it writes there (models, CSVs) must not make the next run a miss.
@@ -72,6 +75,9 @@ def stage_code(stage: StageSpec) -> dict[str, str]:
     for path in sorted(stage.directory.rglob("*.py")):
         if path != twin and path.is_file() and "__pycache__" not in path.parts:
             code[path.relative_to(stage.directory).as_posix()] = sha256_file(path)
+    # The pipeline's runtime runs the stage too (save/load, serializers): a new one misses.
+    for rel, data in pipeline_runtime(stage.directory.parent).items():
+        code[rel] = hashlib.sha256(data).hexdigest()
     return code
 
 
@@ -204,7 +210,7 @@ def reuse(store: artifacts.Store, pipeline: str, stage: str, entry: dict, run_id
         if name != artifacts.MANIFEST:
             link(store, src + name, dst + name)
     manifest = artifacts.read_json(store, src + artifacts.MANIFEST)
-    manifest.update(run_id=run_id, cached_from=source, updated=artifacts._utcnow())
+    manifest.update(run_id=run_id, cached_from=source, updated=runs._utcnow())
     artifacts.write_manifest(store, dst + artifacts.MANIFEST, manifest)
 
 

@@ -43,10 +43,11 @@ CONFIGMAP_LIMIT = 1024 * 1024
 JOB_TTL_SECONDS = 7 * 24 * 3600
 #: gunicorn's drain time after SIGTERM (the local server's); the pod's grace period exceeds it.
 GRACEFUL_TIMEOUT = serve.GRACEFUL_TIMEOUT
-#: Exit code of `nb2prod_runtime.py promote` when the gate is not passed.
+#: Exit code of `python -m nb2prod_runtime promote` when the gate is not passed.
 PROMOTE_NOT_PASSED = 3
 
 CODE_DIR = "/nb2prod/code"      # the ConfigMap, read-only
+RUNTIME_MOUNT = "/nb2prod/runtime"  # the pipeline's runtime ConfigMap: nb2prod_runtime/
 WORK_DIR = "/nb2prod/work"      # writable copy the stage runs in
 DEPS_DIR = "/nb2prod/deps"      # pip --target, on PYTHONPATH
 STORE_DIR = "/nb2prod/store"    # a pvc:// store's claim
@@ -272,10 +273,30 @@ def stage_code(stage: StageSpec, extra: dict[str, bytes] | None = None) -> Stage
             f"stage '{stage.name}' has {size / 2**20:.2f} MiB of files, more than a ConfigMap "
             f"holds (1 MiB); the largest is {biggest} ({len(files[biggest]) / 2**10:.0f} KiB): "
             "keep data in the artifact store or bake it into --image", file=str(root)))
+    return StageCode(stage.name, files, _digest(files))
+
+
+def _digest(files: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
     for rel, data in files.items():
         digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return StageCode(stage.name, files, digest.hexdigest())
+    return digest.hexdigest()
+
+
+#: `StageCode.stage` of the runtime: not a stage name (those have no `.`).
+RUNTIME = "nb2prod.runtime"
+
+
+def runtime_code(pipeline: Pipeline) -> StageCode:
+    """The pipeline's `nb2prod_runtime/`: one ConfigMap, mounted into every pod."""
+    from nb2prod.runtime_copy import pipeline_runtime
+
+    files = pipeline_runtime(pipeline.root)
+    if not files:
+        raise UserError(Problem("no nb2prod_runtime/ here: the pipeline was made by an older "
+                                "nb2prod; run `nb2prod split --force` to upgrade it",
+                                file=str(pipeline.root)))
+    return StageCode(RUNTIME, files, _digest(files))
 
 
 def all_stage_code(pipeline: Pipeline, opts: Options) -> dict[str, StageCode]:
@@ -293,7 +314,8 @@ def _configmap_key(rel: str) -> str:
 
 
 def code_configmap_name(pipeline: Pipeline, code: StageCode) -> str:
-    return _fit(f"{k8s_name(pipeline.name)}-{k8s_name(code.stage)}-{code.short}", 253)
+    what = "nb2prod-runtime" if code.stage == RUNTIME else k8s_name(code.stage)
+    return _fit(f"{k8s_name(pipeline.name)}-{what}-{code.short}", 253)
 
 
 def code_configmap(pipeline: Pipeline, code: StageCode, namespace: str) -> Obj:
@@ -309,6 +331,7 @@ def code_configmap(pipeline: Pipeline, code: StageCode, namespace: str) -> Obj:
     obj: Obj = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": _meta(code_configmap_name(pipeline, code), namespace,
+                          labels(pipeline, "runtime") if code.stage == RUNTIME else
                           labels(pipeline, "code", code.stage), {CODE_HASH: code.digest}),
         "immutable": True,
         "data": data,
@@ -479,8 +502,9 @@ def startup_script(final: str, opts: Options, *, install: list[str] | None = Non
                    requirements: bool = True) -> str:
     """What the container runs: copy the code to a writable dir, install, exec `final`.
 
-    The ConfigMap mount is read-only (and full of `..data` symlinks), so the stage
-    runs from a copy.  A container restarted inside its pod (liveness kill, OOM, node
+    The ConfigMap mounts are read-only (and full of `..data` symlinks), so the stage
+    runs from a copy of its code with the pipeline's `nb2prod_runtime/` beside it.
+    A container restarted inside its pod (liveness kill, OOM, node
     reboot) finds the emptyDirs as its last run left them, copies included, which are
     read-only (0444, like their ConfigMap files): it empties the work dir first (its
     own files, in directories it may make writable), and a
@@ -493,7 +517,7 @@ def startup_script(final: str, opts: Options, *, install: list[str] | None = Non
              # (not the mount point itself: root owns that, and uid 1000 may not chmod it)
              f"find {WORK_DIR} -mindepth 1 -type d -exec chmod u+w {{}} +",
              f"find {WORK_DIR} -mindepth 1 -delete",
-             f"cp -rL {CODE_DIR}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
+             f"cp -rL {CODE_DIR}/* {RUNTIME_MOUNT}/* {WORK_DIR}/", f"cd {WORK_DIR}"]
     if not opts.prebuilt and (requirements or install):
         args = ["python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                 "--no-warn-script-location", "--quiet", "--target", DEPS_DIR]
@@ -560,6 +584,14 @@ def code_volume(name: str, pipeline: Pipeline, code: StageCode) -> Obj:
     return volume
 
 
+RUNTIME_VOLUME_MOUNT: Obj = {"name": "runtime", "mountPath": RUNTIME_MOUNT, "readOnly": True}
+
+
+def runtime_volume(pipeline: Pipeline) -> Obj:
+    """The runtime ConfigMap as a volume (items restore the `nb2prod_runtime/` directory)."""
+    return code_volume("runtime", pipeline, runtime_code(pipeline))
+
+
 def scratch_mounts(opts: Options, sub_path: str | None = None) -> list[Obj]:
     """Writable work dir, /tmp, pip's target dir and the pvc:// store of a container.
 
@@ -589,11 +621,12 @@ def scratch_volumes(opts: Options, size_mb: int) -> list[Obj]:
 def pod_spec(pipeline: Pipeline, code: StageCode, opts: Options, *,
              stage: StageSpec | None, container: Obj, restart: str) -> Obj:
     """Pod spec shared by Jobs and Deployments: hardening, volumes, service account."""
-    mounts = [{"name": "code", "mountPath": CODE_DIR, "readOnly": True}, *scratch_mounts(opts)]
+    mounts = [{"name": "code", "mountPath": CODE_DIR, "readOnly": True}, RUNTIME_VOLUME_MOUNT,
+              *scratch_mounts(opts)]
     return {
         **pod_base(stages_account(pipeline), restart),
         "containers": [harden(pipeline, stage, opts, container, mounts)],
-        "volumes": [code_volume("code", pipeline, code),
+        "volumes": [code_volume("code", pipeline, code), runtime_volume(pipeline),
                     *scratch_volumes(opts, ephemeral_storage(stage)[1])],
     }
 
@@ -623,7 +656,7 @@ def batch_job(pipeline: Pipeline, stage: StageSpec, code: StageCode, opts: Optio
         "NB2PROD_RUN_ID": opts.run_id,
         "NB2PROD_PARAMS": json.dumps(opts.params, sort_keys=True),
     }, stage)
-    script = startup_script("python nb2prod_runtime.py run-stage", opts,
+    script = startup_script("python -m nb2prod_runtime run-stage", opts,
                             install=_extra_installs(opts))
     container = {"name": "stage", "command": ["sh", "-c", script], "env": env,
                  "resources": resources(stage)}
@@ -688,8 +721,8 @@ def record_job(pipeline: Pipeline, code: StageCode, opts: Options, values: Obj) 
 
 def _runtime_job(pipeline: Pipeline, code: StageCode, opts: Options, component: str, name: str,
                  command: list[str], annotations: dict[str, str] | None = None) -> Obj:
-    """A Job running `nb2prod_runtime.py COMMAND --pipeline P --run-id R` from `code`."""
-    args = ["python", "nb2prod_runtime.py", command[0], "--pipeline", pipeline.name,
+    """A Job running `python -m nb2prod_runtime COMMAND --pipeline P --run-id R` from `code`."""
+    args = ["python", "-m", "nb2prod_runtime", command[0], "--pipeline", pipeline.name,
             "--run-id", opts.run_id, *command[1:]]
     final = " ".join(shlex.quote(a) for a in args)
     script = startup_script(final, opts, install=_extra_installs(opts), requirements=False)
@@ -932,6 +965,7 @@ def plan(pipeline: Pipeline, opts: Options) -> Plan:
     store_mount(opts.store)  # refuse file:// before reading any code
     codes = all_stage_code(pipeline, opts)
     setup = rbac_objects(pipeline, opts.namespace)
+    setup += [code_configmap(pipeline, runtime_code(pipeline), opts.namespace)]
     setup += [code_configmap(pipeline, codes[name], opts.namespace) for name in pipeline.order]
     jobs = {name: batch_job(pipeline, pipeline.stages[name], codes[name], opts)
             for name in pipeline.batch}

@@ -22,8 +22,9 @@ from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
 from nb2prod.requirements import Import, resolve
+from nb2prod.runtime_copy import runtime_files
 from nb2prod.sample import FittedSample, fitted_sample, literal_request
-from nb2prod.templates import PACKAGE_DIR, environment, render_template
+from nb2prod.templates import environment, render_template
 
 Config = dict[str, dict[str, str]]
 
@@ -83,7 +84,6 @@ def render(
     local = LocalCode(nb.path.parent, ignore=[output])
     out.file_plan = file_plan(analysis, output, top.get("files", {}))
     problems: list[Problem] = []
-    runtime = (PACKAGE_DIR / "artifacts.py").read_text()
     literal = literal_request(analysis, "predict")
     sample = None if literal else fitted_sample(analysis, "predict")
     for stage in analysis.stages:
@@ -101,8 +101,6 @@ def render(
         out.files[f"{base}/config.ini"] = _text(env, "config.ini.j2", config=config, **ctx)
         out.files[f"{base}/requirements.txt"] = _text(
             env, "requirements.txt.j2", requirements=reqs, **ctx)
-        out.files[f"{base}/nb2prod_runtime.py"] = _text(
-            env, "nb2prod_runtime.py.j2", runtime_source=runtime, **ctx)
         notebook = stage_notebook(analysis, stage, env,
                                   sample if sample and sample.stage == stage.name else None)
         out.files[f"{base}/{stage.name}.ipynb"] = _notebook_bytes(notebook)
@@ -118,6 +116,7 @@ def render(
                 out.files[f"{base}/{rel}"] = data
     if problems:
         raise UserError(nb.locate(problems))
+    out.files.update(runtime_files())  # once per pipeline, beside the stage directories
     out.files["nb2prod.ini"] = _text(
         env, "nb2prod.ini.j2", config=top, version=__version__, notebook=nb.path.name,
         parameter_names=sorted(_parameter_names(analysis)))

@@ -7,7 +7,7 @@ The Job's pod is the DAG, serialised:
 * one **init container per batch stage**, in topological order.  Each mounts
   only its own stage's code ConfigMap, has its own requests/limits, its own
   part of the pod's scratch volumes, and runs
-  ``timeout MAX_COMPLETION_TIME_SECONDS nb2prod_runtime.py run-stage --retries RETRIES``
+  ``timeout MAX_COMPLETION_TIME_SECONDS python -m nb2prod_runtime run-stage --retries RETRIES``
   (retries re-run the notebook in a fresh kernel).  Init containers run one
   after the other and the pod (restartPolicy Never, backoffLimit 0) fails at
   the first one that fails: nothing after it runs.
@@ -92,13 +92,13 @@ def stage_container(pipeline: Pipeline, stage: str, container: str, opts: Option
     """Init container running one batch stage with its resources, retries and time limit."""
     spec = pipeline.stages[stage]
     retries, deadline = manifests.batch_limits(spec)
-    final = (f"timeout {deadline} python nb2prod_runtime.py run-stage --retries {retries} "
+    final = (f"timeout {deadline} python -m nb2prod_runtime run-stage --retries {retries} "
              f"--timeout {deadline}")
     script = manifests.startup_script(final, opts, install=manifests._extra_installs(opts))
     env = _env(pipeline, stage, opts,
                {"NB2PROD_PARAMS": json.dumps(opts.params, sort_keys=True)}, spec)
     mounts = [{"name": f"code-{container}", "mountPath": manifests.CODE_DIR, "readOnly": True},
-              *manifests.scratch_mounts(opts, container)]
+              manifests.RUNTIME_VOLUME_MOUNT, *manifests.scratch_mounts(opts, container)]
     return manifests.harden(pipeline, spec, opts, {
         "name": container, "command": ["sh", "-c", script], "env": env,
         "resources": manifests.resources(spec)}, mounts)
@@ -113,6 +113,7 @@ def finish_container(pipeline: Pipeline, first: str, opts: Options) -> Obj:
     script = manifests.startup_script(final, opts, install=manifests._extra_installs(opts),
                                       requirements=False)
     mounts = [{"name": "code-" + first, "mountPath": manifests.CODE_DIR, "readOnly": True},
+              manifests.RUNTIME_VOLUME_MOUNT,
               {"name": "roll", "mountPath": ROLL_DIR, "readOnly": True},
               *manifests.scratch_mounts(opts, FINISH)]
     if pipeline.services:
@@ -158,6 +159,7 @@ def run_job_spec(pipeline: Pipeline, codes: dict[str, StageCode], roll_name: str
     finish = finish_container(pipeline, names[pipeline.batch[0]], opts)
     volumes = [manifests.code_volume(f"code-{names[s]}", pipeline, codes[s])
                for s in pipeline.batch]
+    volumes.append(manifests.runtime_volume(pipeline))
     volumes.append({"name": "roll", "configMap": {"name": roll_name, "defaultMode": 0o444}})
     # One set of emptyDirs for the pod, a subPath per container: sized for the largest stage.
     volumes += manifests.scratch_volumes(opts, max(
@@ -264,6 +266,8 @@ def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> Re
     rolls = roll_plan(pipeline, codes, opts)
     roll_cm = roll_configmap(pipeline, rolls, opts.namespace)
     setup = manifests.rbac_objects(pipeline, opts.namespace)
+    setup.append(manifests.code_configmap(pipeline, manifests.runtime_code(pipeline),
+                                          opts.namespace))
     setup += [manifests.code_configmap(pipeline, codes[n], opts.namespace) for n in pipeline.order]
     setup.append(roll_cm)
     job_spec = run_job_spec(pipeline, codes, roll_cm["metadata"]["name"], opts)

@@ -1,13 +1,13 @@
 """The last step of an in-cluster run: promotion gate, then roll the serving Deployments.
 
-Shipped into the run pod as ``nb2prod_roller.py`` next to ``nb2prod_runtime.py``
+Shipped into the run pod as ``nb2prod_roller.py`` next to the ``nb2prod_runtime`` package
 (the stage runtime), so nothing has to be published: it uses only the standard
 library (``urllib``/``ssl``) and the pod's own service-account token.  That
 account's Role allows ``get`` and ``patch`` on the pipeline's Deployments, and
 ``list pods`` and ``get pods/log`` in its namespace (to say why a roll-out failed,
 as ``deploy`` does), nothing else, which is all this needs:
 
-1. ``python nb2prod_runtime.py promote --json``: gate the run on ``[promotion]``
+1. ``python -m nb2prod_runtime promote --json``: gate the run on ``[promotion]``
    and, if it passes, write ``latest.json``;
 2. for each service Deployment: a JSON patch (guarded by ``resourceVersion``)
    that sets the new pod template (serving the run id) and the replica count,
@@ -368,7 +368,7 @@ def write_termination_message(record: Obj) -> None:
 # -- main ---------------------------------------------------------------------------------------
 def promote(args: argparse.Namespace) -> tuple[int, Obj]:
     """Run the runtime's promotion gate; (exit code, its JSON verdict)."""
-    cmd = [sys.executable, "nb2prod_runtime.py", "promote", "--pipeline", args.pipeline,
+    cmd = [sys.executable, "-m", "nb2prod_runtime", "promote", "--pipeline", args.pipeline,
            "--run-id", args.run_id, "--json"]
     if args.metric:
         cmd += ["--metric", args.metric]
@@ -446,7 +446,7 @@ def finish_rollout(args: argparse.Namespace, record: Obj) -> int:
     values: Obj = {"status": record["status"], "rollout": record.get("rolled") or {}}
     if record["status"] != "succeeded":
         values["reason"] = record.get("reason", "")
-    cmd = [sys.executable, "nb2prod_runtime.py", "record", "--pipeline", args.pipeline,
+    cmd = [sys.executable, "-m", "nb2prod_runtime", "record", "--pipeline", args.pipeline,
            "--run-id", args.run_id, "--values", json.dumps(values, sort_keys=True, default=str)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

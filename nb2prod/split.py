@@ -11,6 +11,7 @@ never moves.  Writing is `nb2prod.writer`: locked, staged, crash-safe.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,6 +275,11 @@ def _tree(directory: Path) -> list[Path]:
     return sorted(found)
 
 
+#: What older layouts generated and this one does not: always nb2prod's, never carried over
+#: as the user's (a stage dir's `nb2prod_runtime.py` would shadow `<pipeline>/nb2prod_runtime/`).
+_LEGACY = re.compile(r"^stage-[^/]+/nb2prod_runtime\.py$")
+
+
 def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str, str],
           report: Report) -> writer.Plan:
     """Generated files, the user's files carried over, edited generated files backed up."""
@@ -296,7 +302,8 @@ def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str
             continue
         for path in _tree(entry):
             rel = path.relative_to(target).as_posix()
-            if rel in known or (top in assumed and top not in new_tops | set(moved)):
+            if rel in known or _LEGACY.match(rel) or (
+                    top in assumed and top not in new_tops | set(moved)):
                 data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
                 if data is not None and data != files.get(rel) and \
                         file_digest(record, rel) != digest(data):

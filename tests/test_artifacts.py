@@ -1,4 +1,4 @@
-"""Tests of the stage runtime (nb2prod/artifacts.py, shipped as nb2prod_runtime.py)."""
+"""Tests of the stage runtime (nb2prod/runtime/, shipped once per pipeline as nb2prod_runtime/)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,12 +28,14 @@ from nb2prod.artifacts import (
     S3Store,
     open_store,
 )
+from nb2prod.runtime import serializers, stage_env, stores
 from tests.s3server import s3_env, s3_server  # noqa: F401
+from tests.shipping import ship_runtime
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
 
-RUNTIME = Path(artifacts.__file__)
+REPO = Path(__file__).resolve().parent.parent
 ENV_VARS = ("NB2PROD_STORE", "NB2PROD_PIPELINE", "NB2PROD_STAGE", "NB2PROD_RUN_ID",
             "NB2PROD_INPUT_RUN_ID", "MODEL_RUN_ID")
 HEAVY = ("boto3", "botocore", "joblib", "numpy", "pandas", "pyarrow")
@@ -45,9 +46,9 @@ def _clean_runtime_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """No NB2PROD_* leaking in from the outer env, no pinned latest across tests."""
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
-    artifacts._PINNED_LATEST.clear()
+    stage_env._PINNED_LATEST.clear()
     yield
-    artifacts._PINNED_LATEST.clear()
+    stage_env._PINNED_LATEST.clear()
 
 
 def _set_stage(monkeypatch: pytest.MonkeyPatch, store: str, stage: str = "train",
@@ -145,7 +146,7 @@ def test_sklearn_model_round_trips_with_versions(stage: SimpleNamespace) -> None
 
 
 def test_pandas_without_pyarrow_uses_pickle(stage, monkeypatch) -> None:
-    monkeypatch.setattr(artifacts, "_has_pyarrow", lambda: False)
+    monkeypatch.setattr(serializers, "_has_pyarrow", lambda: False)
     df = pd.DataFrame({"a": [1.0, 2.0]})
     entry = artifacts.save({"df": df})["artifacts"]["df"]
     assert (entry["format"], entry["file"]) == ("pickle", "df.pkl")
@@ -299,7 +300,7 @@ def test_latest_is_written_atomically(tmp_path, monkeypatch) -> None:
     def crash(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifacts.os, "replace", crash)
+    monkeypatch.setattr(stores.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         artifacts.write_latest(store, "iris", "r2")
     monkeypatch.undo()
@@ -358,7 +359,7 @@ def test_open_store_schemes_and_relative_file_uris(tmp_path, monkeypatch) -> Non
 
 
 def test_register_store_adds_a_scheme(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(artifacts, "_FACTORIES", dict(artifacts._FACTORIES))
+    monkeypatch.setattr(stores, "_FACTORIES", dict(stores._FACTORIES))
     artifacts.register_store("mem", lambda uri, base_dir: FileStore(tmp_path / uri[6:]))
     assert "mem" in artifacts.registered_schemes()
     assert open_store("mem://x").root == tmp_path / "x"
@@ -535,7 +536,8 @@ def test_read_and_write_json(tmp_path) -> None:
 
 
 def _promote_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
-    return subprocess.run([sys.executable, str(RUNTIME), "promote", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nb2prod.runtime", "promote", *args],
+                          capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120, check=False)
 
 
@@ -594,18 +596,18 @@ def test_import_pulls_in_no_heavy_libraries() -> None:
         print([m for m in {HEAVY!r} if m in sys.modules])
         """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=RUNTIME.parent.parent, check=True, timeout=60)
+                            cwd=REPO, check=True, timeout=60)
     assert result.stdout.strip() == "[]"
 
 
 def test_copied_runtime_runs_standalone(tmp_path) -> None:
-    """As nb2prod_runtime.py in a stage dir, without the nb2prod package importable."""
+    """As nb2prod_runtime/ in a pipeline dir, without the nb2prod package importable."""
     pipe = tmp_path / "pipe"
     train = _write_stage_dir(pipe, "train")
     serve = _write_stage_dir(pipe, "serve")
-    for stage_dir in (train, serve):
-        shutil.copy(RUNTIME, stage_dir / "nb2prod_runtime.py")
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and k != "PYTHONPATH"}
+    ship_runtime(pipe)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env["PYTHONPATH"] = str(pipe)  # what the runner and app.py put on a stage's path
     code = textwrap.dedent(f"""
         import sys
         import nb2prod_runtime as rt
@@ -626,7 +628,7 @@ def test_copied_runtime_runs_standalone(tmp_path) -> None:
         "manifest.json", "metrics.json", "names.json", "params.json"]
 
     promote = subprocess.run(
-        [sys.executable, "nb2prod_runtime.py", "promote", "--pipeline", "iris", "--run-id",
+        [sys.executable, "-m", "nb2prod_runtime", "promote", "--pipeline", "iris", "--run-id",
          "manual", "--metric", "accuracy", "--min", "0.9"],
         cwd=train, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert promote.returncode == 0, promote.stderr
@@ -662,7 +664,7 @@ def _same_types(a: object, b: object) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(_json_like)
 def test_json_format_is_chosen_only_when_exact(value: object) -> None:
-    exact = artifacts._is_exact_json(value)
+    exact = serializers._is_exact_json(value)
     if exact:
         back = json.loads(json.dumps(value))
         assert back == value and _same_types(value, back)
@@ -677,7 +679,7 @@ def test_json_format_is_chosen_only_when_exact(value: object) -> None:
 def test_cyclic_list_is_not_json() -> None:
     cycle: list = []
     cycle.append(cycle)
-    assert not artifacts._is_exact_json(cycle)
+    assert not serializers._is_exact_json(cycle)
 
 
 # -- the same through s3:// over real HTTP (moto server) ---------------------------------

@@ -2,7 +2,7 @@
 
 For every example notebook, the generated stage notebooks run in DAG order, each in a fresh
 namespace with its stage directory as cwd, their save/load cells going through the stage's
-own `nb2prod_runtime.py` into a temp `file://` store; the values the batch stages end with
+own `nb2prod_runtime/` into a temp `file://` store; the values the batch stages end with
 must equal what running the notebook top to bottom leaves.  A hypothesis property test makes
 the same claim over generated straight-line programs (assignments, augmented assignments,
 list/dict mutations through subscripts and method calls, stage tags placed at random),
@@ -159,17 +159,17 @@ class SplitRun:
         env = {"NB2PROD_STORE": f"file://{self.store}", "NB2PROD_PIPELINE": self.name,
                "NB2PROD_RUN_ID": self.run_id}
         saved_path = list(sys.path)
-        sys.modules.pop("nb2prod_runtime", None)
-        sys.path.insert(0, str(stage_dir))
+        _forget_runtime()
+        sys.path[:0] = [str(stage_dir), str(stage_dir.parent)]  # as the runner sets it
         try:
             with runtime_env(env), working_dir(stage_dir):
                 run_cells(sources, namespace, stage)
             runtime = sys.modules.get("nb2prod_runtime")
-            if runtime is not None:  # it was the stage's own copy, not nb2prod's module
-                assert Path(runtime.__file__).parent == stage_dir
+            if runtime is not None:  # it was the pipeline's own copy, not nb2prod's package
+                assert Path(runtime.__file__).parent == stage_dir.parent / "nb2prod_runtime"
         finally:
             sys.path[:] = saved_path
-            sys.modules.pop("nb2prod_runtime", None)
+            _forget_runtime()
         return namespace
 
     def batch_final_values(self) -> dict[str, Any]:
@@ -340,9 +340,14 @@ def program(draw: st.DrawFn) -> list[tuple[list[str], str]]:
     return cells
 
 
+def _forget_runtime() -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] == "nb2prod_runtime"]:
+        del sys.modules[name]
+
+
 @contextlib.contextmanager
 def runtime_module() -> Iterator[None]:
-    """`import nb2prod_runtime` in generated cells gets nb2prod/artifacts.py (the fast path).
+    """`import nb2prod_runtime` in generated cells gets nb2prod's runtime (the fast path).
 
     Only this one sys.modules entry is touched: patching the whole dict would unload every
     module first imported inside the block when it is restored.

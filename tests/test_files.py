@@ -264,7 +264,7 @@ def test_local_package_and_what_it_imports_are_copied(tmp_path: Path) -> None:
     assert out is not None
     train = out / "stage-1-train"
     assert sorted(p.relative_to(train).as_posix() for p in train.rglob("*.py")
-                  if p.name not in ("train.py", "nb2prod_runtime.py")) == [
+                  if p.name != "train.py") == [
         "helpers.py", "mypkg/__init__.py", "mypkg/features.py", "mypkg/util.py"]
     assert (out / "stage-2-other" / "nspkg" / "tools.py").is_file()
     assert not (out / "stage-2-other" / "helpers.py").exists()
@@ -323,6 +323,7 @@ def test_runtime_refuses_unsafe_or_corrupt_files(tmp_path: Path) -> None:
     import hashlib
 
     from nb2prod import artifacts
+    from nb2prod.runtime import files as runtime_files
 
     store = artifacts.open_store((tmp_path / "store").as_uri())
     data = b"payload"
@@ -330,10 +331,10 @@ def test_runtime_refuses_unsafe_or_corrupt_files(tmp_path: Path) -> None:
     store.write_bytes(artifacts.files_key("p", sha), data)
     for rel in ("../evil", "/etc/x", "a/../../b", ""):
         with pytest.raises(artifacts.ArtifactIntegrityError):
-            artifacts._fetch_file(store, "p", rel, {"sha256": sha}, tmp_path / "w", "file")
+            runtime_files._fetch_file(store, "p", rel, {"sha256": sha}, tmp_path / "w", "file")
     store.write_bytes(artifacts.files_key("p", sha), b"tampered")
     with pytest.raises(artifacts.ArtifactIntegrityError, match="integrity"):
-        artifacts._fetch_file(store, "p", "ok.txt", {"sha256": sha}, tmp_path / "w", "file")
+        runtime_files._fetch_file(store, "p", "ok.txt", {"sha256": sha}, tmp_path / "w", "file")
     with pytest.raises(artifacts.ArtifactIntegrityError):
         artifacts.files_key("p", "not-a-digest")
 

@@ -120,7 +120,7 @@ def test_record_job_and_claim_reader_validate(iris_dir: Path) -> None:
     code = m.stage_code(pipeline.stages["train"])
     job = m.record_job(pipeline, code, opts, {"status": "failed", "reason": "why"})
     script = container_of(job)["command"][2]
-    assert "nb2prod_runtime.py record --pipeline iris --run-id" in script
+    assert "-m nb2prod_runtime record --pipeline iris --run-id" in script
     assert '--values \'{"reason": "why", "status": "failed"}\'' in script
     reader = claim.reader_pod(pipeline, opts)
     assert reader["spec"]["volumes"][0]["persistentVolumeClaim"] == {
@@ -181,7 +181,7 @@ def test_every_object_is_labelled(split_dirs: dict[str, Path]) -> None:
              for o in p.setup if o["kind"] != "ConfigMap"}
     assert kinds == {"rbac"}
     assert {o["metadata"]["labels"]["app.kubernetes.io/component"]
-            for o in p.setup if o["kind"] == "ConfigMap"} == {"code"}
+            for o in p.setup if o["kind"] == "ConfigMap"} == {"code", "runtime"}
 
 
 def test_underscores_become_dashes_and_names_fit(split_dirs: dict[str, Path]) -> None:
@@ -208,8 +208,19 @@ def test_pipeline_name_must_suit_kubernetes(iris_dir: Path) -> None:
 def test_configmap_holds_every_file_named_by_content(iris_dir: Path) -> None:
     pipeline = load_pipeline(iris_dir)
     p = m.plan(pipeline, options())
-    cms = {o["metadata"]["labels"]["nb2prod.io/stage"]: o for o in p.setup
+    cms = {o["metadata"]["labels"].get("nb2prod.io/stage"): o for o in p.setup
            if o["kind"] == "ConfigMap"}
+    runtime = cms.pop(None)  # the runtime: once per pipeline, not in any stage's ConfigMap
+    assert runtime["metadata"]["labels"]["app.kubernetes.io/component"] == "runtime"
+    assert sorted(runtime["data"]) == sorted(
+        f"nb2prod_runtime__{f.name}" for f in (iris_dir / "nb2prod_runtime").glob("*.py"))
+    assert runtime["data"]["nb2prod_runtime__stores.py"] == \
+        (iris_dir / "nb2prod_runtime/stores.py").read_text()
+    volumes = p.jobs["train"]["spec"]["template"]["spec"]["volumes"]
+    runtime_volume = next(v for v in volumes if v["name"] == "runtime")
+    assert runtime_volume["configMap"]["name"] == runtime["metadata"]["name"]
+    assert {"key": "nb2prod_runtime____init__.py", "path": "nb2prod_runtime/__init__.py"} in \
+        runtime_volume["configMap"]["items"]
     train = cms["train"]
     assert train["immutable"] is True
     files = {f.name for f in (iris_dir / "stage-1-train").iterdir() if f.is_file()}
@@ -225,7 +236,7 @@ def test_configmap_holds_every_file_named_by_content(iris_dir: Path) -> None:
     (iris_dir / "stage-1-train/train.py").write_text("# edited\n")
     again = m.plan(load_pipeline(iris_dir), options())
     new = next(o for o in again.setup if o["kind"] == "ConfigMap"
-           and o["metadata"]["labels"]["nb2prod.io/stage"] == "train")
+           and o["metadata"]["labels"].get("nb2prod.io/stage") == "train")
     assert new["metadata"]["name"] != name
     job_volume = again.jobs["train"]["spec"]["template"]["spec"]["volumes"][0]
     assert job_volume["configMap"]["name"] == new["metadata"]["name"]
@@ -242,7 +253,7 @@ def test_binary_and_nested_files(iris_dir: Path) -> None:
     (stage_dir / ".ipynb_checkpoints" / "train-checkpoint.ipynb").write_text("{}")
     p = m.plan(load_pipeline(iris_dir), options())
     cm = next(o for o in p.setup if o["kind"] == "ConfigMap"
-          and o["metadata"]["labels"]["nb2prod.io/stage"] == "train")
+          and o["metadata"]["labels"].get("nb2prod.io/stage") == "train")
     assert "weights.bin" in cm["binaryData"] and "weights.bin" not in cm["data"]
     assert cm["data"]["lib__helpers.py"] == "X = 1\n"
     assert not any("pyc" in k or "checkpoint" in k for k in (*cm["data"], *cm["binaryData"]))
@@ -316,7 +327,7 @@ def test_batch_job_settings(iris_dir: Path) -> None:
     assert env["NB2PROD_PIPELINE"] == "iris" and env["NB2PROD_STAGE"] == "train"
     assert json.loads(env["NB2PROD_PARAMS"]) == {"max_iter": 50}
     assert c["command"][:2] == ["sh", "-c"]
-    assert c["command"][2].rstrip().endswith("exec python nb2prod_runtime.py run-stage")
+    assert c["command"][2].rstrip().endswith("exec python -m nb2prod_runtime run-stage")
 
 
 def test_limit_below_request_is_a_config_error(iris_dir: Path) -> None:
@@ -370,12 +381,12 @@ def test_default_image_script_pip_installs_into_an_emptydir(split_dirs: dict[str
     assert lines[0] == "set -eu"
     assert lines[1] == "find /nb2prod/work -mindepth 1 -type d -exec chmod u+w {} +"
     assert lines[2] == "find /nb2prod/work -mindepth 1 -delete"
-    assert lines[3] == "cp -rL /nb2prod/code/* /nb2prod/work/"
+    assert lines[3] == "cp -rL /nb2prod/code/* /nb2prod/runtime/* /nb2prod/work/"
     assert lines[4] == "cd /nb2prod/work"
     assert lines[5] == "if [ ! -f /nb2prod/deps/.nb2prod-installed ]; then"
     assert lines[6].strip().startswith("python -m pip install --no-cache-dir")
     assert "--target /nb2prod/deps -r requirements.txt boto3==9" in lines[6]
-    assert lines[-1] == "exec python nb2prod_runtime.py run-stage"
+    assert lines[-1] == "exec python -m nb2prod_runtime run-stage"
     assert env_of(container_of(p.jobs["train"]))["PYTHONPATH"] == "/nb2prod/deps"
     promote = container_of(p.promote)["command"][2]
     assert "-r requirements.txt" not in promote and "boto3==9" in promote
@@ -400,12 +411,28 @@ def test_startup_script_runs_the_stage_from_a_writable_copy(tmp_path: Path) -> N
     (code / "x.txt").write_text("hello")
     (code / "sub").mkdir()
     (code / "sub" / "y.txt").write_text("nested")
+    runtime = tmp_path / "runtime"  # the runtime ConfigMap, items restoring the package
+    (runtime / "..data").mkdir(parents=True)
+    (runtime / "nb2prod_runtime").mkdir()
+    (runtime / "nb2prod_runtime" / "stores.py").write_text("S = 1\n")
     script = m.startup_script("sh -c 'cat x.txt sub/y.txt; touch written'",
                                 options(image="img"))
     script = script.replace(m.CODE_DIR, str(code)).replace(m.WORK_DIR, str(work))
+    script = script.replace(m.RUNTIME_MOUNT, str(runtime))
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout == "hellonested"
     assert (work / "written").exists() and not (work / "..data").exists()
+    assert (work / "nb2prod_runtime" / "stores.py").read_text() == "S = 1\n"
+
+
+def runtime_mount(tmp_path: Path) -> Path:
+    """What the runtime ConfigMap's volume looks like: `nb2prod_runtime/` (items), 0444."""
+    mount = tmp_path / "runtime"
+    (mount / "..data").mkdir(parents=True)
+    (mount / "nb2prod_runtime").mkdir()
+    (mount / "nb2prod_runtime" / "__init__.py").write_text("")
+    (mount / "nb2prod_runtime" / "__init__.py").chmod(0o444)
+    return mount
 
 
 def localize(script: str, paths: dict[str, Path]) -> str:
@@ -435,18 +462,20 @@ def test_startup_script_survives_a_restart_in_the_same_pod(tmp_path: Path) -> No
     (code / "requirements.txt").write_text("")
     for f in code.iterdir():
         f.chmod(0o444)
+    runtime = runtime_mount(tmp_path)
     script = m.startup_script("sh -c 'cat app.py; echo run >> stale.txt; ls'", options())
     fake_pip = tmp_path / "bin"
     fake_pip.mkdir()
     (fake_pip / "python").write_text("#!/bin/sh\necho pip-ran >> " + str(tmp / "pip-calls") + "\n")
     (fake_pip / "python").chmod(0o755)
     script = localize(script, {m.CODE_DIR: code, m.WORK_DIR: work, m.DEPS_DIR: deps,
-                               m.TMP_DIR: tmp})
+                               m.TMP_DIR: tmp, m.RUNTIME_MOUNT: runtime})
     env = {"PATH": f"{fake_pip}:/usr/bin:/bin"}
     argv = without_root_powers(["sh", "-c", script], env)  # as the pod's uid 1000 would
     outputs = [subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
                for _ in range(2)]
-    assert outputs[0] == outputs[1] == "x = 1\napp.py\nrequirements.txt\nstale.txt\n"
+    assert outputs[0] == outputs[1] == \
+        "x = 1\napp.py\nnb2prod_runtime\nrequirements.txt\nstale.txt\n"
     assert oct((work / "app.py").stat().st_mode & 0o777) == "0o444"  # as the copy was
     assert (tmp / "pip-calls").read_text() == "pip-ran\n"  # installed once per pod
 
@@ -470,7 +499,8 @@ def test_failed_pip_install_names_the_network_error_and_image(tmp_path: Path) ->
     (fake / "python").chmod(0o755)
     script = m.startup_script("echo never", options())
     script = localize(script, {m.CODE_DIR: code, m.WORK_DIR: work, m.TMP_DIR: tmp,
-                               m.DEPS_DIR: tmp_path / "deps"})
+                               m.DEPS_DIR: tmp_path / "deps",
+                               m.RUNTIME_MOUNT: runtime_mount(tmp_path)})
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                          env={"PATH": f"{fake}:/usr/bin:/bin"}, check=False)
     assert out.returncode == 1 and "never" not in out.stdout
@@ -491,7 +521,7 @@ def test_promote_job(iris_dir: Path) -> None:
     assert job["metadata"]["labels"]["nb2prod.io/run-id"] == RUN
     script = container_of(job)["command"][2]
     assert script.rstrip().endswith(
-        f"exec python nb2prod_runtime.py promote --pipeline iris --run-id {RUN} "
+        f"exec python -m nb2prod_runtime promote --pipeline iris --run-id {RUN} "
         "--metric accuracy --min 0.9")
     set_ini(iris_dir / "nb2prod.ini", "promotion", "MIN", "high")
     with pytest.raises(UserError, match="MIN"):

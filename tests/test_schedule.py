@@ -576,7 +576,8 @@ SLOW = [("stage:train", "import time\ntime.sleep(60)\nmodel = 1"),
 
 def run_stage_process(directory: Path, tmp_path: Path, args: list[str]
                       ) -> tuple[int, dict, str]:
-    """`nb2prod_runtime.py run-stage` as an init container runs it (cwd = the stage)."""
+    """`python -m nb2prod_runtime run-stage` as an init container runs it (cwd = the stage,
+    the pipeline's runtime importable: in the pod it is copied beside the stage's code)."""
     import os
     import subprocess
     import sys
@@ -586,8 +587,9 @@ def run_stage_process(directory: Path, tmp_path: Path, args: list[str]
     message.write_text("")
     env = {**os.environ, "NB2PROD_STORE": f"file://{tmp_path / 'store'}",
            "NB2PROD_PIPELINE": directory.name, "NB2PROD_STAGE": "train",
-           "NB2PROD_RUN_ID": "r1", "NB2PROD_TERMINATION_LOG": str(message)}
-    proc = subprocess.run([*args[:-1], sys.executable, "nb2prod_runtime.py", "run-stage",
+           "NB2PROD_RUN_ID": "r1", "NB2PROD_TERMINATION_LOG": str(message),
+           "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([*args[:-1], sys.executable, "-m", "nb2prod_runtime", "run-stage",
                            *args[-1].split()], cwd=stage, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
     text = message.read_text()

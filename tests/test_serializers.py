@@ -14,7 +14,9 @@ import pytest
 
 from nb2prod import artifacts
 from nb2prod.artifacts import ArtifactError
-from tests.test_artifacts import ENV_VARS, RUNTIME, _clean_runtime_state, stage  # noqa: F401
+from nb2prod.runtime import serializers
+from tests.shipping import ship_runtime
+from tests.test_artifacts import ENV_VARS, _clean_runtime_state, stage  # noqa: F401
 
 np = pytest.importorskip("numpy")
 #: every test here saves as stage 'train' of a file store (see tests/test_artifacts.py)
@@ -177,9 +179,9 @@ def test_register_serializer_takes_precedence(stage: SimpleNamespace,  # noqa: F
         def load(self, data, entry):
             return json.loads(data)[::-1]
 
-    monkeypatch.setattr(artifacts, "_BY_TYPE", {k: list(v) for k, v in
-                                                artifacts._BY_TYPE.items()})
-    monkeypatch.setattr(artifacts, "_BY_FORMAT", dict(artifacts._BY_FORMAT))
+    monkeypatch.setattr(serializers, "_BY_TYPE", {k: list(v) for k, v in
+                                                serializers._BY_TYPE.items()})
+    monkeypatch.setattr(serializers, "_BY_FORMAT", dict(serializers._BY_FORMAT))
     artifacts.register_serializer(Reversed)
     entry, loaded = _round_trip([1, 2, 3])
     assert (entry["format"], entry["file"], entry["note"]) == ("reversed-list", "value.rev",
@@ -221,7 +223,7 @@ def test_entry_point_plugin_in_a_standalone_stage(tmp_path: Path) -> None:
     (site / "fracser.py").write_text(PLUGIN)
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
-    (stage_dir / "nb2prod_runtime.py").write_bytes(RUNTIME.read_bytes())
+    ship_runtime(stage_dir)
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env.update(PYTHONPATH=str(site), NB2PROD_STORE=(tmp_path / "store").as_uri(),
                NB2PROD_PIPELINE="p", NB2PROD_STAGE="train", NB2PROD_RUN_ID="r1")

@@ -28,6 +28,7 @@ import pytest
 
 from nb2prod import serve
 from nb2prod.errors import UserError
+from tests.shipping import ship_runtime
 
 pytest.importorskip("flask")
 pytest.importorskip("gunicorn")
@@ -56,6 +57,7 @@ def render_app(stage_dir: Path, route: str = "/predict", entrypoint: str = "pred
         entrypoint=entrypoint, nb2prod_version="9.9.9",
     )
     (stage_dir / "app.py").write_text(source, encoding="utf-8")
+    ship_runtime(stage_dir)  # beside app.py, as in a pod
     return source
 
 
@@ -193,13 +195,6 @@ IRIS_CELLS: list[str | tuple[str, str]] = [
     "predict({'instances': [[5.1, 3.5, 1.4, 0.2]]})\n",
 ]
 
-RUNTIME_STUB = (
-    '"""Stand-in for nb2prod_runtime: only what app.py may use."""\n\n\n'
-    "def current_input_run_id():\n    return 'run-20240101-abc'\n\n\n"
-    "def context():\n    return {}\n"
-)
-
-
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The iris model behind a token, with config.ini overriding the rendered route."""
@@ -208,10 +203,10 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     write_notebook(stage / "serve.ipynb", IRIS_CELLS)
     write_config(stage, {"ROUTE": "/v1/predict", "ENTRYPOINT": "predict",
                          "MAX_REQUEST_BYTES": "65536", "WORKERS": "1"})
-    (stage / "nb2prod_runtime.py").write_text(RUNTIME_STUB, encoding="utf-8")
     # gthread: request threads really update the metrics concurrently.  One worker, so
     # /metrics sees every request (each worker counts only its own).
-    server = start(stage, {"NB2PROD_API_TOKEN": TOKEN + "\n"}, threads=4)  # "\n" is stripped
+    server = start(stage, {"NB2PROD_API_TOKEN": TOKEN + "\n",  # the "\n" is stripped
+                           "MODEL_RUN_ID": "run-20240101-abc"}, threads=4)
     yield server
     serve.stop_service(server.proc, 30)
 
@@ -222,8 +217,9 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_generated_app_is_plain_python_without_nb2prod(tmp_path: Path) -> None:
     source = render_app(tmp_path)
     compile(source, "app.py", "exec")
-    assert "import nb2prod\n" not in source and "from nb2prod" not in source
-    assert '"pipeline": "iris-test"' in source
+    assert not re.search(r"^\s*(import|from) nb2prod\b(?!_)", source, re.MULTILINE)
+    assert "from nb2prod_runtime.web import build_app" in source  # the pipeline's runtime
+    assert 'pipeline="iris-test"' in source
     hostile = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES))).get_template(
         "app.py.j2").render(pipeline='x"\n__import__("os").system("boom")#', stage="s",
                             executable="s.ipynb", route="/p", entrypoint="predict",
@@ -466,7 +462,7 @@ def test_slow_startup_readiness_numpy_results_and_main_pickles(tmp_path: Path) -
             assert body["frame"] == [{"a": 1, "b": 0.5}, {"a": 2, "b": None}]
             assert body["series"] == [1.5, 2.5]
         info = call(server.url + "/info").json()
-        assert isinstance(info, dict) and info["run_id"] is None  # no nb2prod_runtime here
+        assert isinstance(info, dict) and info["run_id"] == "manual"  # no run was named
         big = post_json(url, {"values": [], "pad": "x" * (1024 * 1024)})
         assert big.status == 413
     finally:

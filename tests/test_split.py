@@ -541,3 +541,44 @@ def test_a_pipeline_split_by_an_older_nb2prod_keeps_its_edits(cli: CLI, iris: Pa
     assert script.is_file()
     assert (out / "nb2prod.split.json").is_file()
     assert not (out / ".nb2prod" / "split.json").exists()  # migrated
+
+
+def test_split_force_moves_an_old_layout_pipeline_to_one_runtime(cli: CLI, iris: Path) -> None:
+    """The layout before issue 18: a `nb2prod_runtime.py` in every stage dir, recorded as
+    generated.  `split --force` replaces them by `nb2prod_runtime/`, keeping the user's
+    edits, files and run history (an edited runtime copy is backed up, never carried:
+    beside the stage's code it would shadow the pipeline's runtime)."""
+    from nb2prod.record import digest
+
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    shutil.rmtree(out / "nb2prod_runtime")
+    record = json.loads((out / "nb2prod.split.json").read_text())
+    record["files"] = {k: v for k, v in record["files"].items()
+                       if not k.startswith("nb2prod_runtime/")}
+    for stage in ("stage-1-train", "stage-2-serve"):
+        old = b"# nb2prod stage runtime 0.0.9\nOLD = True\n"
+        (out / stage / "nb2prod_runtime.py").write_bytes(old)
+        record["files"][f"{stage}/nb2prod_runtime.py"] = digest(old)
+    (out / "nb2prod.split.json").write_text(json.dumps(record))
+    edited_runtime = out / "stage-2-serve" / "nb2prod_runtime.py"
+    edited_runtime.write_text("# nb2prod stage runtime 0.0.9\nOLD = 'patched by hand'\n")
+    config = out / "stage-1-train" / "config.ini"
+    config.write_text(config.read_text().replace("RETRIES = 2", "RETRIES = 5"))
+    (out / "stage-1-train" / "NOTES.md").write_text("mine\n")
+    history = out / ".nb2prod" / "artifacts" / "iris" / "runs" / "r1" / "run.json"
+    history.parent.mkdir(parents=True)
+    history.write_text('{"status": "succeeded"}\n')
+
+    code, stdout, stderr = cli("split", iris, "-o", out, "--force")
+    assert code == 0, stderr
+    assert not list(out.glob("stage-*/nb2prod_runtime.py"))
+    assert (out / "nb2prod_runtime" / "__init__.py").is_file()
+    assert ini(config)["batch"]["RETRIES"] == "5"
+    assert (out / "stage-1-train" / "NOTES.md").read_text() == "mine\n"
+    assert history.read_text() == '{"status": "succeeded"}\n'
+    backup = next((out / ".nb2prod" / "backup").iterdir())
+    assert "patched by hand" in (backup / "stage-2-serve" / "nb2prod_runtime.py").read_text()
+    assert "stage-2-serve/nb2prod_runtime.py" in stdout
+    code, _, _ = cli("split", iris, "-o", out, "--check")
+    assert code == 0  # up to date in the new layout

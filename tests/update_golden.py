@@ -8,8 +8,8 @@ the environment the split runs in:
 * `requirements.txt`: pins `name==<version>` become `name==*` (versions of the installed
   distributions);
 * jupytext `.py` renderings: the `jupytext_version:` header line becomes `jupytext_version: *`;
-* `nb2prod_runtime.py`: only its header lines are kept, followed by a marker line; the test
-  checks separately that the rest is exactly the text of `nb2prod/artifacts.py`;
+* `nb2prod_runtime/<module>.py` (the runtime, once per pipeline): a marker line; the test
+  checks separately that each is exactly the text of `nb2prod/runtime/<module>.py`;
 * nb2prod's own version string (`nb2prod.__version__`) becomes `<nb2prod-version>`, so a
   version bump alone does not invalidate the golden files;
 * `.nb2prod/` (run state, git-ignored) and the split record `nb2prod.split.json` (hashes of
@@ -39,9 +39,8 @@ EXAMPLES = {
 
 STATE_DIR = ".nb2prod"
 RECORD_FILE = "nb2prod.split.json"
-RUNTIME_FILE = "nb2prod_runtime.py"
-RUNTIME_HEADER_LINES = 2
-RUNTIME_MARKER = "# <nb2prod/artifacts.py, verbatim: compared separately by test_golden.py>\n"
+RUNTIME_DIR = "nb2prod_runtime"
+RUNTIME_MARKER = "# <nb2prod/runtime/{}, verbatim: compared separately by test_golden.py>\n"
 VERSION_MARKER = "<nb2prod-version>"
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._\-\[\],]*)==\S+$", re.MULTILINE)
@@ -79,19 +78,14 @@ def tree(root: Path, include_state: bool = False) -> dict[str, bytes]:
     return files
 
 
-def runtime_body(data: bytes) -> str:
-    """The part of a stage's nb2prod_runtime.py that must equal nb2prod/artifacts.py."""
-    return "".join(data.decode("utf-8").splitlines(keepends=True)[RUNTIME_HEADER_LINES:])
-
-
 def normalise(rel: str, data: bytes) -> bytes:
     """The environment-independent form of one generated file (see the module docstring)."""
     from nb2prod import __version__
 
     text = data.decode("utf-8")
     name = rel.rsplit("/", 1)[-1]
-    if name == RUNTIME_FILE:
-        text = "".join(text.splitlines(keepends=True)[:RUNTIME_HEADER_LINES]) + RUNTIME_MARKER
+    if rel.startswith(RUNTIME_DIR + "/"):
+        text = RUNTIME_MARKER.format(name)
     elif name == "requirements.txt":
         text = _PIN.sub(r"\1==*", text)
     elif name.endswith(".py"):

@@ -4,7 +4,7 @@
 parallel, each with its own environment (run id, store) and a kernel that a
 Ctrl-C or a failure can kill cleanly.  The work itself is the stage runtime's
 :func:`nb2prod.artifacts.execute_notebook` (the same code in-cluster stages
-run through `nb2prod_runtime.py run-stage`); this wrapper writes its record to
+run through `python -m nb2prod_runtime run-stage`); this wrapper writes its record to
 WORK_DIR/result.json for the parent to report, render as HTML and upload.
 
 With a fifth argument `--wait` the process is started ahead, while the
@@ -63,13 +63,14 @@ def execute(stage_dir: Path, executable: str, work: Path, params: dict,
     import os
 
     from nb2prod import artifacts
+    from nb2prod.runtime import kernel as kernel_module
 
     cwd = Path(os.environ.get("NB2PROD_WORKDIR") or stage_dir)
     kernel = None
     try:
         if wait:
             kernel = artifacts.start_kernel(stage_dir, cwd)
-            artifacts._hide_slow_format_checker()
+            kernel_module._hide_slow_format_checker()
             import papermill  # noqa: F401 - imported now, while the kernel boots
 
             if sys.stdin.readline().strip() != "go":

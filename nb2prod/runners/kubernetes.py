@@ -12,7 +12,7 @@ created:
    from Job conditions delivered by a watch (never a sleep loop), pod logs are
    followed and printed with a `[stage]` prefix, and a pod that cannot start
    (image pull, missing Secret, unschedulable) fails its stage at once;
-3. the promotion Job (`nb2prod_runtime.py promote`), in the cluster, where the
+3. the promotion Job (`python -m nb2prod_runtime promote`), in the cluster, where the
    store credentials are;
 4. each service stage's Deployment rolled to the new run and watched until
    available; a rollout that does not become ready is rolled back to the pod

@@ -305,8 +305,8 @@ def _plan(target: Path, files: dict[str, bytes], record: dict, renamed: dict[str
             if rel in known or _LEGACY.match(rel) or (
                     top in assumed and top not in new_tops | set(moved)):
                 data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-                if data is not None and data != files.get(rel) and \
-                        file_digest(record, rel) != digest(data):
+                if data is not None and rel != RECORD_FILE and data != files.get(rel) and \
+                        file_digest(record, rel) != digest(data):  # the record is ours
                     plan.backups[rel] = path  # a generated file the user edited
                     report.backed_up.append(rel)
                 continue

@@ -143,6 +143,22 @@ def test_edited_generated_files_are_backed_up(cli: CLI, iris: Path) -> None:
                   if p.is_file()) == ["stage-1-train/train.py", "stage-2-serve/serve.ipynb"]
 
 
+def test_the_split_record_is_never_reported_as_an_edit(cli: CLI, iris: Path) -> None:
+    """The record changes with the notebook; it is bookkeeping, not a file the user edited."""
+    nbformat = import_nbformat()
+    out = iris.parent / "iris-pipeline"
+    cli("split", iris, "-o", out)
+    before = (out / "nb2prod.split.json").read_bytes()
+    nb = nbformat.read(iris, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("extra = 1", metadata={"tags": ["skip"]}))
+    nbformat.write(nb, iris)
+    code, stdout, _ = cli("split", iris, "-o", out, "--force")
+    assert code == 0, stdout
+    assert (out / "nb2prod.split.json").read_bytes() != before  # it did change
+    assert "nb2prod.split.json" not in stdout
+    assert not (out / ".nb2prod" / "backup").exists()
+
+
 def test_user_files_and_run_state_survive_a_resplit(cli: CLI, iris: Path) -> None:
     out = iris.parent / "iris-pipeline"
     cli("split", iris, "-o", out)

@@ -189,12 +189,12 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         store: str | None, no_serve: bool, port: int | None, host: str, smoke: bool,
         no_cache: bool) -> None:
     """Run the pipeline in DIR (or split NOTEBOOK first), then serve its service stages."""
-    from nb2prod.runners import local
+    from nb2prod.runners import interrupts
 
     try:
-        with local.signals_interrupt():
+        with interrupts.signals_interrupt():
             _run(target, params, stage, jobs, store, no_serve, port, host, smoke, no_cache)
-    except local.Interrupted as exc:
+    except interrupts.Interrupted as exc:
         click.echo(f"nb2prod: interrupted ({exc}); every stage and server stopped", err=True)
         sys.exit(exc.exit_code)
 
@@ -206,7 +206,7 @@ def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | N
 
     from nb2prod.errors import Problem
     from nb2prod.pipeline import run_parameters
-    from nb2prod.runners import local
+    from nb2prod.runners import services as local_services
     from nb2prod.settings import local_store
 
     pipeline = _open_pipeline(target)
@@ -220,7 +220,7 @@ def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | N
     services = [stage] if stage and pipeline.stages[stage].type == "service" else (
         [] if stage else pipeline.services)
     # Ports are taken before any stage runs: a busy port fails now, not after training.
-    reservation = None if no_serve or not services else local.reserve_ports(
+    reservation = None if no_serve or not services else local_services.reserve_ports(
         pipeline, services, port, host)
     try:
         result = None
@@ -259,7 +259,7 @@ def _serve(pipeline, store_uri: str, services: list[str], reservation, smoke: bo
            result, not_promoted: bool) -> None:
     """Serve the latest promoted run on the reserved ports (until Ctrl-C, or one smoke)."""
     from nb2prod import artifacts
-    from nb2prod.runners import local
+    from nb2prod.runners import services as local_services
 
     latest = artifacts.read_latest(artifacts.open_store(store_uri), pipeline.name)
     if latest is None:
@@ -268,31 +268,32 @@ def _serve(pipeline, store_uri: str, services: list[str], reservation, smoke: bo
     if not_promoted:
         click.echo(f"run {result.run_id} not promoted ({result.reason}); serving the latest "
                    f"promoted run {latest['run_id']}", err=True)
-    running = local.start_services(pipeline, services, store_uri, None, reservation.host,
-                                   reservation=reservation, echo=_echo_err,
-                                   log_run_id=latest["run_id"])
+    running = local_services.start_services(
+        pipeline, services, store_uri, None, reservation.host, reservation=reservation,
+        echo=_echo_err, log_run_id=latest["run_id"])
     try:
-        samples = {s.stage.name: local.sample_request(pipeline, s, store_uri, latest["run_id"])
-                   for s in running}
+        samples = {s.stage.name: local_services.sample_request(
+            pipeline, s, store_uri, latest["run_id"]) for s in running}
     except BaseException:
-        local.stop_services(running)
+        local_services.stop_services(running)
         raise
     for service in running:
         route = service.stage.value("service", "ROUTE", "/predict")
         click.echo(f"serving {service.stage.name} (run {latest['run_id']}) at "
                    f"{service.url}{route}")
-        click.echo(f"  try: {local.sample_curl(service, samples[service.stage.name])}")
+        click.echo(f"  try: {local_services.sample_curl(service, samples[service.stage.name])}")
     if smoke:
         try:
             failures = [s.stage.name for s in running
-                        if not local.smoke_request(s, samples[s.stage.name], click.echo)]
+                        if not local_services.smoke_request(
+                            s, samples[s.stage.name], click.echo)]
         finally:
-            local.stop_services(running)
+            local_services.stop_services(running)
         if failures:
             raise PipelineFailure(f"smoke request failed for {', '.join(failures)}")
         return  # a run that was not promoted still fails (in _run): the smoke used an older model
     click.echo("Ctrl-C to stop.", err=True)
-    local.wait_for_shutdown(running)
+    local_services.wait_for_shutdown(running)
 
 
 def _echo_err(line: str) -> None:

@@ -47,8 +47,8 @@ CHROMIUM_ARGS = [
 #: default of 5 s is a timing margin a loaded machine misses.
 TIMEOUT_MS = 180_000
 
-# A server extension loaded only by this test: replaces the Kubernetes deploy
-# with a scripted one, so the progress dialog (polling, stage states) is
+# A server extension loaded only by these tests: holds a split while a test
+# asks it to (see _held_split), and replaces the Kubernetes deploy with a scripted one, so the progress dialog (polling, stage states) is
 # exercised in the browser without a cluster.  The real deploy runs against
 # the Kubernetes stand-in in tests/test_jupyter_handlers.py.
 FAKE_DEPLOY = """
@@ -65,8 +65,19 @@ def _fake_deploy(pipeline_dir, namespace, *, on_event=None, wait=True, **kwargs)
                       "elapsed": time.monotonic() - start})
     return {"ok": True}
 
+def _held_split(real):
+    # split_notebook waiting while a file .nb2prod-test-hold-split is beside the
+    # notebook: a test sees the toolbar's busy state for as long as it needs
+    def split(notebook, *args, **kwargs):
+        while (Path(notebook).parent / ".nb2prod-test-hold-split").exists():
+            time.sleep(0.05)
+        return real(notebook, *args, **kwargs)
+    return split
+
 def _load_jupyter_server_extension(serverapp):
+    import nb2prod.split
     from nb2prod.jupyter import handlers
+    nb2prod.split.split_notebook = _held_split(nb2prod.split.split_notebook)
     handlers._load_deploy = lambda: _fake_deploy
     real = handlers._load_cluster_check()
     # the scripted cluster answers; the kubeconfig's "unreachable" context is checked for real

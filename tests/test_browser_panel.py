@@ -188,8 +188,8 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
             dialog = page.locator(".jp-Dialog")
             for index, place, fields, checks in ROLE_STEPS:
-                cells.nth(index).locator(".jp-InputPrompt").click()
-                page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-RoleButton").click()
+                cells.nth(index).locator(".jp-InputPrompt").click(button="right")
+                page.locator(".lm-Menu-item", has_text="nb2prod: Cell role…").click()
                 dialog.locator("select[name=place]").select_option(place)
                 for name, value in fields.items():
                     dialog.locator(f"input[name={name}]").fill(value)

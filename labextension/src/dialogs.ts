@@ -135,7 +135,8 @@ function stageTable(report: IReport): HTMLTableElement {
 
 /** Body of the split / check result dialog. */
 class ReportBody extends Widget {
-  constructor(report: IReport, wrote: boolean, onGo: (cell: number) => void) {
+  constructor(report: IReport, wrote: boolean, onGo: (cell: number) => void,
+              onFolder: (path: string) => void) {
     super();
     this.addClass('nb2prod-Report');
     const where = report.output_relative ?? report.output;
@@ -143,7 +144,20 @@ class ReportBody extends Widget {
     const n = report.stages.length;
     if (wrote && where) {
       summary.append(`${n} stage${n === 1 ? '' : 's'} written to `);
-      summary.appendChild(el('code', 'nb2prod-Report-output', `${where}/`));
+      if (report.output_relative) {
+        // a link that shows the folder in the file browser (inside the server root)
+        const folder = report.output_relative;
+        const link = el('a', 'nb2prod-Report-output', `${where}/`);
+        link.href = '#';
+        link.title = 'Show this folder in the file browser';
+        link.addEventListener('click', event => {
+          event.preventDefault();
+          onFolder(folder);
+        });
+        summary.appendChild(link);
+      } else {
+        summary.appendChild(el('code', 'nb2prod-Report-output', `${where}/`));
+      }
     } else {
       summary.textContent = `${n} stage${n === 1 ? '' : 's'}; the notebook splits cleanly.`;
     }
@@ -168,20 +182,28 @@ class ProblemsBody extends Widget {
   }
 }
 
-/** Show a result; "Go to cell" closes the dialog and reveals the cell. */
+/**
+ * Show a result; "Go to cell" closes the dialog and reveals the cell, the
+ * output folder's link closes it and calls `onFolder` with the folder.
+ */
 export async function showReport(
   notebook: Notebook,
   report: IReport,
-  wrote: boolean
+  wrote: boolean,
+  onFolder: (path: string) => void
 ): Promise<void> {
   let dialog: Dialog<unknown> | null = null;
   const onGo = (cell: number): void => {
     dialog?.reject();
     void revealCell(notebook, cell);
   };
+  const openFolder = (path: string): void => {
+    dialog?.reject();
+    onFolder(path);
+  };
   dialog = new Dialog({
     title: wrote ? 'nb2prod: pipeline written' : 'nb2prod: check passed',
-    body: new ReportBody(report, wrote, onGo),
+    body: new ReportBody(report, wrote, onGo, openFolder),
     buttons: [Dialog.okButton({ label: 'Close' })]
   });
   dialog.addClass('nb2prod-Dialog');

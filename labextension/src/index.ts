@@ -15,11 +15,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import {
-  ICommandPalette,
-  showErrorMessage,
-  ToolbarButton
-} from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import {
   INotebookModel,
@@ -45,6 +41,7 @@ import { PipelinePanel } from './panel';
 import { askRole } from './roleform';
 import { readRole, roleTags } from './roles';
 import { stageNames } from './stages';
+import { deployIcon, NbButton, splitIcon } from './toolbar';
 
 const PLUGIN_ID = 'nb2prod:plugin';
 
@@ -94,22 +91,57 @@ let pipelinePanel: PipelinePanel | null = null;
 /** Guards against double clicks while a request is in flight. */
 const busy = new WeakSet<NotebookPanel>();
 
+/** The nb2prod toolbar buttons of each notebook panel (they show the busy state). */
+const buttons = new WeakMap<NotebookPanel, { split: NbButton; deploy: NbButton }>();
+
+/** Mark `panel` busy with `text` ("Splitting…") on its buttons, or idle (null). */
+function setBusy(panel: NotebookPanel, text: string | null): void {
+  if (text === null) {
+    busy.delete(panel);
+  } else {
+    busy.add(panel);
+  }
+  panel.node.classList.toggle('nb2prod-busy', text !== null);
+  const own = buttons.get(panel);
+  if (own) {
+    own.split.busy = text;
+    own.deploy.enabled = text === null;
+  }
+}
+
+/**
+ * Show a folder in JupyterLab's file browser (the split result's output link),
+ * reloading its listing first so a folder split just wrote is there.
+ */
+async function showFolder(app: JupyterFrontEnd, path: string): Promise<void> {
+  await app.commands.execute('filebrowser:activate', { path });
+  await app.commands.execute('filebrowser:go-to-path', { path });
+}
+
+/** Reload the file browser's listing: a split writes a folder it would show only later. */
+function refreshFileBrowser(app: JupyterFrontEnd): void {
+  if (app.commands.hasCommand('filebrowser:refresh')) {
+    void app.commands.execute('filebrowser:refresh').catch(reason =>
+      console.warn('nb2prod: file browser not refreshed', reason));
+  }
+}
+
 async function runSplit(app: JupyterFrontEnd, panel: NotebookPanel, write: boolean): Promise<void> {
   if (busy.has(panel) || !(await saved(panel))) {
     return;
   }
-  busy.add(panel);
-  panel.node.classList.add('nb2prod-busy');
+  setBusy(panel, write ? 'Splitting…' : 'Checking…');
   try {
     const path = serverPath(app, panel);
     const report = write ? await api.split(path) : await api.check(path);
-    busy.delete(panel);
-    panel.node.classList.remove('nb2prod-busy');
+    setBusy(panel, null);
+    if (write) {
+      refreshFileBrowser(app);
+    }
     void refreshPanel(panel);
-    await showReport(panel.content, report, write);
+    await showReport(panel.content, report, write, folder => void showFolder(app, folder));
   } catch (error) {
-    busy.delete(panel);
-    panel.node.classList.remove('nb2prod-busy');
+    setBusy(panel, null);
     const title = write ? 'nb2prod: cannot split this notebook' : 'nb2prod: check found problems';
     void refreshPanel(panel);
     await showProblems(panel.content, title, error);
@@ -143,7 +175,7 @@ async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<vo
     return;
   }
   lastDeploy = form;
-  busy.add(panel);
+  setBusy(panel, 'Deploying…');
   let first: api.IDeployStatus;
   try {
     first = await api.deploy({
@@ -158,10 +190,13 @@ async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<vo
     await showProblems(panel.content, 'nb2prod: cannot deploy', error);
     return;
   } finally {
-    busy.delete(panel);
+    setBusy(panel, null);
   }
   await showDeployProgress(panel.content, first);
 }
+
+/** The toolbar item nb2prod's buttons follow. */
+const TOOLBAR_ANCHOR = 'save';
 
 /** Adds the toolbar buttons and the stage markers to every notebook panel. */
 class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
@@ -172,43 +207,34 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
   ) {}
 
   createNew(panel: NotebookPanel): IDisposable {
-    const split = new ToolbarButton({
+    const split = new NbButton({
       className: 'nb2prod-SplitButton',
-      label: 'Split to pipeline',
+      label: 'Split',
+      icon: splitIcon,
       tooltip: 'Save, then split this notebook into a pipeline directory (nb2prod split)',
       onClick: () => void runSplit(this._app, panel, true)
     });
-    const deploy = new ToolbarButton({
+    const deploy = new NbButton({
       className: 'nb2prod-DeployButton',
       label: 'Deploy…',
+      icon: deployIcon,
       tooltip: 'Split, then deploy the pipeline to Kubernetes (nb2prod deploy)',
       onClick: () => void runDeploy(this._app, panel)
     });
-    // Next to the cell-type dropdown, left of the spacer: at the end they
-    // would sit among the kernel indicators.
-    if (!panel.toolbar.insertAfter('cellType', 'nb2prod-split', split)) {
-      panel.toolbar.addItem('nb2prod-split', split);
+    buttons.set(panel, { split, deploy });
+    // Right after the save button: the toolbar moves items that do not fit
+    // into its overflow last ones first, and these are what a user of nb2prod
+    // clicks most (see toolbar.ts).
+    if (!panel.toolbar.insertAfter(TOOLBAR_ANCHOR, 'nb2prod-split', split)) {
+      panel.toolbar.insertItem(0, 'nb2prod-split', split);
     }
-    if (!panel.toolbar.insertAfter('nb2prod-split', 'nb2prod-deploy', deploy)) {
-      panel.toolbar.addItem('nb2prod-deploy', deploy);
-    }
-    const role = new ToolbarButton({
-      className: 'nb2prod-RoleButton',
-      label: 'Cell role…',
-      tooltip: 'Set the nb2prod role of the selected cells (stage, serve, imports, ' +
-        'functions, parameters, skip, metrics, after:, resources)',
-      onClick: () => void setRole(panel, this._markers.get(panel) ?? null)
-    });
-    if (!panel.toolbar.insertAfter('nb2prod-deploy', 'nb2prod-role', role)) {
-      panel.toolbar.addItem('nb2prod-role', role);
-    }
+    panel.toolbar.insertAfter('nb2prod-split', 'nb2prod-deploy', deploy);
     const markers = new StageMarkers(panel);
     markers.enabled = this._settings.showStageMarkers;
     this._markers.set(panel, markers);
     return new DisposableDelegate(() => {
       split.dispose();
       deploy.dispose();
-      role.dispose();
       markers.dispose();
       this._markers.delete(panel);
     });

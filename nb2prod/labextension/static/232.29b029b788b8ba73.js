@@ -63,10 +63,65 @@
   }
 }
 
-.nb2prod-busy .nb2prod-SplitButton,
-.nb2prod-busy .nb2prod-DeployButton {
+/* -- toolbar buttons: icon + short label; a spinner while the server works -- */
+
+.nb2prod-ToolbarButton-button {
+  display: flex;
+  align-items: center;
+  gap: 3px;
+  padding: 0 5px;
+  white-space: nowrap;
+}
+
+.nb2prod-ToolbarButton-label {
+  font-size: var(--jp-ui-font-size1);
+  color: var(--jp-ui-font-color1);
+}
+
+.nb2prod-ToolbarButton-button:disabled {
   opacity: 0.5;
+}
+
+.nb2prod-ToolbarButton[data-busy='true'] .nb2prod-ToolbarButton-button {
   cursor: progress;
+  background: var(--jp-layout-color2);
+}
+
+.nb2prod-Spinner {
+  display: inline-block;
+  width: 12px;
+  height: 12px;
+  box-sizing: border-box;
+  border: 2px solid var(--jp-border-color2);
+  border-top-color: var(--jp-brand-color1);
+  border-radius: 50%;
+  animation: nb2prod-spin 0.8s linear infinite;
+  vertical-align: middle;
+}
+
+.nb2prod-ToolbarButton-icon[hidden],
+.nb2prod-Spinner[hidden] {
+  display: none;
+}
+
+@keyframes nb2prod-spin {
+  to {
+    transform: rotate(360deg);
+  }
+}
+
+.nb2prod-PipelinePanel[data-loading='true'] .nb2prod-PanelCheck::before {
+  content: '';
+  display: inline-block;
+  width: 10px;
+  height: 10px;
+  margin-right: 4px;
+  box-sizing: border-box;
+  border: 2px solid var(--jp-border-color2);
+  border-top-color: var(--jp-brand-color1);
+  border-radius: 50%;
+  animation: nb2prod-spin 0.8s linear infinite;
+  vertical-align: middle;
 }
 
 /* -- dialogs -------------------------------------------------------------- */
@@ -81,6 +136,12 @@
   max-height: 60vh;
   overflow: auto;
   font-size: var(--jp-ui-font-size1);
+}
+
+a.nb2prod-Report-output {
+  color: var(--jp-content-link-color);
+  text-decoration: underline;
+  cursor: pointer;
 }
 
 .nb2prod-Report-output {
@@ -455,4 +516,4 @@
   color: var(--jp-warn-color0, var(--jp-ui-font-color1));
   margin: 0;
 }
-`,""]),e.d(r,{},{A:p})},6314(o){o.exports=function(o){var r=[];return r.toString=function(){return this.map(function(r){var e="",n=void 0!==r[5];return r[4]&&(e+="@supports (".concat(r[4],") {")),r[2]&&(e+="@media ".concat(r[2]," {")),n&&(e+="@layer".concat(r[5].length>0?" ".concat(r[5]):""," {")),e+=o(r),n&&(e+="}"),r[2]&&(e+="}"),r[4]&&(e+="}"),e}).join("")},r.i=function(o,e,n,a,t){"string"==typeof o&&(o=[[null,o,void 0]]);var p={};if(n)for(var i=0;i<this.length;i++){var l=this[i][0];null!=l&&(p[l]=!0)}for(var d=0;d<o.length;d++){var s=[].concat(o[d]);n&&p[s[0]]||(void 0!==t&&(void 0===s[5]||(s[1]="@layer".concat(s[5].length>0?" ".concat(s[5]):""," {").concat(s[1],"}")),s[5]=t),e&&(s[2]&&(s[1]="@media ".concat(s[2]," {").concat(s[1],"}")),s[2]=e),a&&(s[4]?(s[1]="@supports (".concat(s[4],") {").concat(s[1],"}"),s[4]=a):s[4]="".concat(a)),r.push(s))}},r}},1601(o){o.exports=function(o){return o[1]}},5072(o){var r=[];function e(o){for(var e=-1,n=0;n<r.length;n++)if(r[n].identifier===o){e=n;break}return e}function n(o,n){for(var a={},t=[],p=0;p<o.length;p++){var i=o[p],l=n.base?i[0]+n.base:i[0],d=a[l]||0,s="".concat(l," ").concat(d);a[l]=d+1;var c=e(s),f={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==c)r[c].references++,r[c].updater(f);else{var b=function(o,r){var e=r.domAPI(r);return e.update(o),function(r){r?(r.css!==o.css||r.media!==o.media||r.sourceMap!==o.sourceMap||r.supports!==o.supports||r.layer!==o.layer)&&e.update(o=r):e.remove()}}(f,n);n.byIndex=p,r.splice(p,0,{identifier:s,updater:b,references:1})}t.push(s)}return t}o.exports=function(o,a){var t=n(o=o||[],a=a||{});return function(o){o=o||[];for(var p=0;p<t.length;p++){var i=e(t[p]);r[i].references--}for(var l=n(o,a),d=0;d<t.length;d++){var s=e(t[d]);0===r[s].references&&(r[s].updater(),r.splice(s,1))}t=l}}},7659(o){var r={};o.exports=function(o,e){var n=function(o){if(void 0===r[o]){var e=document.querySelector(o);if(window.HTMLIFrameElement&&e instanceof window.HTMLIFrameElement)try{e=e.contentDocument.head}catch(o){e=null}r[o]=e}return r[o]}(o);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(e)}},540(o){o.exports=function(o){var r=document.createElement("style");return o.setAttributes(r,o.attributes),o.insert(r,o.options),r}},5056(o,r,e){o.exports=function(o){var r=e.nc;r&&o.setAttribute("nonce",r)}},7825(o){o.exports=function(o){if("u"<typeof document)return{update:function(){},remove:function(){}};var r=o.insertStyleElement(o);return{update:function(e){var n,a,t;n="",e.supports&&(n+="@supports (".concat(e.supports,") {")),e.media&&(n+="@media ".concat(e.media," {")),(a=void 0!==e.layer)&&(n+="@layer".concat(e.layer.length>0?" ".concat(e.layer):""," {")),n+=e.css,a&&(n+="}"),e.media&&(n+="}"),e.supports&&(n+="}"),(t=e.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(t))))," */")),o.styleTagTransform(n,r,o.options)},remove:function(){var o;null===(o=r).parentNode||o.parentNode.removeChild(o)}}}},1113(o){o.exports=function(o,r){if(r.styleSheet)r.styleSheet.cssText=o;else{for(;r.firstChild;)r.removeChild(r.firstChild);r.appendChild(document.createTextNode(o))}}},8579(o,r,e){var n=e(5072),a=e.n(n),t=e(7825),p=e.n(t),i=e(7659),l=e.n(i),d=e(5056),s=e.n(d),c=e(540),f=e.n(c),b=e(1113),u=e.n(b),g=e(8475),v={};v.styleTagTransform=u(),v.setAttributes=s(),v.insert=l().bind(null,"head"),v.domAPI=p(),v.insertStyleElement=f(),a()(g.A,v),g.A&&g.A.locals&&g.A.locals}}]);
+`,""]),e.d(r,{},{A:p})},6314(o){o.exports=function(o){var r=[];return r.toString=function(){return this.map(function(r){var e="",n=void 0!==r[5];return r[4]&&(e+="@supports (".concat(r[4],") {")),r[2]&&(e+="@media ".concat(r[2]," {")),n&&(e+="@layer".concat(r[5].length>0?" ".concat(r[5]):""," {")),e+=o(r),n&&(e+="}"),r[2]&&(e+="}"),r[4]&&(e+="}"),e}).join("")},r.i=function(o,e,n,a,t){"string"==typeof o&&(o=[[null,o,void 0]]);var p={};if(n)for(var i=0;i<this.length;i++){var l=this[i][0];null!=l&&(p[l]=!0)}for(var d=0;d<o.length;d++){var s=[].concat(o[d]);n&&p[s[0]]||(void 0!==t&&(void 0===s[5]||(s[1]="@layer".concat(s[5].length>0?" ".concat(s[5]):""," {").concat(s[1],"}")),s[5]=t),e&&(s[2]&&(s[1]="@media ".concat(s[2]," {").concat(s[1],"}")),s[2]=e),a&&(s[4]?(s[1]="@supports (".concat(s[4],") {").concat(s[1],"}"),s[4]=a):s[4]="".concat(a)),r.push(s))}},r}},1601(o){o.exports=function(o){return o[1]}},5072(o){var r=[];function e(o){for(var e=-1,n=0;n<r.length;n++)if(r[n].identifier===o){e=n;break}return e}function n(o,n){for(var a={},t=[],p=0;p<o.length;p++){var i=o[p],l=n.base?i[0]+n.base:i[0],d=a[l]||0,s="".concat(l," ").concat(d);a[l]=d+1;var c=e(s),b={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==c)r[c].references++,r[c].updater(b);else{var f=function(o,r){var e=r.domAPI(r);return e.update(o),function(r){r?(r.css!==o.css||r.media!==o.media||r.sourceMap!==o.sourceMap||r.supports!==o.supports||r.layer!==o.layer)&&e.update(o=r):e.remove()}}(b,n);n.byIndex=p,r.splice(p,0,{identifier:s,updater:f,references:1})}t.push(s)}return t}o.exports=function(o,a){var t=n(o=o||[],a=a||{});return function(o){o=o||[];for(var p=0;p<t.length;p++){var i=e(t[p]);r[i].references--}for(var l=n(o,a),d=0;d<t.length;d++){var s=e(t[d]);0===r[s].references&&(r[s].updater(),r.splice(s,1))}t=l}}},7659(o){var r={};o.exports=function(o,e){var n=function(o){if(void 0===r[o]){var e=document.querySelector(o);if(window.HTMLIFrameElement&&e instanceof window.HTMLIFrameElement)try{e=e.contentDocument.head}catch(o){e=null}r[o]=e}return r[o]}(o);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(e)}},540(o){o.exports=function(o){var r=document.createElement("style");return o.setAttributes(r,o.attributes),o.insert(r,o.options),r}},5056(o,r,e){o.exports=function(o){var r=e.nc;r&&o.setAttribute("nonce",r)}},7825(o){o.exports=function(o){if("u"<typeof document)return{update:function(){},remove:function(){}};var r=o.insertStyleElement(o);return{update:function(e){var n,a,t;n="",e.supports&&(n+="@supports (".concat(e.supports,") {")),e.media&&(n+="@media ".concat(e.media," {")),(a=void 0!==e.layer)&&(n+="@layer".concat(e.layer.length>0?" ".concat(e.layer):""," {")),n+=e.css,a&&(n+="}"),e.media&&(n+="}"),e.supports&&(n+="}"),(t=e.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(t))))," */")),o.styleTagTransform(n,r,o.options)},remove:function(){var o;null===(o=r).parentNode||o.parentNode.removeChild(o)}}}},1113(o){o.exports=function(o,r){if(r.styleSheet)r.styleSheet.cssText=o;else{for(;r.firstChild;)r.removeChild(r.firstChild);r.appendChild(document.createTextNode(o))}}},8579(o,r,e){var n=e(5072),a=e.n(n),t=e(7825),p=e.n(t),i=e(7659),l=e.n(i),d=e(5056),s=e.n(d),c=e(540),b=e.n(c),f=e(1113),u=e.n(f),g=e(8475),v={};v.styleTagTransform=u(),v.setAttributes=s(),v.insert=l().bind(null,"head"),v.domAPI=p(),v.insertStyleElement=b(),a()(g.A,v),g.A&&g.A.locals&&g.A.locals}}]);

@@ -33,7 +33,9 @@ import pytest
 
 from nb2prod import cli
 from nb2prod.errors import UserError
+from nb2prod.roller import rollout_verdict, stuck_reason
 from nb2prod.runners import kubernetes as kube
+from nb2prod.runners.kubernetes.pod_state import PendingPods
 from tests.kube.standin import KubeStandIn
 from tests.s3server import S3Server, s3_env, s3_server  # noqa: F401
 from tests.test_manifests import set_ini
@@ -650,30 +652,30 @@ def test_unit_helpers() -> None:
     dep: dict[str, Any] = {"metadata": {"name": "d", "generation": 2},
                            "spec": {"replicas": 2, "progressDeadlineSeconds": 5},
                            "status": {"observedGeneration": 1}}
-    assert kube.rollout_verdict(dep) is None
+    assert rollout_verdict(dep) is None
     dep["status"] = {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 3,
                      "availableReplicas": 2}
-    assert kube.rollout_verdict(dep) is None  # an old pod is still there
+    assert rollout_verdict(dep) is None  # an old pod is still there
     dep["status"]["replicas"] = 2
-    assert kube.rollout_verdict(dep) == (True, "")
+    assert rollout_verdict(dep) == (True, "")
     dep["status"]["conditions"] = [{"type": "Progressing", "status": "False",
                                     "reason": "ProgressDeadlineExceeded", "message": "m"}]
-    verdict = kube.rollout_verdict(dep)
+    verdict = rollout_verdict(dep)
     assert verdict is not None and not verdict[0] and "ProgressDeadlineExceeded" in verdict[1]
     pod = {"status": {"containerStatuses": [{"state": {"waiting": {
         "reason": "CreateContainerConfigError", "message": 'secret "s" not found'}}}]}}
-    assert kube.stuck_reason(pod) == 'CreateContainerConfigError: secret "s" not found'
+    assert stuck_reason(pod) == 'CreateContainerConfigError: secret "s" not found'
     pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False",
                                       "reason": "Unschedulable", "message": "0/1 nodes"}]}}
-    assert kube.stuck_reason(pod) == "Unschedulable: 0/1 nodes"
-    assert kube.stuck_reason({"status": {"containerStatuses": [
+    assert stuck_reason(pod) == "Unschedulable: 0/1 nodes"
+    assert stuck_reason({"status": {"containerStatuses": [
         {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}) is None
 
     # Only Unschedulable gets a grace period; the pod is forgotten once scheduled.
     pod["metadata"] = {"name": "p"}
     pulling = {"metadata": {"name": "q"}, "status": {"containerStatuses": [{"state": {
         "waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]}}
-    pending = kube.PendingPods(grace=0.3)
+    pending = PendingPods(grace=0.3)
     assert pending.check(pod, "train") is None and pending.waiting("p")
     assert pending.check(pulling, "train") == "ErrImagePull: no such image"
     assert pending.overdue() == []
@@ -687,13 +689,13 @@ def test_unit_helpers() -> None:
     pending.check(pod, "serve")
     pending.forget("serve")
     assert not pending.waiting("p")
-    assert kube.PendingPods(grace=0).check(pod) == "Unschedulable: 0/1 nodes"
+    assert PendingPods(grace=0).check(pod) == "Unschedulable: 0/1 nodes"
     # ... but not a claim that does not exist: no node can fix that
     claimless = {"metadata": {"name": "c"}, "status": {"conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
         "message": '0/1 nodes are available: persistentvolumeclaim "gone" not found.'}]}}
     assert "persistentvolumeclaim \"gone\" not found" in (
-        kube.PendingPods(grace=600).check(claimless, "train") or "")
+        PendingPods(grace=600).check(claimless, "train") or "")
 
 
 def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:

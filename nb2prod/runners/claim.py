@@ -89,7 +89,9 @@ def reader_pod(pipeline: Pipeline, opts: manifests.Options) -> Obj:
 def snapshot(pipeline: Pipeline, opts: manifests.Options, context: str | None = None,
              timeout: float = READ_TIMEOUT) -> SnapshotStore:
     """Run the reader pod in `opts.namespace` and return what it found (always deletes it)."""
-    from nb2prod.runners.kubernetes import Kube, check_claim, stuck_reason
+    from nb2prod.roller import stuck_reason
+    from nb2prod.runners.kubernetes.apply import check_claim
+    from nb2prod.runners.kubernetes.cluster import Kube
 
     kube = Kube(context)
     check_claim(kube, opts)

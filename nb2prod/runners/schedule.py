@@ -17,17 +17,16 @@ from nb2prod import cron, manifests, retrain
 from nb2prod.errors import Problem, UserError
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline
-from nb2prod.runners.kubernetes import (
-    Kube,
+from nb2prod.roller import stuck_reason, summary_line
+from nb2prod.runners.kubernetes.apply import (
     check_claim,
-    condition_true,
     ensure_namespace,
     ensure_networking,
     ensure_object,
-    stuck_reason,
-    summary_line,
-    upload_input_files,
 )
+from nb2prod.runners.kubernetes.cluster import Kube
+from nb2prod.runners.kubernetes.options import upload_input_files
+from nb2prod.runners.kubernetes.pod_state import condition_true
 
 
 def promoted_run(pipeline: Pipeline, store: str, timeout: float = 10.0) -> str | None:

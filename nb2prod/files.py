@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from nb2prod.dataflow import PYTHON_CELL_MAGICS, python_source
+from nb2prod.dataflow.source import PYTHON_CELL_MAGICS, python_source
 from nb2prod.errors import Problem
 
 #: Inputs above this size (all stages together) get a warning: read them from the store.

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod.dataflow import is_optional_import
+from nb2prod.dataflow.declarative import is_optional_import
 from nb2prod.requirements import Import
 
 #: Never part of a local package (caches, checkpoints, hidden folders).

@@ -37,7 +37,7 @@ class FittedSample:
 
 
 def _parse(source: str) -> ast.Module | None:
-    from nb2prod.dataflow import python_source
+    from nb2prod.dataflow.source import python_source
 
     try:
         return ast.parse(python_source(source))

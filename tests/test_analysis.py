@@ -1,4 +1,4 @@
-"""Unit tests of nb2prod/analysis.py: cells → stages, inputs/outputs, copied definitions, DAG."""
+"""Unit tests of nb2prod/analysis/: cells → stages, inputs/outputs, copied definitions, DAG."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of nb2prod/dataflow.py: what one cell reads, writes, mutates, imports, defines."""
+"""Unit tests of nb2prod/dataflow/: what one cell reads, writes, mutates, imports, defines."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 
 from nb2prod.dataflow import (
     BUILTIN_NAMES,
-    PURE_METHODS,
     CellFlow,
     CellSyntaxError,
     analyze_cell,
     python_source,
     without_imports,
 )
+from nb2prod.readonly import PURE_METHODS
 
 
 def flow(source: str) -> CellFlow:

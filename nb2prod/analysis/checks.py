@@ -1,0 +1,35 @@
+"""Checks of the stages as a whole: a service defines its entrypoint; a stage's
+name does not shadow a module its own script would hide."""
+
+from __future__ import annotations
+
+from nb2prod.analysis.layout import Layout
+
+
+def check_services(layout: Layout, entrypoint: str) -> None:
+    """A service stage must define the function the server calls."""
+    prelude, _ = layout.prelude_names()
+    for stage in layout.stages.values():
+        if stage.type != "service":
+            continue
+        defined = set(stage.copied) | prelude
+        for index in stage.cells:
+            defined |= layout.flows[index].writes | layout.flows[index].maybe_writes
+        if entrypoint not in defined:
+            layout.problem(f"service stage '{stage.name}' must define "
+                           f"{entrypoint}(payload)", stage.cells[0])
+
+
+def check_stage_names(layout: Layout) -> None:
+    """A stage's script `<name>.py` sits on its import path, so in `stage:xgboost` an
+    `import xgboost` imports the script (standard-library names are a tag error,
+    nb2prod.tags): warn on the cell that names the stage.  A path lookup per name,
+    no import and no scan of every installed distribution's metadata."""
+    from importlib.machinery import PathFinder
+
+    for stage in layout.stages.values():
+        name = stage.name
+        if name.isidentifier() and PathFinder.find_spec(name) is not None:
+            layout.warn(f"stage '{name}': its script {name}.py would be imported instead of "
+                        f"Python's '{name}' module inside the stage; rename the stage "
+                        f"(e.g. '{name}_stage')", stage.cells[0])

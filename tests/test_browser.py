@@ -185,19 +185,29 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _expected_markers(notebook: Path) -> list[str | None]:
-    """What each cell's marker must say, from the Python analysis (the source of truth)."""
-    from nb2prod.analysis import analyze
+    """What each cell's marker must say, from the Python analysis (the source of truth):
+    the stage (` · service`, ` · metrics` for the metrics cell), a role for every
+    stage, or where used for an untagged imports cell before the first stage, `skip`,
+    else `no stage` on a code cell and nothing on another."""
+    from nb2prod.analysis import IMPORTS_ONLY, analyze
     from nb2prod.notebook import load_notebook
 
     nb = load_notebook(notebook)
     analysis = analyze(nb)
-    expected: list[str | None] = [None] * len(nb.cells)
+    expected: list[str | None] = [
+        "no stage" if cell.cell_type == "code" else None for cell in nb.cells]
     for stage in analysis.stages:
         for index in stage.cells:
-            expected[index] = stage.name if stage.type == "batch" else f"{stage.name} · service"
+            metrics = " · metrics" if {"metrics", "pipeline-metrics"} & set(
+                nb.cells[index].tags) else ""
+            expected[index] = (stage.name if stage.type == "batch"
+                               else f"{stage.name} · service") + metrics
     for role, cells in analysis.prelude.items():
         for index in cells:
             expected[index] = f"{role} · every stage"
+    for index, why in analysis.unassigned.items():
+        if why == IMPORTS_ONLY:
+            expected[index] = "imports · where used"
     for cell in nb.cells:
         if cell.cell_type == "code" and "skip" in cell.tags:
             expected[cell.index] = "skip"
@@ -211,20 +221,23 @@ MARKERS_JS = """() => [...document.querySelectorAll(
 
 
 def _kale_notebook(path: Path) -> Path:
-    """Kale's tag spellings, untagged cells before the first stage, skip in a stage."""
+    """Kale's tag spellings, untagged cells before the first stage (one of them imports
+    only), an untagged definition after an imports cell, skip in a stage."""
     import nbformat
 
     cells = [
+        ("import os", []),
         ("scratch = 1", []),
         ("n = 3", ["pipeline-parameters"]),
         ("import json", ["imports"]),
+        ("def echo(payload):\n    return json.dumps(payload) + os.sep", []),
         ("## load", None),
         ("data = list(range(n))", ["block:load"]),
         ("data.append(4)", []),
         ("total = sum(data)", ["step:prep", "prev:load"]),
         ("print(total)", ["skip"]),
         ("mean = total / len(data)", []),
-        ("def predict(payload):\n    return {'mean': mean, 'echo': json.dumps(payload)}",
+        ("def predict(payload):\n    return {'mean': mean, 'echo': echo(payload)}",
          ["serve:api"]),
     ]
     nb = nbformat.v4.new_notebook()
@@ -254,7 +267,9 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
     assert "train" in expected and "serve · service" in expected
     kale = _kale_notebook(lab.root / "kale.ipynb")
     kale_expected = _expected_markers(kale)
-    assert kale_expected[0] is None and "api · service" in kale_expected
+    assert kale_expected[:5] == ["imports · where used", "no stage", "parameters · every stage",
+                                 "imports · every stage", "imports · every stage"]
+    assert "api · service" in kale_expected and "train · metrics" in expected
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -323,7 +338,7 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             expect(dialog.locator("input[name=name]")).to_have_value("train")
             dialog.locator("select[name=place]").select_option("join")
             dialog.locator(".jp-Dialog-button", has_text="Set role").click()
-            expect(cells.nth(train_cell).locator(".nb2prod-StageMarker")).to_have_count(0)
+            expect(cells.nth(train_cell).locator(".nb2prod-StageMarker")).to_have_text("no stage")
             nb_cells = json.loads(notebook.read_text())["cells"]
             metrics_cell = next(i for i, c in enumerate(nb_cells)
                                 if "metrics" in c["metadata"].get("tags", []))

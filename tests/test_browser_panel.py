@@ -8,8 +8,9 @@
 - a 200-cell notebook (windowed rendering): a problem's "Go to cell 170" and a
   click on a DAG node select the right cell and bring it into view; the
   problem stays marked on its cell;
-- the cell role control: every role and option written as the right tags,
-  a stage named like a role refused;
+- the cell role control (the menu of each cell's marker): every role and
+  option written as the right tags, a stage named like a role refused, the
+  menu ticking the cell's current role; a metrics cell's marker says so;
 - deploy preflight: a cluster that does not answer is one error before anything
   is split; the form offers the kubeconfig's contexts, a store and parameters;
 - stage markers: text/background contrast computed from the rendered colours
@@ -77,18 +78,24 @@ def _tags(path: Path) -> list[list[str]]:
     return [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
 
 
-#: (cell, place, text fields, checkboxes) set with the role control, and the tags wanted.
+#: (cell, actions) done with the role control (the menu of the cell's marker), and the
+#: tags wanted.  Actions: ("menu", item text), ("new", "stage"|"serve", name): a new
+#: stage named in the prompt, ("refused", name): a new batch stage named like a role,
+#: refused; ("after", stage): the "Runs after" submenu; ("form", {field: value}): the
+#: role form for resources, image and secrets.
 ROLE_STEPS = [
-    (0, "parameters", {}, []),
-    (1, "imports", {}, []),
-    (2, "stage", {"name": "prepare", "cpu": "0.5", "memory": "1Gi"}, ["nocache"]),
-    (3, "join", {}, ["metrics"]),
-    (4, "stage", {"name": "imports"}, []),  # refused, then cancelled: no tags
-    (5, "stage", {"name": "train", "after": "prepare", "gpu": "1",
-                  "secrets": "s3-creds:key:AWS_KEY"}, []),
-    (6, "functions", {}, []),
-    (7, "serve", {"name": "api", "image": "reg/ml:1"}, []),
-    (8, "skip", {}, []),
+    (0, [("menu", "parameters — every stage")]),
+    (1, [("menu", "imports — copied into every stage")]),
+    (2, [("new", "stage", "prepare"), ("menu", "no-cache"),
+         ("form", {"cpu": "0.5", "memory": "1Gi"})]),
+    (3, [("menu", "metrics")]),
+    (4, [("refused", "imports"), ("menu", "Batch stage: prepare"),
+         ("menu", "Joins the stage above")]),
+    (5, [("new", "stage", "train"), ("after", "prepare"),
+         ("form", {"gpu": "1", "secrets": "s3-creds:key:AWS_KEY"})]),
+    (6, [("menu", "functions")]),
+    (7, [("new", "serve", "api"), ("form", {"image": "reg/ml:1"})]),
+    (8, [("menu", "skip")]),
 ]
 ROLE_TAGS = [
     ["parameters"], ["imports"], ["hide-input", "stage:prepare", "no-cache", "cpu:0.5",
@@ -96,6 +103,49 @@ ROLE_TAGS = [
     ["metrics"], [], ["train", "after:prepare", "gpu:1", "secret:s3-creds:key:AWS_KEY"],
     ["functions"], ["serve:api", "image:reg/ml:1"], ["skip"],
 ]
+#: What the markers say afterwards: the metrics cell says so.
+ROLE_MARKERS = [
+    "parameters · every stage", "imports · every stage", "prepare", "prepare · metrics",
+    "prepare", "train", "functions · every stage", "api · service", "skip",
+]
+
+
+def _set_roles(page, cells, shots: Path) -> None:
+    """Every step of ROLE_STEPS with the marker's menu."""
+    from playwright.sync_api import expect
+
+    dialog = page.locator(".jp-Dialog")
+    menu = page.locator(".lm-Menu.nb2prod-RoleMenu").first
+    for index, actions in ROLE_STEPS:
+        marker = cells.nth(index).locator(".nb2prod-StageMarker")
+        for action in actions:
+            marker.click()
+            expect(menu).to_be_visible()
+            if action[0] == "menu":
+                menu.locator(".lm-Menu-item", has_text=action[1]).click()
+            elif action[0] in ("new", "refused"):
+                kind, name = ("stage", action[1]) if action[0] == "refused" else action[1:]
+                menu.locator(".lm-Menu-item", has_text="New service stage…" if kind == "serve"
+                             else "New batch stage…").click()
+                dialog.locator("input").fill(name)
+                dialog.locator(".jp-Dialog-button", has_text="OK").click()
+                if action[0] == "refused":
+                    expect(dialog).to_contain_text(f"'{name}' is a tag of its own")
+                    page.screenshot(path=str(shots / "role-refused.png"))
+                    dialog.locator(".jp-Dialog-button").last.click()  # the error's OK
+                    expect(dialog.locator("input")).to_have_value(name)  # asked again
+                    dialog.locator(".jp-Dialog-button", has_text="Cancel").click()
+            elif action[0] == "after":
+                menu.locator(".lm-Menu-item", has_text="Runs after").hover()
+                page.locator(".lm-Menu.nb2prod-RoleMenu").nth(1).locator(
+                    ".lm-Menu-item", has_text=f"after:{action[1]}").click()
+            else:
+                menu.locator(".lm-Menu-item", has_text="the role form").click()
+                for name, value in action[1].items():
+                    dialog.locator(f"input[name={name}]").fill(value)
+                dialog.locator(".jp-Dialog-button", has_text="Set role").click()
+            expect(dialog).to_have_count(0)
+            expect(page.locator(".lm-Menu")).to_have_count(0)
 
 
 def _contrast(fg: str, bg: str) -> float:
@@ -182,29 +232,26 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             expect.set_options(timeout=TIMEOUT_MS)
             page.on("pageerror", lambda error: js_errors.append(str(error)))
 
-            # 0. the cell role control: every place and option becomes the right tags,
-            # and a stage can never be named like a role
+            # 0. the cell role control (each marker's menu): every place and option
+            # becomes the right tags, and a stage can never be named like a role
             _open(page, lab, "roles.ipynb")
             cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
             dialog = page.locator(".jp-Dialog")
-            for index, place, fields, checks in ROLE_STEPS:
-                cells.nth(index).locator(".jp-InputPrompt").click(button="right")
-                page.locator(".lm-Menu-item", has_text="nb2prod: Cell role…").click()
-                dialog.locator("select[name=place]").select_option(place)
-                for name, value in fields.items():
-                    dialog.locator(f"input[name={name}]").fill(value)
-                for name in checks:
-                    dialog.locator(f"input[name={name}]").check()
-                if index == 4:  # a stage named like a role: refused in the form
-                    expect(dialog.locator(".nb2prod-RoleForm-error")).to_contain_text(
-                        "'imports' is a tag of its own")
-                    page.screenshot(path=str(shots / "role-refused.png"))
-                    dialog.locator(".jp-Dialog-button", has_text="Set role").click()
-                    expect(dialog.locator("input[name=name]")).to_have_value("imports")
-                    dialog.locator(".jp-Dialog-button", has_text="Cancel").click()
-                else:
-                    dialog.locator(".jp-Dialog-button", has_text="Set role").click()
-                expect(dialog).to_have_count(0)
+            expect(cells.nth(0).locator(".nb2prod-StageMarker")).to_have_text("no stage")
+            _set_roles(page, cells, shots)
+            markers = cells.locator(".nb2prod-StageMarker")
+            expect(markers).to_have_text(ROLE_MARKERS)
+            # the menu shows the cell's role: its place and options are ticked
+            markers.nth(2).click()
+            menu = page.locator(".lm-Menu.nb2prod-RoleMenu").first
+            for ticked in ("Batch stage: prepare", "no-cache"):
+                expect(menu.locator(".lm-Menu-item", has_text=ticked)).to_have_class(
+                    re.compile(r"lm-mod-toggled"))
+            expect(menu.locator(".lm-Menu-item", has_text="metrics")).not_to_have_class(
+                re.compile(r"lm-mod-toggled"))
+            page.screenshot(path=str(shots / "role-menu.png"))
+            page.keyboard.press("Escape")
+            expect(menu).to_have_count(0)
             page.screenshot(path=str(shots / "roles.png"))
             page.keyboard.press("Control+s")
             page.wait_for_function("""() => !document.querySelector(

@@ -100,6 +100,31 @@ async def test_pipeline_problems_are_listed_with_positions(jp_fetch: Any, broken
     assert bad["cell"] == 1 and "cell 2 (" in bad["text"]
 
 
+async def test_pipeline_info_names_the_roles_of_untagged_cells(jp_fetch: Any,
+                                                                jp_root_dir: Path) -> None:
+    """An untagged imports cell before the first stage and an untagged definition after
+    an `imports` cell have roles the markers show; cells in a stage and plain cells
+    before the first stage do not."""
+    notebook = _notebook(jp_root_dir / "roles.ipynb", [
+        ("import os", []),
+        ("scratch = 1", []),
+        ("import math", ["imports"]),
+        ("def area(r):\n    return math.pi * r * r", []),
+        ("a = area(2)\nhome = os.sep", ["stage:prepare"]),
+        ("b = a + 1", []),
+    ])
+    ids = [c["id"] for c in json.loads(notebook.read_text())["cells"]]
+    answer = await _get(jp_fetch, "pipeline", path="roles.ipynb")
+    assert answer["problems"] == []
+    roles = answer["inferred_roles"]
+    assert [(r["cell"], r["position"], r["id"], r["role"], r["scope"]) for r in roles] == [
+        (0, 1, ids[0], "imports", "where used"), (3, 4, ids[3], "imports", "every stage")]
+    assert "before the first stage" in roles[0]["why"]
+    assert "joins the imports cell above" in roles[1]["why"]
+    shutil.copy(IRIS, jp_root_dir / "iris.ipynb")
+    assert (await _get(jp_fetch, "pipeline", path="iris.ipynb"))["inferred_roles"] == []
+
+
 # -- a local run from the panel ----------------------------------------------------------
 async def test_run_locally_then_list_runs_and_open_report(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
     response = await _post(jp_fetch, "run", {"path": "work/iris.ipynb"})

@@ -199,6 +199,16 @@ export interface IGraph {
   run_status: string | null;
 }
 
+export interface IInferredRole {
+  cell: number;
+  id: string | null;
+  position: number;
+  role: 'parameters' | 'imports' | 'functions';
+  /** "every stage" or "where used" */
+  scope: string;
+  why: string;
+}
+
 /** GET /nb2prod/pipeline */
 export interface IPipelineInfo {
   notebook: string;
@@ -209,6 +219,8 @@ export interface IPipelineInfo {
   problems: IPanelProblem[];
   warnings: IPanelProblem[];
   no_stage: { cell: number; position: number; why: string }[];
+  /** untagged cells the analysis gives a role (their markers show it) */
+  inferred_roles: IInferredRole[];
   graph: IGraph | null;
 }
 

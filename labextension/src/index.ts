@@ -3,8 +3,10 @@
  *
  * - notebook toolbar buttons "Split to pipeline" and "Deploy…" calling the
  *   nb2prod jupyter_server extension;
- * - a stage marker on every code cell, recomputed as tags change;
- * - "nb2prod: Cell role…" (palette, cell context menu, toolbar): every tag of DESIGN.md;
+ * - a stage marker on every code cell, recomputed as tags change; a click on
+ *   it opens the cell's role menu (rolemenu.ts);
+ * - "nb2prod: Cell role…" (palette, cell context menu, the role menu): the
+ *   form for every tag of DESIGN.md;
  * - the Pipeline panel in the right sidebar (panel.ts).
  *
  * All the splitting logic stays in Python: the frontend only saves the
@@ -16,6 +18,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
+import { Cell } from '@jupyterlab/cells';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import {
   INotebookModel,
@@ -39,7 +42,8 @@ import {
 import { StageMarkers, tagsOf } from './markers';
 import { PipelinePanel } from './panel';
 import { askRole } from './roleform';
-import { readRole, roleTags } from './roles';
+import { roleMenu, writeRoles } from './rolemenu';
+import { readRole } from './roles';
 import { stageNames } from './stages';
 import { deployIcon, NbButton, splitIcon } from './toolbar';
 
@@ -203,7 +207,8 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
   constructor(
     private readonly _app: JupyterFrontEnd,
     private readonly _markers: Map<NotebookPanel, StageMarkers>,
-    private readonly _settings: { showStageMarkers: boolean }
+    private readonly _settings: { showStageMarkers: boolean },
+    private readonly _openRoleMenu: (panel: NotebookPanel, cell: Cell, anchor: HTMLElement) => void
   ) {}
 
   createNew(panel: NotebookPanel): IDisposable {
@@ -229,7 +234,7 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
       panel.toolbar.insertItem(0, 'nb2prod-split', split);
     }
     panel.toolbar.insertAfter('nb2prod-split', 'nb2prod-deploy', deploy);
-    const markers = new StageMarkers(panel);
+    const markers = new StageMarkers(panel, (cell, node) => this._openRoleMenu(panel, cell, node));
     markers.enabled = this._settings.showStageMarkers;
     this._markers.set(panel, markers);
     return new DisposableDelegate(() => {
@@ -255,9 +260,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
   ): void => {
     const markers = new Map<NotebookPanel, StageMarkers>();
     const settings = { showStageMarkers: true };
+    const openRoleMenu = roleMenu(app, panel => markers.get(panel) ?? null, CommandIDs.setStage);
     app.docRegistry.addWidgetExtension(
       'Notebook',
-      new NotebookExtension(app, markers, settings)
+      new NotebookExtension(app, markers, settings, openRoleMenu)
     );
 
     if (settingRegistry) {
@@ -317,7 +323,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.setStage, {
-      label: 'nb2prod: Cell role…',
+      label: args => (args.menu ? 'after:, resources, image, secrets… (the role form)'
+        : 'nb2prod: Cell role…'),
       caption: 'Set the role of the selected cells: stage, service, imports, functions, ' +
         'parameters, skip, metrics, after:, resource hints',
       isEnabled: hasNotebook,
@@ -379,18 +386,7 @@ async function setRole(panel: NotebookPanel, markers: StageMarkers | null): Prom
   if (role === null) {
     return;
   }
-  const shared = panel.context.model.sharedModel;
-  shared.transact(() => {
-    for (const cell of cells) {
-      const tags = roleTags(tagsOf(cell), role);
-      if (tags.length) {
-        cell.model.setMetadata('tags', tags);
-      } else {
-        cell.model.deleteMetadata('tags');
-      }
-    }
-  });
-  markers?.update();
+  writeRoles({ panel, cells }, () => role, markers);
 }
 
 export default plugin;

@@ -5,12 +5,17 @@
  * the user sees the effect of a tag (and of Kale's "untagged cells join the
  * stage above" rule) while editing, before splitting.  Recomputed whenever the
  * cell list or any cell's metadata changes; the computation itself is the pure
- * `computeMarkers` in stages.ts.
+ * `computeMarkers` in stages.ts, overlaid with the roles the server's analysis
+ * gives untagged cells (an untagged imports cell).  Every code cell has a
+ * marker, "no stage" included: it is also the cell's role control (a click
+ * opens the role menu, rolemenu.ts).
  */
 import { Cell } from '@jupyterlab/cells';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 import { PanelLayout, Widget } from '@lumino/widgets';
+
+import { IInferredRole } from './api';
 
 import {
   CellMarker,
@@ -37,8 +42,10 @@ export interface ICellProblem {
 
 /** Keeps the markers of one notebook panel up to date. */
 export class StageMarkers implements IDisposable {
-  constructor(panel: NotebookPanel) {
+  /** `onMarker`: a click (or Enter) on a cell's marker, e.g. to open the role menu. */
+  constructor(panel: NotebookPanel, onMarker?: (cell: Cell, marker: HTMLElement) => void) {
     this._panel = panel;
+    this._onMarker = onMarker ?? null;
     panel.content.modelContentChanged.connect(this._schedule, this);
     panel.content.modelChanged.connect(this._schedule, this);
     void panel.context.ready.then(() => this._schedule());
@@ -83,13 +90,13 @@ export class StageMarkers implements IDisposable {
       cellType: cell.model.type,
       tags: tagsOf(cell)
     }));
-    this._markers = computeMarkers(infos);
+    this._markers = computeMarkers(infos).map((marker, i) => this._withInferred(cells[i], i, marker));
     this._colors = stageColors(stageNames(this._markers));
     if (this._panel.isVisible) {
       rememberStageColors(this._colors);
     }
     cells.forEach((cell, i) => {
-      this._render(cell, this._enabled ? this._markers[i] : { kind: 'none' });
+      this._render(cell, this._enabled && cell.model.type === 'code' ? this._markers[i] : null);
       this._renderProblems(cell, this._problems.get(i) ?? []);
     });
   }
@@ -109,9 +116,31 @@ export class StageMarkers implements IDisposable {
     }, 50);
   }
 
-  private _render(cell: Cell, marker: CellMarker): void {
+  /**
+   * Roles the server found for untagged cells (the last check of the saved
+   * notebook); they replace "no stage" or "joins the stage above" until the
+   * next check, and never a cell's own tag.
+   */
+  setInferred(roles: readonly IInferredRole[]): void {
+    this._inferred = new Map();
+    for (const role of roles) {
+      this._inferred.set(role.id ?? `#${role.cell}`, role);
+    }
+    this.update();
+  }
+
+  private _withInferred(cell: Cell, index: number, marker: CellMarker): CellMarker {
+    const untagged = marker.kind === 'none' || (marker.kind === 'stage' && !marker.start);
+    const found = this._inferred.get(cell.model.id) ?? this._inferred.get(`#${index}`);
+    if (!untagged || !found) {
+      return marker;
+    }
+    return { kind: 'inferred', role: found.role, scope: found.scope, why: found.why };
+  }
+
+  private _render(cell: Cell, marker: CellMarker | null): void {
     let widget = this._widgets.get(cell);
-    if (marker.kind === 'none') {
+    if (marker === null) {
       if (widget) {
         widget.dispose();
         this._widgets.delete(cell);
@@ -124,6 +153,21 @@ export class StageMarkers implements IDisposable {
     if (!widget || widget.isDisposed) {
       widget = new Widget();
       widget.addClass(MARKER_CLASS);
+      const node = widget.node;
+      node.tabIndex = 0;
+      node.setAttribute('role', 'button');
+      node.setAttribute('aria-haspopup', 'menu');
+      node.addEventListener('click', event => {
+        event.stopPropagation();
+        this._onMarker?.(cell, node);
+      });
+      node.addEventListener('keydown', event => {
+        if (event.key === 'Enter' || event.key === ' ') {
+          event.preventDefault();
+          event.stopPropagation();
+          this._onMarker?.(cell, node);
+        }
+      });
       // A real child widget (not a raw DOM node) so Lumino's index-based
       // layout of the cell stays consistent.
       (cell.layout as PanelLayout).insertWidget(0, widget);
@@ -134,10 +178,10 @@ export class StageMarkers implements IDisposable {
     if (node.textContent !== text) {
       node.textContent = text;
     }
-    node.title = title;
+    node.title = `${title}\nClick to set the cell's role.`;
     node.dataset.variant = variant;
     node.dataset.stage = stage ?? '';
-    cell.addClass(CELL_CLASS);
+    cell.toggleClass(CELL_CLASS, variant !== 'none');
     cell.node.dataset.nb2prodStage = stage ?? '';
     cell.node.style.setProperty('--nb2prod-stage-color', color);
   }
@@ -189,6 +233,8 @@ export class StageMarkers implements IDisposable {
   }
 
   private _panel: NotebookPanel;
+  private _onMarker: ((cell: Cell, marker: HTMLElement) => void) | null;
+  private _inferred = new Map<string, IInferredRole>();
   private _colors = new Map<string, string>();
   private _problems = new Map<number, ICellProblem[]>();
   private _problemWidgets = new WeakMap<Cell, Widget>();
@@ -217,11 +263,14 @@ function describe(marker: CellMarker, colors: Map<string, string>): IMarkerView 
   switch (marker.kind) {
     case 'stage': {
       const kind = marker.type === 'service' ? 'service' : 'batch';
+      const words = [marker.name, ...(marker.type === 'service' ? ['service'] : []),
+                     ...(marker.metrics ? ['metrics'] : [])];
       return {
-        text: marker.type === 'service' ? `${marker.name} · service` : marker.name,
-        title: marker.start
+        text: words.join(' · '),
+        title: (marker.start
           ? `Starts ${kind} stage '${marker.name}'`
-          : `Untagged: joins ${kind} stage '${marker.name}' (the stage of the nearest tagged cell above)`,
+          : `Joins ${kind} stage '${marker.name}' (the stage of the nearest tagged cell above)`) +
+          (marker.metrics ? '; the metrics cell: its numbers are recorded as the run\'s metrics' : ''),
         color: colors.get(marker.name) ?? hashedColor(marker.name),
         variant: marker.start ? 'start' : 'continued',
         stage: marker.name
@@ -243,6 +292,14 @@ function describe(marker: CellMarker, colors: Map<string, string>): IMarkerView 
             variant: 'role',
             stage: null
           };
+    case 'inferred':
+      return {
+        text: `${marker.role} · ${marker.scope}`,
+        title: marker.why,
+        color: 'var(--jp-layout-color4)',
+        variant: 'inferred',
+        stage: null
+      };
     case 'error':
       return {
         text: `⚠ ${marker.message}`,
@@ -252,6 +309,12 @@ function describe(marker: CellMarker, colors: Map<string, string>): IMarkerView 
         stage: marker.stage
       };
     default:
-      return { text: '', title: '', color: '', variant: 'none', stage: null };
+      return {
+        text: 'no stage',
+        title: 'Untagged, before the first stage tag: in no stage of the pipeline',
+        color: 'var(--jp-layout-color4)',
+        variant: 'none',
+        stage: null
+      };
   }
 }

@@ -310,6 +310,7 @@ export class PipelinePanel extends Widget {
     add(this._info.problems, 'error');
     add(this._info.warnings, 'warning');
     markers.setProblems(found);
+    markers.setInferred(this._info.inferred_roles ?? []);
   }
 
   private _startPolling(): void {

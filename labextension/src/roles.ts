@@ -168,3 +168,35 @@ export function roleTags(tags: readonly string[], role: IRole): string[] {
   ];
   return [...kept, ...place, ...options];
 }
+
+/** Places a cell runs in no stage of its own with: stage options do not apply there. */
+const PRELUDE_PLACES: Place[] = ['imports', 'functions', 'parameters', 'skip'];
+
+/** Whether a role's place takes stage options (metrics, no-cache, after:, resources). */
+export function takesOptions(place: Place): boolean {
+  return !PRELUDE_PLACES.includes(place);
+}
+
+/**
+ * `role` moved to `place` (named `name` for a stage): the role menu's one-click
+ * change.  Options a prelude or skip cell cannot have are dropped with the move.
+ */
+export function withPlace(role: IRole, place: Place, name = ''): IRole {
+  const moved = { ...role, place, name: place === 'stage' || place === 'serve' ? name : '' };
+  return takesOptions(place)
+    ? moved
+    : { ...moved, metrics: false, noCache: false, after: [], hints: {}, secrets: [] };
+}
+
+/** `role` with the `metrics` or `no-cache` option switched. */
+export function toggledOption(role: IRole, option: 'metrics' | 'noCache'): IRole {
+  return { ...role, [option]: !role[option] };
+}
+
+/** `role` with `after:STAGE` added, or removed when it is there. */
+export function toggledAfter(role: IRole, stage: string): IRole {
+  return {
+    ...role,
+    after: role.after.includes(stage) ? role.after.filter(a => a !== stage) : [...role.after, stage]
+  };
+}

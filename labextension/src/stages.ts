@@ -38,8 +38,12 @@ export type CellMarker =
       type: StageType;
       /** true when this cell's own tag names the stage, false when it joins the stage above */
       start: boolean;
+      /** tagged `metrics`: its numbers are recorded as the run's metrics */
+      metrics: boolean;
     }
   | { kind: 'role'; role: Role }
+  /** untagged, but the server's analysis gives it a role (panel.py `inferred_roles`) */
+  | { kind: 'inferred'; role: Role; scope: string; why: string }
   | { kind: 'error'; message: string; stage: string | null }
   | { kind: 'none' };
 
@@ -50,6 +54,8 @@ export interface IParsedTags {
   type: StageType | null;
   /** has after:/hint/metrics tags, which need the cell to be in a stage */
   needsStage: boolean;
+  /** tagged `metrics` (or Kale's `pipeline-metrics`) */
+  metrics: boolean;
   errors: string[];
 }
 
@@ -66,6 +72,7 @@ export function parseTags(tags: readonly string[]): IParsedTags {
     stage: null,
     type: null,
     needsStage: false,
+    metrics: false,
     errors: []
   };
   const setStage = (name: string, type: StageType, tag: string): void => {
@@ -106,10 +113,10 @@ export function parseTags(tags: readonly string[]): IParsedTags {
       } else {
         setStage(value, 'batch', tag);
       }
-    } else if (
-      METRICS_TAGS.includes(tag) ||
-      (colon >= 0 && STAGE_ONLY_PREFIXES.includes(key))
-    ) {
+    } else if (METRICS_TAGS.includes(tag)) {
+      out.needsStage = true;
+      out.metrics = true;
+    } else if (colon >= 0 && STAGE_ONLY_PREFIXES.includes(key)) {
       out.needsStage = true;
     }
   }
@@ -175,7 +182,9 @@ export function computeMarkers(cells: readonly ICellInfo[]): CellMarker[] {
     } else if (current === null) {
       markers.push({ kind: 'none' });
     } else {
-      markers.push({ kind: 'stage', name: current.name, type: current.type, start });
+      markers.push({
+        kind: 'stage', name: current.name, type: current.type, start, metrics: parsed.metrics
+      });
     }
   }
   return markers;

@@ -18,14 +18,14 @@ from nb2prod.analysis.edges import build_dag, resolve_files
 from nb2prod.analysis.inputs import resolve_inputs
 from nb2prod.analysis.layout import lay_out, unassigned
 from nb2prod.analysis.metrics import resolve_metrics
-from nb2prod.analysis.model import PRELUDE_ROLES, Analysis, Stage
+from nb2prod.analysis.model import IMPORTS_ONLY, PRELUDE_ROLES, Analysis, Stage
 from nb2prod.analysis.providers import Providers
 from nb2prod.analysis.pruning import prune_imports
 from nb2prod.dataflow import TOO_DEEP
 from nb2prod.errors import Problem, UserError
 from nb2prod.notebook import Notebook
 
-__all__ = ["PRELUDE_ROLES", "Analysis", "Stage", "analyze"]
+__all__ = ["IMPORTS_ONLY", "PRELUDE_ROLES", "Analysis", "Stage", "analyze"]
 
 
 def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nb2prod.analysis.model import PRELUDE_ROLES, Stage
+from nb2prod.analysis.model import IMPORTS_ONLY, PRELUDE_ROLES, Stage
 from nb2prod.dataflow import CellFlow, CellSyntaxError, Definition, analyze_cell
 from nb2prod.errors import Problem
 from nb2prod.notebook import Notebook
@@ -162,8 +162,7 @@ def _check_flows(layout: Layout) -> None:
 def unassigned(layout: Layout) -> dict[int, str]:
     """The cells that run in no stage (with a source), and why: for the user and the panel."""
     sources = {c.index: c.source for c in layout.nb.cells}
-    found = {i: "imports only: each stage gets the ones it uses"
-             if _imports_only(layout.flows.get(i)) else "before the first stage tag"
+    found = {i: IMPORTS_ONLY if _imports_only(layout.flows.get(i)) else "before the first stage tag"
              for i in layout.orphans}
     found.update({i: "tagged skip" for i in layout.skipped})
     return {i: why for i, why in sorted(found.items()) if sources[i].strip()}

@@ -14,6 +14,8 @@ from nb2prod.errors import Problem
 from nb2prod.notebook import Notebook
 
 PRELUDE_ROLES = ("parameters", "imports", "functions")
+#: Why an untagged cell before the first stage that only imports is in no stage.
+IMPORTS_ONLY = "imports only: each stage gets the ones it uses"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """GET /nb2prod/pipeline: everything the JupyterLab Pipeline panel draws for a notebook.
 
 One answer holds the stages (cells, inputs, outputs, files, requirements,
-resource hints), the problems and warnings with their cell positions, and the
+resource hints), the problems and warnings with their cell positions, the roles
+of untagged cells (`inferred_roles`: what their markers show), and the
 DAG as `nb2prod.graph` models it (the same nodes, edges and states that
 `nb2prod graph` draws), with the newest run of the notebook's default
 pipeline directory applied.  A notebook with errors is a normal state for the
@@ -35,6 +36,31 @@ def stage_entries(report: dict[str, Any], analysis: Any) -> list[dict[str, Any]]
     return entries
 
 
+def inferred_roles(analysis: Any) -> list[dict[str, Any]]:
+    """Cells the analysis gives a role although they carry no role tag of their own, so
+    the cell markers can show it: an untagged cell that only imports or defines after
+    an `imports`/`functions`/`parameters` cell joins that cell's block (every stage gets
+    it), and an untagged imports-only cell before the first stage is no stage's but
+    lends each stage the imports it uses.  `id` lets the browser find the cell again
+    after cells were inserted above it."""
+    from nb2prod.analysis import IMPORTS_ONLY
+    from nb2prod.tags import parse_tags
+
+    cells = {cell.index: cell for cell in analysis.notebook.cells}
+    found: dict[int, tuple[str, str, str]] = {}
+    for role, indices in analysis.prelude.items():
+        for index in indices:
+            if parse_tags(list(cells[index].tags)).role is None:
+                why = f"untagged: joins the {role} cell above (it only imports or defines)"
+                found[index] = (role, "every stage", why)
+    for index, why in analysis.unassigned.items():
+        if why == IMPORTS_ONLY:
+            why = "untagged, before the first stage: imports only; each stage gets the ones it uses"
+            found[index] = ("imports", "where used", why)
+    return [{"cell": i, "id": cells[i].cell_id, "position": i + 1, "role": role,
+             "scope": scope, "why": why} for i, (role, scope, why) in sorted(found.items())]
+
+
 def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     """The panel's JSON for `notebook` (blocking: analysis, store listing)."""
     from nb2prod.graph import graph_for
@@ -43,7 +69,8 @@ def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     pipeline_dir = default_output(notebook)
     answer: dict[str, Any] = {"notebook": relative(notebook), "pipeline_dir": relative(
         pipeline_dir), "split": (pipeline_dir / "nb2prod.ini").is_file(), "stages": [],
-        "dag": [], "problems": [], "warnings": [], "no_stage": [], "graph": None}
+        "dag": [], "problems": [], "warnings": [], "no_stage": [], "inferred_roles": [],
+        "graph": None}
     try:
         report = check_notebook(notebook)
     except UserError as exc:
@@ -52,7 +79,8 @@ def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     data = report.to_dict()
     answer.update(stages=stage_entries(data, report.analysis), dag=data["dag"],
                   warnings=[problem_dict(p) for p in report.warnings],
-                  no_stage=[{**n, "position": n["cell"] + 1} for n in data["no_stage"]])
+                  no_stage=[{**n, "position": n["cell"] + 1} for n in data["no_stage"]],
+                  inferred_roles=inferred_roles(report.analysis))
     try:
         answer["graph"] = graph_for(notebook, analysis=report.analysis).to_dict()
     except UserError as exc:  # e.g. an unreadable nb2prod.ini beside it: still show stages

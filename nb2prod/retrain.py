@@ -37,7 +37,7 @@ from pathlib import Path
 from nb2prod import manifests
 from nb2prod.errors import Problem, UserError
 from nb2prod.manifests import Obj, Options, StageCode
-from nb2prod.pipeline import Pipeline
+from nb2prod.pipeline import Pipeline, StageSpec
 from nb2prod.roller import RUN_ID_PLACEHOLDER
 
 RUN = "run"                    # component label of run Jobs
@@ -58,14 +58,14 @@ def cronjob_name(pipeline: Pipeline) -> str:
 
 def run_job_name(pipeline: Pipeline, run_id: str) -> str:
     """Name of a run started now (`deploy --no-wait`); it is also the run id."""
-    return manifests._fit(f"{manifests.k8s_name(pipeline.name)}-{run_id}")
+    return manifests.fit_name(f"{manifests.k8s_name(pipeline.name)}-{run_id}")
 
 
 def container_names(pipeline: Pipeline) -> dict[str, str]:
     """Batch stage -> init container name (DNS labels, distinct, not the finish step's)."""
     names: dict[str, str] = {}
     for stage in pipeline.batch:
-        name = manifests._fit(manifests.k8s_name(stage))
+        name = manifests.fit_name(manifests.k8s_name(stage))
         if name == FINISH or name in names.values():
             raise UserError(Problem(f"stage '{stage}' would share the container name '{name}' "
                                     "in the in-cluster run; rename the stage",
@@ -75,7 +75,7 @@ def container_names(pipeline: Pipeline) -> dict[str, str]:
 
 
 def _env(pipeline: Pipeline, stage: str, opts: Options, extra: dict[str, str],
-         spec: manifests.StageSpec | None) -> list[Obj]:
+         spec: StageSpec | None) -> list[Obj]:
     """pod_env plus the run id (the Job's name) and namespace from the downward API."""
     env = manifests.pod_env(pipeline, stage, opts, {
         "NB2PROD_TERMINATION_LOG": TERMINATION_LOG, **extra}, spec)
@@ -94,7 +94,7 @@ def stage_container(pipeline: Pipeline, stage: str, container: str, opts: Option
     retries, deadline = manifests.batch_limits(spec)
     final = (f"timeout {deadline} python -m nb2prod_runtime run-stage --retries {retries} "
              f"--timeout {deadline}")
-    script = manifests.startup_script(final, opts, install=manifests._extra_installs(opts))
+    script = manifests.startup_script(final, opts, install=manifests.extra_installs(opts))
     env = _env(pipeline, stage, opts,
                {"NB2PROD_PARAMS": json.dumps(opts.params, sort_keys=True)}, spec)
     mounts = [{"name": f"code-{container}", "mountPath": manifests.CODE_DIR, "readOnly": True},
@@ -110,7 +110,7 @@ def finish_container(pipeline: Pipeline, first: str, opts: Options) -> Obj:
             "--plan", f"{ROLL_DIR}/roll.json", "--credentials", API_DIR,
             *manifests.promotion_args(pipeline)]
     final = " ".join(shlex.quote(a) for a in args) + ' --run-id "$NB2PROD_RUN_ID"'
-    script = manifests.startup_script(final, opts, install=manifests._extra_installs(opts),
+    script = manifests.startup_script(final, opts, install=manifests.extra_installs(opts),
                                       requirements=False)
     mounts = [{"name": "code-" + first, "mountPath": manifests.CODE_DIR, "readOnly": True},
               manifests.RUNTIME_VOLUME_MOUNT,
@@ -143,8 +143,8 @@ def roll_configmap(pipeline: Pipeline, plan: dict[str, Obj], namespace: str) -> 
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     name = f"{manifests.k8s_name(pipeline.name)}-roll-{digest[:10]}"
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": manifests._meta(name, namespace, manifests.labels(pipeline, "roll"),
-                                        {manifests.CODE_HASH: digest}),
+            "metadata": manifests.meta(name, namespace, manifests.labels(pipeline, "roll"),
+                                       {manifests.CODE_HASH: digest}),
             "immutable": True, "data": data}
 
 
@@ -206,7 +206,7 @@ class RetrainPlan:
         lbls = {**manifests.labels(pipeline, RUN), manifests.RUN_ID_LABEL: name}
         spec = {**self.job_spec, "ttlSecondsAfterFinished": manifests.JOB_TTL_SECONDS}
         return {"apiVersion": "batch/v1", "kind": "Job",
-                "metadata": manifests._meta(name, namespace, lbls), "spec": spec}
+                "metadata": manifests.meta(name, namespace, lbls), "spec": spec}
 
 
 def schedule_settings(pipeline: Pipeline) -> dict[str, int]:
@@ -245,8 +245,8 @@ def cronjob(pipeline: Pipeline, plan: RetrainPlan, namespace: str, cron: str,
     if time_zone:
         spec["timeZone"] = time_zone
     return {"apiVersion": "batch/v1", "kind": "CronJob",
-            "metadata": manifests._meta(cronjob_name(pipeline), namespace,
-                                        manifests.labels(pipeline, SCHEDULE)),
+            "metadata": manifests.meta(cronjob_name(pipeline), namespace,
+                                       manifests.labels(pipeline, SCHEDULE)),
             "spec": spec}
 
 

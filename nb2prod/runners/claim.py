@@ -77,8 +77,8 @@ def reader_pod(pipeline: Pipeline, opts: manifests.Options) -> Obj:
     name = f"{manifests.k8s_name(pipeline.name)[:30]}-store-reader-{uuid.uuid4().hex[:6]}"
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": manifests._meta(name, opts.namespace,
-                                    manifests.labels(pipeline, COMPONENT)),
+        "metadata": manifests.meta(name, opts.namespace,
+                                   manifests.labels(pipeline, COMPONENT)),
         "spec": {**manifests.pod_base("default", "Never"), "activeDeadlineSeconds": 120,
                  "containers": [container],
                  "volumes": [{"name": "store", "persistentVolumeClaim": {

@@ -65,7 +65,7 @@ def options_for(pipeline: Pipeline, namespace: str, *, image: str | None = None,
     if not namespace:
         raise UserError(Problem("--namespace is required (or set [kubernetes] NAMESPACE in "
                                 "nb2prod.ini)"))
-    if not manifests._DNS_LABEL.match(namespace) or len(namespace) > 63:
+    if not manifests.DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise UserError(Problem(f"--namespace {namespace}: not a valid namespace name "
                                 "(lowercase letters, digits and '-')"))
     endpoint = deploy_endpoint(pipeline)

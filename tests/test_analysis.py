@@ -652,6 +652,17 @@ def test_a_conditional_import_reaches_every_stage_using_the_name(branches: str) 
     assert a.edges == []
 
 
+def test_an_import_in_an_if_inside_a_loop_reaches_the_stage_using_it_not_as_data() -> None:
+    a = run((["parameters"], "VERBOSE = True"),
+            (["stage:a"], ("rows = []\nfor n in range(3):\n    if VERBOSE:\n        import json\n"
+                           "    rows.append(n)")),
+            (["stage:b"], "text = json.dumps(rows)"))
+    b = a.stage("b")
+    assert b.inputs == {"rows": "a"}  # json is a module, never data
+    assert b.copied["json"].source == "if VERBOSE:\n    import json\n"
+    assert a.stage("a").outputs == ["rows"]
+
+
 def test_a_version_dependent_import_brings_the_module_its_test_reads_first() -> None:
     a = run((["stage:a"], ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\n"
                            "else:\n    import tomli as tomllib\nx = 1")),

@@ -563,6 +563,37 @@ def test_a_conditional_import_that_also_does_work_copies_only_its_imports() -> N
     assert not f.declarative
 
 
+@pytest.mark.parametrize(("source", "expected"), [
+    ("for path in PATHS:\n    if VERBOSE:\n        import json\n    n = len(path)\n",
+     "if VERBOSE:\n    import json\n"),
+    ("while more():\n    with lock:\n        if VERBOSE:\n            import json\n",
+     "if VERBOSE:\n    import json\n"),
+    ("for i in range(2):\n    import json\n", "import json\n"),
+    ("if VERBOSE:\n    for path in PATHS:\n        import json\n",
+     "if VERBOSE:\n    import json\n"),
+])
+def test_an_import_in_a_loop_is_an_import_not_data(source: str, expected: str) -> None:
+    # The loop may run zero times, so the name is bound only maybe, but it is a module
+    # whichever way: one import definition (the loop itself is never copied).
+    f = flow(source)
+    assert "json" in f.maybe_writes
+    assert f.definitions["json"].kind == "import"
+    assert f.definitions["json"].source == expected
+    assert f.definitions["json"].modules == ("json",)
+
+
+def test_an_import_chosen_by_a_loop_variable_copies_every_branch_import() -> None:
+    # Copying the `if` would take the branch of the loop's last value only.
+    f = flow("for name in MODELS:\n    if name == 'xgb':\n        import xgboost as xgb\n"
+             "        models[name] = xgb.XGBClassifier()\n    elif name == 'lgbm':\n"
+             "        from lightgbm import LGBMClassifier\n")
+    assert f.definitions["xgb"].source == "import xgboost as xgb\n"
+    assert f.definitions["LGBMClassifier"].source == "from lightgbm import LGBMClassifier\n"
+    assert all(f.definitions[n].optional and not f.definitions[n].free_reads
+               for n in ("xgb", "LGBMClassifier"))
+    assert f.optional_imports == {"xgboost", "lightgbm"}
+
+
 def test_a_definition_inside_with_is_copied_at_module_level() -> None:
     f = flow("with open('x') as fh:\n    if A:\n        import a as m\n"
              "    def g():\n        return 1\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 
 from nb2prod.dataflow.flow import Call, CellFlow, Definition
-from nb2prod.dataflow.names import alias_origins, target_names
+from nb2prod.dataflow.names import alias_origins, stored_names, target_names
 
 
 class State:
@@ -42,7 +42,8 @@ class Bindings(ast.NodeVisitor):
         self.definitions: dict[str, Definition] = {}
         self.uses: set[str] = set()
         self.star_import: int | None = None
-        self.conditional = 0
+        self.conditional = 0  # enclosing branches and loops
+        self.loop_names: list[frozenset[str]] = []  # what each enclosing loop binds
         self.in_annotation = 0
         self.optional = 0  # inside an optional-import `try`
         self.aliases: dict[str, frozenset[str]] = {}  # name -> names of objects it is part of
@@ -132,15 +133,24 @@ class Bindings(ast.NodeVisitor):
         after.maybe -= after.bound
         self.state = after
 
-    def loop_body(self, *bodies: list[ast.stmt]) -> None:
+    @property
+    def in_branch(self) -> bool:
+        """Inside an `if`/`try`/`match` branch, not only a loop: an import there belongs
+        to that statement's one definition (a loop's body is copied by no one, so an
+        import in it gets its own, like one at the top)."""
+        return self.conditional > len(self.loop_names)
+
+    def loop_body(self, loop: ast.stmt, *bodies: list[ast.stmt]) -> None:
         """A loop body may run zero or more times: everything it binds is conditional."""
         self.conditional += 1
+        self.loop_names.append(frozenset(stored_names(loop)))
         before = self.state
         self.state = before.copy()
         for body in bodies:
             self.run(body)
         self.state.maybe |= self.state.bound - before.bound
         self.state.bound = set(before.bound)
+        self.loop_names.pop()
         self.conditional -= 1
 
     def add_import(self, module: str, lineno: int) -> None:

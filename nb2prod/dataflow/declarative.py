@@ -64,6 +64,11 @@ def is_import(stmt: ast.stmt) -> bool:
         isinstance(stmt, ast.Try) and is_optional_import(stmt))
 
 
+#: Blocks whose bodies an `if`'s imports may sit in (`if a: for x in xs: import m`):
+#: the imports of a copy are taken out of them (a copy must not run the loop).
+BLOCKS = (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)
+
+
 def has_import(node: ast.If) -> bool:
     """An `if` with an import in one of its branches (not inside a def there)."""
     todo: list[ast.stmt] = node.body + node.orelse
@@ -73,11 +78,14 @@ def has_import(node: ast.If) -> bool:
             return True
         if isinstance(stmt, ast.If):
             todo += stmt.body + stmt.orelse
+        elif isinstance(stmt, BLOCKS):
+            todo += stmt.body + getattr(stmt, "orelse", [])
     return False
 
 
 def imports_only(node: ast.If) -> ast.If:
-    """`node` with nothing but its imports (and the `if`s holding them) in its branches."""
+    """`node` with nothing but its imports (and the `if`s holding them) in its branches;
+    imports inside a loop or `with` there are taken out of it."""
     def keep(body: list[ast.stmt]) -> list[ast.stmt]:
         kept: list[ast.stmt] = []
         for stmt in body:
@@ -85,6 +93,8 @@ def imports_only(node: ast.If) -> ast.If:
                 kept.append(stmt)
             elif isinstance(stmt, ast.If) and has_import(stmt):
                 kept.append(imports_only(stmt))
+            elif isinstance(stmt, BLOCKS):
+                kept += keep(stmt.body + getattr(stmt, "orelse", []))
         return kept
 
     return ast.If(node.test, keep(node.body) or [ast.Pass()], keep(node.orelse))

@@ -13,20 +13,68 @@ from __future__ import annotations
 
 import ast
 
-from nb2prod.dataflow.declarative import declarative, imports_only
+from nb2prod.dataflow.declarative import declarative, imports_only, is_optional_import
 from nb2prod.dataflow.flow import BUILTIN_NAMES, Definition
 from nb2prod.dataflow.names import loaded_names, stored_names
 
 
-def alias_definition(alias: ast.alias, module: str | None, level: int,
-                     modules: tuple[str, ...]) -> Definition:
-    """One name of `import a, b` / `from m import a, b`, as a statement of its own."""
-    asname = f" as {alias.asname}" if alias.asname else ""
-    if module is None and level == 0:
-        source = f"import {alias.name}{asname}\n"
-    else:
-        source = f"from {'.' * level}{module or ''} import {alias.name}{asname}\n"
-    return Definition("import", source, modules=modules)
+def statement_modules(node: ast.Import | ast.ImportFrom) -> tuple[str, ...]:
+    """The top-level modules an import statement imports (none for a relative import)."""
+    if isinstance(node, ast.Import):
+        return tuple(alias.name.split(".")[0] for alias in node.names)
+    return (node.module.split(".")[0],) if node.level == 0 and node.module else ()
+
+
+def statement_imports(node: ast.Import | ast.ImportFrom,
+                      optional: bool = False) -> list[tuple[str, Definition]]:
+    """Each name `import a, b` / `from m import a, b` binds, with its own statement
+    (a star import binds nothing nameable)."""
+    found = []
+    for alias in node.names:
+        asname = f" as {alias.asname}" if alias.asname else ""
+        if isinstance(node, ast.Import):
+            module = alias.name.split(".")[0]
+            found.append((alias.asname or module, Definition(
+                "import", f"import {alias.name}{asname}\n", modules=(module,),
+                optional=optional)))
+        elif alias.name != "*":
+            found.append((alias.asname or alias.name, Definition(
+                "import", f"from {'.' * node.level}{node.module or ''} import "
+                f"{alias.name}{asname}\n", modules=statement_modules(node), optional=optional)))
+    return found
+
+
+def hoisted_imports(node: ast.If) -> list[tuple[str, Definition]]:
+    """The imports of an `if` (in its branches and nested `if`s), each a statement of
+    its own, optional (a branch may not have run): for an `if` inside a loop whose
+    test reads what the loop binds, where copying the `if` would take one branch."""
+    found: list[tuple[str, Definition]] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for stmt in body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                found.extend(statement_imports(stmt, optional=True))
+            elif isinstance(stmt, ast.Try) and is_optional_import(stmt):
+                modules = tuple(dict.fromkeys(
+                    m for sub in ast.walk(stmt) if isinstance(sub, (ast.Import, ast.ImportFrom))
+                    for m in statement_modules(sub)))
+                bound, definition = optional_import(stmt, ast.unparse(stmt) + "\n", modules)
+                found.extend((name, definition) for name in sorted(bound))
+            elif isinstance(stmt, ast.If):
+                visit(stmt.body)
+                visit(stmt.orelse)
+
+    visit(node.body + node.orelse)
+    return found
+
+
+def tests_read(node: ast.If) -> set[str]:
+    """Names the tests of an `if` and of the `if`s nested in its branches read."""
+    found = loaded_names(node.test)
+    for stmt in node.body + node.orelse:
+        if isinstance(stmt, ast.If):
+            found |= tests_read(stmt)
+    return found
 
 
 def conditional_import(node: ast.If, segment: str,

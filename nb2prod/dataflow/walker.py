@@ -15,7 +15,14 @@ import textwrap
 from nb2prod.dataflow.bindings import Bindings
 from nb2prod.dataflow.declarative import declarative, has_import, is_optional_import
 from nb2prod.dataflow.flow import Call, CellFlow, Definition
-from nb2prod.dataflow.imports import alias_definition, conditional_import, optional_import
+from nb2prod.dataflow.imports import (
+    conditional_import,
+    hoisted_imports,
+    optional_import,
+    statement_imports,
+    statement_modules,
+    tests_read,
+)
 from nb2prod.dataflow.names import (
     all_args,
     definition_reads,
@@ -112,29 +119,18 @@ class ScopeWalker(Bindings):
             else:
                 self.store_target(target)
 
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            module = alias.name.split(".")[0]
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for module in statement_modules(node):
             self.add_import(module, node.lineno)
-            bound = alias.asname or module
+        if any(alias.name == "*" for alias in node.names):
+            self.star_import = node.lineno
+        definitions = statement_imports(node)
+        for bound, definition in definitions:
             self.bind(bound)
-            if not self.conditional:
-                self.definitions[bound] = alias_definition(alias, None, 0, (module,))
+        if not self.in_branch:
+            self.definitions.update(definitions)
 
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        modules: tuple[str, ...] = ()
-        if node.level == 0 and node.module:
-            modules = (node.module.split(".")[0],)
-            self.add_import(modules[0], node.lineno)
-        for alias in node.names:
-            if alias.name == "*":
-                self.star_import = node.lineno
-                continue
-            bound = alias.asname or alias.name
-            self.bind(bound)
-            if not self.conditional:
-                self.definitions[bound] = alias_definition(alias, node.module, node.level,
-                                                           modules)
+    visit_ImportFrom = visit_Import  # type: ignore[assignment]
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for deco in node.decorator_list:
@@ -184,7 +180,7 @@ class ScopeWalker(Bindings):
             )
 
     def visit_If(self, node: ast.If) -> None:
-        imports = not self.conditional and has_import(node)
+        imports = not self.in_branch and has_import(node)
         first = len(self.imports)
         self.visit(node.test)
         self.conditional += 1
@@ -199,7 +195,13 @@ class ScopeWalker(Bindings):
         """`if USE_GPU: import cupy as xp / else: import numpy as xp`: the names it imports
         are modules whichever branch binds them, never data.  One import definition of
         them: the whole statement when it does no work, else its imports only (the
-        tests kept), so a copy never repeats the work."""
+        tests kept), so a copy never repeats the work.  Inside a loop, when a test reads
+        what the loop binds (`for name in MODELS: if name == "xgb": import xgboost`),
+        the loop may take every branch: each import is copied on its own."""
+        loop_names = frozenset().union(*self.loop_names)
+        if loop_names & tests_read(node):
+            self.definitions.update(hoisted_imports(node))
+            return
         bound, definition = conditional_import(node, self._segment(node),
                                                module_names(self.imports[first:]))
         for name in bound:
@@ -207,7 +209,8 @@ class ScopeWalker(Bindings):
 
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
-        self.loop_body([ast.Assign(targets=[node.target], value=ast.Constant(None), lineno=0),
+        self.loop_body(node, [ast.Assign(targets=[node.target], value=ast.Constant(None),
+                                         lineno=0),
                         _Alias(node.target, node.iter)], node.body, node.orelse)
 
     def visit__Alias(self, node: _Alias) -> None:
@@ -217,7 +220,7 @@ class ScopeWalker(Bindings):
 
     def visit_While(self, node: ast.While) -> None:
         self.visit(node.test)
-        self.loop_body(node.body, node.orelse)
+        self.loop_body(node, node.body, node.orelse)
 
     def visit_With(self, node: ast.With | ast.AsyncWith) -> None:
         for item in node.items:
@@ -257,7 +260,7 @@ class ScopeWalker(Bindings):
     def record_optional_import(self, node: ast.Try) -> None:
         """`try: import x / except ImportError: ...`: one import definition of every name
         it binds, whose source is the whole statement; its modules are optional."""
-        first, top = len(self.imports), not self.conditional
+        first, top = len(self.imports), not self.in_branch
         self.optional += 1
         self.conditional += 1
         self.try_branches(node)

@@ -276,6 +276,10 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
     by_index = {c.index: c for c in analysis.notebook.cells}
     params = analysis.prelude["parameters"]
     cells: list[tuple[dict, int | None]] = []  # (cell, index in the source notebook)
+    before = {n: d for n, d in stage.copied.items() if n in stage.before_parameters}
+    if before:  # imports the parameters cell reads (`os.environ.get(...)`)
+        cells.append(_generated(env, "copied", "nb2prod-copied-before-parameters",
+                                copied=before))
     if len(params) == 1:
         cells.append(_original(by_index[params[0]], tags=["parameters"]))
     else:
@@ -290,7 +294,8 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
     # copied defs/classes come before the load (unpickling a notebook class needs it),
     # unless defining them reads a loaded name (`def f(x, k=K)` with K an input)
     late = {n: d for n, d in stage.copied.items() if d.definition_reads & set(stage.inputs)}
-    early = {n: d for n, d in stage.copied.items() if n not in late and n not in first}
+    early = {n: d for n, d in stage.copied.items()
+             if n not in late and n not in first and n not in before}
     if early:
         cells.append(_generated(env, "copied", copied=early))
     if stage.inputs:

@@ -582,6 +582,40 @@ def test_a_loaded_object_brings_the_classes_and_functions_of_its_producer() -> N
     assert isinstance(namespace["Wrapper"], type)
 
 
+def test_a_module_the_parameters_cell_reads_is_imported_before_it(monkeypatch) -> None:
+    # The notebook imports os above its parameters cell; a stage notebook starts with
+    # the parameters cell (papermill injects the values right after it).
+    a = run((["imports"], "import os\nimport json"),
+            (["parameters"], "DATA_DIR = os.environ.get('NB2PROD_TEST_DATA_DIR', 'data')"),
+            (["train"], "n = len(DATA_DIR)"), (["stage:report"], "print(json.dumps(n))"))
+    for stage in a.stages:
+        assert stage.before_parameters == {"os"} and stage.copied["os"].source == "import os\n"
+        assert stage.before_prelude == set()
+    from nb2prod.render import stage_notebook
+    from nb2prod.templates import environment
+
+    cells = stage_notebook(a, a.stage("train"), environment())["cells"]
+    assert [c["id"] for c in cells[:2]] == ["nb2prod-copied-before-parameters", "cell-1"]
+    assert cells[1]["metadata"]["tags"] == ["parameters"]
+    monkeypatch.setenv("NB2PROD_TEST_DATA_DIR", "/srv/data")
+    namespace: dict = {}
+    for source in stage_code(a, "train"):  # in stage order, as papermill runs them
+        exec(compile(source, "<stage cell>", "exec"), namespace)  # noqa: S102
+    assert namespace["n"] == len("/srv/data")
+
+
+def test_a_parameters_cell_reading_what_a_later_cell_defines_is_refused_naming_it() -> None:
+    found = problems((["functions"], "def default_dir():\n    return 'data'"),
+                     (["parameters"], "DATA_DIR = default_dir()"), (["train"], "x = DATA_DIR"))
+    assert found == [('nb.ipynb, cell 2 ("DATA_DIR = default_dir()"): the parameters cell reads '
+                      "'default_dir', which is neither a parameter nor an import: every stage "
+                      "runs its parameters cell first; move the code that needs 'default_dir' "
+                      "to a later cell")]
+    # a second parameters cell may read what the first one sets
+    assert run((["parameters"], "N = 2"), (["parameters"], "M = N * 2"),
+               (["train"], "x = M")).stage("train").inputs == {}
+
+
 def test_copied_definitions_come_before_the_load_unless_they_read_a_loaded_name() -> None:
     from nb2prod.render import stage_notebook
     from nb2prod.templates import environment

@@ -60,6 +60,11 @@ CASES = {
         "installed here, so its version cannot be pinned: install it, or add "
         "'nb2prod_no_such_module_xyz = DISTRIBUTION==VERSION' (empty value: leave it out) "
         "under [requirements] in nb2prod.ini"),)),
+    "parameters_read_a_function": Case("parameters_read_a_function.ipynb", (
+        ("parameters_read_a_function.ipynb, cell 2 (\"DATA_DIR = str(default_data_dir())\"): "
+         "the parameters cell reads 'default_data_dir', which is neither a parameter nor an "
+         "import: every stage runs its parameters cell first; move the code that needs "
+         "'default_data_dir' to a later cell"),)),
     "empty_notebook": Case("empty.ipynb", ("empty.ipynb: the notebook has no code cells",)),
     "markdown_only": Case("markdown_only.ipynb", (
         "markdown_only.ipynb: the notebook has no code cells",)),

@@ -13,7 +13,7 @@ docstring says the part it implements.
 from __future__ import annotations
 
 from nb2prod import dag, files
-from nb2prod.analysis.checks import check_services, check_stage_names
+from nb2prod.analysis.checks import check_parameters, check_services, check_stage_names
 from nb2prod.analysis.edges import build_dag, resolve_files
 from nb2prod.analysis.inputs import resolve_inputs
 from nb2prod.analysis.layout import lay_out, unassigned
@@ -46,6 +46,7 @@ def _analyze(notebook: Notebook, entrypoint: str) -> Analysis:
         paths = resolve_files(layout)
         resolve_metrics(layout, providers)
         prune_imports(layout)
+        check_parameters(layout, providers)
         check_services(layout, entrypoint)
         check_stage_names(layout)
         edges = build_dag(layout)

@@ -23,10 +23,13 @@ def resolve_inputs(layout: Layout, providers: Providers, entrypoint: str) -> Non
     `before_prelude`; problems (a name nobody provides, ...) go to `layout`."""
     prelude, prelude_functions = layout.prelude_names()
     modules = providers.import_names()
+    before_parameters = parameter_imports(layout, providers, modules)
     first = prelude_imports(layout, providers, prelude, modules)
     for stage in layout.stages.values():
         stage.copied.update(first)
-        stage.before_prelude = set(first)
+        stage.copied.update(before_parameters)
+        stage.before_parameters = set(before_parameters)
+        stage.before_prelude = set(first) - stage.before_parameters
         resolver = _StageResolver(layout, providers, stage, prelude, modules,
                                   dict(prelude_functions))
         bound: set[str] = set()
@@ -56,17 +59,39 @@ def prelude_imports(layout: Layout, providers: Providers, prelude: set[str],
     """The prelude cells run first in every stage: a module one of them uses at once
     (`@functools.lru_cache` on a def, `def f(sep=os.sep)`), imported in a cell outside
     the prelude (in no stage, or in a stage), is copied before them."""
+    return _imports_read(layout, providers, sorted(layout.prelude_cells()), prelude, modules)
+
+
+def parameter_imports(layout: Layout, providers: Providers,
+                      modules: set[str]) -> dict[str, Definition]:
+    """A stage notebook runs its parameters cell first (papermill sets the values
+    right after it): a module it reads (`DATA_DIR = os.environ.get(...)`), imported
+    in the imports cell or anywhere else, is copied before it."""
+    return _imports_read(layout, providers, layout.prelude["parameters"],
+                         parameter_names(layout), modules)
+
+
+def parameter_names(layout: Layout) -> set[str]:
+    """Names the parameters cells bind."""
+    return {n for i in layout.prelude["parameters"] if i in layout.flows
+            for n in layout.flows[i].writes | layout.flows[i].maybe_writes}
+
+
+def _imports_read(layout: Layout, providers: Providers, cells: list[int], bound: set[str],
+                  modules: set[str]) -> dict[str, Definition]:
+    """The import definitions of the modules `cells` read (and what running them
+    reads: `import sys` for `if sys.version_info ...: import tomllib`), but `bound`."""
     found: dict[str, Definition] = {}
 
     def add(name: str, before: int) -> None:
-        source = None if name in prelude or name in found or name not in modules \
+        source = None if name in bound or name in found or name not in modules \
             else providers.import_for(name, before)
         if source is not None:
             found[name] = layout.flows[source].definitions[name]
             for free in sorted(found[name].free_reads):
                 add(free, before)
 
-    for index in sorted(layout.prelude_cells()):
+    for index in cells:
         flow = layout.flows.get(index)
         for name in sorted(flow.reads | flow.maybe_reads) if flow else ():
             add(name, index)

@@ -32,6 +32,9 @@ class Stage:
     #: the copied imports the parameters/imports/functions cells need (a decorator, a
     #: default value): they run before those cells
     before_prelude: set[str] = field(default_factory=set)
+    #: the copied imports the parameters cell reads (`os` for `os.environ.get(...)`):
+    #: they run before it, since a stage notebook starts with its parameters cell
+    before_parameters: set[str] = field(default_factory=set)
     pruned: dict[int, str] = field(default_factory=dict)  # imports cell -> source minus unused
     file_inputs: dict[str, str] = field(default_factory=dict)  # path literal -> writing stage
     metrics: list[str] = field(default_factory=list)

@@ -21,7 +21,8 @@ from nb2prod.dataflow import CellFlow, analyze_cell
 from nb2prod.errors import Problem, UserError
 from nb2prod.files import FilePlan
 from nb2prod.localcode import LocalCode
-from nb2prod.requirements import Import, resolve
+from nb2prod.requirements import Import, needed_libraries, resolve
+from nb2prod.runtime.serializers import serializer_libraries
 from nb2prod.runtime_copy import runtime_files
 from nb2prod.sample import FittedSample, fitted_sample, literal_request
 from nb2prod.templates import environment, render_template
@@ -213,6 +214,23 @@ def _stage_imports(analysis: Analysis, stage: Stage) -> list[Import]:
     for definition in stage.copied.values():
         found += [Import(module, cell=stage.cells[0], file=file, optional=definition.optional)
                   for module in definition.modules]
+    if stage.inputs or stage.outputs:
+        found += [Import(module, cell=stage.cells[0], file=file, optional=True)
+                  for module in sorted(_artifact_libraries(analysis, stage))]
+    return found
+
+
+def _artifact_libraries(analysis: Analysis, stage: Stage) -> set[str]:
+    """What the serializers of a stage's values write with (numpy for an ndarray, pandas
+    and numpy for a DataFrame), also where the stage never imports them: its imports
+    cells' modules count before pruning (`X = df.to_numpy()` names no `np`), and so do
+    the libraries of every stage it loads from (an output may be an input passed on)."""
+    modules = {module for i in analysis.prelude["imports"] + stage.cells
+               for module, _ in analysis.flows[i].imports}
+    modules |= {m for d in stage.copied.values() for m in d.modules}
+    found = needed_libraries(modules, serializer_libraries())
+    for producer in set(stage.inputs.values()):
+        found |= _artifact_libraries(analysis, analysis.stage(producer))
     return found
 
 

@@ -8,6 +8,7 @@ stage reproduce the authoring environment.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,43 @@ def pin(distribution: str) -> str:
     """`name==version` for an installed distribution (its canonical spelling)."""
     dist = metadata.distribution(distribution)
     return f"{dist.metadata['Name']}=={dist.version}"
+
+
+def needed_libraries(modules: Iterable[str], libraries: Iterable[str]) -> set[str]:
+    """Which of `libraries` (what serializers write with) a stage importing `modules`
+    needs pinned: those it imports, and those a distribution it imports requires
+    (pandas and scikit-learn require numpy: their values are saved with it).  Only
+    installed ones: a library not installed here wrote nothing here."""
+    installed = _distributions()
+    modules = set(modules)
+    required: set[str] = set()
+    for module in modules:
+        for dist in installed.get(module, ()):
+            required |= _requires(dist)
+    return {lib for lib in set(libraries) if lib in installed and (
+        lib in modules or any(_canonical(d) in required for d in installed[lib]))}
+
+
+@functools.cache
+def _requires(distribution: str) -> frozenset[str]:
+    """Canonical names of the distributions `distribution` requires (not its extras)."""
+    try:
+        lines = metadata.requires(distribution) or []
+    except metadata.PackageNotFoundError:
+        return frozenset()
+    names = set()
+    for line in lines:
+        requirement, _, marker = line.partition(";")
+        if re.search(r"\bextra\s*==", marker):
+            continue
+        found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+        if found:
+            names.add(_canonical(found.group(1)))
+    return frozenset(names)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def is_stdlib(module: str) -> bool:

@@ -146,6 +146,53 @@ def test_stage_requirements_include_prelude_and_producer_imports(tmp_path: Path)
     assert "scikit-learn" in other and "numpy" not in other
 
 
+def names(lines: list[str] | tuple[str, ...]) -> set[str]:
+    return {line.split("==")[0].lower() for line in lines}
+
+
+def test_a_stage_saving_or_loading_values_pins_what_their_serializers_need(
+        tmp_path: Path) -> None:
+    """`X = df.to_numpy()` names no `np`: the imports cell's numpy is pruned from the stage,
+    but X is saved as .npy (and loaded so by `train`): numpy must be pinned there."""
+    cells = (
+        Cell(0, "code", "import numpy as np\nimport pandas as pd", ("imports",)),
+        Cell(1, "code", "df = pd.DataFrame({'a': [1.0, 2.0]})\nX = df.to_numpy()",
+             ("stage:prep",)),
+        Cell(2, "code", "total = float(X.sum())", ("train",)),
+        Cell(3, "code", "z = np.zeros(2)", ("stage:other",)),
+    )
+    nb = Notebook(tmp_path / "nb.ipynb", cells, {}, "0" * 64)
+    analysis = analyze(nb)
+    assert "np" in analysis.stage("prep").pruned[0]  # the import is left out of the code...
+    rendered = render(analysis, tmp_path / "out")
+    for stage in ("prep", "train"):
+        assert {"numpy", "pandas"} <= names(rendered.requirements[stage])  # ...not the pins
+    assert "pandas" not in names(rendered.requirements["other"])  # no values: pruned
+
+
+def test_values_passed_on_keep_their_serializers_libraries(tmp_path: Path) -> None:
+    """`b` passes a DataFrame on without importing pandas: `c`, loading it from `b`, still
+    needs pandas, and numpy (which pandas requires) pinned."""
+    cells = (
+        Cell(0, "code", "import pandas as pd\nframe = pd.DataFrame({'a': [1.0, None]})",
+             ("stage:a",)),
+        Cell(1, "code", "clean = frame.dropna()", ("stage:b",)),
+        Cell(2, "code", "n = len(clean)", ("stage:c",)),
+    )
+    nb = Notebook(tmp_path / "nb.ipynb", cells, {}, "0" * 64)
+    rendered = render(analyze(nb), tmp_path / "out")
+    assert {"numpy", "pandas"} <= names(rendered.requirements["c"])
+
+
+def test_needed_libraries_follow_imports_and_what_their_distributions_require() -> None:
+    from nb2prod.requirements import needed_libraries
+
+    assert needed_libraries({"sklearn"}, {"numpy", "pandas"}) == {"numpy"}  # requires numpy
+    assert needed_libraries({"pandas"}, {"numpy", "pandas"}) == {"numpy", "pandas"}
+    assert needed_libraries({"json", "yaml"}, {"numpy", "pandas"}) == set()
+    assert needed_libraries({"numpy"}, {"nb2prod_no_such_library"}) == set()  # not installed
+
+
 def test_unresolvable_import_in_a_notebook_names_the_cell_index(tmp_path: Path) -> None:
     """The problem must name the notebook cell holding the import, not its line number."""
     cells = (

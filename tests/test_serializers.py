@@ -248,3 +248,10 @@ def test_entry_point_plugin_in_a_standalone_stage(tmp_path: Path) -> None:
     assert "serializer entry point 'broken' (fracser_missing:Nothing) not loaded" in warned
     stored = tmp_path / "store/p/runs/r1/train/ratio.frac"
     assert stored.read_text() == "1/3"
+
+
+def test_serializer_libraries_name_what_the_registry_writes_with() -> None:
+    # split pins these for stages that save or load values (render._artifact_libraries)
+    from nb2prod.runtime.serializers import serializer_libraries
+
+    assert {"numpy", "pandas", "joblib", "xgboost", "polars"} <= serializer_libraries()

@@ -420,6 +420,13 @@ for _builtin in (JsonSerializer, NumpySerializer, PandasParquetSerializer,
 _BY_FORMAT[_FALLBACK.format] = _FALLBACK
 
 
+def serializer_libraries() -> frozenset[str]:
+    """The modules the registered serializers write with (their ``libraries``): a stage
+    that saves or loads values may need them whether or not its own code imports them
+    (split pins the ones a stage's imports lead to)."""
+    return frozenset(lib for serializer in _BY_FORMAT.values() for lib in serializer.libraries)
+
+
 def _load_plugins() -> None:
     """Register the ``nb2prod.serializers`` entry points, once per process.
 

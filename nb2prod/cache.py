@@ -8,41 +8,38 @@ notebook's directory), and its pinned requirements.  Inputs enter by their
 sha256 as recorded in the producers' manifests, so a re-run upstream stage
 whose outputs came out byte-identical leaves every downstream key unchanged.
 
-The index lives in the store next to the runs (`<pipeline>/cache/<stage>/<key>.json`,
-naming the run that executed the stage and the sha256 of every file it left),
-so "a successful earlier run in the same store" is a property of the store,
-whoever ran it.  A hit is verified file by file before it is used: a missing or
-corrupted file makes it a miss, never a failure.  Reuse writes no artifact
-bytes through this machine: the files are hard links on a file store, and
-server-side copies on S3 (`LINKERS`, by store type); only the stage's
-manifest is rewritten, saying `cached_from`.
+This module reads the key's parts from a stage directory (`cache_plan`); the
+key itself, the index in the store, verifying a hit and reusing it are the
+runtime's (`nb2prod.runtime.cache`, re-exported here), because in-cluster runs
+decide in the pod, where only the runtime is installed: one definition, so
+`run`, `deploy` and scheduled runs agree on every key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from nb2prod import artifacts
 from nb2prod.pipeline import Pipeline, StageSpec, notebook_parameters
-from nb2prod.runtime import runs
+from nb2prod.runtime.cache import (
+    CACHE_PLAN,
+    LINKERS,
+    SCHEMA,
+    cache_key,
+    link,
+    lookup,
+    plan_key,
+    remember,
+    reuse,
+)
 from nb2prod.runtime_copy import pipeline_runtime
 from nb2prod.workdir import sha256_file
 
-SCHEMA = 1
-
-
-def cache_key(code: dict[str, str], params: dict[str, object], inputs: dict[str, str],
-              files: dict[str, str], requirements: str) -> str:
-    """The stage's cache key: sha256 over the canonical JSON of its parts (pure)."""
-    body = {"schema": SCHEMA, "code": code, "params": params, "inputs": inputs,
-            "files": files, "requirements": requirements}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()
+__all__ = ["CACHE_PLAN", "LINKERS", "SCHEMA", "cache_key", "cache_plan", "enabled", "key_for",
+           "link", "lookup", "remember", "reuse"]
 
 
 def enabled(stage: StageSpec) -> bool:
@@ -119,139 +116,38 @@ def input_files(pipeline: Pipeline, stage: StageSpec) -> dict[str, str]:
     return found
 
 
-def input_digests(store: artifacts.Store, pipeline: Pipeline, stage: StageSpec,
-                  input_run: str) -> dict[str, str] | None:
-    """{producer/name: sha256} of each artifact the stage loads from `input_run`, plus the
-    files its ancestors left (manifest `files`); None when one is missing (no key)."""
+
+def stage_loads(pipeline: Pipeline, stage: StageSpec) -> tuple[dict[str, str], list[str]]:
+    """What the stage reads from earlier stages: {artifact: producer} (its load cell) and
+    the stages whose written files it gets (its ancestors and file edges)."""
     from nb2prod import dag, graph
 
     variables, files = graph.stage_inputs(stage.directory / stage.executable)
-    manifests: dict[str, dict] = {}
+    return dict(variables), sorted(dag.ancestors(stage.name, pipeline.edges) | set(files.values()))
 
-    def manifest(producer: str) -> dict:
-        if producer not in manifests:
-            key = f"{artifacts.run_prefix(pipeline.name, input_run)}/{producer}/{artifacts.MANIFEST}"
-            found = artifacts.read_json(store, key, default=None)
-            manifests[producer] = found if isinstance(found, dict) else {}
-        return manifests[producer]
 
-    digests: dict[str, str] = {}
-    for name, producer in variables.items():
-        entry = (manifest(producer).get("artifacts") or {}).get(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            return None
-        digests[f"{producer}/{name}"] = entry["sha256"]
-    for producer in sorted(dag.ancestors(stage.name, pipeline.edges) | set(files.values())):
-        for path, entry in sorted((manifest(producer).get("files") or {}).items()):
-            if isinstance(entry, dict):
-                digests[f"{producer}/files/{path}"] = str(entry.get("sha256"))
-    return digests
+def cache_plan(pipeline: Pipeline, stage: StageSpec, params: dict[str, object],
+               described: dict[str, dict] | None = None) -> dict:
+    """The key's parts known before the run, and what to read from the input run's
+    manifests; an in-cluster stage gets it as `nb2prod_cache.json` (`CACHE_PLAN`).
+
+    `described`: the stage's FILES as deploy described them (`{rel: {sha256, bytes}}`),
+    so a deploy hashes each input file once; else they are hashed here.
+    """
+    requirements = stage.directory / "requirements.txt"
+    files = input_files(pipeline, stage) if described is None else {
+        rel: entry["sha256"] for rel, entry in described.items()}
+    loads, producers = stage_loads(pipeline, stage)
+    return {"schema": SCHEMA,
+            "parts": {"code": stage_code(stage), "params": stage_params(stage, params),
+                      "files": files,
+                      "requirements": requirements.read_text() if requirements.is_file() else ""},
+            "loads": loads, "file_producers": producers}
 
 
 def key_for(store: artifacts.Store, pipeline: Pipeline, stage: StageSpec,
-            params: dict[str, object], input_run: str) -> str | None:
+            params: dict[str, object], input_run: str,
+            described: dict[str, dict] | None = None) -> str | None:
     """The stage's cache key now (its inputs must be in `input_run`), or None."""
-    inputs = input_digests(store, pipeline, stage, input_run)
-    if inputs is None:
-        return None
-    requirements = stage.directory / "requirements.txt"
-    return cache_key(stage_code(stage), stage_params(stage, params), inputs,
-                     input_files(pipeline, stage),
-                     requirements.read_text() if requirements.is_file() else "")
-
-
-# -- the index ------------------------------------------------------------------------------
-def _index_key(pipeline: str, stage: str, key: str) -> str:
-    return f"{pipeline}/cache/{stage}/{key}.json"
-
-
-def remember(store: artifacts.Store, pipeline: str, stage: str, key: str, run_id: str) -> None:
-    """Record that `run_id` executed `stage` with `key`, with the sha256 of each file it left."""
-    prefix = f"{artifacts.run_prefix(pipeline, run_id)}/{stage}/"
-    manifest = artifacts.read_json(store, prefix + artifacts.MANIFEST, default={})
-    known = {e["file"]: e["sha256"] for e in (manifest.get("artifacts") or {}).values()
-             if isinstance(e, dict) and isinstance(e.get("file"), str)
-             and isinstance(e.get("sha256"), str)}  # artifacts: no second read of their bytes
-    files = {k[len(prefix):]: known.get(k[len(prefix):])
-             or hashlib.sha256(store.read_bytes(k)).hexdigest() for k in store.list(prefix)}
-    artifacts.write_json(store, _index_key(pipeline, stage, key),
-                         {"schema": SCHEMA, "run_id": run_id, "stage": stage, "key": key,
-                          "files": files}, atomic=True)
-
-
-def lookup(store: artifacts.Store, pipeline: str, stage: str, key: str) -> dict | None:
-    """The index entry for `key` if every file it lists is still there, intact; else None."""
-    entry = artifacts.read_json(store, _index_key(pipeline, stage, key), default=None)
-    if not isinstance(entry, dict) or not isinstance(entry.get("run_id"), str) or \
-            not isinstance(entry.get("files"), dict) or artifacts.MANIFEST not in entry["files"]:
-        return None
-    try:
-        prefix = f"{artifacts.run_prefix(pipeline, entry['run_id'])}/{stage}/"
-        for name, digest in entry["files"].items():
-            if hashlib.sha256(store.read_bytes(prefix + name)).hexdigest() != digest:
-                return None
-        manifest = artifacts.read_manifest(store, prefix + artifacts.MANIFEST)  # signature
-        for written in (manifest.get("files") or {}).values():  # files it wrote (by sha256)
-            digest = written["sha256"]
-            blob = store.read_bytes(artifacts.files_key(pipeline, digest))
-            if hashlib.sha256(blob).hexdigest() != digest:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, artifacts.ArtifactError):
-        return None
-    return entry
-
-
-def reuse(store: artifacts.Store, pipeline: str, stage: str, entry: dict, run_id: str) -> None:
-    """Make `stage` of `run_id` hold the cached run's outputs; its manifest says `cached_from`."""
-    source = entry["run_id"]
-    src = f"{artifacts.run_prefix(pipeline, source)}/{stage}/"
-    dst = f"{artifacts.run_prefix(pipeline, run_id)}/{stage}/"
-    for name in entry["files"]:
-        if name != artifacts.MANIFEST:
-            link(store, src + name, dst + name)
-    manifest = artifacts.read_json(store, src + artifacts.MANIFEST)
-    manifest.update(run_id=run_id, cached_from=source, updated=runs._utcnow())
-    artifacts.write_manifest(store, dst + artifacts.MANIFEST, manifest)
-
-
-# -- reusing bytes without moving them -----------------------------------------------------
-def _link_file(store: artifacts.Store, src: str, dst: str) -> None:
-    """A hard link (same bytes, no copy); a copy where the file system has none."""
-    import secrets
-    import shutil
-
-    assert isinstance(store, artifacts.FileStore)
-    source, target = store.root / src, store.root / dst
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.nb2prod-tmp")
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
-def _copy_object(store: artifacts.Store, src: str, dst: str) -> None:
-    """S3 server-side copy: the bytes never leave the store."""
-    assert isinstance(store, artifacts.S3Store)
-    store.client.copy(  # managed copy: multipart for objects over 5 GB
-        {"Bucket": store.bucket, "Key": store._key(src)}, store.bucket, store._key(dst))
-
-
-def _read_write(store: artifacts.Store, src: str, dst: str) -> None:
-    store.write_atomic(dst, store.read_bytes(src))
-
-
-LINKERS: dict[type, Callable[[artifacts.Store, str, str], None]] = {
-    artifacts.FileStore: _link_file,
-    artifacts.S3Store: _copy_object,
-}
-
-
-def link(store: artifacts.Store, src: str, dst: str) -> None:
-    """Make `dst` hold `src`'s bytes the cheapest way `store`'s type allows."""
-    for kind in type(store).__mro__:
-        if kind in LINKERS:
-            LINKERS[kind](store, src, dst)
-            return
-    _read_write(store, src, dst)
+    return plan_key(store, pipeline.name, input_run,
+                    cache_plan(pipeline, stage, params, described))

@@ -250,7 +250,37 @@ def cronjob(pipeline: Pipeline, plan: RetrainPlan, namespace: str, cron: str,
             "spec": spec}
 
 
-def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> RetrainPlan:
+def cache_setting(pipeline: Pipeline) -> bool:
+    """`[schedule] CACHE` of nb2prod.ini: in-cluster runs use the stage cache (default no)."""
+    return pipeline.value("schedule", "CACHE", "false").lower() in ("1", "true", "yes", "on")
+
+
+def with_cache_plans(pipeline: Pipeline, codes: dict[str, StageCode], opts: Options
+                     ) -> dict[str, StageCode]:
+    """Each cacheable batch stage's code plus its cache plan (`nb2prod_cache.json`).
+
+    The pod decides (`run-stage`): only the inputs' sha256s are unknown before
+    the run, so everything else of the key is computed here, by the code `run`
+    and `deploy` use (`nb2prod.cache.cache_plan`), and shipped with the stage.
+    A stage tagged `no-cache` gets no plan, and always runs.
+    """
+    from nb2prod import cache
+
+    found = dict(codes)
+    for name in pipeline.batch:
+        stage = pipeline.stages[name]
+        if not cache.enabled(stage):
+            continue
+        plan = cache.cache_plan(pipeline, stage, dict(opts.params), opts.files.get(name))
+        text = json.dumps(plan, indent=1, sort_keys=True, default=repr) + "\n"
+        # stage_code again (not a copy with one more file): the ConfigMap size check counts it
+        found[name] = manifests.stage_code(stage, {**codes[name].files,
+                                                   cache.CACHE_PLAN: text.encode()})
+    return found
+
+
+def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None,
+         use_cache: bool = True) -> RetrainPlan:
     """Every object an in-cluster run needs besides the Job or CronJob itself.
 
     Deployments are given as they should be created when absent: serving
@@ -258,11 +288,14 @@ def plan(pipeline: Pipeline, opts: Options, *, serving: str | None = None) -> Re
     when `schedule` or `deploy --no-wait` could read it from the store) with
     their replicas, or, when None, with zero replicas until the first run
     rolls them.  Existing Deployments are never replaced by these: only a
-    passing run changes what is served.
+    passing run changes what is served.  With `[schedule] CACHE = true` (and
+    `use_cache`: not `deploy --no-wait --no-cache`) the stages use the stage cache.
     """
     manifests.check_pipeline_name(pipeline)
     manifests.store_mount(opts.store)
     codes = manifests.all_stage_code(pipeline, opts)
+    if use_cache and cache_setting(pipeline):
+        codes = with_cache_plans(pipeline, codes, opts)
     rolls = roll_plan(pipeline, codes, opts)
     roll_cm = roll_configmap(pipeline, rolls, opts.namespace)
     setup = manifests.rbac_objects(pipeline, opts.namespace)

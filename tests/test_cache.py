@@ -311,15 +311,64 @@ def test_no_cache_tag_is_vocabulary_and_typos_are_caught() -> None:
         "tag 'nocache' is not an nb2prod tag; did you mean 'no-cache'?"]
 
 
-def test_schedule_cache_setting_is_not_silently_ignored(session: Session, tmp_path: Path) -> None:
-    copy = tmp_path / "p"
+def cron_configmaps(session: Session, tmp_path: Path, cache_setting: str | None) -> dict:
+    """`render --cron` of a copy of the pipeline: stage -> its code ConfigMap's data."""
+    import yaml
+
+    copy = tmp_path / f"p-{cache_setting}"
     shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
     shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
-    ini = copy / "nb2prod.ini"
-    ini.write_text(ini.read_text().replace("[schedule]\n", "[schedule]\nCACHE = true\n"))
+    if cache_setting is not None:
+        ini = copy / "nb2prod.ini"
+        ini.write_text(ini.read_text().replace("[schedule]\n",
+                                               f"[schedule]\nCACHE = {cache_setting}\n"))
     done = nb2prod("render", copy, "-n", "ml", "--store", "s3://bucket/prefix", "--cron",
                    "0 3 * * *", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "kind: CronJob" in done.stdout
-    assert "[schedule] CACHE = true is not supported yet; scheduled runs run every stage" \
-        in done.stderr
+    assert "not supported" not in done.stderr
+    objects = [o for o in yaml.safe_load_all(done.stdout) if o]
+    assert any(o["kind"] == "CronJob" for o in objects)
+    return {o["metadata"]["labels"]["nb2prod.io/stage"]: o["data"] for o in objects
+            if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get(
+                "app.kubernetes.io/component") == "code"}
+
+
+def test_schedule_cache_ships_the_key_run_uses_to_each_cacheable_stage(
+        session: Session, tmp_path: Path) -> None:
+    """`[schedule] CACHE = true`: each batch stage's ConfigMap carries its cache plan, whose
+    key (with the input run's manifests, as the pod computes it) is the key `nb2prod run`
+    indexed; a `no-cache` stage gets none; without the setting no stage does."""
+    from nb2prod.runtime.cache import plan_key
+
+    assert all(cache.CACHE_PLAN not in data for data in cron_configmaps(
+        session, tmp_path, None).values())
+    assert all(cache.CACHE_PLAN not in data for data in cron_configmaps(
+        session, tmp_path, "false").values())
+    data = cron_configmaps(session, tmp_path, "true")
+    assert cache.CACHE_PLAN not in data["report"]  # tagged no-cache: it always runs
+    full = session.runs["full"].run_id
+    for stage in ("load", "fit"):
+        plan = json.loads(data[stage][cache.CACHE_PLAN])
+        key = plan_key(session.store, "p", full, plan)
+        index = artifacts.read_json(session.store, f"p/cache/{stage}/{key}.json", default=None)
+        assert index is not None, f"{stage}: the in-cluster key is not the key run indexed"
+        assert index["stage"] == stage and index["key"] == key
+    assert json.loads(data["fit"][cache.CACHE_PLAN])["loads"] == {"data": "load"}
+
+
+def test_no_cache_on_a_serve_cell_is_reported(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in (
+        (["stage:train"], "model = 3"),
+        (["serve"], "def predict(payload):\n    return {'y': model}"),
+        (["no-cache"], "started = True"))]
+    nbformat.write(nb, tmp_path / "svc.ipynb")
+    done = nb2prod("split", "svc.ipynb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stderr.splitlines() if "no-cache" in line]
+    assert lines == [("warning: svc.ipynb, cell 3 (\"started = True\"): tag 'no-cache' has no "
+                      "effect on service stage 'serve': only batch stages are cached (a service "
+                      "always starts from its run)")], done.stderr
+    assert "CACHE" not in (tmp_path / "svc-pipeline/stage-2-serve/config.ini").read_text()

@@ -133,3 +133,32 @@ def test_an_in_cluster_run_fetches_its_files_in_every_stage(
             break
         time.sleep(0.5)
     assert (status, answer) == (200, predicted)
+
+
+def test_deploy_hashes_a_file_several_stages_use_once(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from nb2prod import workdir
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import kubernetes as kube
+    from tests.test_manifests import set_ini
+
+    directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
+    pipeline = load_pipeline(directory)
+    for name in pipeline.batch:  # every batch stage names the same file
+        set_ini(pipeline.stages[name].directory / "config.ini", "default", "FILES",
+                "labels.json")
+    hashed: list[Path] = []
+    real = workdir.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(workdir, "sha256_file", counting)
+    opts = kube.options_for(load_pipeline(directory), NS, store="s3://bucket/prefix")
+    assert len(pipeline.batch) >= 2
+    assert hashed == [(tmp_path / "labels.json").resolve()]
+    digest = hashlib.sha256((tmp_path / "labels.json").read_bytes()).hexdigest()
+    for name in pipeline.batch:
+        assert opts.files[name] == {"labels.json": {
+            "sha256": digest, "bytes": (tmp_path / "labels.json").stat().st_size}}

@@ -758,3 +758,85 @@ def test_promoted_run_is_read_only_when_the_store_answers_in_time(
     assert promoted_run(pipeline, "s3://bucket/x") == "r7"
     monkeypatch.setattr(artifacts, "read_latest", lambda store, name: None)
     assert promoted_run(pipeline, "s3://bucket/x") is None
+
+
+def test_scheduled_runs_use_the_cache_only_with_schedule_cache_true(
+        cluster: tuple[KubeStandIn, str], tmp_path: Path, s3_env: S3Server,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`[schedule] CACHE = true`: a scheduled run reuses the stages a `deploy` with the same
+    inputs ran (the same key, decided in the pod), runs the `no-cache` one, and runs a
+    stage whose cached artifact was corrupted; without the setting it runs every stage.
+    Judged from the store (run record, manifests) and `history`, never from timing."""
+    from nb2prod import artifacts
+    from tests.test_cache import write_notebook as write_cache_notebook
+
+    standin, store = cluster
+    bucket, prefix = store.split("/")[2], store.split("/", 3)[3]
+    write_cache_notebook(tmp_path / "p.ipynb")  # load -> fit -> report (tagged no-cache)
+    directory = split(tmp_path / "p.ipynb", tmp_path / "p")
+    use_secret_credentials(directory)
+    ini = directory / "nb2prod.ini"
+    code, output = run_cli(["deploy", str(directory), "-n", NS, "--image", IMAGE,
+                            "--store", store], capsys)
+    assert code == 0, output
+    deployed = re.search(r"(?m)^run (\S+): \d+ batch stage", output)[1]
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def scheduled_run(minute: int, cache_setting: str | None) -> tuple[str, dict, dict]:
+        """Schedule with `[schedule] CACHE` so, trigger one run; (run id, stage records of
+        the store's run record, its history entry)."""
+        if cache_setting is None:
+            ini.write_text(re.sub(r"(?m)^CACHE = .*\n", "", ini.read_text()))
+        else:
+            set_ini(ini, "schedule", "CACHE", cache_setting)
+        code, output = run_cli(["schedule", str(directory), "-n", NS, "--image", IMAGE,
+                                "--store", store, "--cron", "0 3 * * *"], capsys)
+        assert code == 0 and "not supported" not in output, output
+        job = standin.trigger_cronjob(NS, "p-retrain", now + dt.timedelta(minutes=minute))
+        assert job is not None
+        run = job["metadata"]["name"]
+        done = wait_job(standin, run)
+        assert any(c["type"] == "Complete" for c in done["status"]["conditions"]), \
+            json.dumps(done["status"])
+        record = next(r for r in artifacts.list_runs(store, "p") if r["run_id"] == run)
+        entry = next(r for r in history(capsys, directory)["runs"] if r["run_id"] == run)
+        assert entry["status"] == "succeeded" and set(entry["stages"].values()) == {"succeeded"}
+        return run, record["stages"], entry
+
+    def cached_from(run: str, stage: str) -> str | None:
+        return artifacts.read_json(store, f"p/runs/{run}/{stage}/manifest.json",
+                                   default={}).get("cached_from")  # report saves nothing
+
+    # With the cache: what the deploy ran is reused, the no-cache stage runs.
+    run1, stages, entry = scheduled_run(1, "true")
+    assert {s: r.get("cached_from") for s, r in stages.items()} == {
+        "load": deployed, "fit": deployed, "report": None}
+    assert entry["cached"] == {"load": deployed, "fit": deployed}
+    assert [cached_from(run1, s) for s in ("load", "fit", "report")] == [deployed, deployed, None]
+    manifest = artifacts.read_json(store, f"p/runs/{run1}/fit/manifest.json")
+    assert manifest["run_id"] == run1
+    assert artifacts.read_run_metrics(store, "p", run1) == \
+        artifacts.read_run_metrics(store, "p", deployed) == {"fit": {"score": 0.3}}
+    assert artifacts.read_latest(store, "p")["run_id"] == run1  # promoted as a full run is
+    code, output = run_cli(["logs", "load", str(directory), "-n", NS, "--run", run1], capsys)
+    assert f"cached (run {deployed})" in output, output
+    code, output = run_cli(["history", str(directory), "-n", NS], capsys)
+    assert code == 0 and "load, fit" in output, output
+
+    # Without the setting: every stage runs.
+    run2, stages, entry = scheduled_run(2, None)
+    assert [r.get("cached_from") for r in stages.values()] == [None, None, None]
+    assert entry["cached"] == {}
+    assert [cached_from(run2, s) for s in ("load", "fit", "report")] == [None, None, None]
+
+    # A corrupted cached artifact is a miss, not a failure: `load` runs again; its output
+    # comes out byte-identical, so `fit`'s key is unchanged and it is still reused.
+    data = artifacts.read_json(store, f"p/runs/{deployed}/load/manifest.json")[
+        "artifacts"]["data"]["file"]
+    s3_env.client().put_object(Bucket=bucket, Key=f"{prefix}/p/runs/{deployed}/load/{data}",
+                               Body=b"[1, 2, 3]")
+    run3, stages, entry = scheduled_run(3, "true")
+    assert {s: r.get("cached_from") for s, r in stages.items()} == {
+        "load": None, "fit": deployed, "report": None}
+    assert entry["cached"] == {"fit": deployed}
+    assert artifacts.read_run_metrics(store, "p", run3) == {"fit": {"score": 0.3}}

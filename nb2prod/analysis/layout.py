@@ -16,7 +16,7 @@ from nb2prod.analysis.model import IMPORTS_ONLY, PRELUDE_ROLES, Stage
 from nb2prod.dataflow import CellFlow, CellSyntaxError, Definition, analyze_cell
 from nb2prod.errors import Problem
 from nb2prod.notebook import Notebook
-from nb2prod.tags import CellTags, parse_tags
+from nb2prod.tags import NO_CACHE_TAG, CellTags, parse_tags
 
 
 @dataclass
@@ -140,6 +140,10 @@ def _assign_cells(layout: Layout) -> None:
         layout.cell_stage[cell.index] = current
         stage.after += [a for a in tags.after if a not in stage.after]
         stage.hints.update(tags.hints)
+        if stage.type == "service" and "CACHE" in tags.hints:
+            layout.warn(f"tag '{NO_CACHE_TAG}' has no effect on service stage '{current}': "
+                        "only batch stages are cached (a service always starts from its run)",
+                        cell.index)
         stage.secrets += tags.secrets
         if tags.metrics:
             layout.metrics_cells.append(cell.index)

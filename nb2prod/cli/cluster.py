@@ -50,7 +50,8 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         from nb2prod.runners import schedule as incluster
 
         with kube.api_errors():
-            started = incluster.start_run(pipeline, opts, context=context)
+            started = incluster.start_run(pipeline, opts, context=context,
+                                          use_cache=not no_cache)
         click.echo(f"run {started['run_id']} started in namespace {opts.namespace} (Job "
                    f"{started['run_id']}); it trains, gates and rolls out in the cluster")
         report_created_services(started)

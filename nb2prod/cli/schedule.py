@@ -44,9 +44,6 @@ def schedule_settings(pipeline, cron_expr: str | None, time_zone: str | None, su
     if not time_zone:
         time_zone = pipeline.value("schedule", "TIME_ZONE") or None
     suspend = suspend or pipeline.value("schedule", "SUSPEND").lower() in ("1", "true", "yes")
-    if pipeline.value("schedule", "CACHE").lower() in ("1", "true", "yes", "on"):
-        click.echo(f"nb2prod: warning: {ini}: [schedule] CACHE = true is not supported yet; "
-                   "scheduled runs run every stage", err=True)
     if not cron_expr:
         if required:
             raise UserError(Problem("--cron is required (or set [schedule] CRON in nb2prod.ini)"))
@@ -147,14 +144,15 @@ def history(target: Path, namespace: str | None, context: str | None, as_json: b
         return
     table = Table(title=f"{pipeline.name} in {ns}: runs", title_justify="left")
     table.add_column("run", no_wrap=True)
-    for column in ("trigger", "start", "end", "status", "metrics", "failed stage", "reason"):
+    for column in ("trigger", "start", "end", "status", "cached", "metrics", "failed stage",
+                   "reason"):
         table.add_column(column, overflow="fold")
     for run in runs:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in run["metrics"].items())
         table.add_row(run["run_id"], run["trigger"], incluster.format_time(run["start"]),
                       incluster.format_time(run["end"]), run["status"].replace("_", " "),
-                      metrics or "-", run["failed_stage"] or "-", run["reason"] or "-")
+                      ", ".join(run.get("cached") or {}) or "-", metrics or "-", run["failed_stage"] or "-", run["reason"] or "-")
     console().print(table)
     store = (scheduled or {}).get("store") or next((r["store"] for r in runs if r.get("store")),
                                                    None)

@@ -78,11 +78,15 @@ def apply_plan(kube: Kube, plan: retrain.RetrainPlan, opts: manifests.Options) -
     return services
 
 
-def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | None = None
-              ) -> dict:
-    """Start one in-cluster run now (`deploy --no-wait`); returns at once."""
+def start_run(pipeline: Pipeline, opts: manifests.Options, *, context: str | None = None,
+              use_cache: bool = True) -> dict:
+    """Start one in-cluster run now (`deploy --no-wait`); returns at once.
+
+    Its stages use the cache as scheduled runs do (`[schedule] CACHE = true`),
+    unless `use_cache` is False (`--no-cache`).
+    """
     serving = promoted_run(pipeline, opts.store) if pipeline.services else None
-    plan = retrain.plan(pipeline, opts, serving=serving)
+    plan = retrain.plan(pipeline, opts, serving=serving, use_cache=use_cache)
     job = plan.run_job(pipeline, opts.run_id, opts.namespace)
     upload_input_files(pipeline, opts)
     kube = Kube(context)
@@ -224,6 +228,7 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
         "status": "succeeded" if condition_true(job, "Complete") else (
             "failed" if failed_cond else ("running" if jstatus.get("active") else "pending")),
         "promoted": None, "metrics": {}, "failed_stage": None, "reason": None, "stages": {},
+        "cached": {},   # stage -> the run whose outputs it reused (run-stage's verdict)
     }
     pods = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
     if not pods:
@@ -243,6 +248,9 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
         if term is not None:
             ok = term.get("exitCode") == 0
             record["stages"][stage] = "succeeded" if ok else "failed"
+            cached_from = _message(status)[0].get("cached_from")
+            if ok and cached_from:
+                record["cached"][stage] = str(cached_from)
             if not ok and record["failed_stage"] is None:
                 record["failed_stage"], record["reason"] = stage, _reason_of(status)
         elif "running" in state:

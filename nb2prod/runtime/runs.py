@@ -108,7 +108,8 @@ def _add_stage_results(store: Store, prefix: str, stages: list[str], record: dic
         result = read_json(store, f"{prefix}/{stage}/result.json", default=None)
         if not isinstance(result, dict) or "status" not in result:
             continue
-        entry = {k: result[k] for k in ("status", "started", "finished", "cell") if k in result}
+        entry = {k: result[k] for k in ("status", "started", "finished", "cell", "cached_from")
+                 if k in result}
         if result["status"] != "succeeded":
             entry["reason"] = _failure_reason(result)
         found[stage] = entry

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cache import cached_stage, read_plan, remember
 from .errors import ArtifactError, _one_line
 from .files import prepare_workdir, record_files
 from .kernel import (
@@ -146,12 +147,30 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     failing cell, exception) land in ``<store>/<pipeline>/runs/<run>/<stage>/``,
     so a failed pod leaves its evidence in the store, not only in its log.
     Notebook errors are returned in the record, never raised.
+
+    With a cache plan beside config.ini (an in-cluster run with the stage cache on:
+    `[schedule] CACHE = true`), a stage whose key matches a successful earlier run
+    in the store is not executed: its outputs are reused and the record says
+    `cached_from`; after a successful execution the key is remembered.
     """
     import tempfile
+    import time
 
     ctx = _write_context("run the stage")
     stage_dir = _stage_dir()
     executable = _stage_executable(stage_dir, ctx.stage)
+    store = open_store(ctx.store)
+    prefix = _stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)
+    plan = read_plan(stage_dir)
+    key, hit = cached_stage(store, ctx.pipeline, ctx.stage, ctx.run_id,
+                            _env("NB2PROD_INPUT_RUN_ID") or ctx.run_id, plan) if plan else (None, None)
+    if hit is not None:
+        now = time.time()
+        result: dict[str, Any] = {"stage": ctx.stage, "run_id": ctx.run_id,
+                                  "pipeline": ctx.pipeline, "status": "succeeded",
+                                  "cached_from": hit["run_id"], "started": now, "finished": now}
+        write_json(store, f"{prefix}/result.json", result, atomic=True)
+        return result
     params = _stage_params(os.environ.get("NB2PROD_PARAMS")) if params is None else params
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nb2prod-stage-"))
     cwd = Path(_env("NB2PROD_WORKDIR") or tempfile.mkdtemp(prefix="nb2prod-work-"))
@@ -162,16 +181,16 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
             import shutil
 
             shutil.rmtree(cwd, ignore_errors=True)
-    result: dict[str, Any] = {"stage": ctx.stage, "run_id": ctx.run_id, "pipeline": ctx.pipeline,
-                              **executed}
+    result = {"stage": ctx.stage, "run_id": ctx.run_id, "pipeline": ctx.pipeline, **executed}
     stem = Path(executable).stem
     files = [work / f"{stem}.ipynb", work / f"{stem}.html"]
-    store = open_store(ctx.store)
-    prefix = _stage_prefix(ctx.pipeline, ctx.run_id, ctx.stage)
     for path in files:
         if path.is_file():
             store.upload(f"{prefix}/{path.name}", path)
     write_json(store, f"{prefix}/result.json", result, atomic=True)
+    if key is not None and result["status"] == "succeeded":
+        with contextlib.suppress(Exception):  # the next run just runs the stage again
+            remember(store, ctx.pipeline, ctx.stage, key, ctx.run_id)
     return result
 
 
@@ -236,6 +255,12 @@ def _run_stage_main(args: argparse.Namespace) -> int:
                                   "reason": message})
             return 1
         seconds = result["finished"] - result["started"]
+        if result.get("cached_from"):
+            print(f"nb2prod: stage '{result['stage']}' cached (run {result['cached_from']}): "
+                  "its outputs are reused, the notebook did not run", flush=True)
+            _termination_message({"stage": result["stage"], "status": "succeeded",
+                                  "attempts": 0, "cached_from": result["cached_from"]})
+            return 0
         if result["status"] == "succeeded":
             print(f"nb2prod: stage '{result['stage']}' succeeded in {seconds:.1f}s", flush=True)
             _termination_message({"stage": result["stage"], "status": "succeeded",

@@ -98,7 +98,7 @@ class BatchJobs(DeployState):
         try:
             store = artifacts.open_store(self.opts.store)
             key = cache.key_for(store, self.pipeline, stage, dict(self.opts.params),
-                                self.opts.run_id)
+                                self.opts.run_id, self.opts.files.get(unit.name))
             if key is None:
                 return False
             self.cache_keys[unit.name] = key

@@ -75,8 +75,20 @@ def options_for(pipeline: Pipeline, namespace: str, *, image: str | None = None,
         run_id=run_id or artifacts.new_run_id(), image=image or None,
         params=_params(pipeline, params), endpoint_url=endpoint,
         boto3_requirement=manifests.default_boto3_requirement(),
-        files={name: workdir.describe(workdir.stage_files(pipeline, name))
-               for name in pipeline.order})
+        files=described_files(pipeline))
+
+
+def described_files(pipeline: Pipeline) -> dict[str, dict[str, dict]]:
+    """Each stage's FILES as `{rel: {sha256, bytes}}`; a file several stages use is hashed
+    once per deploy (the cache keys use these digests too: `cache.cache_plan`)."""
+    seen: dict[Path, dict] = {}
+    found: dict[str, dict[str, dict]] = {}
+    for name in pipeline.order:
+        files = workdir.stage_files(pipeline, name)
+        new = {rel: path for rel, path in files.items() if path not in seen}
+        seen.update(zip(new.values(), workdir.describe(new).values()))
+        found[name] = {rel: seen[path] for rel, path in files.items()}
+    return found
 
 
 def upload_input_files(pipeline: Pipeline, opts: manifests.Options) -> int:

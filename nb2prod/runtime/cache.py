@@ -1,0 +1,209 @@
+"""The stage cache's store side: the key, the index, verifying a hit and reusing it.
+
+Here rather than in `nb2prod.cache` because in-cluster runs decide in the pod
+(`python -m nb2prod_runtime run-stage`), where only this runtime is installed;
+`nb2prod run` and `deploy` use the same functions, so a key means the same
+everywhere and an earlier run of any of them is a hit for the others.
+
+A stage's key is the sha256 over the canonical JSON of its parts: `code`,
+`params`, `files` and `requirements` (read from the stage directory by
+`nb2prod.cache` and, for in-cluster runs, shipped as `nb2prod_cache.json` in the
+stage's ConfigMap) and `inputs`, the sha256 of each artifact it loads and of each
+file its ancestors wrote, read from the producers' manifests in the input run
+(`artifact_digests`): a re-run upstream stage whose outputs came out
+byte-identical leaves the key unchanged.
+
+The index lives next to the runs (`<pipeline>/cache/<stage>/<key>.json`, naming
+the run that executed the stage and the sha256 of every file it left).  A hit is
+verified file by file before use: a missing or corrupted file makes it a miss,
+never a failure.  Reuse moves no artifact bytes through this process: hard
+links on a file store, server-side copies on S3 (`LINKERS`, by store type);
+only the manifest is rewritten, saying `cached_from`, and signed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .errors import ArtifactError
+from .files import files_key
+from .runs import _utcnow
+from .signing import read_manifest, write_manifest
+from .stores import MANIFEST, FileStore, S3Store, Store, read_json, run_prefix, write_json
+
+SCHEMA = 1
+#: The cache plan of an in-cluster stage (beside its config.ini): the key's parts known
+#: when the run was planned, and what to read from the manifests at run time.
+CACHE_PLAN = "nb2prod_cache.json"
+
+
+def cache_key(code: dict[str, str], params: dict[str, object], inputs: dict[str, str],
+              files: dict[str, str], requirements: str) -> str:
+    """The stage's cache key: sha256 over the canonical JSON of its parts (pure)."""
+    body = {"schema": SCHEMA, "code": code, "params": params, "inputs": inputs,
+            "files": files, "requirements": requirements}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def artifact_digests(store: Store, pipeline: str, input_run: str, loads: dict[str, str],
+                     file_producers: Iterable[str]) -> dict[str, str] | None:
+    """{producer/name: sha256} of each artifact loaded (`loads`: name -> producer) from
+    `input_run`, plus the files each of `file_producers` left (manifest `files`);
+    None when a loaded artifact is missing (then there is no key)."""
+    manifests: dict[str, dict] = {}
+
+    def manifest(producer: str) -> dict:
+        if producer not in manifests:
+            key = f"{run_prefix(pipeline, input_run)}/{producer}/{MANIFEST}"
+            found = read_json(store, key, default=None)
+            manifests[producer] = found if isinstance(found, dict) else {}
+        return manifests[producer]
+
+    digests: dict[str, str] = {}
+    for name, producer in loads.items():
+        entry = (manifest(producer).get("artifacts") or {}).get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return None
+        digests[f"{producer}/{name}"] = entry["sha256"]
+    for producer in sorted(file_producers):
+        for path, entry in sorted((manifest(producer).get("files") or {}).items()):
+            if isinstance(entry, dict):
+                digests[f"{producer}/files/{path}"] = str(entry.get("sha256"))
+    return digests
+
+
+def plan_key(store: Store, pipeline: str, input_run: str, plan: dict) -> str | None:
+    """The key of a stage from its cache plan (`{"parts", "loads", "file_producers"}`)
+    and the manifests of `input_run`; None when an input is missing."""
+    inputs = artifact_digests(store, pipeline, input_run, plan["loads"], plan["file_producers"])
+    if inputs is None:
+        return None
+    return cache_key(inputs=inputs, **plan["parts"])
+
+
+# -- the index ------------------------------------------------------------------------------
+def _index_key(pipeline: str, stage: str, key: str) -> str:
+    return f"{pipeline}/cache/{stage}/{key}.json"
+
+
+def remember(store: Store, pipeline: str, stage: str, key: str, run_id: str) -> None:
+    """Record that `run_id` executed `stage` with `key`, with the sha256 of each file it left."""
+    prefix = f"{run_prefix(pipeline, run_id)}/{stage}/"
+    manifest = read_json(store, prefix + MANIFEST, default={})
+    known = {e["file"]: e["sha256"] for e in (manifest.get("artifacts") or {}).values()
+             if isinstance(e, dict) and isinstance(e.get("file"), str)
+             and isinstance(e.get("sha256"), str)}  # artifacts: no second read of their bytes
+    files = {k[len(prefix):]: known.get(k[len(prefix):])
+             or hashlib.sha256(store.read_bytes(k)).hexdigest() for k in store.list(prefix)}
+    write_json(store, _index_key(pipeline, stage, key),
+               {"schema": SCHEMA, "run_id": run_id, "stage": stage, "key": key,
+                "files": files}, atomic=True)
+
+
+def lookup(store: Store, pipeline: str, stage: str, key: str) -> dict | None:
+    """The index entry for `key` if every file it lists is still there, intact; else None."""
+    entry = read_json(store, _index_key(pipeline, stage, key), default=None)
+    if not isinstance(entry, dict) or not isinstance(entry.get("run_id"), str) or \
+            not isinstance(entry.get("files"), dict) or MANIFEST not in entry["files"]:
+        return None
+    try:
+        prefix = f"{run_prefix(pipeline, entry['run_id'])}/{stage}/"
+        for name, digest in entry["files"].items():
+            if hashlib.sha256(store.read_bytes(prefix + name)).hexdigest() != digest:
+                return None
+        manifest = read_manifest(store, prefix + MANIFEST)  # signature
+        for written in (manifest.get("files") or {}).values():  # files it wrote (by sha256)
+            digest = written["sha256"]
+            blob = store.read_bytes(files_key(pipeline, digest))
+            if hashlib.sha256(blob).hexdigest() != digest:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArtifactError):
+        return None
+    return entry
+
+
+def reuse(store: Store, pipeline: str, stage: str, entry: dict, run_id: str) -> None:
+    """Make `stage` of `run_id` hold the cached run's outputs; its manifest says `cached_from`."""
+    source = entry["run_id"]
+    src = f"{run_prefix(pipeline, source)}/{stage}/"
+    dst = f"{run_prefix(pipeline, run_id)}/{stage}/"
+    for name in entry["files"]:
+        if name != MANIFEST:
+            link(store, src + name, dst + name)
+    manifest = read_json(store, src + MANIFEST)
+    manifest.update(run_id=run_id, cached_from=source, updated=_utcnow())
+    write_manifest(store, dst + MANIFEST, manifest)
+
+
+def read_plan(stage_dir: Path) -> dict | None:
+    """The stage's cache plan (in-cluster runs with the cache on), or None."""
+    try:
+        plan = json.loads((stage_dir / CACHE_PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and plan.get("schema") == SCHEMA else None
+
+
+def cached_stage(store: Store, pipeline: str, stage: str, run_id: str, input_run: str,
+                 plan: dict) -> tuple[str | None, dict | None]:
+    """(key, hit) for a stage of an in-cluster run; a hit is already reused into `run_id`.
+
+    Any trouble (an unreadable store, a broken entry) is a miss: the cache may
+    only make runs faster, never fail them.
+    """
+    try:
+        key = plan_key(store, pipeline, input_run, plan)
+        hit = lookup(store, pipeline, stage, key) if key is not None else None
+        if hit is not None:
+            reuse(store, pipeline, stage, hit, run_id)
+        return key, hit
+    except Exception:  # noqa: BLE001 - a miss, and the stage runs
+        return None, None
+
+
+# -- reusing bytes without moving them -----------------------------------------------------
+def _link_file(store: Store, src: str, dst: str) -> None:
+    """A hard link (same bytes, no copy); a copy where the file system has none."""
+    import secrets
+    import shutil
+
+    assert isinstance(store, FileStore)
+    source, target = store.root / src, store.root / dst
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.nb2prod-tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _copy_object(store: Store, src: str, dst: str) -> None:
+    """S3 server-side copy: the bytes never leave the store."""
+    assert isinstance(store, S3Store)
+    store.client.copy(  # managed copy: multipart for objects over 5 GB
+        {"Bucket": store.bucket, "Key": store._key(src)}, store.bucket, store._key(dst))
+
+
+def _read_write(store: Store, src: str, dst: str) -> None:
+    store.write_atomic(dst, store.read_bytes(src))
+
+
+LINKERS: dict[type, Callable[[Store, str, str], None]] = {
+    FileStore: _link_file,
+    S3Store: _copy_object,
+}
+
+
+def link(store: Store, src: str, dst: str) -> None:
+    """Make `dst` hold `src`'s bytes the cheapest way `store`'s type allows."""
+    for kind in type(store).__mro__:
+        if kind in LINKERS:
+            LINKERS[kind](store, src, dst)
+            return
+    _read_write(store, src, dst)

@@ -356,6 +356,29 @@ def test_schedule_cache_ships_the_key_run_uses_to_each_cacheable_stage(
     assert json.loads(data["fit"][cache.CACHE_PLAN])["loads"] == {"data": "load"}
 
 
+def test_no_wait_no_cache_ships_no_cache_plan(session: Session, tmp_path: Path) -> None:
+    """`deploy --no-wait --no-cache` (`use_cache=False`) runs every stage even with
+    `[schedule] CACHE = true`."""
+    from nb2prod import retrain
+    from nb2prod.runners import kubernetes as kube
+
+    copy = tmp_path / "p"
+    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
+    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
+    ini = copy / "nb2prod.ini"
+    ini.write_text(ini.read_text().replace("[schedule]\n", "[schedule]\nCACHE = true\n"))
+    pipeline = load_pipeline(copy)
+    opts = kube.options_for(pipeline, "ml", store="s3://bucket/prefix")
+
+    def planned(use_cache: bool) -> set[str]:
+        setup = retrain.plan(pipeline, opts, use_cache=use_cache).setup
+        return {o["metadata"]["labels"]["nb2prod.io/stage"] for o in setup
+                if o["kind"] == "ConfigMap" and cache.CACHE_PLAN in o.get("data", {})}
+
+    assert planned(True) == {"load", "fit"}
+    assert planned(False) == set()
+
+
 def test_no_cache_on_a_serve_cell_is_reported(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

@@ -137,13 +137,19 @@ def test_an_in_cluster_run_fetches_its_files_in_every_stage(
 
 def test_deploy_hashes_a_file_several_stages_use_once(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from nb2prod import workdir
+    from nb2prod import cache, workdir
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
     from tests.test_manifests import set_ini
 
     directory = split(write_project(tmp_path), tmp_path / "churn-pipeline")
     pipeline = load_pipeline(directory)
+    # The cache key's files part is the same from deploy's digests as hashed afresh by `run`.
+    described = kube.options_for(pipeline, NS, store="s3://bucket/prefix").files
+    assert any(described.values())
+    for name in pipeline.order:
+        assert cache.cache_plan(pipeline, pipeline.stages[name], {}, described[name]) == \
+            cache.cache_plan(pipeline, pipeline.stages[name], {})
     for name in pipeline.batch:  # every batch stage names the same file
         set_ini(pipeline.stages[name].directory / "config.ini", "default", "FILES",
                 "labels.json")

@@ -272,8 +272,7 @@ def file_plan(analysis: Analysis, output: Path, settings: dict[str, str]) -> Fil
     ignore = [Path(output)]
     include = workdir.expand_globs(directory, workdir.split_list(settings.get("INCLUDE", "")),
                                    ignore)
-    owner = {i: s.name for s in analysis.stages for i in s.cells}
-    cells = [(owner[i], i, paths) for i, paths in sorted(analysis.paths.items()) if i in owner]
+    cells = analysis.file_cells()
 
     def exists(text: str) -> bool:
         return (directory / os.path.expanduser(text)).exists()

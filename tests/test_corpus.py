@@ -84,6 +84,8 @@ class Spec:
     no_edges: tuple[tuple[str, str], ...] = ()
     #: Text that must not appear in any stage notebook (exploration above the first stage).
     absent_from_stages: tuple[str, ...] = ()
+    #: (stage, distribution) pins its requirements.txt must hold (what its values need).
+    pinned: tuple[tuple[str, str], ...] = ()
 
     def body(self, notebook_dir: Path) -> Any:
         payload = self.payload
@@ -185,6 +187,17 @@ SPECS: dict[str, Spec] = {
         edges=(("prepare", "train_xgb"), ("prepare", "train_lgbm"), ("train_xgb", "compare"),
                ("train_lgbm", "compare")),
         no_edges=(("train_xgb", "train_lgbm"), ("train_lgbm", "train_xgb"))),
+    "env_config": Spec(
+        metrics=("accuracy", "best_k"),
+        payload={"wines": [[13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38,
+                            1.05, 3.4, 1050.0],
+                           [12.37, 0.94, 1.36, 10.6, 88.0, 1.98, 0.57, 0.28, 0.42, 1.95,
+                            1.05, 1.82, 520.0]]},
+        edges=(("prepare", "train"), ("train", "report"), ("train", "serve")),
+        # `time` is imported in an `if` inside train's loop: a module, not data
+        no_edges=(("prepare", "report"),),
+        # prepare's arrays are saved with numpy, though it never names `np` (pruned)
+        pinned=(("prepare", "numpy"), ("prepare", "pandas"), ("serve", "numpy"))),
 }
 
 
@@ -240,6 +253,7 @@ class PipelineRun:
     response: tuple[int, Any] | None = None
     dag: list[tuple[str, str]] = field(default_factory=list)
     stage_sources: dict[str, str] = field(default_factory=dict)
+    requirements: dict[str, set[str]] = field(default_factory=dict)  # stage -> distributions
 
 
 def run_pipeline(name: str, directory: Path, payload: Any) -> PipelineRun:
@@ -259,6 +273,10 @@ def run_pipeline(name: str, directory: Path, payload: Any) -> PipelineRun:
     outcome.dag = parse_dag(top["workflow"]["DAG"])[1]
     outcome.stage_sources = {p.parent.name: p.read_text() for p in pipeline.glob("stage-*/*.py")
                              if p.name not in ("app.py", "nb2prod_runtime.py")}
+    outcome.requirements = {
+        p.parent.name.split("-", 2)[2]: {line.split("==")[0].lower() for line in
+                                         p.read_text().splitlines() if "==" in line}
+        for p in pipeline.glob("stage-*/requirements.txt")}
     if payload is None:
         run = nb2prod("run", "pipeline", cwd=directory, env=env)
         outcome.output, outcome.returncode = run.stdout + run.stderr, run.returncode
@@ -381,7 +399,7 @@ def test_service_answers_what_predict_answered(corpus: dict[str, Runs], name: st
 
 
 STRUCTURED = sorted(name for name, spec in SPECS.items()
-                    if spec.edges or spec.no_edges or spec.absent_from_stages)
+                    if spec.edges or spec.no_edges or spec.absent_from_stages or spec.pinned)
 
 
 @pytest.mark.parametrize("name", STRUCTURED)
@@ -394,3 +412,5 @@ def test_split_structure(corpus: dict[str, Runs], name: str) -> None:
     for text in spec.absent_from_stages:
         hits = [stage for stage, source in outcome.stage_sources.items() if text in source]
         assert not hits, f"{text!r} runs in {hits}"
+    for stage, distribution in spec.pinned:
+        assert distribution in outcome.requirements[stage], (stage, outcome.requirements)

@@ -204,6 +204,28 @@ def test_split_lists_files_per_stage_and_adds_the_file_edge(tmp_path: Path) -> N
     assert data["warnings"] == []
 
 
+def test_a_path_in_the_parameters_cell_is_an_input_of_the_stages_reading_it(
+        tmp_path: Path) -> None:
+    # Every stage runs the parameters cell; only those reading the parameter (directly,
+    # or through a functions cell's def they call) open the file.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wine.csv").write_text("a,target\n1,0\n")
+    (tmp_path / "labels.json").write_text("{}")
+    nb = notebook(tmp_path / "nb.ipynb",
+                  (["imports"], "import os\nimport json\nimport pandas as pd"),
+                  (["parameters"], ('DATA_DIR = os.environ.get("WINE_DATA_DIR", "data")\n'
+                                    'LABELS = "labels.json"\nSEED = 3')),
+                  (["functions"], "def labels():\n    return json.load(open(LABELS))"),
+                  (["stage:prep"], 'wine = pd.read_csv(os.path.join(DATA_DIR, "wine.csv"))'),
+                  (["train"], "n = len(wine) + SEED"),
+                  (["stage:report"], "print(labels(), n)"))
+    out = split_notebook(nb).output
+    assert out is not None
+    assert stage_ini(out, "stage-1-prep")["default"]["FILES"] == "data/"
+    assert stage_ini(out, "stage-2-train")["default"]["FILES"] == ""
+    assert stage_ini(out, "stage-3-report")["default"]["FILES"] == "labels.json"
+
+
 def test_split_warns_about_an_absolute_path_naming_the_cell(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     from nb2prod.cli import main

@@ -18,7 +18,7 @@ from nb2prod.analysis.edges import build_dag, resolve_files
 from nb2prod.analysis.inputs import resolve_inputs
 from nb2prod.analysis.layout import lay_out, unassigned
 from nb2prod.analysis.metrics import resolve_metrics
-from nb2prod.analysis.model import IMPORTS_ONLY, PRELUDE_ROLES, Analysis, Stage
+from nb2prod.analysis.model import IMPORTS_ONLY, PRELUDE_ROLES, Analysis, Stage, StageCell
 from nb2prod.analysis.providers import Providers
 from nb2prod.analysis.pruning import prune_imports
 from nb2prod.dataflow import TOO_DEEP
@@ -39,11 +39,12 @@ def analyze(notebook: Notebook, entrypoint: str = "predict") -> Analysis:
 def _analyze(notebook: Notebook, entrypoint: str) -> Analysis:
     layout = lay_out(notebook)
     paths: dict[int, files.CellPaths] = {}
+    parameter_paths: list[StageCell] = []
     edges: list[dag.Edge] = []
     if not layout.problems:
         providers = Providers(layout)
         resolve_inputs(layout, providers, entrypoint)
-        paths = resolve_files(layout)
+        paths, parameter_paths = resolve_files(layout)
         resolve_metrics(layout, providers)
         prune_imports(layout)
         check_parameters(layout, providers)
@@ -54,4 +55,4 @@ def _analyze(notebook: Notebook, entrypoint: str) -> Analysis:
         raise UserError(layout.problems)
     stages = sorted(layout.stages.values(), key=lambda s: s.position)
     return Analysis(notebook, stages, edges, layout.prelude, layout.flows, layout.warnings,
-                    paths, unassigned(layout))
+                    paths, unassigned(layout), parameter_paths)

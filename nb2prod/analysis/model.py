@@ -14,6 +14,9 @@ from nb2prod.errors import Problem
 from nb2prod.notebook import Notebook
 
 PRELUDE_ROLES = ("parameters", "imports", "functions")
+
+#: (stage, cell index, the cell's path literals): what `files.plan` reads
+StageCell = tuple[str, int, files.CellPaths]
 #: Why an untagged cell before the first stage that only imports is in no stage.
 IMPORTS_ONLY = "imports only: each stage gets the ones it uses"
 
@@ -59,6 +62,20 @@ class Analysis:
     warnings: list[Problem]
     paths: dict[int, files.CellPaths] = field(default_factory=dict)  # stage cell -> literals
     unassigned: dict[int, str] = field(default_factory=dict)  # cell -> why it runs in no stage
+    #: the parameters cell's path literals, per stage reading the parameter
+    parameter_paths: list[StageCell] = field(default_factory=list)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    def file_cells(self) -> list[StageCell]:
+        owner = {i: s.name for s in self.stages for i in s.cells}
+        return file_cells(owner, self.paths, self.parameter_paths)
+
+
+def file_cells(owner: dict[int, str], paths: dict[int, files.CellPaths],
+               parameters: list[StageCell]) -> list[StageCell]:
+    """(stage, cell, literals) in notebook order, what `files.plan` reads: the stage
+    cells', and the parameters cell's for the stages that read the parameter."""
+    cells = [(owner[i], i, found) for i, found in paths.items() if i in owner]
+    return sorted(cells + parameters, key=lambda cell: cell[1])

@@ -113,6 +113,7 @@ def main() -> None:
     write("parallel_evaluation", "breast_cancer.csv",
           bundled(datasets.load_breast_cancer, columns=10))
     write("boosting_bakeoff", "churn.csv", customers(rng, 300))
+    write("env_config", "wine.csv", bundled(datasets.load_wine))
 
 
 if __name__ == "__main__":

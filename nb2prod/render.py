@@ -296,7 +296,8 @@ def stage_notebook(analysis: Analysis, stage: Stage, env,
     before = {n: d for n, d in stage.copied.items() if n in stage.before_parameters}
     if before:  # imports the parameters cell reads (`os.environ.get(...)`)
         cells.append(_generated(env, "copied", "nb2prod-copied-before-parameters",
-                                copied=before))
+                                copied=before, why="imports the parameters cell reads: "
+                                "it runs first (papermill sets the values after it)"))
     if len(params) == 1:
         cells.append(_original(by_index[params[0]], tags=["parameters"]))
     else:

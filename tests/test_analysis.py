@@ -597,6 +597,8 @@ def test_a_module_the_parameters_cell_reads_is_imported_before_it(monkeypatch) -
     cells = stage_notebook(a, a.stage("train"), environment())["cells"]
     assert [c["id"] for c in cells[:2]] == ["nb2prod-copied-before-parameters", "cell-1"]
     assert cells[1]["metadata"]["tags"] == ["parameters"]
+    assert cells[0]["source"] == ("# nb2prod: imports the parameters cell reads: it runs first "
+                                  "(papermill sets the values after it)\nimport os")
     monkeypatch.setenv("NB2PROD_TEST_DATA_DIR", "/srv/data")
     namespace: dict = {}
     for source in stage_code(a, "train"):  # in stage order, as papermill runs them

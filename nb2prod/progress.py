@@ -7,9 +7,12 @@ share the same event stream.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 COLOURS = {"waiting": "dim", "running": "cyan", "done": "green", "cached": "blue",
            "failed": "red", "skipped": "yellow", "serving": "green"}
@@ -91,3 +94,52 @@ class Progress:
             live, self._live = self._live, None
             live.update(self._table())
             live.__exit__(None, None, None)
+
+
+class EventLog:
+    """Stage events, then the outcome, appended to a file as JSON lines.
+
+    The record another process follows a long command by (the JupyterLab
+    panel follows a detached `nb2prod deploy --events FILE` this way, also
+    after the server that started it restarted).  Each line is one
+    `{"event": {...}}`, `{"result": {...}}` or `{"error": "...", "problems":
+    [...]}`; a reader skips a last line still being written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        self.write({"event": event, "time": time.time()})  # when: a running stage's clock
+
+    def write(self, entry: dict) -> None:
+        line = json.dumps(entry, default=str) + "\n"
+        with self.lock, open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+
+
+def tee(*sinks: Callable[[dict], None]) -> Callable[[dict], None]:
+    """One event callback feeding several (the terminal's progress and an EventLog)."""
+    def each(event: dict) -> None:
+        for sink in sinks:
+            sink(event)
+    return each
+
+
+def read_event_log(path: Path) -> list[dict]:
+    """The complete entries of an EventLog file so far (none if it does not exist)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the line being written
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries

@@ -29,6 +29,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,22 +49,35 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 180_000
 
 # A server extension loaded only by these tests: holds a split while a test
-# asks it to (see _held_split), and replaces the Kubernetes deploy with a scripted one, so the progress dialog (polling, stage states) is
-# exercised in the browser without a cluster.  The real deploy runs against
-# the Kubernetes stand-in in tests/test_jupyter_handlers.py.
+# asks it to (see _held_split), and makes the deploy command the handler launches
+# a scripted stand-in for `nb2prod deploy --events FILE` (stage events at a pace,
+# then a result), so the progress dialog (the detached process, its event log,
+# polling, stage states) is exercised in the browser without a cluster.  The real
+# deploy runs against the Kubernetes stand-in in tests/test_browser_deploy.py.
 FAKE_DEPLOY = """
+import sys
 import time
 from pathlib import Path
 
-def _fake_deploy(pipeline_dir, namespace, *, on_event=None, wait=True, **kwargs):
-    stages = [p.name.split("-", 2)[2] for p in sorted(Path(pipeline_dir).glob("stage-*"))]
-    start = time.monotonic()
-    for stage in stages:
-        for state in ("running", "done"):
-            time.sleep(0.4)
-            on_event({"stage": stage, "state": state, "message": f"{state} in {namespace}",
-                      "elapsed": time.monotonic() - start})
-    return {"ok": True}
+SCRIPT = '''
+import sys, time
+from pathlib import Path
+from nb2prod.progress import EventLog
+
+pipeline, namespace, events = sys.argv[1:4]
+log = EventLog(Path(events))
+stages = [p.name.split("-", 2)[2] for p in sorted(Path(pipeline).glob("stage-*"))]
+start = time.monotonic()
+for stage in stages:
+    for state in ("running", "done"):
+        time.sleep(0.4)
+        log({"stage": stage, "state": state, "message": f"{state} in {namespace}",
+             "elapsed": time.monotonic() - start})
+log.write({"result": {"status": "succeeded", "services": {}}})
+'''
+
+def _fake_command(pipeline_dir, namespace, options, events):
+    return [sys.executable, "-c", SCRIPT, str(pipeline_dir), namespace, str(events)]
 
 def _held_split(real):
     # split_notebook waiting while a file .nb2prod-test-hold-split is beside the
@@ -76,9 +90,9 @@ def _held_split(real):
 
 def _load_jupyter_server_extension(serverapp):
     import nb2prod.split
-    from nb2prod.jupyter import handlers
+    from nb2prod.jupyter import deploys, handlers
     nb2prod.split.split_notebook = _held_split(nb2prod.split.split_notebook)
-    handlers._load_deploy = lambda: _fake_deploy
+    deploys.deploy_command = _fake_command
     real = handlers._load_cluster_check()
     # the scripted cluster answers; the kubeconfig's "unreachable" context is checked for real
     handlers._load_cluster_check = lambda: (
@@ -121,6 +135,19 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     nb2prod/labextension; JUPYTER_PATH wins over any installed copy) and the
     server extension is enabled by the very config file the wheel ships.
     """
+    with running_lab(tmp_path) as server:
+        yield server
+
+
+@contextmanager
+def running_lab(tmp_path: Path, env: dict[str, str] | None = None,
+                fake_deploy: bool = True) -> Iterator[Lab]:
+    """A `jupyter lab` for the browser tests (see `lab`), stopped on exit.
+
+    Calling it again with the same `tmp_path` starts a new server on the same
+    root, settings and workspaces (a server restart).  `env` is added to the
+    server's environment; `fake_deploy=False` leaves the real deploy command.
+    """
     if os.environ.get("NB2PROD_SKIP_BROWSER") == "1":
         pytest.skip("NB2PROD_SKIP_BROWSER=1")
     assert CHROMIUM.exists(), "install Debian's chromium: apt-get install chromium fonts-liberation"
@@ -129,33 +156,40 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     assert built.is_file(), "prebuilt extension missing: cd labextension && jlpm build:prod"
 
     root = tmp_path / "root"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     data = tmp_path / "data"
-    (data / "labextensions").mkdir(parents=True)
-    (data / "labextensions" / "nb2prod").symlink_to(REPO / "nb2prod" / "labextension")
+    (data / "labextensions").mkdir(parents=True, exist_ok=True)
+    if not (data / "labextensions" / "nb2prod").is_symlink():
+        (data / "labextensions" / "nb2prod").symlink_to(REPO / "nb2prod" / "labextension")
     config = tmp_path / "config"
-    (config / "jupyter_server_config.d").mkdir(parents=True)
+    (config / "jupyter_server_config.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "jupyter-config" / "server-config" / "nb2prod.json",
                 config / "jupyter_server_config.d" / "nb2prod.json")
     pylib = tmp_path / "pylib"
-    pylib.mkdir()
+    pylib.mkdir(exist_ok=True)
     (pylib / "nb2prod_fake_deploy.py").write_text(FAKE_DEPLOY)
-    (config / "jupyter_server_config.d" / "zz_fake_deploy.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"nb2prod_fake_deploy": True}}}))
+    fake = config / "jupyter_server_config.d" / "zz_fake_deploy.json"
+    if fake_deploy:
+        fake.write_text(json.dumps(
+            {"ServerApp": {"jpserver_extensions": {"nb2prod_fake_deploy": True}}}))
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
+    settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    kubeconfig = tmp_path / "kubeconfig"
+    if not kubeconfig.exists():
+        _kubeconfig(kubeconfig)
 
     port, token = _free_port(), "nb2prod-browser-test"
     env = {**os.environ,
            "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig")),
+           "KUBECONFIG": str(kubeconfig),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(pylib),
-                                                       os.environ.get("PYTHONPATH")]))}
+                                                       os.environ.get("PYTHONPATH")])),
+           **(env or {})}
     log = tmp_path / "jupyter-lab.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
              f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
@@ -223,8 +257,6 @@ MARKERS_JS = """() => [...document.querySelectorAll(
 def _kale_notebook(path: Path) -> Path:
     """Kale's tag spellings, untagged cells before the first stage (one of them imports
     only), an untagged definition after an imports cell, skip in a stage."""
-    import nbformat
-
     cells = [
         ("import os", []),
         ("scratch = 1", []),
@@ -240,6 +272,14 @@ def _kale_notebook(path: Path) -> Path:
         ("def predict(payload):\n    return {'mean': mean, 'echo': echo(payload)}",
          ["serve:api"]),
     ]
+    return write_notebook(path, cells)
+
+
+def write_notebook(path: Path, cells: list[tuple[str, list[str] | None]]) -> Path:
+    """A notebook of (source, tags) cells (tags None: a markdown cell), with a kernelspec
+    (without one JupyterLab asks for a kernel in a dialog that blocks every click)."""
+    import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -248,6 +288,13 @@ def _kale_notebook(path: Path) -> Path:
                 for src, tags in cells]
     nbformat.write(nb, path)
     return path
+
+
+def assert_no_nb2prod_tracebacks(log: Path) -> None:
+    """No traceback from our handlers in the server's log (the server may log unrelated
+    ones, e.g. a kernel websocket closed by a page change)."""
+    for block in log.read_text().split("Traceback")[1:]:
+        assert "nb2prod" not in block.split("\n[", 1)[0], block
 
 
 def _wait_markers(page: object, expected: list[str | None]) -> None:
@@ -374,10 +421,7 @@ def test_split_from_the_notebook_toolbar(lab: Lab, tmp_path: Path) -> None:
             browser.close()
     assert not js_errors, js_errors
     assert (tmp_path / "split-dialog.png").stat().st_size > 10_000
-    # tracebacks from our handlers (the server may log unrelated ones, e.g. a
-    # kernel websocket closed by the page change above)
-    for block in lab.log.read_text().split("Traceback")[1:]:
-        assert "nb2prod" not in block.split("\n[", 1)[0], block
+    assert_no_nb2prod_tracebacks(lab.log)
 
 
 # -- packaging --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from tests.test_browser import (  # noqa: F401 - `lab` is a fixture, used by nam
     REPO,
     TIMEOUT_MS,
     Lab,
+    assert_no_nb2prod_tracebacks,
     lab,
 )
 
@@ -421,8 +422,7 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
         finally:
             browser.close()
     assert not js_errors, js_errors
-    for block in lab.log.read_text().split("Traceback")[1:]:
-        assert "nb2prod" not in block.split("\n[", 1)[0], block
+    assert_no_nb2prod_tracebacks(lab.log)
     print(f"screenshots: {shots}")
 
 

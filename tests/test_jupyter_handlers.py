@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import shutil
-import threading
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import nbformat
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from nb2prod.errors import Problem, UserError
+from nb2prod.errors import UserError
 from nb2prod.jupyter import handlers
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -236,11 +239,14 @@ async def test_split_while_another_split_writes_is_refused_at_once(
 
 
 # -- deploy -------------------------------------------------------------------------------
-async def _wait_deploy(jp_fetch: Any, deploy_id: str, timeout: float = 60) -> dict[str, Any]:
+async def _wait_deploy(jp_fetch: Any, path: str, deploy_id: str,
+                       timeout: float = 120) -> dict[str, Any]:
+    """Poll the status (as the panel does) until the deploy is no longer running."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        status = json.loads((await jp_fetch("nb2prod", "deploy", deploy_id)).body)
+        status = json.loads((await jp_fetch("nb2prod", "deploy", deploy_id,
+                                            params={"path": path})).body)
         if status["state"] != "running":
             return status
         assert loop.time() < deadline, status
@@ -248,8 +254,76 @@ async def _wait_deploy(jp_fetch: Any, deploy_id: str, timeout: float = 60) -> di
 
 
 def _reachable(context: str | None) -> dict[str, str]:
-    """A cluster check that passes (for tests whose deploy function is scripted)."""
+    """A cluster check that passes (for tests whose deploy command is scripted)."""
     return {"host": "https://scripted", "version": "v1.30.0"}
+
+
+# A stand-in for `nb2prod deploy ... --events FILE`: the CLI's first line, then
+# stage events (train waits for a release file), then the outcome `how`.
+SCRIPTED_DEPLOY = """
+import sys, time
+from pathlib import Path
+from nb2prod.errors import Problem
+from nb2prod.progress import EventLog
+
+events, release, how = sys.argv[1:4]
+log = EventLog(Path(events))
+print("run r1: 1 batch stage(s), 1 service(s), namespace ml, store s3://b/p", flush=True)
+log({"stage": "train", "state": "running", "message": "Job t", "elapsed": 0.1, "run_id": "r1"})
+while not Path(release).exists():
+    time.sleep(0.05)
+if how == "killed":
+    time.sleep(600)
+if how == "fails":  # as the CLI reports a failed stage
+    why = 'BackoffLimitExceeded: nb2prod: stage failed in cell 5 ("x = 1"): ValueError: bad'
+    log({"stage": "train", "state": "failed", "message": why, "elapsed": 3.0, "run_id": "r1"})
+    log({"stage": "serve", "state": "skipped", "message": "an upstream stage failed",
+         "elapsed": 0, "run_id": "r1"})
+    log.write({"result": {"run_id": "r1", "status": "failed", "reason": f"stage 'train' {why}",
+                          "services": {}}})
+    log.write({"error": f"deploy of run r1 failed: stage 'train' {why}", "problems": []})
+    sys.exit(1)
+if how == "refused":  # as the CLI reports a UserError met after the preflight
+    log.write({"error": "stage 'train': no such Secret", "problems": [
+        Problem("no such Secret", cell=4).to_dict()]})
+    print("nb2prod: error: stage 'train': no such Secret", flush=True)
+    sys.exit(2)
+log({"stage": "train", "state": "done", "message": "", "elapsed": 1.5, "run_id": "r1"})
+log({"stage": "serve", "state": "serving", "message": "run r1", "elapsed": 2.0, "run_id": "r1"})
+log.write({"result": {"run_id": "r1", "status": "succeeded", "reason": "", "services": {
+    "serve": {"status": "serving", "url": "http://iris-serve.ml.svc.cluster.local/predict",
+              "proxy_url": "https://k/api/v1/namespaces/ml/services/iris-serve:80/proxy/"}}}})
+print("run r1 succeeded", flush=True)
+"""
+
+
+@pytest.fixture
+def scripted_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The handler launches SCRIPTED_DEPLOY instead of `nb2prod deploy` (cluster check passes).
+
+    Yields {"release": file that lets the train stage finish, "how": the outcome
+    to script, "commands": the real command lines the handler built}.
+    """
+    from nb2prod.jupyter import deploys, launches
+
+    script = tmp_path / "scripted_deploy.py"
+    script.write_text(SCRIPTED_DEPLOY)
+    state: dict[str, Any] = {"release": tmp_path / "release", "how": "succeeds",
+                             "commands": []}
+    real = deploys.deploy_command
+
+    def command(pipeline_dir: Path, namespace: str, options: dict[str, Any],
+                events: Path) -> list[str]:
+        state["commands"].append(real(pipeline_dir, namespace, options, events))
+        return [sys.executable, str(script), str(events), str(state["release"]), state["how"]]
+
+    monkeypatch.setattr(deploys, "deploy_command", command)
+    monkeypatch.setattr(handlers, "_load_cluster_check", lambda: _reachable)
+    yield state
+    for pipeline in tmp_path.rglob(str(launches.LAUNCH_DIR)):  # no process left behind
+        for _, record in launches.records(pipeline.parent.parent, "deploy"):
+            if launches.is_running(record):
+                os.killpg(record["runner"]["pid"], signal.SIGKILL)
 
 
 async def test_deploy_preflight_refuses_before_splitting(
@@ -286,85 +360,145 @@ async def test_deploy_preflight_refuses_before_splitting(
     assert sorted(p.name for p in iris.parent.iterdir()) == ["iris.ipynb"]
 
 
-async def test_deploy_runs_in_background_and_reports_stages(
-        jp_fetch: Any, iris: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The handler's own contract, with `deploy` replaced by a scripted one."""
-    calls: list[tuple[Path, str, dict[str, Any]]] = []
-    release = threading.Event()
+async def test_deploy_is_a_detached_process_followed_from_disk(
+        jp_fetch: Any, iris: Path, scripted_deploy: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy outlives the request, the tab and the server: it is a process of its
+    own, and its status is read from its record and event log on disk."""
+    from nb2prod.jupyter import launches
 
-    def fake_deploy(pipeline_dir: Path, namespace: str, *, on_event: Any = None,
-                    wait: bool = True, **kwargs: Any) -> dict[str, Any]:
-        calls.append((pipeline_dir, namespace, kwargs))
-        on_event({"stage": "train", "state": "running", "message": "job started", "elapsed": 0.1})
-        release.wait(10)
-        on_event({"stage": "train", "state": "done", "message": "complete", "elapsed": 1.5})
-        on_event({"stage": "serve", "state": "done", "message": "ready", "elapsed": 2.0})
-        return {"ok": True}
-
-    monkeypatch.setattr(handlers, "_load_deploy", lambda: fake_deploy)
-    monkeypatch.setattr(handlers, "_load_cluster_check", lambda: _reachable)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")  # reaches it, never recorded
     response = await _post(jp_fetch, "deploy", {
         "path": "work/iris.ipynb", "namespace": "ml", "image": "reg/iris:1",
-        "params": {"max_iter": 300}})
+        "store": "s3://bucket/prefix", "params": {"max_iter": 300}})
     assert response.code == 202
     first = json.loads(response.body)
     assert first["state"] == "running" and first["pipeline"] == "work/iris-pipeline"
     assert [s["name"] for s in first["stages"]] == ["train", "serve"]
     assert first["stages"][1]["state"] == "waiting"
-    assert (iris.parent / "iris-pipeline" / "stage-1-train").is_dir()  # split first
+    pipeline = (iris.parent / "iris-pipeline").resolve()
+    assert (pipeline / "stage-1-train").is_dir()  # split first
+    assert response.headers["Location"].endswith(
+        f"/nb2prod/deploy/{first['id']}?path=work%2Firis-pipeline")
+    (command,) = scripted_deploy["commands"]
+    folder = pipeline / launches.LAUNCH_DIR / first["id"]
+    assert command[1:] == ["-m", "nb2prod", "deploy", str(pipeline), "--namespace", "ml",
+                           "--image", "reg/iris:1", "--store", "s3://bucket/prefix",
+                           "--param", "max_iter=300", "--events",
+                           str(folder / "events.jsonl")]
+
+    # the train stage's running event arrives from the other process
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                            params={"path": "work/iris.ipynb"})).body)
+        if status["stages"][0]["state"] == "running":
+            break
+        assert loop.time() < deadline, status
+        await asyncio.sleep(0.05)
+    assert status["run_id"] == "r1" and status["state"] == "running"
+    record = json.loads((folder / "launch.json").read_text())
+    assert record["kind"] == "deploy" and record["namespace"] == "ml"
+    assert record["runner"]["pid"] != os.getpid()
 
     # a second deploy of the same pipeline while the first runs is refused
     code, body = await _error(jp_fetch, "deploy", {"path": "work/iris-pipeline",
                                                    "namespace": "ml"})
     assert code == 409 and first["id"] in body["problems"][0]["message"]
+    # the pipeline's deploys, for a reopened panel (notebook or pipeline dir)
+    for path in ("work/iris.ipynb", "work/iris-pipeline"):
+        listed = json.loads((await jp_fetch("nb2prod", "deploy", params={"path": path})).body)
+        assert [d["id"] for d in listed["deploys"]] == [first["id"]]
 
-    release.set()
-    final = await _wait_deploy(jp_fetch, first["id"])
-    assert final["state"] == "done"
-    assert {s["name"]: s["state"] for s in final["stages"]} == {"train": "done", "serve": "done"}
-    pipeline, namespace, kwargs = calls[0]
-    assert pipeline == (iris.parent / "iris-pipeline").resolve() and namespace == "ml"
-    assert kwargs == {"image": "reg/iris:1", "params": {"max_iter": "300"}}
-    listed = json.loads((await jp_fetch("nb2prod", "deploy")).body)["deploys"]
-    assert [d["id"] for d in listed] == [first["id"]]
+    scripted_deploy["release"].touch()
+    final = await _wait_deploy(jp_fetch, "work/iris.ipynb", first["id"])
+    assert final["state"] == "done", final
+    assert {s["name"]: s["state"] for s in final["stages"]} == {"train": "done",
+                                                                "serve": "serving"}
+    assert final["services"]["serve"]["url"].endswith("/predict")
+    assert final["error"] is None and final["problems"] == []
+    assert "run r1 succeeded" in final["output"]
+    assert final["log"] == f"work/iris-pipeline/.nb2prod/panel/{first['id']}/output.log"
+    # no secret in the record, the events or the output
+    for path in folder.iterdir():
+        assert "s3cr3t-value" not in path.read_text(), path
 
 
 async def test_deploy_failures_are_reported(jp_fetch: Any, iris: Path, broken: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_deploy(pipeline_dir: Path, namespace: str, *, on_event: Any = None,
-                       **kwargs: Any) -> dict[str, Any]:
-        on_event({"stage": "train", "state": "failed", "message": "BackoffLimitExceeded",
-                  "elapsed": 3.0})
-        raise UserError(Problem("no kubeconfig context 'nope'"))
-
-    monkeypatch.setattr(handlers, "_load_deploy", lambda: failing_deploy)
-    monkeypatch.setattr(handlers, "_load_cluster_check", lambda: _reachable)
+                                            scripted_deploy: dict[str, Any]) -> None:
     # split problems come back at once, before anything is deployed
     code, body = await _error(jp_fetch, "deploy", {"path": "broken.ipynb", "namespace": "ml"})
     assert code == 400 and body["problems"]
     code, body = await _error(jp_fetch, "deploy", {"path": "work/iris.ipynb"})
     assert code == 400 and "namespace" in body["problems"][0]["message"]
+    code, body = await _error(jp_fetch, "deploy", {"path": "work/iris.ipynb", "namespace": "ml",
+                                                   "image": "--help"})
+    assert code == 400 and "'image' must not start with '-'" in body["message"]
+    assert scripted_deploy["commands"] == []
 
+    # a stage fails: which one, its reason on its row with its cell, the rest skipped
+    scripted_deploy["how"] = "fails"
+    scripted_deploy["release"].touch()
+    response = await _post(jp_fetch, "deploy", {"path": "work/iris.ipynb", "namespace": "ml"})
+    final = await _wait_deploy(jp_fetch, "work/iris.ipynb", json.loads(response.body)["id"])
+    assert final["state"] == "failed" and final["error"] == "stage 'train' failed"
+    train, serve = final["stages"]
+    assert (train["state"], train["cell"]) == ("failed", 4)  # "Go to cell 5"
+    assert train["message"].endswith("ValueError: bad")
+    assert (serve["state"], serve["message"]) == ("skipped", "an upstream stage failed")
+    assert final["problems"] == [] and final["exit_code"] == 1
+
+    # bad input found by the deploy process: its problem with its cell; nothing started
+    scripted_deploy["how"] = "refused"
     response = await _post(jp_fetch, "deploy", {"path": "work/iris.ipynb", "namespace": "ml",
-                                                "context": "nope"})
-    final = await _wait_deploy(jp_fetch, json.loads(response.body)["id"])
+                                                "force": True})
+    final = await _wait_deploy(jp_fetch, "work/iris.ipynb", json.loads(response.body)["id"])
+    assert final["error"] == "stage 'train': no such Secret"
+    assert [(p["message"], p["position"]) for p in final["problems"]] == [("no such Secret", 5)]
+    assert [(s["state"], s["message"]) for s in final["stages"]] == [
+        ("failed", "stopped: the deploy ended"), ("skipped", "not started: the deploy ended")]
+
+    # the process is killed mid-way: failed, the running stage stopped
+    scripted_deploy["how"] = "killed"
+    response = await _post(jp_fetch, "deploy", {"path": "work/iris-pipeline",
+                                                "namespace": "ml"})
+    first = json.loads(response.body)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    from nb2prod.jupyter import launches
+
+    folder = iris.parent / "iris-pipeline" / launches.LAUNCH_DIR / first["id"]
+    while "run r1" not in (folder / "output.log").read_text():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    os.killpg(json.loads((folder / "launch.json").read_text())["runner"]["pid"], signal.SIGKILL)
+    final = await _wait_deploy(jp_fetch, "work/iris-pipeline", first["id"])
     assert final["state"] == "failed"
-    assert final["problems"][0]["message"] == "no kubeconfig context 'nope'"
-    assert {s["name"]: s["state"] for s in final["stages"]}["train"] == "failed"
+    # (reaped by the server: exit code -9; a zombie not reaped yet: "its process is gone")
+    assert re.match(r"the deploy ended without a result \((exit code -9|its process is gone)\)"
+                    r": run r1: 1 batch stage", final["error"]), final
+    # the cluster was asked for the run's Job states (here: no kubeconfig, and it says so)
+    assert "cannot ask the cluster: no Kubernetes configuration found" in final["error"]
+    assert final["stages"][0]["state"] == "failed"
+    assert final["stages"][0]["message"] == "stopped: the deploy ended"
 
     with pytest.raises(HTTPClientError) as info:
-        await jp_fetch("nb2prod", "deploy", "00000000")
+        await jp_fetch("nb2prod", "deploy", "00000000", params={"path": "work/iris.ipynb"})
     assert info.value.code == 404
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("nb2prod", "deploy", first["id"], params={"path": "../elsewhere"})
+    assert info.value.code == 403
 
 
 async def test_deploy_to_kubernetes_standin(jp_fetch: Any, iris: Path, kube_standin: Any,  # noqa: F811
                                             s3_env: Any,  # noqa: F811
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """End to end: the real `nb2prod.runners.kubernetes.deploy` against the stand-in.
+    """End to end: the real detached `nb2prod deploy` against the stand-in.
 
-    The deploy runs in the server's thread, in this process, so the stand-in's
-    KUBECONFIG and the S3 endpoint (moto's server) reach it.  Credentials go to
-    the stages through a Secret, as on a real cluster.
+    The deploy process inherits the server's environment (this process's), so
+    the stand-in's KUBECONFIG and the S3 endpoint (moto's server) reach it.
+    Credentials go to the stages through a Secret, as on a real cluster.
     """
     from nb2prod.split import split_notebook
 
@@ -377,7 +511,28 @@ async def test_deploy_to_kubernetes_standin(jp_fetch: Any, iris: Path, kube_stan
     response = await _post(jp_fetch, "deploy", {"path": "work/iris-pipeline", "namespace": "ml",
                                                 "store": store, "image": IMAGE})
     assert response.code == 202
-    final = await _wait_deploy(jp_fetch, json.loads(response.body)["id"], timeout=240)
+    final = await _wait_deploy(jp_fetch, "work/iris-pipeline", json.loads(response.body)["id"],
+                               timeout=240)
     assert final["state"] == "done", final
     states = {s["name"]: s["state"] for s in final["stages"]}
-    assert states["train"] == "done" and states["serve"] in ("done", "serving"), states
+    assert states == {"train": "done", "(promote)": "done", "serve": "serving"}, states
+    assert final["services"]["serve"]["status"] == "serving"
+
+
+def test_an_exited_unreaped_launch_is_not_running() -> None:
+    """A deploy orphaned by a server restart, where PID 1 does not reap, is a zombie
+    once it exits: it must read as ended, not as running forever."""
+    import subprocess
+
+    from nb2prod.jupyter import launches
+    from nb2prod.runners.local import runner_identity
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        record = {"runner": runner_identity(proc.pid)}
+        deadline = asyncio.get_event_loop_policy().get_event_loop().time() + 60
+        while launches.is_running(record):  # a zombie as soon as it exits: not waited for
+            assert asyncio.get_event_loop_policy().get_event_loop().time() < deadline
+        assert proc.poll() is not None
+    finally:
+        proc.wait()

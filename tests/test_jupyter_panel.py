@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from tests.test_deploy import IRIS_ANSWER, IRIS_REQUEST, OPENER
 from tests.test_jupyter_handlers import (  # noqa: F401 - fixtures, used by name
     IRIS,
     REPO,
@@ -177,13 +180,23 @@ async def test_a_served_run_is_stopped_from_the_panel(jp_fetch: Any, iris: Path)
         launch = answer["launches"][0]
         assert launch["state"] == "running", launch["output"]
         if answer["runs"] and answer["runs"][0]["status"] == "succeeded" \
-                and "http://" in launch["output"]:
+                and launch["services"]:
             break
         assert loop.time() < deadline, launch
         await asyncio.sleep(0.2)
     record = json.loads((iris.parent / "iris-pipeline" / ".nb2prod" / "panel" / launch["id"]
                          / "launch.json").read_text())
     try:
+        # the service's URL and sample curl, as the panel shows them; a real prediction
+        assert launch["serve"] is True
+        (service,) = launch["services"]
+        assert service["name"] == "serve" and service["run_id"] == answer["runs"][0]["run_id"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/predict", service["url"]), service
+        assert service["curl"].startswith(f"curl -s -X POST {service['url']} ")
+        request = urllib.request.Request(service["url"], data=json.dumps(IRIS_REQUEST).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with OPENER.open(request, timeout=30) as response:
+            assert json.loads(response.read()) == IRIS_ANSWER
         stopped = await _post(jp_fetch, f"run/{launch['id']}/stop",
                               {"path": "work/iris.ipynb"})
         assert json.loads(stopped.body)["stopping"] is True

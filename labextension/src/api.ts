@@ -41,7 +41,8 @@ export interface IReport {
   warnings: IProblem[];
 }
 
-export type StageState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
+export type StageState =
+  'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'cached' | 'serving';
 
 export interface IStageStatus {
   name: string;
@@ -49,18 +50,37 @@ export interface IStageStatus {
   state: StageState;
   message: string;
   elapsed: number;
+  /** a failed stage's cell (0-based) when its message names one */
+  cell?: number | null;
 }
 
-/** GET /nb2prod/deploy/<id> */
+/** A service a deploy rolled out (`result.services` of `nb2prod deploy`). */
+export interface IDeployedService {
+  status: string;
+  url: string | null;
+  proxy_url: string | null;
+  port_forward: string | null;
+  model_run_id: string | null;
+  message: string | null;
+}
+
+/** GET /nb2prod/deploy/<id>?path=…: a detached `nb2prod deploy`, read from its record. */
 export interface IDeployStatus {
   id: string;
   state: 'running' | 'done' | 'failed';
   namespace: string;
+  context: string | null;
   pipeline: string;
+  run_id: string | null;
   stages: IStageStatus[];
   problems: IProblem[];
   error: string | null;
   elapsed: number;
+  services: { [name: string]: IDeployedService };
+  exit_code: number | null;
+  output: string;
+  /** its console output, relative to the server root: open with `fileUrl` */
+  log: string | null;
 }
 
 export interface IDeployRequest {
@@ -155,8 +175,14 @@ export function deploy(req: IDeployRequest): Promise<IDeployStatus> {
   return post<IDeployStatus>('deploy', { ...req, force: true });
 }
 
-export function deployStatus(id: string): Promise<IDeployStatus> {
-  return request<IDeployStatus>(`deploy/${encodeURIComponent(id)}`, { method: 'GET' });
+/** One deploy of the notebook (or pipeline dir) at `path`. */
+export function deployStatus(path: string, id: string): Promise<IDeployStatus> {
+  return query(`deploy/${encodeURIComponent(id)}`, { path });
+}
+
+/** The deploys of the notebook (or pipeline dir) at `path`, newest first. */
+export function deploys(path: string): Promise<{ deploys: IDeployStatus[] }> {
+  return query('deploy', { path });
 }
 
 // -- the Pipeline panel -------------------------------------------------------------
@@ -247,11 +273,24 @@ export interface IRun {
   stages: { [name: string]: IRunStage };
 }
 
+/** A service a serving run ("Run and serve") keeps up, from its console output. */
+export interface IServing {
+  name: string;
+  run_id: string;
+  url: string;
+  /** a sample request, as `nb2prod run` prints it */
+  curl: string;
+}
+
 export interface ILaunch {
   id: string;
   state: 'running' | 'exited';
   exit_code: number | null;
   run_id: string | null;
+  /** started with serving ("Run and serve") */
+  serve: boolean;
+  /** while serving: its services */
+  services: IServing[];
   output: string;
   log: string | null;
   started: number | null;

@@ -1,6 +1,6 @@
 /**
- * The dialogs of the toolbar buttons: split result, problems, deploy form and
- * deploy progress.
+ * The dialogs of the toolbar buttons: split result, problems and the deploy
+ * form (deploy progress: deploy.ts).
  *
  * Built with plain DOM inside Lumino widgets (no React) to keep the bundle
  * small; every element gets an `nb2prod-*` class the browser test and the
@@ -10,16 +10,7 @@ import { Dialog } from '@jupyterlab/apputils';
 import { Notebook } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import {
-  ApiError,
-  deployStatus,
-  IDeployStatus,
-  IProblem,
-  IKubeContexts,
-  IReport,
-  IStageStatus,
-  kubeContexts
-} from './api';
+import { ApiError, IProblem, IKubeContexts, IReport, kubeContexts } from './api';
 import { stageColor } from './stages';
 
 /** Select a cell, scroll it into view and flash it so the eye finds it. */
@@ -78,7 +69,7 @@ export function el<K extends keyof HTMLElementTagNameMap>(
  * A list of problems, each with a "Go to cell" button.  `onGo` closes the
  * dialog first so the revealed cell is not hidden behind it.
  */
-function problemList(problems: readonly IProblem[], onGo: (cell: number) => void): HTMLElement {
+export function problemList(problems: readonly IProblem[], onGo: (cell: number) => void): HTMLElement {
   const list = el('ul', 'nb2prod-Problems');
   for (const problem of problems) {
     const item = el('li', 'nb2prod-Problem');
@@ -183,6 +174,34 @@ class ProblemsBody extends Widget {
 }
 
 /**
+ * A Close-only dialog whose body has "Go to cell" buttons: a click closes the
+ * dialog first, so the revealed cell is not hidden behind it (`close` closes
+ * it for the body's other actions).
+ */
+export async function showWithCells(
+  notebook: Notebook,
+  title: string,
+  body: (onGo: (cell: number) => void, close: () => void) => Widget,
+  ...classes: string[]
+): Promise<void> {
+  let dialog: Dialog<unknown> | null = null;
+  const close = (): void => dialog?.reject();
+  const onGo = (cell: number): void => {
+    close();
+    void revealCell(notebook, cell);
+  };
+  dialog = new Dialog({
+    title,
+    body: body(onGo, close),
+    buttons: [Dialog.okButton({ label: 'Close' })]
+  });
+  for (const name of ['nb2prod-Dialog', ...classes]) {
+    dialog.addClass(name);
+  }
+  await dialog.launch();
+}
+
+/**
  * Show a result; "Go to cell" closes the dialog and reveals the cell, the
  * output folder's link closes it and calls `onFolder` with the folder.
  */
@@ -192,22 +211,14 @@ export async function showReport(
   wrote: boolean,
   onFolder: (path: string) => void
 ): Promise<void> {
-  let dialog: Dialog<unknown> | null = null;
-  const onGo = (cell: number): void => {
-    dialog?.reject();
-    void revealCell(notebook, cell);
-  };
-  const openFolder = (path: string): void => {
-    dialog?.reject();
-    onFolder(path);
-  };
-  dialog = new Dialog({
-    title: wrote ? 'nb2prod: pipeline written' : 'nb2prod: check passed',
-    body: new ReportBody(report, wrote, onGo, openFolder),
-    buttons: [Dialog.okButton({ label: 'Close' })]
-  });
-  dialog.addClass('nb2prod-Dialog');
-  await dialog.launch();
+  await showWithCells(
+    notebook,
+    wrote ? 'nb2prod: pipeline written' : 'nb2prod: check passed',
+    (onGo, close) => new ReportBody(report, wrote, onGo, path => {
+      close();
+      onFolder(path);
+    })
+  );
 }
 
 /** Show the server's problems (UserError messages) or any other failure. */
@@ -220,19 +231,8 @@ export async function showProblems(
     error instanceof ApiError
       ? error.problems
       : [{ message: String(error), cell: null, file: null }];
-  let dialog: Dialog<unknown> | null = null;
-  const onGo = (cell: number): void => {
-    dialog?.reject();
-    void revealCell(notebook, cell);
-  };
-  dialog = new Dialog({
-    title,
-    body: new ProblemsBody(problems, onGo),
-    buttons: [Dialog.okButton({ label: 'Close' })]
-  });
-  dialog.addClass('nb2prod-Dialog');
-  dialog.addClass('nb2prod-ErrorDialog');
-  await dialog.launch();
+  await showWithCells(notebook, title, onGo => new ProblemsBody(problems, onGo),
+                      'nb2prod-ErrorDialog');
 }
 
 /** What the deploy form asks for. */
@@ -370,128 +370,4 @@ export async function askDeploy(initial: IDeployForm): Promise<IDeployForm | nul
     focusNodeSelector: 'input[name="namespace"]'
   }).launch();
   return result.button.accept && result.value ? result.value : null;
-}
-
-const POLL_MS = 1000;
-
-/**
- * Deploy progress: a table of stages polled from the status endpoint until
- * the deploy is done or failed.  Closing the dialog only stops watching;
- * the deploy keeps running on the server.
- */
-class DeployProgressBody extends Widget {
-  constructor(
-    first: IDeployStatus,
-    private readonly _onGo: (cell: number) => void
-  ) {
-    super();
-    this.addClass('nb2prod-DeployProgress');
-    this._summary = el('p', 'nb2prod-DeployProgress-summary');
-    this._table = el('table', 'nb2prod-Stages nb2prod-DeployStages');
-    const head = this._table.createTHead().insertRow();
-    for (const title of ['Stage', 'State', 'Elapsed', 'Message']) {
-      head.appendChild(el('th', '', title));
-    }
-    this._body = this._table.createTBody();
-    this._problems = el('div', 'nb2prod-DeployProgress-problems');
-    this.node.append(this._summary, this._table, this._problems);
-    this._render(first);
-    if (first.state === 'running') {
-      this._poll(first.id);
-    }
-  }
-
-  dispose(): void {
-    if (this._timer !== null) {
-      window.clearTimeout(this._timer);
-      this._timer = null;
-    }
-    super.dispose();
-  }
-
-  private _poll(id: string): void {
-    this._timer = window.setTimeout(async () => {
-      this._timer = null;
-      if (this.isDisposed) {
-        return;
-      }
-      try {
-        const status = await deployStatus(id);
-        if (this.isDisposed) {
-          return;
-        }
-        this._failures = 0;
-        this._render(status);
-        if (status.state === 'running') {
-          this._poll(id);
-        }
-      } catch (error) {
-        // A server restart or a dropped connection: retry a few times, then say so.
-        this._failures += 1;
-        if (this._failures < 5) {
-          this._poll(id);
-        } else if (!this.isDisposed) {
-          this._summary.textContent = `Lost track of deploy ${id}: ${String(error)}`;
-          this.node.dataset.state = 'unknown';
-        }
-      }
-    }, POLL_MS);
-  }
-
-  private _render(status: IDeployStatus): void {
-    this.node.dataset.state = status.state;
-    const word = { running: 'Deploying', done: 'Deployed', failed: 'Deploy failed' }[status.state];
-    this._summary.textContent =
-      `${word}: pipeline ${status.pipeline} → namespace ${status.namespace}` +
-      ` (${status.elapsed.toFixed(0)} s)` +
-      (status.error ? ` — ${status.error}` : '');
-    this._body.textContent = '';
-    for (const stage of status.stages) {
-      this._body.appendChild(this._row(stage));
-    }
-    this._problems.textContent = '';
-    if (status.problems.length) {
-      this._problems.appendChild(problemList(status.problems, this._onGo));
-    }
-  }
-
-  private _row(stage: IStageStatus): HTMLTableRowElement {
-    const row = el('tr', 'nb2prod-DeployStage');
-    row.dataset.stage = stage.name;
-    row.dataset.state = stage.state;
-    const name = row.insertCell();
-    const badge = el('span', 'nb2prod-Stage-name', stage.name);
-    badge.style.setProperty('--nb2prod-stage-color', stageColor(stage.name));
-    name.appendChild(badge);
-    const state = row.insertCell();
-    state.appendChild(el('span', `nb2prod-State nb2prod-State-${stage.state}`, stage.state));
-    row.insertCell().textContent = stage.elapsed ? `${stage.elapsed.toFixed(0)} s` : '';
-    row.insertCell().textContent = stage.message;
-    return row;
-  }
-
-  private _summary: HTMLElement;
-  private _table: HTMLTableElement;
-  private _body: HTMLTableSectionElement;
-  private _problems: HTMLElement;
-  private _timer: number | null = null;
-  private _failures = 0;
-}
-
-export async function showDeployProgress(
-  notebook: Notebook,
-  first: IDeployStatus
-): Promise<void> {
-  let dialog: Dialog<unknown> | null = null;
-  const onGo = (cell: number): void => {
-    dialog?.reject();
-    void revealCell(notebook, cell);
-  };
-  dialog = new Dialog({
-    title: 'nb2prod: deploy',
-    body: new DeployProgressBody(first, onGo),
-    buttons: [Dialog.okButton({ label: 'Close' })]
-  });
-  dialog.addClass('nb2prod-Dialog');
-  await dialog.launch();
 }

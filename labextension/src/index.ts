@@ -35,10 +35,10 @@ import {
   IDeployForm,
   namespaceError,
   parseParams,
-  showDeployProgress,
   showProblems,
   showReport
 } from './dialogs';
+import { showDeployProgress } from './deploy';
 import { StageMarkers, tagsOf } from './markers';
 import { PipelinePanel } from './panel';
 import { askRole } from './roleform';
@@ -180,10 +180,11 @@ async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<vo
   }
   lastDeploy = form;
   setBusy(panel, 'Deploying…');
+  const path = serverPath(app, panel);
   let first: api.IDeployStatus;
   try {
     first = await api.deploy({
-      path: serverPath(app, panel),
+      path,
       namespace: form.namespace,
       ...(form.context ? { context: form.context } : {}),
       ...(form.image ? { image: form.image } : {}),
@@ -196,7 +197,8 @@ async function runDeploy(app: JupyterFrontEnd, panel: NotebookPanel): Promise<vo
   } finally {
     setBusy(panel, null);
   }
-  await showDeployProgress(panel.content, first);
+  void refreshPanel(panel); // the panel's Deploy section follows it too
+  await showDeployProgress(panel.content, path, first);
 }
 
 /** The toolbar item nb2prod's buttons follow. */

@@ -10,13 +10,16 @@
  * - "Run locally": a detached `nb2prod run` on the server, followed by polling
  *   `GET /nb2prod/runs` (so a reopened tab reattaches), with stage states,
  *   durations, `cached`, metrics, the promotion verdict and links to each
- *   stage's report, executed notebook and log; the past runs; a legend.
+ *   stage's report, executed notebook and log; the past runs; a legend;
+ * - the newest deploy, live while it runs (deploy.ts: reattaches on reopen).
  */
 import dagre from '@dagrejs/dagre';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
+import { DeploySection } from './deploy';
+import { servingSection } from './serving';
 import { el, revealCell } from './dialogs';
 import { ICellProblem, StageMarkers } from './markers';
 import { colorsOfStages, rememberStageColors } from './stages';
@@ -194,6 +197,7 @@ export class PipelinePanel extends Widget {
     this.node.tabIndex = -1;
     this._body = el('div', 'nb2prod-PanelBody');
     this.node.appendChild(this._body);
+    this._deploys = new DeploySection(cell => this._goTo(cell));
     this._renderEmpty('Open a notebook to see its pipeline.');
   }
 
@@ -214,6 +218,7 @@ export class PipelinePanel extends Widget {
     this._runs = null;
     this._selectedRun = null;
     this._stopPolling();
+    this._deploys.stop();
     if (panel) {
       panel.context.saveState.connect(this._onSave, this);
       void panel.context.ready.then(() => this.refresh());
@@ -230,6 +235,7 @@ export class PipelinePanel extends Widget {
     }
     const path = this._serverPath(panel);
     this.node.dataset.loading = 'true';
+    void this._deploys.load(path);
     try {
       const [info, runs] = await Promise.all([
         api.pipelineInfo(path),
@@ -254,8 +260,9 @@ export class PipelinePanel extends Widget {
     this._render();
   }
 
-  /** Start a local run of the (saved) notebook, then follow it. */
-  async runLocally(): Promise<void> {
+  /** Start a local run of the (saved) notebook (`serve`: and keep its services up), then
+   * follow it. */
+  async runLocally(serve = false): Promise<void> {
     const panel = this._notebook;
     if (!panel) {
       return;
@@ -266,7 +273,7 @@ export class PipelinePanel extends Widget {
     this._runError = null;
     this._selectedRun = null;
     try {
-      await api.startRun(this._serverPath(panel));
+      await api.startRun(this._serverPath(panel), serve);
     } catch (error) {
       this._runError = error instanceof api.ApiError
         ? error.problems.map(p => p.text ?? p.message).join('\n')
@@ -280,12 +287,14 @@ export class PipelinePanel extends Widget {
 
   protected onBeforeHide(): void {
     this._stopPolling();
+    this._deploys.stop();
   }
 
   protected onAfterShow(): void {
     if (this._runs?.launches[0]?.state === 'running') {
       this._startPolling();
     }
+    this._deploys.resume();
   }
 
   private _onSave(_: unknown, state: string): void {
@@ -335,11 +344,14 @@ export class PipelinePanel extends Widget {
     try {
       const runs = await api.runs(this._serverPath(panel), this._selectedRun ?? undefined);
       if (panel === this._notebook) {
+        const changed = JSON.stringify(runs) !== JSON.stringify(this._runs);
         this._runs = runs;
         if (runs.launches[0]?.state !== 'running') {
           this._stopPolling();
         }
-        this._render();
+        if (changed) { // a serving run polls for long: keep a selected curl selected
+          this._render();
+        }
       }
     } catch (error) {
       console.warn('nb2prod: polling runs failed', error);
@@ -376,11 +388,17 @@ export class PipelinePanel extends Widget {
     const launch = this._runs?.launches[0];
     const running = launch?.state === 'running';
     const run = el('button', 'jp-Button jp-mod-styled jp-mod-accept nb2prod-RunLocally',
-                   running ? 'Running…' : 'Run locally');
+                   running ? (launch?.services?.length ? 'Serving…' : 'Running…')
+                     : 'Run locally');
     run.title = 'Save, split and run the batch stages here (nb2prod run --no-serve)';
     run.disabled = running || !info || info.problems.length > 0;
     run.addEventListener('click', () => void this.runLocally());
-    header.append(check, run);
+    const serve = el('button', 'jp-Button jp-mod-styled jp-mod-reject nb2prod-RunServe',
+                     'Run and serve');
+    serve.title = 'Save, split, run, then keep the service stages up here until Stop (nb2prod run)';
+    serve.disabled = run.disabled;
+    serve.addEventListener('click', () => void this.runLocally(true));
+    header.append(check, run, serve);
     if (running && launch) {
       const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn nb2prod-RunStop', 'Stop');
       stop.addEventListener('click', () => {
@@ -400,6 +418,10 @@ export class PipelinePanel extends Widget {
     rememberStageColors(colors);
     this._renderProblems(body, info);
     this._renderRun(body, colors);
+    if (launch?.state === 'running' && launch.services?.length) {
+      body.appendChild(servingSection(launch));
+    }
+    body.appendChild(this._deploys.node);
     this._renderStages(body, info, colors);
     this._renderRuns(body);
     this._renderLegend(body);
@@ -648,4 +670,5 @@ export class PipelinePanel extends Widget {
   private _polling = false;
   private _checks = 0;
   private _body: HTMLElement;
+  private _deploys: DeploySection;
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,9 @@ from nb2prod.cli.common import (
 from nb2prod.cli.schedule import report_created_services, schedule_settings
 from nb2prod.errors import PipelineFailure, UserError
 
+if TYPE_CHECKING:
+    from nb2prod.progress import EventLog
+
 
 @click.command()
 @click.argument("target", type=PathArg, default=Path("."))
@@ -35,12 +39,40 @@ from nb2prod.errors import PipelineFailure, UserError
               "(the mechanism `schedule` uses; see `nb2prod history`; no cache).")
 @click.option("--no-cache", is_flag=True,
               help="Run every batch stage, even those found unchanged in the store.")
+@click.option("--events", type=PathArg, hidden=True,
+              help="Also append stage events and the outcome to FILE as JSON lines "
+              "(what the JupyterLab panel follows).")
 def deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
            store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
-           no_cache: bool) -> None:
+           no_cache: bool, events: Path | None) -> None:
     """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
+    if events is None:
+        _deploy(target, namespace, context, image, store, params, dry_run, no_wait, no_cache)
+        return
+    from nb2prod.progress import EventLog
+
+    log = EventLog(events)
+    try:
+        _deploy(target, namespace, context, image, store, params, dry_run, no_wait, no_cache,
+                log)
+    except UserError as exc:
+        log.write({"error": "; ".join(str(p) for p in exc.problems),
+                   "problems": [p.to_dict() for p in exc.problems]})
+        raise
+    except PipelineFailure as exc:  # the stages' own messages are in their events
+        log.write({"error": str(exc), "problems": []})
+        raise
+    except KeyboardInterrupt:
+        log.write({"error": "interrupted", "problems": []})
+        raise
+
+
+def _deploy(target: Path, namespace: str | None, context: str | None, image: str | None,
+            store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
+            no_cache: bool, events: EventLog | None = None) -> None:
+    """`deploy`; with an EventLog `events`, every stage event and the result go there too."""
     from nb2prod import manifests
-    from nb2prod.progress import Progress
+    from nb2prod.progress import Progress, tee
     from nb2prod.runners import kubernetes as kube
 
     pipeline = open_pipeline(target)
@@ -67,13 +99,16 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         return
     client = kube.Kube(context)
     with kube.api_errors(), Progress(f"deploy {pipeline.name} to {opts.namespace}") as progress:
-        deployer = kube.Deployer(client, pipeline, opts, progress, click.echo,
-                                 use_cache=not no_cache)
+        deployer = kube.Deployer(client, pipeline, opts,
+                                 progress if events is None else tee(progress, events),
+                                 click.echo, use_cache=not no_cache)
         deployer.preflight()
         click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
                    f"store {opts.store}")
         result = deployer.run()
+    if events is not None:
+        events.write({"result": result})
     _deploy_summary(result)
     if result["status"] != "succeeded":
         raise PipelineFailure(f"deploy of run {result['run_id']} {result['status']}"

@@ -13,9 +13,10 @@ Security model (same as the rest of jupyter_server):
   server's ``root_dir``; anything else is 403, so ``../`` or a symlink cannot
   make the server read a notebook or write a pipeline elsewhere.
 
-Splitting and deploying block (filesystem, importlib.metadata, Kubernetes
-API), so they run in worker threads and never stall the event loop; a deploy
-runs in a background thread and is polled through ``GET /nb2prod/deploy/<id>``.
+Splitting and checking block (filesystem, importlib.metadata, Kubernetes
+API), so they run in worker threads and never stall the event loop.  A deploy
+is a detached `nb2prod deploy` process (``deploys.py``), a local run a
+detached `nb2prod run` (``runs.py``): both outlive the tab and the server.
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +34,6 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from nb2prod.errors import PipelineFailure, Problem, UserError
-
-#: Settings key holding the `DeployRegistry` of this server.
-REGISTRY_KEY = "nb2prod_deploys"
-#: Finished deploys kept for status queries (the oldest finished ones go first).
-MAX_KEPT_DEPLOYS = 50
-FINAL_STATES = ("done", "failed")
 
 logger = logging.getLogger(__name__)
 
@@ -236,110 +226,7 @@ class SplitHandler(Nb2prodHandler):
         await self.answer(run)
 
 
-# -- deploy ----------------------------------------------------------------------------
-@dataclass
-class DeployRecord:
-    """What one background deploy has reported so far (guarded by `lock`)."""
-
-    id: str
-    namespace: str
-    pipeline: Path
-    pipeline_label: str
-    started: float = field(default_factory=time.monotonic)
-    state: str = "running"  # running | done | failed
-    stages: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    problems: list[Problem] = field(default_factory=list)
-    error: str | None = None
-    finished: float | None = None
-    result: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        """The `on_event` callback given to `deploy`: keep the latest state per stage."""
-        name = str(event.get("stage", ""))
-        if not name:
-            return
-        with self.lock:
-            stage = self.stages.setdefault(name, {"name": name, "state": "waiting",
-                                                  "message": "", "elapsed": 0.0})
-            stage["state"] = str(event.get("state", stage["state"]))
-            stage["message"] = str(event.get("message", ""))
-            try:
-                stage["elapsed"] = float(event.get("elapsed", stage["elapsed"]))
-            except (TypeError, ValueError):
-                pass
-
-    def finish(self, state: str, *, error: str | None = None,
-               problems: list[Problem] | None = None, result: Any = None) -> None:
-        with self.lock:
-            if state == "done" and any(s["state"] == "failed" for s in self.stages.values()):
-                state = "failed"  # a stage failed even if deploy returned normally
-            self.state, self.error, self.result = state, error, result
-            self.problems = list(problems or [])
-            self.finished = time.monotonic()
-
-    def status(self) -> dict[str, Any]:
-        """The JSON the frontend polls."""
-        with self.lock:
-            end = self.finished if self.finished is not None else time.monotonic()
-            return {
-                "id": self.id,
-                "state": self.state,
-                "namespace": self.namespace,
-                "pipeline": self.pipeline_label,
-                "stages": [dict(s) for s in self.stages.values()],
-                "problems": [problem_dict(p) for p in self.problems],
-                "error": self.error,
-                "elapsed": round(end - self.started, 3),
-                "result": _jsonable(self.result),
-            }
-
-
-def _jsonable(value: Any) -> Any:
-    """`value` if it survives JSON, else its JSON-with-str-fallback round trip."""
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-class DeployRegistry:
-    """The deploys this server started; lives in the tornado settings."""
-
-    def __init__(self) -> None:
-        self._records: OrderedDict[str, DeployRecord] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, deploy_id: str) -> DeployRecord | None:
-        with self._lock:
-            return self._records.get(deploy_id)
-
-    def all(self) -> list[DeployRecord]:
-        with self._lock:
-            return list(self._records.values())
-
-    def start(self, namespace: str, pipeline: Path, label: str) -> DeployRecord:
-        """Register a deploy; 409 if the same pipeline is already deploying here."""
-        with self._lock:
-            for record in self._records.values():
-                if record.pipeline == pipeline and record.state == "running":
-                    raise refuse(409, f"deploy {record.id} of this pipeline is still running",
-                                  label)
-            record = DeployRecord(secrets.token_hex(8), namespace, pipeline, label)
-            self._records[record.id] = record
-            finished = [k for k, r in self._records.items() if r.state in FINAL_STATES]
-            for key in finished[: max(0, len(self._records) - MAX_KEPT_DEPLOYS)]:
-                del self._records[key]
-            return record
-
-
-def _load_deploy() -> Callable[..., dict[str, Any]]:
-    """`nb2prod.runners.kubernetes.deploy`, imported late (kubernetes is a heavy import)."""
-    from nb2prod.runners.kubernetes import deploy
-
-    return deploy
-
-
+# -- deploy (the handlers: deploys.py) ------------------------------------------------
 def _load_cluster_check() -> Callable[[str | None], dict[str, str]]:
     """`nb2prod.runners.kubernetes.cluster_check`, imported late (a heavy import)."""
     from nb2prod.runners.kubernetes import cluster_check
@@ -357,106 +244,6 @@ def preflight(context: str | None) -> dict[str, str]:
         return check(context)
     except PipelineFailure as exc:
         raise refuse(503, str(exc)) from None
-
-
-def _run_deploy(record: DeployRecord, deploy: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Body of the deploy thread: every outcome ends in `record.finish`."""
-    try:
-        result = deploy(record.pipeline, record.namespace, on_event=record.on_event,
-                        wait=True, **kwargs)
-    except UserError as exc:
-        record.finish("failed", error="; ".join(str(p) for p in exc.problems),
-                      problems=exc.problems)
-    except PipelineFailure as exc:
-        record.finish("failed", error=str(exc) or "a stage failed")
-    except Exception as exc:  # the thread must always leave a final state behind
-        logger.exception("nb2prod: deploy %s failed", record.id)
-        record.finish("failed", error=f"{type(exc).__name__}: {exc}")
-    else:
-        failed = isinstance(result, dict) and (
-            result.get("ok") is False or result.get("state") == "failed")
-        record.finish("failed" if failed else "done", result=result)
-
-
-class DeployHandler(Nb2prodHandler):
-    """POST /nb2prod/deploy: split (if given a notebook), then deploy in the background.
-
-    Body: {"path": notebook or pipeline dir, "namespace", optional "context",
-    "image", "store", "params": {k: v}, "output" (pipeline dir when splitting),
-    "force" (update an existing pipeline when splitting)}.  Split problems
-    come back at once as 400; the answer to a started deploy is 202 with its
-    first status (`id`, stage list) — poll `GET /nb2prod/deploy/<id>`.
-    GET /nb2prod/deploy lists the deploys this server started.
-    """
-
-    @property
-    def registry(self) -> DeployRegistry:
-        return self.settings[REGISTRY_KEY]
-
-    @web.authenticated
-    @authorized("read")
-    async def get(self) -> None:
-        self.finish(json.dumps({"deploys": [r.status() for r in self.registry.all()]}))
-
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        async def run() -> None:
-            data = self.body()
-            namespace = data.get("namespace")
-            if not isinstance(namespace, str) or not namespace.strip():
-                raise refuse(400, "'namespace' is required")
-            kwargs = self._deploy_options(data)
-            path = self.notebook(data, allow_dir=True)
-            output = self.output(data, path) if path.is_file() else None  # confined: 403 first
-            # Then the cluster: without one, say so before re-splitting anything.
-            await self.guarded(lambda: preflight(kwargs.get("context")))
-            stages: list[dict[str, Any]] = []
-            if output is not None:  # a notebook: split first, exactly like `nb2prod deploy NB`
-                force = data.get("force", False) is True
-                from nb2prod.split import split_notebook
-
-                report = await self.guarded(
-                    lambda: split_notebook(path, output, force=force, wait=False))
-                split = report.to_dict()
-                stages = split.get("stages", [])
-                pipeline = Path(split["output"]).resolve()
-            else:
-                pipeline = path
-            try:
-                deploy = _load_deploy()
-            except ImportError as exc:
-                raise refuse(501, f"deploying is not available in this installation: {exc}") \
-                    from None
-            label = self.relative(pipeline) or pipeline.name
-            record = self.registry.start(namespace.strip(), pipeline, label)
-            for stage in stages:
-                record.stages[stage["name"]] = {"name": stage["name"], "type": stage.get("type"),
-                                                "state": "waiting", "message": "",
-                                                "elapsed": 0.0}
-            threading.Thread(target=_run_deploy, args=(record, deploy, kwargs),
-                             name=f"nb2prod-deploy-{record.id}", daemon=True).start()
-            self.set_status(202)
-            self.set_header("Location", url_path_join(self.base_url, "nb2prod", "deploy",
-                                                      record.id))
-            self.finish(json.dumps(record.status()))
-
-        await self.answer(run)
-
-    def _deploy_options(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The optional keyword arguments of `deploy`, type-checked."""
-        options: dict[str, Any] = {}
-        for key in ("context", "image", "store"):
-            value = data.get(key)
-            if value in (None, ""):
-                continue
-            if not isinstance(value, str):
-                raise refuse(400, f"'{key}' must be a string")
-            options[key] = value.strip()
-        params = params_option(data)
-        if params:
-            options["params"] = params
-        return options
 
 
 def params_option(data: dict[str, Any]) -> dict[str, str]:
@@ -490,27 +277,12 @@ class KubeHandler(Nb2prodHandler):
         await self.answer(run)
 
 
-class DeployStatusHandler(Nb2prodHandler):
-    """GET /nb2prod/deploy/<id>: stage states so far and the overall state."""
-
-    @web.authenticated
-    @authorized("read")
-    async def get(self, deploy_id: str) -> None:
-        record = self.settings[REGISTRY_KEY].get(deploy_id)
-        if record is None:
-            self.send_problems(404, [Problem(f"no deploy with id {deploy_id}")])
-            return
-        self.finish(json.dumps(record.status()))
-
-
 def setup_handlers(web_app: Any) -> None:
     """Mount the handlers under the server's base URL."""
-    web_app.settings.setdefault(REGISTRY_KEY, DeployRegistry())
     base = url_path_join(web_app.settings.get("base_url", "/"), "nb2prod")
-    from nb2prod.jupyter import panel, runs
+    from nb2prod.jupyter import deploys, panel, runs
 
-    routes = [("check", CheckHandler), ("split", SplitHandler), ("deploy", DeployHandler),
-              (r"deploy/([0-9a-f]+)", DeployStatusHandler),
+    routes = [("check", CheckHandler), ("split", SplitHandler), *deploys.HANDLERS,
               ("kube", KubeHandler), ("pipeline", panel.PipelineHandler), *runs.HANDLERS]
     web_app.add_handlers(".*$", [(url_path_join(base, route), handler)
                                  for route, handler in routes])

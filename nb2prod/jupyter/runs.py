@@ -1,12 +1,12 @@
 """Local runs from JupyterLab: start `nb2prod run`, list runs, open their reports.
 
 - ``POST /nb2prod/run`` splits the notebook (like `nb2prod run NOTEBOOK`) and
-  starts ``python -m nb2prod run DIR --no-serve`` (or with serving) as a
-  detached process in its own session: it is not a child of the browser tab,
-  and a server shutdown's Ctrl-C to its process group does not reach it.  The
-  launch is recorded on disk (``DIR/.nb2prod/panel/<id>/launch.json`` and the
-  run's console output beside it), so a reopened panel, even of a restarted
-  server, finds it again; the run's own state comes from its ``run.json``.
+  starts ``python -m nb2prod run DIR --no-serve`` (or, "Run and serve", with
+  serving: it keeps the services up until stopped) as a detached launch
+  (`launches.py`: not a child of the browser tab, recorded on disk, so a
+  reopened panel, even of a restarted server, finds it again); the run's own
+  state comes from its ``run.json``, a serving launch's URLs and sample curl
+  from its console output.
 - ``POST /nb2prod/run/<id>/stop`` sends SIGTERM to the run (nb2prod records it
   as interrupted and stops every stage and server).
 - ``GET /nb2prod/runs?path=NB-or-DIR[&run=ID]`` lists runs with stage states,
@@ -21,14 +21,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +37,22 @@ from nb2prod.jupyter.handlers import (
     refuse,
     server_root,
 )
+from nb2prod.jupyter.launches import (
+    LAUNCH_DIR,
+    head,
+    is_running,
+    record_of,
+    records,
+    start_detached,
+    tail,
+    terminate,
+)
 
-#: Where a pipeline directory keeps the panel's launch records.
-LAUNCH_DIR = Path(".nb2prod") / "panel"
 #: The CLI's first line about a run: "run <id>: N batch stage(s), store URI".
 RUN_LINE = re.compile(r"^run (\S+): \d+ batch stage", re.MULTILINE)
-#: Lines of console output a launch status carries.
-TAIL_LINES = 30
+#: What a serving run prints per service: "serving NAME (run ID) at URL" + "  try: curl ...".
+SERVING_LINES = re.compile(r"^serving (\S+) \(run (\S+)\) at (\S+)\n  try: (curl .*)$",
+                           re.MULTILINE)
 #: Content types of the run files the file handler serves.
 FILE_TYPES = {".html": "text/html; charset=utf-8", ".txt": "text/plain; charset=utf-8",
               ".log": "text/plain; charset=utf-8", ".ipynb": "application/x-ipynb+json"}
@@ -58,20 +61,6 @@ STAGE_FILES = {"html": "{stem}.html", "notebook": "{stem}.ipynb", "log": "log.tx
 
 
 # -- launches (a launch = one `nb2prod run` process started from the panel) -----------
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def run_command(pipeline_dir: Path, serve: bool, params: dict[str, str],
                 no_cache: bool) -> list[str]:
     """The `nb2prod run` command line a launch executes."""
@@ -81,76 +70,24 @@ def run_command(pipeline_dir: Path, serve: bool, params: dict[str, str],
     return command + (["--no-cache"] if no_cache else [])
 
 
-def _reap(proc: subprocess.Popen, record_file: Path) -> None:
-    """Wait for a launch's process (no zombie) and record its exit code."""
-    code = proc.wait()
-    record = _read_json(record_file) or {}
-    record.update(exit_code=code, finished=time.time())
-    _write_json(record_file, record)
-
-
-def start_launch(pipeline_dir: Path, command: list[str]) -> dict[str, Any]:
-    """Start `command` detached, with its record and console output under LAUNCH_DIR."""
-    from nb2prod.runners.local import runner_identity
-
-    launch_id = f"{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    folder = pipeline_dir / LAUNCH_DIR / launch_id
-    folder.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "NB2PROD_LIFELINE_FD"}
-    env["PYTHONUNBUFFERED"] = "1"
-    with open(folder / "output.log", "wb") as log:
-        proc = subprocess.Popen(command, cwd=pipeline_dir.parent, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-    record = {"id": launch_id, "started": time.time(), "command": command[2:],
-              "runner": runner_identity(proc.pid)}
-    _write_json(folder / "launch.json", record)
-    threading.Thread(target=_reap, args=(proc, folder / "launch.json"),
-                     name=f"nb2prod-run-{launch_id}", daemon=True).start()
-    return record
-
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def launch_status(folder: Path) -> dict[str, Any] | None:
+def launch_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     """A launch as the panel shows it: running or exited, its run id, its output's tail."""
-    from nb2prod.runners.local import runner_alive
-
-    record = _read_json(folder / "launch.json")
-    if record is None:
-        return None
     log = folder / "output.log"
-    head = ""
-    try:
-        with open(log, "rb") as fh:
-            head = fh.read(16 * 1024).decode("utf-8", errors="replace")
-    except OSError:
-        pass
-    found = RUN_LINE.search(head)
-    running = "exit_code" not in record and runner_alive(record.get("runner")) is not False
+    text = head(log, 256 * 1024)
+    found = RUN_LINE.search(text)
+    running = is_running(record)
+    services = [{"name": m.group(1), "run_id": m.group(2), "url": m.group(3),
+                 "curl": m.group(4)} for m in SERVING_LINES.finditer(text)] if running else []
     return {"id": record.get("id", folder.name), "started": record.get("started"),
             "finished": record.get("finished"), "state": "running" if running else "exited",
             "exit_code": record.get("exit_code"), "run_id": found.group(1) if found else None,
-            "output": _tail(log), "log": log}
+            "serve": record.get("serve", False), "services": services,
+            "output": tail(log), "log": log}
 
 
 def launches(pipeline_dir: Path) -> list[dict[str, Any]]:
-    """Every launch recorded in the pipeline directory, newest first."""
-    folder = pipeline_dir / LAUNCH_DIR
-    if not folder.is_dir():
-        return []
-    found = (launch_status(entry) for entry in sorted(folder.iterdir(), reverse=True)
-             if entry.is_dir())
-    return [status for status in found if status is not None]
+    """Every run launch recorded in the pipeline directory, newest first."""
+    return [launch_status(folder, record) for folder, record in records(pipeline_dir, "run")]
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -278,8 +215,10 @@ class RunHandler(_PipelineDirMixin):
                              "is still running", self.relative(directory))
             command = run_command(directory, data.get("serve") is True, params,
                                   data.get("no_cache") is True)
-            record = await self.guarded(lambda: start_launch(directory, command))
-            status = launch_status(directory / LAUNCH_DIR / record["id"])
+            serve = data.get("serve") is True
+            record = await self.guarded(
+                lambda: start_detached(directory, "run", lambda _folder: command, serve=serve))
+            status = launch_status(directory / LAUNCH_DIR / record["id"], record)
             self.set_status(202)
             self.finish(json.dumps(self.linked({"pipeline_dir": directory, "launch": status})))
 
@@ -293,18 +232,11 @@ class StopHandler(_PipelineDirMixin):
     @authorized("execute")
     async def post(self, launch_id: str) -> None:
         async def run() -> None:
-            from nb2prod.runners.local import runner_alive
-
             directory = self.pipeline_dir(self.body().get("path"))
-            record = _read_json(directory / LAUNCH_DIR / launch_id / "launch.json")
+            record = record_of(directory, "run", launch_id)
             if record is None:
                 raise refuse(404, f"no run launch {launch_id}")
-            runner = record.get("runner") or {}
-            if "exit_code" not in record and runner_alive(runner):
-                try:
-                    os.killpg(int(runner["pid"]), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            terminate(record)
             self.finish(json.dumps({"id": launch_id, "stopping": True}))
 
         await self.answer(run)

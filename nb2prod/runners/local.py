@@ -70,6 +70,9 @@ def runner_alive(identity: object) -> bool | None:
         return False
     except PermissionError:
         pass
+    fields = lifeline.stat_fields(pid)
+    if fields is not None and fields[0] in ("Z", "X"):
+        return False  # exited, not reaped yet (e.g. orphaned where PID 1 does not reap)
     start = identity.get("start")
     return start is None or process_start(pid) in (None, start)
 

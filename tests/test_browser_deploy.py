@@ -1,0 +1,268 @@
+"""A deploy from JupyterLab to the Kubernetes stand-in, in a real browser.
+
+"Deploy…" on a notebook starts a detached `nb2prod deploy` (the real command,
+against the stand-in's API server; pods are local processes; the store is
+moto's S3 server, reached by the pods with credentials from a Secret).  The
+train stage waits until a snapshot URL (a notebook parameter) answers 200 (a
+server of the test's, 503 until released), so the test can,
+while the deploy is provably in progress: close the tab, stop the jupyter
+server, check the deploy process still runs, start a new server, reopen the
+notebook and see the panel reattach to the same deploy with its live stage
+states; then release the hold and follow it to the end (every stage
+succeeded, the service serving, a prediction through the API server's
+service proxy).  A second deploy whose training fails shows its reason in red.
+
+Screenshots of each state: `<tmp>/shots`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kube.fixtures import kube_standin  # noqa: F401 - a fixture, used by name
+from tests.s3server import s3_env, s3_server  # noqa: F401 - fixtures, used by name
+from tests.test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    assert_no_nb2prod_tracebacks,
+    running_lab,
+    write_notebook,
+)
+from tests.test_browser_panel import _open, _show_panel
+from tests.test_deploy import IMAGE, create_secret, predict, use_secret_credentials
+
+pytestmark = pytest.mark.timeout(900)
+
+#: The notebook: a churn model on synthetic data; `snapshot_url` (a parameter) makes
+#: training wait until that URL answers 200, as a team waits for a data snapshot.
+#: (Not a file: a pod's /tmp is its own, on a node as in the stand-in.)
+CELLS: list[tuple[str, list[str] | None]] = [
+    ("# Churn model\nLogistic regression on synthetic customer activity, served as `/predict`.",
+     None),
+    ('n_customers = 400\nseed = 7\nsnapshot_url = ""  # wait for it to answer 200 first',
+     ["parameters"]),
+    ("""\
+import time
+import urllib.request
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression""", ["imports"]),
+    ("""\
+while snapshot_url:
+    try:
+        with urllib.request.urlopen(snapshot_url, timeout=10) as answer:
+            break
+    except OSError:  # 503 until the snapshot is published
+        time.sleep(0.2)
+rng = np.random.default_rng(seed)
+X = rng.normal(size=(n_customers, 3))
+signal = X @ np.array([1.5, -2.0, 0.5]) + rng.normal(scale=0.3, size=n_customers)
+y = (signal > 0).astype(int)
+model = LogisticRegression().fit(X, y)
+print(f"train accuracy {model.score(X, y):.3f}")""", ["stage:train"]),
+    ("""\
+def predict(payload):
+    rows = np.asarray(payload["instances"], dtype=float)
+    return {"churn": model.predict(rows).tolist()}""", ["serve:api"]),
+]
+PANEL_DEPLOY = ".nb2prod-DeploySection"
+
+
+class _Snapshot(ThreadingHTTPServer):
+    """Answers 503 until `publish()`, then 200: the gate the train stage waits on."""
+
+    def __init__(self) -> None:
+        self.published = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if server.published.is_set() else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/snapshot"
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join()
+
+
+def _deploy_records(root: Path) -> list[dict[str, Any]]:
+    from nb2prod.jupyter import launches
+
+    return [record for pipeline in root.glob("*-pipeline")
+            for _, record in launches.records(pipeline, "deploy")]
+
+
+@pytest.fixture
+def stop_deploys(tmp_path: Path) -> Iterator[None]:
+    """Every deploy process the test started is gone at its end, also on failure."""
+    yield
+    from nb2prod.jupyter import launches
+
+    for record in _deploy_records(tmp_path / "root"):
+        if launches.is_running(record):
+            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+
+
+def _fill_deploy_form(page: Any, store: str, params: str) -> None:
+    dialog = page.locator(".jp-Dialog")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .nb2prod-DeployButton").click()
+    form = dialog.locator(".nb2prod-DeployForm")
+    form.locator("input[name=namespace]").fill("ml")
+    form.locator("input[name=image]").fill(IMAGE)
+    form.locator("input[name=store]").fill(store)
+    form.locator("textarea[name=params]").fill(params)
+    dialog.locator(".jp-Dialog-button", has_text="Deploy").click()
+
+
+def _is_red(css: str) -> bool:
+    r, g, b = (float(v) for v in re.findall(r"[\d.]+", css)[:3])
+    return r > 150 and g < 100 and b < 100
+
+
+def test_deploy_from_the_panel_survives_tab_and_server(
+        tmp_path: Path, kube_standin: Any, s3_env: Any,  # noqa: F811
+        stop_deploys: None) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from nb2prod.manifests import service_name
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners.local import runner_alive
+    from nb2prod.split import split_notebook
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    notebook = write_notebook(root / "churn.ipynb", CELLS)
+    pipeline = root / "churn-pipeline"
+    split_notebook(notebook, pipeline)  # once, to name the Secret in nb2prod.ini
+    use_secret_credentials(pipeline)
+    create_secret(kube_standin, "ml", "testing")
+    store = f"s3://{s3_env.make_bucket()}/artifacts"
+    snapshot = _Snapshot()
+    env = {"KUBECONFIG": str(kube_standin.kubeconfig)}
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        js_errors: list[str] = []
+        page = None
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            context.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            with running_lab(tmp_path, env, fake_deploy=False) as lab:
+                page = context.new_page()
+                page.on("pageerror", lambda error: js_errors.append(str(error)))
+                _open(page, lab, "churn.ipynb")
+                # 1. deploy from the toolbar: the progress dialog follows it
+                _fill_deploy_form(page, store, f"snapshot_url={snapshot.url}")
+                progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
+                expect(progress).to_have_attribute("data-state", "running")
+                expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                       ).to_have_attribute("data-state", "running")
+                expect(progress.locator('tr.nb2prod-DeployStage[data-stage="api"]')
+                       ).to_have_attribute("data-state", "waiting")
+                deploy_id = progress.get_attribute("data-deploy")
+                page.screenshot(path=str(shots / "1-dialog-running.png"))
+                page.locator(".jp-Dialog-button", has_text="Close").click()
+                # ...and so does the panel's Deploy section
+                panel = _show_panel(page)
+                section = panel.locator(PANEL_DEPLOY)
+                expect(section).to_have_attribute("data-deploy", deploy_id or "?")
+                expect(section.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                       ).to_have_attribute("data-state", "running")
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "2-panel-running.png"))
+                # 2. the tab closes, the server stops: the deploy goes on
+                page.close()
+            (record,) = _deploy_records(root)
+            assert record["id"] == deploy_id
+            assert runner_alive(record["runner"]), "the deploy died with the server"
+            assert not snapshot.published.is_set()  # so it is still in training
+
+            # 3. a new server, the notebook reopened: the panel reattaches, live
+            with running_lab(tmp_path, env, fake_deploy=False) as lab:
+                page = context.new_page()
+                page.on("pageerror", lambda error: js_errors.append(str(error)))
+                _open(page, lab, "churn.ipynb")
+                panel = _show_panel(page)
+                section = panel.locator(PANEL_DEPLOY)
+                expect(section).to_have_attribute("data-deploy", deploy_id or "?")
+                expect(section).to_have_attribute("data-state", "running")
+                train = section.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                expect(train).to_have_attribute("data-state", "running")
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "3-reattached-running.png"))
+                snapshot.published.set()  # training goes on
+                expect(section).to_have_attribute("data-state", "done")
+                expect(train).to_have_attribute("data-state", "done")
+                expect(section.locator('tr.nb2prod-DeployStage[data-stage="api"]')
+                       ).to_have_attribute("data-state", "serving")
+                expect(section.locator('.nb2prod-DeployService[data-service="api"]')
+                       ).to_contain_text("api is serving at http://")
+                expect(section.locator(".nb2prod-DeployError")).to_have_count(0)
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "4-reattached-done.png"))
+                service = service_name(load_pipeline(pipeline), "api")
+                code, answer = predict(kube_standin, service,
+                                       {"instances": [[3.0, -3.0, 0.0], [-3.0, 3.0, 0.0]]})
+                assert (code, answer) == (200, {"churn": [1, 0]})
+
+                # 4. a deploy whose training fails: the reason in red, the rest not run
+                _fill_deploy_form(page, store, "n_customers=0")
+                progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
+                expect(progress).to_have_attribute("data-state", "failed")
+                error = progress.locator(".nb2prod-DeployError")
+                expect(error).to_have_text("stage 'train' failed")
+                assert _is_red(error.evaluate("e => getComputedStyle(e).color"))
+                failed = progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                expect(failed).to_have_attribute("data-state", "failed")
+                message = failed.locator(".nb2prod-DeployStage-message")
+                expect(message).to_contain_text("ValueError: Found array with 0 sample(s)")
+                assert _is_red(message.evaluate("e => getComputedStyle(e).color"))
+                expect(progress.locator('tr.nb2prod-DeployStage[data-stage="api"]')
+                       ).to_have_attribute("data-state", "skipped")
+                page.screenshot(path=str(shots / "5-failed.png"))
+                # the failed stage's cell, one click away
+                message.locator(".nb2prod-GoToCell").click()
+                expect(page.locator(".jp-Dialog")).to_have_count(0)
+                active = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-mod-active")
+                expect(active).to_contain_text("while snapshot_url:")
+                expect(section).to_have_attribute("data-state", "failed")
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "6-panel-failed.png"))
+        except Exception:
+            if page is not None and not page.is_closed():
+                page.screenshot(path=str(shots / "failure.png"))
+            raise
+        finally:
+            browser.close()
+            snapshot.close()
+    assert not js_errors, js_errors
+    assert_no_nb2prod_tracebacks(tmp_path / "jupyter-lab.log")
+    assert all("exit_code" in r or not runner_alive(r["runner"])
+               for r in _deploy_records(root))
+    for record in _deploy_records(root):
+        assert "testing" not in json.dumps(record)  # the Secret's value is nowhere
+    print(f"screenshots: {shots}")

@@ -1,0 +1,115 @@
+""""Run and serve" from the Pipeline panel, in a real browser.
+
+The iris notebook is run locally by a detached `nb2prod run` (papermill, real
+kernel) that keeps its service stage up (a real gunicorn on a real port); the
+panel shows the service's URL and the sample curl `nb2prod run` prints; a
+prediction through that URL answers right, so does the sample request; "Stop"
+ends the run and its server.  Screenshots: `<tmp>/shots`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import (  # noqa: F401 - `lab` is a fixture, used by name
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    Lab,
+    _free_port,
+    assert_no_nb2prod_tracebacks,
+    lab,
+)
+from tests.test_browser_panel import IRIS, _open, _show_panel
+from tests.test_deploy import IRIS_ANSWER, IRIS_REQUEST, OPENER
+from tests.test_manifests import set_ini
+
+
+@pytest.fixture
+def stop_runs(tmp_path: Path) -> Iterator[None]:
+    """The serving run is stopped by the test; if the test fails first, here."""
+    yield
+    from nb2prod.jupyter import launches
+
+    for pipeline in (tmp_path / "root").glob("*-pipeline"):
+        for _, record in launches.records(pipeline, "run"):
+            if launches.is_running(record):
+                os.killpg(record["runner"]["pid"], signal.SIGTERM)
+
+
+def _post(url: str, body: str) -> tuple[int, object]:
+    request = urllib.request.Request(url, data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with OPENER.open(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
+                                      stop_runs: None) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from nb2prod.split import split_notebook
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    notebook = lab.root / "iris.ipynb"
+    shutil.copy(IRIS, notebook)
+    split_notebook(notebook, lab.root / "iris-pipeline")
+    port = _free_port()  # config.ini edits survive the panel's split
+    set_ini(lab.root / "iris-pipeline" / "stage-2-serve" / "config.ini", "service", "PORT",
+            str(port))
+    js_errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = None
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            page.on("pageerror", lambda error: js_errors.append(str(error)))
+            _open(page, lab, "iris.ipynb")
+            panel = _show_panel(page)
+            panel.locator(".nb2prod-RunServe").click()
+            serving = panel.locator('.nb2prod-Serving[data-service="serve"]')
+            url = f"http://127.0.0.1:{port}/predict"
+            expect(serving.locator(".nb2prod-Serving-url")).to_have_text(url)
+            curl = serving.locator(".nb2prod-Serving-curl")
+            expect(curl).to_contain_text(f"curl -s -X POST {url} ")
+            expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
+                "data-status", "succeeded")
+            expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Serving…")
+            serving.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "serving.png"))
+
+            # a prediction through the URL shown, and the sample request shown
+            assert _post(url, json.dumps(IRIS_REQUEST)) == (200, IRIS_ANSWER)
+            args = shlex.split(curl.inner_text())
+            code, answer = _post(args[args.index("-X") + 2], args[args.index("-d") + 1])
+            assert code == 200 and "predictions" in answer, answer  # type: ignore[operator]
+
+            # Stop: the run ends, its server with it
+            panel.locator(".nb2prod-RunStop").click()
+            expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Run locally")
+            expect(panel.locator(".nb2prod-Serving")).to_have_count(0)
+            with pytest.raises(urllib.error.URLError):
+                _post(url, json.dumps(IRIS_REQUEST))
+            page.screenshot(path=str(shots / "stopped.png"))
+        except Exception:
+            if page is not None:
+                page.screenshot(path=str(shots / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert not js_errors, js_errors
+    assert_no_nb2prod_tracebacks(lab.log)
+    print(f"screenshots: {shots}")

@@ -209,9 +209,8 @@ class ScopeWalker(Bindings):
 
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
-        self.loop_body(node, [ast.Assign(targets=[node.target], value=ast.Constant(None),
-                                         lineno=0),
-                        _Alias(node.target, node.iter)], node.body, node.orelse)
+        target = ast.Assign(targets=[node.target], value=ast.Constant(None), lineno=0)
+        self.loop_body(node, [target, _Alias(node.target, node.iter)], node.body, node.orelse)
 
     def visit__Alias(self, node: _Alias) -> None:
         self.alias(node.target, node.source)

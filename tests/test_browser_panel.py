@@ -328,6 +328,30 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             expect(report.locator("body")).to_contain_text("accuracy")
             report.screenshot(path=str(shots / "iris-report.png"))
             report.close()
+            # the executed notebook opens in JupyterLab, read-only, not as a download
+            downloads: list[object] = []
+            page.on("download", lambda download: downloads.append(download))
+            train.locator(".nb2prod-RunLink-notebook").click()
+            tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
+            expect(tab).to_contain_text("train.ipynb")
+            executed = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            expect(executed.locator(".jp-OutputArea-output").first).to_be_visible()
+            expect(executed).to_contain_text("test accuracy:")  # the cell's printed output
+            expect(executed.locator(".nb2prod-StageMarker")).to_have_count(0)  # not ours to tag
+            expect(executed.locator(".nb2prod-SplitButton")).to_have_count(0)
+            expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
+                "data-status", "succeeded")  # the panel stays on iris' pipeline
+            page.screenshot(path=str(shots / "iris-executed-notebook.png"))
+            expect(executed).to_contain_text("notebook is read-only")  # JupyterLab's badge
+            expect(tab).not_to_have_class(re.compile(r"jp-mod-dirty"))  # nothing to save
+            page.locator(".lm-MenuBar-item", has_text="File").click()  # saving is off
+            expect(page.locator(".lm-Menu-item", has_text="Save Notebook").first).to_have_class(
+                re.compile(r"lm-mod-disabled"))
+            page.keyboard.press("Escape")
+            assert not downloads
+            tab.locator(".lm-TabBar-tabCloseIcon").click()
+            expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab",
+                                has_text="train.ipynb")).to_have_count(0)
 
             # reopening the notebook (a new tab) reattaches to the same runs
             page.reload()

@@ -44,6 +44,7 @@ import { PipelinePanel } from './panel';
 import { askRole } from './roleform';
 import { roleMenu, writeRoles } from './rolemenu';
 import { readRole } from './roles';
+import { isRunFile, RunFilesDrive, runFilePath } from './rundrive';
 import { stageNames } from './stages';
 import { deployIcon, NbButton, splitIcon } from './toolbar';
 
@@ -214,6 +215,9 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
   ) {}
 
   createNew(panel: NotebookPanel): IDisposable {
+    if (isRunFile(panel.context.path)) {
+      return new DisposableDelegate(() => undefined); // a run's record: nothing to split or tag
+    }
     const split = new NbButton({
       className: 'nb2prod-SplitButton',
       label: 'Split',
@@ -282,13 +286,36 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .catch(reason => console.warn('nb2prod: settings not loaded', reason));
     }
 
-    const pipeline = new PipelinePanel(markers, panel => serverPath(app, panel));
+    // a run's executed notebook opens from a read-only drive (rundrive.ts)
+    app.serviceManager.contents.addDrive(new RunFilesDrive());
+    const openRunNotebook = async (path: string): Promise<void> => {
+      try {
+        // no kernel: it is a record to read (the user may still pick one)
+        const widget = await app.commands.execute('docmanager:open', {
+          path: runFilePath(path), factory: 'Notebook',
+          kernelPreference: { shouldStart: false, canStart: true, shutdownOnDispose: true }
+        });
+        // JupyterLab upgrades an older notebook's format on load (cell ids),
+        // which marks it changed; a run's record has nothing to save.
+        await widget?.context?.ready;
+        if (widget?.context?.model) {
+          widget.context.model.dirty = false;
+        }
+      } catch (reason) {
+        await showErrorMessage('nb2prod: cannot open the notebook', reason as Error);
+      }
+    };
+    const pipeline = new PipelinePanel(markers, panel => serverPath(app, panel),
+                                       path => void openRunNotebook(path));
     pipelinePanel = pipeline;
     pipeline.title.icon = pipelineIcon;
     app.shell.add(pipeline, 'right', { rank: 650 });
-    pipeline.notebook = tracker.currentWidget;
+    pipeline.notebook = tracker.currentWidget && !isRunFile(tracker.currentWidget.context.path)
+      ? tracker.currentWidget : null;
     tracker.currentChanged.connect((_, panel) => {
-      pipeline.notebook = panel;
+      if (!panel || !isRunFile(panel.context.path)) {
+        pipeline.notebook = panel; // a run's notebook is shown beside its pipeline's
+      }
     });
 
     const current = (): NotebookPanel | null => tracker.currentWidget;

@@ -188,8 +188,10 @@ export function drawGraph(
 
 /** The panel widget; `notebook` follows the active notebook. */
 export class PipelinePanel extends Widget {
+  /** `openNotebook` opens a run's executed notebook (a path relative to the server root). */
   constructor(private readonly _markers: Map<NotebookPanel, StageMarkers>,
-              private readonly _serverPath: (panel: NotebookPanel) => string) {
+              private readonly _serverPath: (panel: NotebookPanel) => string,
+              private readonly _openNotebook: (path: string) => void) {
     super();
     this.id = 'nb2prod-pipeline-panel';
     this.addClass('nb2prod-PipelinePanel');
@@ -501,7 +503,7 @@ export class PipelinePanel extends Widget {
     summary.appendChild(status);
     const table = el('table', 'nb2prod-RunStages');
     const head = table.createTHead().insertRow();
-    for (const title of ['stage', 'state', 'time', 'metrics', 'open']) {
+    for (const title of ['stage', 'state', 'time', 'metrics']) {
       head.appendChild(el('th', '', title));
     }
     const tbody = table.createTBody();
@@ -511,13 +513,18 @@ export class PipelinePanel extends Widget {
       row.dataset.stage = name;
       const state = stage.cached_from ? 'cached' : stage.status ?? '';
       row.dataset.state = state;
-      row.insertCell().textContent = name;
+      // the stage's report, notebook and log under its name: four narrow
+      // columns fit the sidebar without breaking words
+      const first = row.insertCell();
+      first.appendChild(el('span', 'nb2prod-RunStage-name', name));
+      const links = el('div', 'nb2prod-RunStage-links');
+      first.appendChild(links);
       const stateCell = row.insertCell();
       stateCell.textContent = stage.cached_from ? `cached (run ${stage.cached_from})` : state;
       stateCell.title = stage.message || stage.reason || '';
       row.insertCell().textContent = stage.seconds !== undefined ? `${stage.seconds.toFixed(1)}s` : '';
-      row.insertCell().textContent = numbers(record.metrics[name]);
-      const links = row.insertCell();
+      // a narrow sidebar may break `accuracy=0.9667` after the '=' (zero-width space)
+      row.insertCell().textContent = numbers(record.metrics[name]).replace(/=/g, '=\u200b');
       for (const [label, key] of [['report', 'html'], ['notebook', 'notebook'], ['log', 'log']] as const) {
         const path = stage.files[key];
         if (path) {
@@ -525,13 +532,21 @@ export class PipelinePanel extends Widget {
           a.href = api.fileUrl(path);
           a.target = '_blank';
           a.rel = 'noopener';
+          if (key === 'notebook') {
+            // opened in JupyterLab (read-only), not downloaded
+            a.title = 'Open the executed notebook in JupyterLab (read-only)';
+            a.addEventListener('click', event => {
+              event.preventDefault();
+              this._openNotebook(path);
+            });
+          }
           links.appendChild(a);
         }
       }
       if (stage.message && state === 'failed') {
         const detail = tbody.insertRow();
         const cell = detail.insertCell();
-        cell.colSpan = 5;
+        cell.colSpan = 4;
         cell.className = 'nb2prod-RunStage-message';
         cell.textContent = stage.message;
       }

@@ -1,4 +1,4 @@
-"""A deploy from JupyterLab to the Kubernetes stand-in, in a real browser.
+"""Runs and deploys from JupyterLab outlive the tab and the server, in a real browser.
 
 "Deploy…" on a notebook starts a detached `nb2prod deploy` (the real command,
 against the stand-in's API server; pods are local processes; the store is
@@ -11,6 +11,10 @@ notebook and see the panel reattach to the same deploy with its live stage
 states; then release the hold and follow it to the end (every stage
 succeeded, the service serving, a prediction through the API server's
 service proxy).  A second deploy whose training fails shows its reason in red.
+
+"Run locally" (a detached `nb2prod run`) is reattached the same way: the
+notebook's default `snapshot_url` holds its training while the tab closes and
+the server restarts; the reopened panel shows it running, then succeeded.
 
 Screenshots of each state: `<tmp>/shots`.
 """
@@ -59,9 +63,10 @@ import urllib.request
 import numpy as np
 from sklearn.linear_model import LogisticRegression""", ["imports"]),
     ("""\
+internal = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
 while snapshot_url:
     try:
-        with urllib.request.urlopen(snapshot_url, timeout=10) as answer:
+        with internal.open(snapshot_url, timeout=10):
             break
     except OSError:  # 503 until the snapshot is published
         time.sleep(0.2)
@@ -106,22 +111,23 @@ class _Snapshot(ThreadingHTTPServer):
         self.thread.join()
 
 
-def _deploy_records(root: Path) -> list[dict[str, Any]]:
+def _records(root: Path, kind: str = "deploy") -> list[dict[str, Any]]:
     from nb2prod.jupyter import launches
 
     return [record for pipeline in root.glob("*-pipeline")
-            for _, record in launches.records(pipeline, "deploy")]
+            for _, record in launches.records(pipeline, kind)]
 
 
 @pytest.fixture
 def stop_deploys(tmp_path: Path) -> Iterator[None]:
-    """Every deploy process the test started is gone at its end, also on failure."""
+    """Every deploy or run process the test started is gone at its end, also on failure."""
     yield
     from nb2prod.jupyter import launches
 
-    for record in _deploy_records(tmp_path / "root"):
-        if launches.is_running(record):
-            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+    for kind in ("deploy", "run"):
+        for record in _records(tmp_path / "root", kind):
+            if launches.is_running(record):
+                os.killpg(record["runner"]["pid"], signal.SIGKILL)
 
 
 def _fill_deploy_form(page: Any, store: str, params: str) -> None:
@@ -196,7 +202,7 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 page.screenshot(path=str(shots / "2-panel-running.png"))
                 # 2. the tab closes, the server stops: the deploy goes on
                 page.close()
-            (record,) = _deploy_records(root)
+            (record,) = _records(root)
             assert record["id"] == deploy_id
             assert runner_alive(record["runner"]), "the deploy died with the server"
             assert not snapshot.published.is_set()  # so it is still in training
@@ -262,7 +268,80 @@ def test_deploy_from_the_panel_survives_tab_and_server(
     assert not js_errors, js_errors
     assert_no_nb2prod_tracebacks(tmp_path / "jupyter-lab.log")
     assert all("exit_code" in r or not runner_alive(r["runner"])
-               for r in _deploy_records(root))
-    for record in _deploy_records(root):
+               for r in _records(root))
+    for record in _records(root):
         assert "testing" not in json.dumps(record)  # the Secret's value is nowhere
+    print(f"screenshots: {shots}")
+
+
+def test_local_run_reattaches_after_tab_and_server(tmp_path: Path, stop_deploys: None) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from nb2prod.runners.local import runner_alive
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    snapshot = _Snapshot()
+    cells = [(src.replace('snapshot_url = ""', f'snapshot_url = "{snapshot.url}"'), tags)
+             for src, tags in CELLS]
+    write_notebook(root / "churn.ipynb", cells)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        js_errors: list[str] = []
+        page = None
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            context.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            with running_lab(tmp_path) as lab:
+                page = context.new_page()
+                page.on("pageerror", lambda error: js_errors.append(str(error)))
+                _open(page, lab, "churn.ipynb")
+                panel = _show_panel(page)
+                panel.locator(".nb2prod-RunLocally").click()
+                run = panel.locator(".nb2prod-RunSection")
+                expect(run).to_have_attribute("data-status", "running")
+                train = run.locator('.nb2prod-RunStage[data-stage="train"]')
+                expect(train).to_have_attribute("data-state", "running")
+                run_id = run.get_attribute("data-run")
+                page.screenshot(path=str(shots / "run-1-running.png"))
+                page.close()
+            (record,) = _records(root, "run")
+            assert runner_alive(record["runner"]), "the run died with the server"
+            assert not snapshot.published.is_set()  # so it is still in training
+
+            with running_lab(tmp_path) as lab:
+                page = context.new_page()
+                page.on("pageerror", lambda error: js_errors.append(str(error)))
+                _open(page, lab, "churn.ipynb")
+                panel = _show_panel(page)
+                run = panel.locator(".nb2prod-RunSection")
+                expect(run).to_have_attribute("data-run", run_id or "?")
+                expect(run).to_have_attribute("data-status", "running")
+                train = run.locator('.nb2prod-RunStage[data-stage="train"]')
+                expect(train).to_have_attribute("data-state", "running")
+                expect(panel.locator(".nb2prod-RunStop")).to_be_visible()
+                clock = train.locator("td").nth(2)  # its time so far, live
+                expect(clock).to_have_text(re.compile(r"^\d+\.\ds$"))
+                expect(clock).not_to_have_text(clock.inner_text())
+                node = panel.locator('.nb2prod-DagNode[data-stage="train"]')
+                expect(node).to_have_attribute("data-state", "running")
+                expect(node).not_to_contain_text("running 0.0s")
+                page.screenshot(path=str(shots / "run-2-reattached-running.png"))
+                snapshot.published.set()
+                expect(run).to_have_attribute("data-status", "succeeded")
+                expect(train).to_have_attribute("data-state", "done")
+                expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Run locally")
+                page.screenshot(path=str(shots / "run-3-reattached-succeeded.png"))
+        except Exception:
+            if page is not None and not page.is_closed():
+                page.screenshot(path=str(shots / "failure.png"))
+            raise
+        finally:
+            browser.close()
+            snapshot.close()
+    assert not js_errors, js_errors
+    assert_no_nb2prod_tracebacks(tmp_path / "jupyter-lab.log")
     print(f"screenshots: {shots}")

@@ -254,3 +254,19 @@ async def test_file_handler_serves_only_run_files(jp_fetch: Any, iris: Path,  # 
         assert await _get_error(jp_fetch, "nb2prod", "file", params={"path": path}) == 403
     assert await _get_error(jp_fetch, "nb2prod", "file",
                             params={"path": "work/runs/r1/train/none.txt"}) == 404
+
+
+def test_running_stages_show_their_time_so_far() -> None:
+    """run.json has a stage's seconds once it ends; while it runs, the panel counts from
+    its start (the run table and the DAG node)."""
+    import time
+
+    from nb2prod.jupyter.runs import live_seconds, run_summary
+
+    started = time.time() - 5.0
+    record = {"run_id": "r1", "status": "running", "started": started, "stages": {
+        "train": {"status": "running", "started": started, "seconds": 0.0},
+        "serve": {"status": "waiting", "seconds": 0.0}}}
+    assert set(live_seconds(record)) == {"train"} and live_seconds(record)["train"] >= 5.0
+    assert run_summary(record, {})["stages"]["train"]["seconds"] >= 5.0
+    assert live_seconds({**record, "status": "succeeded"}) == {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,18 @@ def stage_files(store: Any, pipeline: Any, run_id: str) -> dict[str, dict[str, P
     return found
 
 
+def live_seconds(record: dict[str, Any]) -> dict[str, float]:
+    """{stage: seconds so far} of the stages a running run is running (run.json has a
+    stage's seconds only once it ends; its start while it runs)."""
+    from nb2prod.runners.local import displayed_status
+
+    if displayed_status(record) != "running":
+        return {}
+    return {name: round(max(0.0, time.time() - stage["started"]), 1)
+            for name, stage in (record.get("stages") or {}).items()
+            if stage.get("status") == "running" and isinstance(stage.get("started"), float)}
+
+
 def run_summary(record: dict[str, Any], files: dict[str, dict[str, Path]]) -> dict[str, Any]:
     """One run for the panel's list: status (`interrupted` for a dead runner), stages, links."""
     from nb2prod.runners.local import displayed_status
@@ -119,6 +132,8 @@ def run_summary(record: dict[str, Any], files: dict[str, dict[str, Path]]) -> di
             "status", "seconds", "cached_from", "message", "cell", "reason")
             if stage.get(k) is not None}
         stages[name]["files"] = files.get(name, {})
+    for name, seconds in live_seconds(record).items():
+        stages[name]["seconds"] = seconds
     return {
         "run_id": record.get("run_id"), "status": displayed_status(record),
         "started": started, "finished": finished,
@@ -141,8 +156,11 @@ def runs_answer(pipeline_dir: Path, run_id: str | None) -> dict[str, Any]:
     records = artifacts.list_runs(store, pipeline.name)
     runs = [run_summary(r, stage_files(store, pipeline, r["run_id"]))
             for r in reversed(records)]
-    known = {r["run_id"] for r in records}
+    known = {r["run_id"]: r for r in records}
     graph = graph_for(pipeline_dir, run_id if run_id in known else None).to_dict()
+    running = live_seconds(known.get(graph.get("run_id") or "", {}))
+    for node in graph.get("nodes") or []:
+        node["seconds"] = running.get(node["name"], node.get("seconds"))
     return {"pipeline": pipeline.name, "runs": runs, "launches": launches(pipeline_dir),
             "graph": graph}
 

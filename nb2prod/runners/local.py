@@ -154,6 +154,8 @@ class LocalRunner:
         self.ahead: dict[str, StageProcess | None] = {}  # started ahead, waiting for `go`
         self.interrupted = False
         self.started: float | None = None  # kept in every run.json write
+        self.recorded: str | None = None  # the status of the last run.json write
+        self.record_lock = threading.Lock()  # one run.json write at a time, in order
         self._html: artifacts.HtmlRenderer | None = None
         self._files: dict[str, dict[str, Path]] | None = None
 
@@ -217,16 +219,26 @@ class LocalRunner:
                 st.finished = now
         self.on_event({"stage": name, "state": state, "message": message,
                        "elapsed": round(st.elapsed, 3), "run_id": self.run_id})
+        # run.json follows the stages while the run runs, so whoever reads it (`nb2prod
+        # runs`, the JupyterLab panel, after a tab or server restart) sees them live
+        self.write_run("running", only_if_running=True)
 
-    def write_run(self, status: str, **extra: object) -> None:
-        record = {
-            "run_id": self.run_id, "pipeline": self.pipeline.name, "status": status,
-            "params": self.params, "store": self.store_uri, "started": self.started,
-            "stages": {n: s.record() for n, s in self.states.items()}, **extra,
-        }
-        if status == "running":
-            record["runner"] = runner_identity()
-        artifacts.write_json(self.store, self.key("run.json"), record)
+    def write_run(self, status: str, only_if_running: bool = False, **extra: object) -> None:
+        """Write run.json; `only_if_running`: unless the run already has its final record."""
+        with self.record_lock:
+            if only_if_running and self.recorded != "running":
+                return
+            with self.lock:
+                stages = {n: s.record() for n, s in self.states.items()}
+            record = {
+                "run_id": self.run_id, "pipeline": self.pipeline.name, "status": status,
+                "params": self.params, "store": self.store_uri, "started": self.started,
+                "stages": stages, **extra,
+            }
+            if status == "running":
+                record["runner"] = runner_identity()
+            artifacts.write_json(self.store, self.key("run.json"), record)
+            self.recorded = status
 
     # -- one stage --------------------------------------------------------------------
     def spawn(self, name: str, input_run_id: str | None, wait: bool) -> StageProcess:

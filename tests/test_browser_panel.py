@@ -75,8 +75,13 @@ def _plain_notebook(path: Path, cells: int) -> Path:
     return path
 
 
-def _tags(path: Path) -> list[list[str]]:
-    return [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
+def _tags(path: Path) -> list[list[str]] | None:
+    """Each cell's tags; None while JupyterLab is still writing the file."""
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except ValueError:
+        return None
+    return [c["metadata"].get("tags", []) for c in cells]
 
 
 #: (cell, actions) done with the role control (the menu of the cell's marker), and the
@@ -104,6 +109,8 @@ ROLE_TAGS = [
     ["metrics"], [], ["train", "after:prepare", "gpu:1", "secret:s3-creds:key:AWS_KEY"],
     ["functions"], ["serve:api", "image:reg/ml:1"], ["skip"],
 ]
+#: The tags once cells 6 to 8 were set to skip together, then cell 6 to functions.
+ROLE_TAGS_AFTER_SELECTION = [*ROLE_TAGS[:7], ["skip"], ["skip"]]
 #: What the markers say afterwards: the metrics cell says so.
 ROLE_MARKERS = [
     "parameters · every stage", "imports · every stage", "prepare", "prepare · metrics",
@@ -253,12 +260,27 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             page.screenshot(path=str(shots / "role-menu.png"))
             page.keyboard.press("Escape")
             expect(menu).to_have_count(0)
+            # on selected cells: the menu of one of them sets them all (cell 8: skip
+            # already); a cell outside the selection is set alone
+            cells.nth(6).locator(".jp-InputPrompt").click()
+            cells.nth(8).locator(".jp-InputPrompt").click(modifiers=["Shift"])
+            markers.nth(7).click()
+            menu.locator(".lm-Menu-item", has_text="skip — in no stage").click()
+            expect(markers.nth(6)).to_have_text("skip")
+            expect(markers.nth(7)).to_have_text("skip")
+            markers.nth(1).click()
+            menu.locator(".lm-Menu-item", has_text="imports — copied").click()
+            expect(markers.nth(0)).to_have_text("parameters · every stage")
+            markers.nth(6).click()  # not selected any more: set alone
+            menu.locator(".lm-Menu-item", has_text="functions — copied").click()
+            expect(markers.nth(6)).to_have_text("functions · every stage")
+            expect(markers.nth(7)).to_have_text("skip")
             page.screenshot(path=str(shots / "roles.png"))
             page.keyboard.press("Control+s")
             page.wait_for_function("""() => !document.querySelector(
                 '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty')""")
             deadline = time.monotonic() + TIMEOUT_MS / 1000
-            while _tags(lab.root / "roles.ipynb") != ROLE_TAGS:
+            while _tags(lab.root / "roles.ipynb") != ROLE_TAGS_AFTER_SELECTION:
                 assert time.monotonic() < deadline, _tags(lab.root / "roles.ipynb")
                 time.sleep(0.1)
 

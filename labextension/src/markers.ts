@@ -157,6 +157,14 @@ export class StageMarkers implements IDisposable {
       node.tabIndex = 0;
       node.setAttribute('role', 'button');
       node.setAttribute('aria-haspopup', 'menu');
+      // The notebook selects on mousedown, collapses a selection on mouseup and
+      // makes a focused cell active: the menu acts on the selection as it was
+      // before the click (no focus by mouse; Tab still reaches the marker).
+      node.addEventListener('mousedown', event => {
+        event.preventDefault();
+        event.stopPropagation();
+      });
+      node.addEventListener('mouseup', event => event.stopPropagation());
       node.addEventListener('click', event => {
         event.stopPropagation();
         this._onMarker?.(cell, node);

@@ -47,13 +47,21 @@ interface ITarget {
   cells: Cell[];
 }
 
-/** The selected code cells when `cell` is one of them, else `cell` alone. */
+/**
+ * The selected code cells when `cell` is one of them, else `cell` alone (made
+ * the active cell, as a click on it would).
+ */
 export function targetCells(panel: NotebookPanel, cell: Cell): Cell[] {
   const notebook = panel.content;
   const selected = notebook.widgets.filter(
     c => c.model.type === 'code' && notebook.isSelectedOrActive(c)
   );
-  return selected.includes(cell) ? selected : [cell];
+  if (selected.includes(cell)) {
+    return selected;
+  }
+  notebook.deselectAll();
+  notebook.activeCellIndex = notebook.widgets.indexOf(cell);
+  return [cell];
 }
 
 /** Write `change(role)` of every target cell as its tags, in one undoable step. */

@@ -116,7 +116,8 @@
   background: var(--jp-layout-color2);
 }
 
-.nb2prod-Spinner {
+.nb2prod-Spinner,
+.nb2prod-PipelinePanel[data-loading='true'] .nb2prod-PanelCheck::before {
   display: inline-block;
   width: 12px;
   height: 12px;
@@ -139,18 +140,10 @@
   }
 }
 
+/* the panel's Check button while the server checks */
 .nb2prod-PipelinePanel[data-loading='true'] .nb2prod-PanelCheck::before {
   content: '';
-  display: inline-block;
-  width: 10px;
-  height: 10px;
   margin-right: 4px;
-  box-sizing: border-box;
-  border: 2px solid var(--jp-border-color2);
-  border-top-color: var(--jp-brand-color1);
-  border-radius: 50%;
-  animation: nb2prod-spin 0.8s linear infinite;
-  vertical-align: middle;
 }
 
 /* -- dialogs -------------------------------------------------------------- */

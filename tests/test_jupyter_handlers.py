@@ -536,3 +536,38 @@ def test_an_exited_unreaped_launch_is_not_running() -> None:
         assert proc.poll() is not None
     finally:
         proc.wait()
+
+
+def test_a_deploy_killed_before_its_outcome_is_read_from_the_cluster_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No result in its event log, its process gone: the cluster's Job states of its run
+    are asked for once (kept beside the record), unfinished stages end as stopped."""
+    from nb2prod.jupyter import deploys, launches
+    from nb2prod.progress import EventLog
+
+    folder = tmp_path / "launch"
+    folder.mkdir()
+    log = EventLog(folder / "events.jsonl")
+    for stage in ("prepare", "train"):
+        log({"stage": stage, "state": "running", "message": "", "elapsed": 0, "run_id": "r7"})
+    record = {"id": "launch", "kind": "deploy", "namespace": "ml", "context": "dev",
+              "pipeline_dir": str(tmp_path), "exit_code": -9, "started": 1.0,
+              "stages": [{"name": n, "type": "batch"} for n in ("prepare", "train", "serve")]}
+    asked: list[tuple[Any, ...]] = []
+
+    def cluster(pipeline_dir: Path, namespace: str, context: str | None,
+                run_id: str) -> dict[str, str]:
+        asked.append((pipeline_dir, namespace, context, run_id))
+        return {"prepare": "done", "train": "running"}
+
+    monkeypatch.setattr(deploys, "_cluster_states", cluster)
+    for _ in range(2):
+        status = deploys.deploy_status(folder, record)
+        assert status["state"] == "failed" and status["run_id"] == "r7"
+        assert [(s["name"], s["state"], s["message"]) for s in status["stages"]] == [
+            ("prepare", "done", "as the cluster has it"),
+            ("train", "failed", "stopped: the deploy ended"),
+            ("serve", "skipped", "not started: the deploy ended")]
+    assert asked == [(tmp_path, "ml", "dev", "r7")]
+    assert launches.read_json(folder / "cluster.json") == {
+        "states": {"prepare": "done", "train": "running"}}

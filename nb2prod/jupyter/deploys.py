@@ -87,20 +87,22 @@ def _cluster_states(pipeline_dir: Path, namespace: str, context: str | None,
 
 def _from_cluster(folder: Path, record: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The cluster's view of a deploy whose process ended without an outcome; asked
-    once (the answer is kept beside the record: that deploy will not change it)."""
+    once, the answer (or why there is none) kept beside the record: that deploy will
+    not change, and a silent cluster must not slow every listing of the deploys."""
+    from nb2prod.jupyter.launches import read_json, write_json
+
     kept = folder / "cluster.json"
-    try:
-        return json.loads(kept.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    answer = read_json(kept)
+    if answer is not None:
+        return answer
     from nb2prod.errors import PipelineFailure, UserError
 
     try:
-        answer: dict[str, Any] = {"states": _cluster_states(
+        answer = {"states": _cluster_states(
             Path(record["pipeline_dir"]), record["namespace"], record.get("context"), run_id)}
     except (PipelineFailure, UserError, ImportError, OSError, KeyError) as exc:
-        return {"states": {}, "error": f"cannot ask the cluster: {exc}"}
-    kept.write_text(json.dumps(answer), encoding="utf-8")
+        answer = {"states": {}, "error": f"cannot ask the cluster: {exc}"}
+    write_json(kept, answer)
     return answer
 
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,6 +296,48 @@ def assert_no_nb2prod_tracebacks(log: Path) -> None:
     ones, e.g. a kernel websocket closed by a page change)."""
     for block in log.read_text().split("Traceback")[1:]:
         assert "nb2prod" not in block.split("\n[", 1)[0], block
+
+
+class BrowserSession:
+    """Pages of one Chromium context; every page's uncaught JS errors are collected."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.errors: list[str] = []
+        self.pages: list[Any] = []
+
+    def new_page(self) -> Any:
+        page = self.context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.pages.append(page)
+        return page
+
+
+@contextmanager
+def browser_session(shots: Path, log: Path) -> Iterator[BrowserSession]:
+    """Chromium for one test: a 1500x1000 context with TIMEOUT_MS waits; on a failure a
+    screenshot of the last open page (`shots/failure.png`); always closed; at the end
+    no JS error in any page and no nb2prod traceback in the server's `log`."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            context.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            session = BrowserSession(context)
+            try:
+                yield session
+            except Exception:
+                open_pages = [page for page in session.pages if not page.is_closed()]
+                if open_pages:
+                    open_pages[-1].screenshot(path=str(shots / "failure.png"))
+                raise
+        finally:
+            browser.close()
+    assert not session.errors, session.errors
+    assert_no_nb2prod_tracebacks(log)
 
 
 def _wait_markers(page: object, expected: list[str | None]) -> None:

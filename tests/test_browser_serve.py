@@ -22,12 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_browser import (  # noqa: F401 - `lab` is a fixture, used by name
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    TIMEOUT_MS,
     Lab,
     _free_port,
-    assert_no_nb2prod_tracebacks,
+    browser_session,
     lab,
 )
 from tests.test_browser_panel import IRIS, _open, _show_panel
@@ -56,7 +53,7 @@ def _post(url: str, body: str) -> tuple[int, object]:
 
 def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
                                       stop_runs: None) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from nb2prod.split import split_notebook
 
@@ -68,48 +65,33 @@ def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
     port = _free_port()  # config.ini edits survive the panel's split
     set_ini(lab.root / "iris-pipeline" / "stage-2-serve" / "config.ini", "service", "PORT",
             str(port))
-    js_errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = None
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)
-            page.on("pageerror", lambda error: js_errors.append(str(error)))
-            _open(page, lab, "iris.ipynb")
-            panel = _show_panel(page)
-            panel.locator(".nb2prod-RunServe").click()
-            serving = panel.locator('.nb2prod-Serving[data-service="serve"]')
-            url = f"http://127.0.0.1:{port}/predict"
-            expect(serving.locator(".nb2prod-Serving-url")).to_have_text(url)
-            curl = serving.locator(".nb2prod-Serving-curl")
-            expect(curl).to_contain_text(f"curl -s -X POST {url} ")
-            expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
-                "data-status", "succeeded")
-            expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Serving…")
-            serving.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "serving.png"))
+    with browser_session(shots, lab.log) as session:
+        page = session.new_page()
+        _open(page, lab, "iris.ipynb")
+        panel = _show_panel(page)
+        panel.locator(".nb2prod-RunServe").click()
+        serving = panel.locator('.nb2prod-Serving[data-service="serve"]')
+        url = f"http://127.0.0.1:{port}/predict"
+        expect(serving.locator(".nb2prod-Serving-url")).to_have_text(url)
+        curl = serving.locator(".nb2prod-Serving-curl")
+        expect(curl).to_contain_text(f"curl -s -X POST {url} ")
+        expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
+            "data-status", "succeeded")
+        expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Serving…")
+        serving.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "serving.png"))
 
-            # a prediction through the URL shown, and the sample request shown
-            assert _post(url, json.dumps(IRIS_REQUEST)) == (200, IRIS_ANSWER)
-            args = shlex.split(curl.inner_text())
-            code, answer = _post(args[args.index("-X") + 2], args[args.index("-d") + 1])
-            assert code == 200 and "predictions" in answer, answer  # type: ignore[operator]
+        # a prediction through the URL shown, and the sample request shown
+        assert _post(url, json.dumps(IRIS_REQUEST)) == (200, IRIS_ANSWER)
+        args = shlex.split(curl.inner_text())
+        code, answer = _post(args[args.index("-X") + 2], args[args.index("-d") + 1])
+        assert code == 200 and "predictions" in answer, answer  # type: ignore[operator]
 
-            # Stop: the run ends, its server with it
-            panel.locator(".nb2prod-RunStop").click()
-            expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Run locally")
-            expect(panel.locator(".nb2prod-Serving")).to_have_count(0)
-            with pytest.raises(urllib.error.URLError):
-                _post(url, json.dumps(IRIS_REQUEST))
-            page.screenshot(path=str(shots / "stopped.png"))
-        except Exception:
-            if page is not None:
-                page.screenshot(path=str(shots / "failure.png"))
-            raise
-        finally:
-            browser.close()
-    assert not js_errors, js_errors
-    assert_no_nb2prod_tracebacks(lab.log)
+        # Stop: the run ends, its server with it
+        panel.locator(".nb2prod-RunStop").click()
+        expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Run locally")
+        expect(panel.locator(".nb2prod-Serving")).to_have_count(0)
+        with pytest.raises(urllib.error.URLError):
+            _post(url, json.dumps(IRIS_REQUEST))
+        page.screenshot(path=str(shots / "stopped.png"))
     print(f"screenshots: {shots}")

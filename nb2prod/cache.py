@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from nb2prod import artifacts
@@ -38,8 +39,8 @@ from nb2prod.runtime.cache import (
 from nb2prod.runtime_copy import pipeline_runtime
 from nb2prod.workdir import sha256_file
 
-__all__ = ["CACHE_PLAN", "LINKERS", "SCHEMA", "cache_key", "cache_plan", "enabled", "key_for",
-           "link", "lookup", "remember", "reuse"]
+__all__ = ["CACHE_PLAN", "LINKERS", "SCHEMA", "cache_key", "cache_plan", "enabled",
+           "job_environ", "key_for", "link", "lookup", "remember", "reuse", "uncacheable"]
 
 
 def enabled(stage: StageSpec) -> bool:
@@ -78,23 +79,92 @@ def stage_code(stage: StageSpec) -> dict[str, str]:
     return code
 
 
+def _stage_notebook(stage: StageSpec) -> dict:
+    try:
+        nb = json.loads((stage.directory / stage.executable).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return nb if isinstance(nb, dict) else {}
+
+
+def _is_parameters(cell: dict) -> bool:
+    return "parameters" in (cell.get("metadata", {}).get("tags") or [])
+
+
+def _mentioned(stage: StageSpec) -> set[str]:
+    """Every word of the stage's code outside its parameters cell."""
+    words: set[str] = set()
+    for cell in _stage_notebook(stage).get("cells", []):
+        if cell.get("cell_type") == "code" and not _is_parameters(cell):
+            words.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "".join(cell.get("source", ""))))
+    return words
+
+
 def stage_params(stage: StageSpec, params: dict[str, object]) -> dict[str, object]:
     """The parameter values the stage sees, for the names its own code mentions.
 
     Every stage gets the whole parameters cell, so a stage that never names
     `n_estimators` must not re-run when only it changes; a mention anywhere
     outside the parameters cell (even in a string) counts, to stay on the safe side.
+    A default that is no literal counts as None here: what it is made of enters
+    the key through `stage_environment` (or the stage is not cached).
     """
-    try:
-        nb = json.loads((stage.directory / stage.executable).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        nb = {}
-    words = set()
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and "parameters" not in (
-                cell.get("metadata", {}).get("tags") or []):
-            words.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "".join(cell.get("source", ""))))
+    words = _mentioned(stage)
     return {k: params.get(k, v) for k, v in notebook_parameters(stage).items() if k in words}
+
+
+#: Variables nb2prod itself sets for each run: a parameter made from one differs every run.
+RUN_VARIABLES = ("NB2PROD_", "MODEL_RUN_ID")
+
+
+def stage_environment(pipeline: Pipeline, stage: StageSpec, params: dict[str, object]
+                      ) -> tuple[list[str], str | None]:
+    """(the environment variables the stage's parameter values are made from, why the
+    stage cannot be cached or None).
+
+    For each parameter the stage mentions and the run does not override
+    (`--param`, `[parameters]`: papermill then injects the value), the parameters
+    cell's default (`analysis.parameters`): `os.environ.get("DATA_DIR", "data")`
+    puts DATA_DIR's value in the run's environment into the key; a default known
+    only when the cell runs (`datetime.now()`), a variable nb2prod sets per run
+    (`NB2PROD_RUN_ID`) or a `[secrets]` one (its value must not shape a key kept
+    in the store) makes the stage uncacheable: it always runs.
+    """
+    from nb2prod.analysis.parameters import parameter_defaults
+
+    source = next(("".join(c.get("source", "")) for c in _stage_notebook(stage).get("cells", [])
+                   if c.get("cell_type") == "code" and _is_parameters(c)), "")
+    words = _mentioned(stage)
+    env: set[str] = set()
+    secrets = {**pipeline.secrets, **stage.secrets}
+    for name, default in sorted(parameter_defaults(source).items()):
+        if name not in words or name in params:
+            continue
+        if default.unkeyable:
+            return [], f"parameter {name} is known only when its cell runs ({default.unkeyable})"
+        for variable in sorted(default.env):
+            if variable.startswith(RUN_VARIABLES):
+                return [], f"parameter {name} reads ${variable}, which nb2prod sets for each run"
+            if variable in secrets:
+                return [], f"parameter {name} reads the secret ${variable}"
+        env |= default.env
+    return sorted(env), None
+
+
+def uncacheable(pipeline: Pipeline, stages: list[str], params: dict[str, object]
+                ) -> list[str]:
+    """One line per reason the cache-enabled batch stages among `stages` cannot be cached,
+    naming them (`run`, `deploy` and `schedule` print it once: they always run)."""
+    stages_by_reason: dict[str, list[str]] = {}
+    for name in stages:
+        stage = pipeline.stages[name]
+        if stage.type != "batch" or not enabled(stage):
+            continue
+        reason = stage_environment(pipeline, stage, params)[1]
+        if reason is not None:
+            stages_by_reason.setdefault(reason, []).append(name)
+    return [f"not cached, always run: {', '.join(names)}: {reason}"
+            for reason, names in stages_by_reason.items()]
 
 
 def input_files(pipeline: Pipeline, stage: StageSpec) -> dict[str, str]:
@@ -127,13 +197,18 @@ def stage_loads(pipeline: Pipeline, stage: StageSpec) -> tuple[dict[str, str], l
 
 
 def cache_plan(pipeline: Pipeline, stage: StageSpec, params: dict[str, object],
-               described: dict[str, dict] | None = None) -> dict:
-    """The key's parts known before the run, and what to read from the input run's
-    manifests; an in-cluster stage gets it as `nb2prod_cache.json` (`CACHE_PLAN`).
+               described: dict[str, dict] | None = None) -> dict | None:
+    """The key's parts known before the run, and what to read when it runs: the input
+    run's manifests, the environment variables (`env`, values as the stage's process
+    sees them); an in-cluster stage gets it as `nb2prod_cache.json` (`CACHE_PLAN`).
+    None for a stage that cannot be cached (`stage_environment`).
 
     `described`: the stage's FILES as deploy described them (`{rel: {sha256, bytes}}`),
     so a deploy hashes each input file once; else they are hashed here.
     """
+    env, reason = stage_environment(pipeline, stage, params)
+    if reason is not None:
+        return None
     requirements = stage.directory / "requirements.txt"
     files = input_files(pipeline, stage) if described is None else {
         rel: entry["sha256"] for rel, entry in described.items()}
@@ -142,12 +217,25 @@ def cache_plan(pipeline: Pipeline, stage: StageSpec, params: dict[str, object],
             "parts": {"code": stage_code(stage), "params": stage_params(stage, params),
                       "files": files,
                       "requirements": requirements.read_text() if requirements.is_file() else ""},
-            "loads": loads, "file_producers": producers}
+            "loads": loads, "file_producers": producers, "env": env}
 
 
 def key_for(store: artifacts.Store, pipeline: Pipeline, stage: StageSpec,
             params: dict[str, object], input_run: str,
-            described: dict[str, dict] | None = None) -> str | None:
-    """The stage's cache key now (its inputs must be in `input_run`), or None."""
-    return plan_key(store, pipeline.name, input_run,
-                    cache_plan(pipeline, stage, params, described))
+            described: dict[str, dict] | None = None,
+            environ: Mapping[str, str | None] | None = None) -> str | None:
+    """The stage's cache key now (its inputs must be in `input_run`), or None.
+
+    `environ`: the environment the stage will run in (default: this process's,
+    which `nb2prod run` passes on to its stages; `deploy`: `job_environ`).
+    """
+    plan = cache_plan(pipeline, stage, params, described)
+    return None if plan is None else plan_key(store, pipeline.name, input_run, plan, environ)
+
+
+def job_environ(job: dict) -> dict[str, str | None]:
+    """The environment of a Job's stage container as the deploying machine knows it:
+    plain `value`s, None (unknown: no key) for a `valueFrom` (a Secret, the downward API)."""
+    containers = job.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    return {e["name"]: e.get("value") for c in containers[:1] for e in c.get("env", [])
+            if isinstance(e, dict) and "name" in e}

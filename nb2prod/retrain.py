@@ -262,7 +262,8 @@ def with_cache_plans(pipeline: Pipeline, codes: dict[str, StageCode], opts: Opti
     The pod decides (`run-stage`): only the inputs' sha256s are unknown before
     the run, so everything else of the key is computed here, by the code `run`
     and `deploy` use (`nb2prod.cache.cache_plan`), and shipped with the stage.
-    A stage tagged `no-cache` gets no plan, and always runs.
+    A stage tagged `no-cache` gets no plan, and always runs; so does one whose
+    parameters cannot be keyed (`cache.stage_environment`).
     """
     from nb2prod import cache
 
@@ -272,6 +273,8 @@ def with_cache_plans(pipeline: Pipeline, codes: dict[str, StageCode], opts: Opti
         if not cache.enabled(stage):
             continue
         plan = cache.cache_plan(pipeline, stage, dict(opts.params), opts.files.get(name))
+        if plan is None:  # a parameter known only when it runs: `cache.uncacheable` says
+            continue
         text = json.dumps(plan, indent=1, sort_keys=True, default=repr) + "\n"
         # stage_code again (not a copy with one more file): the ConfigMap size check counts it
         found[name] = manifests.stage_code(stage, {**codes[name].files,

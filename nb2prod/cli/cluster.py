@@ -17,6 +17,7 @@ from nb2prod.cli.common import (
     namespace_for,
     namespace_option,
     open_pipeline,
+    say_uncacheable,
 )
 from nb2prod.cli.schedule import report_created_services, schedule_settings
 from nb2prod.errors import PipelineFailure, UserError
@@ -79,6 +80,7 @@ def _deploy(target: Path, namespace: str | None, context: str | None, image: str
     opts = kube.options_for(pipeline, namespace_for(pipeline, namespace), image=image, store=store,
                             params=list(params))
     if no_wait and not dry_run:
+        from nb2prod import retrain
         from nb2prod.runners import schedule as incluster
 
         with kube.api_errors():
@@ -86,6 +88,8 @@ def _deploy(target: Path, namespace: str | None, context: str | None, image: str
                                           use_cache=not no_cache)
         click.echo(f"run {started['run_id']} started in namespace {opts.namespace} (Job "
                    f"{started['run_id']}); it trains, gates and rolls out in the cluster")
+        if not no_cache and retrain.cache_setting(pipeline):
+            say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
         report_created_services(started)
         click.echo(f"follow with: nb2prod history {pipeline.root} -n {opts.namespace}")
         return
@@ -106,6 +110,8 @@ def _deploy(target: Path, namespace: str | None, context: str | None, image: str
         click.echo(f"run {opts.run_id}: {len(pipeline.batch)} batch stage(s), "
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
                    f"store {opts.store}")
+        if not no_cache:
+            say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
         result = deployer.run()
     if events is not None:
         events.write({"result": result})

@@ -32,6 +32,14 @@ def echo_err(line: str) -> None:
     click.echo(line, err=True)
 
 
+def say_uncacheable(pipeline, stages: list[str], params: dict) -> None:
+    """One line per reason some of `stages` cannot be cached (they always run), once a run."""
+    from nb2prod import cache
+
+    for line in cache.uncacheable(pipeline, stages, params):
+        click.echo(f"nb2prod: {line}")
+
+
 def say_waiting(message: str) -> None:
     """Called while split waits for another split of the same directory (the lock)."""
     click.echo(f"nb2prod: {message}", err=True)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from nb2prod.cli.common import PathArg, console, echo_err, namespace_for, open_pipeline
+from nb2prod.cli.common import (
+    PathArg,
+    console,
+    echo_err,
+    namespace_for,
+    open_pipeline,
+    say_uncacheable,
+)
 from nb2prod.errors import PipelineFailure, UserError
 
 
@@ -87,6 +94,8 @@ def _run_batch(pipeline, store_uri: str, values: dict, stage: str | None, jobs: 
                                    use_cache=not no_cache)
         n = 1 if stage else len(pipeline.batch)
         click.echo(f"run {runner.run_id}: {n} batch stage(s), store {store_uri}")
+        if not no_cache:
+            say_uncacheable(pipeline, [stage] if stage else pipeline.batch, values)
         result = local.run_batch(pipeline, store_uri=store_uri, params=values,
                                  jobs=runner.jobs, only=stage, runner=runner)
     _summarise(result)
@@ -185,7 +194,7 @@ def runs(target: Path, store: str | None, namespace: str | None, context: str | 
         st = artifacts.open_store(local_store(uri))
     latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
     table = Table(title=f"runs of {pipeline.name}", title_justify="left")
-    for column in ("run", "status", "started", "seconds", "metrics", "failed stage"):
+    for column in ("run", "status", "started", "seconds", "metrics", "failed stage", "cached"):
         table.add_column(column, overflow="fold")
     for record in artifacts.list_runs(st, pipeline.name):
         started = record.get("started")
@@ -199,8 +208,19 @@ def runs(target: Path, store: str | None, namespace: str | None, context: str | 
                            if s.get("status") == "failed")
         marker = " (latest)" if record.get("run_id") == latest else ""
         table.add_row(f"{record.get('run_id')}{marker}", local.displayed_status(record), when,
-                      seconds, metrics or "-", failed or "-")
+                      seconds, metrics or "-", failed or "-", _cached(record, pipeline.order) or "-")
     console().print(table)
+
+
+def _cached(record: dict, order: list[str]) -> str:
+    """`load, fit from RUN`: the stages the run reused from the cache, by the run that ran them."""
+    by_source: dict[str, list[str]] = {}
+    stages = record.get("stages") or {}
+    for name, stage in sorted(stages.items(), key=lambda item: (
+            order.index(item[0]) if item[0] in order else len(order), item[0])):
+        if isinstance(stage, dict) and isinstance(stage.get("cached_from"), str):
+            by_source.setdefault(stage["cached_from"], []).append(name)
+    return "; ".join(f"{', '.join(names)} from {source}" for source, names in by_source.items())
 
 
 @click.command()

@@ -13,6 +13,7 @@ from nb2prod.cli.common import (
     namespace_for,
     namespace_option,
     open_pipeline,
+    say_uncacheable,
 )
 from nb2prod.errors import UserError
 
@@ -68,6 +69,7 @@ def schedule(target: Path, namespace: str | None, context: str | None, cron_expr
              time_zone: str | None, suspend: bool, image: str | None, store: str | None,
              params: tuple[str, ...]) -> None:
     """Retrain DIR on a cron schedule in the cluster; promote and roll out only passing runs."""
+    from nb2prod import retrain
     from nb2prod.runners import kubernetes as kube
     from nb2prod.runners import schedule as incluster
 
@@ -83,6 +85,8 @@ def schedule(target: Path, namespace: str | None, context: str | None, cron_expr
                f"'{info['schedule']}' ({zone})" + (", suspended" if suspend else ""))
     if info["next_run"]:
         click.echo(f"next run: {info['next_run']}")
+    if retrain.cache_setting(pipeline):
+        say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
     report_created_services(info)
     click.echo(f"run it now: kubectl -n {info['namespace']} create job "
                f"--from=cronjob/{info['cronjob']} {info['cronjob']}-manual; "

@@ -8,7 +8,10 @@ everywhere and an earlier run of any of them is a hit for the others.
 A stage's key is the sha256 over the canonical JSON of its parts: `code`,
 `params`, `files` and `requirements` (read from the stage directory by
 `nb2prod.cache` and, for in-cluster runs, shipped as `nb2prod_cache.json` in the
-stage's ConfigMap) and `inputs`, the sha256 of each artifact it loads and of each
+stage's ConfigMap), `env`, the values of the environment variables its
+parameters' defaults read (`os.environ.get("DATA_DIR", "data")`; the plan names
+them, their values are read where the stage runs: in a pod, the pod's), and
+`inputs`, the sha256 of each artifact it loads and of each
 file its ancestors wrote, read from the producers' manifests in the input run
 (`artifact_digests`): a re-run upstream stage whose outputs came out
 byte-identical leaves the key unchanged.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -42,10 +45,11 @@ CACHE_PLAN = "nb2prod_cache.json"
 
 
 def cache_key(code: dict[str, str], params: dict[str, object], inputs: dict[str, str],
-              files: dict[str, str], requirements: str) -> str:
+              files: dict[str, str], requirements: str,
+              env: dict[str, str | None] | None = None) -> str:
     """The stage's cache key: sha256 over the canonical JSON of its parts (pure)."""
     body = {"schema": SCHEMA, "code": code, "params": params, "inputs": inputs,
-            "files": files, "requirements": requirements}
+            "files": files, "requirements": requirements, "env": env or {}}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -77,13 +81,27 @@ def artifact_digests(store: Store, pipeline: str, input_run: str, loads: dict[st
     return digests
 
 
-def plan_key(store: Store, pipeline: str, input_run: str, plan: dict) -> str | None:
-    """The key of a stage from its cache plan (`{"parts", "loads", "file_producers"}`)
-    and the manifests of `input_run`; None when an input is missing."""
-    inputs = artifact_digests(store, pipeline, input_run, plan["loads"], plan["file_producers"])
-    if inputs is None:
+def env_values(names: Iterable[str], environ: Mapping[str, str | None]
+               ) -> dict[str, str | None] | None:
+    """{name: value or None when unset} of the variables a stage's parameters read; None
+    when one is known to be set but not to what (`environ` maps it to None)."""
+    values = {name: environ.get(name) for name in names}
+    if any(name in environ and value is None for name, value in values.items()):
         return None
-    return cache_key(inputs=inputs, **plan["parts"])
+    return values
+
+
+def plan_key(store: Store, pipeline: str, input_run: str, plan: dict,
+             environ: Mapping[str, str | None] | None = None) -> str | None:
+    """The key of a stage from its cache plan (`{"parts", "loads", "file_producers", "env"}`),
+    the manifests of `input_run` and the values of the plan's `env` variables in
+    `environ` (default: this process's, as the stage's kernel sees them: in a pod the
+    pod's); None when an input or a variable's value is missing."""
+    inputs = artifact_digests(store, pipeline, input_run, plan["loads"], plan["file_producers"])
+    env = env_values(plan.get("env") or [], os.environ if environ is None else environ)
+    if inputs is None or env is None:
+        return None
+    return cache_key(inputs=inputs, env=env, **plan["parts"])
 
 
 # -- the index ------------------------------------------------------------------------------

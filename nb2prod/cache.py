@@ -2,7 +2,10 @@
 
 A stage's cache key is the sha256 over what decides its outputs: its code (the
 stage notebook's code cells and the other files of its directory: local
-modules and the runtime, `.py`), the parameter values it sees, the sha256 of every
+modules and the runtime, `.py`), the parameter values it sees (for a default
+read from the environment, the variable's value where the stage runs;
+a default known only when the parameters cell runs makes the stage
+uncacheable: `stage_environment`), the sha256 of every
 artifact it loads and of every input file it names (`FILES`, relative to the
 notebook's directory), and its pinned requirements.  Inputs enter by their
 sha256 as recorded in the producers' manifests, so a re-run upstream stage

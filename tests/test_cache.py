@@ -53,6 +53,9 @@ class Run:
     def states(self) -> dict[str, str]:
         return {n: s["status"] for n, s in self.record["stages"].items()}
 
+    def cached_from(self) -> dict[str, str | None]:
+        return {n: s.get("cached_from") for n, s in self.record["stages"].items()}
+
 
 @dataclass
 class Session:

@@ -25,6 +25,7 @@ import pytest
 from nb2prod import artifacts, cache
 from nb2prod.analysis.parameters import Default, parameter_defaults
 from nb2prod.pipeline import load_pipeline
+from tests.test_cache import Run
 from tests.test_run_e2e import clean_env, nb2prod
 
 PARAMETERS = ('ROWS_DIR = os.environ.get("CACHE_TEST_ROWS_DIR", "rows")\n'
@@ -43,21 +44,6 @@ CELLS = [
 RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
 WHY = ("nb2prod: not cached, always run: stamp: parameter STAMP is known only when its cell "
        "runs (STAMP = datetime.datetime.now().isoformat())")
-
-
-@dataclass
-class Run:
-    run_id: str
-    code: int
-    stdout: str
-    stderr: str
-    record: dict = field(default_factory=dict)
-
-    def states(self) -> dict[str, str]:
-        return {n: s["status"] for n, s in self.record["stages"].items()}
-
-    def cached_from(self) -> dict[str, str | None]:
-        return {n: s.get("cached_from") for n, s in self.record["stages"].items()}
 
 
 @dataclass

@@ -228,9 +228,7 @@ def test_graph_draws_the_cached_run(session: Session) -> None:
 @pytest.fixture()
 def keyed(session: Session, tmp_path: Path):
     """A copy of the pipeline and a function computing a stage's key against the full run."""
-    copy = tmp_path / "p"
-    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
-    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
+    copy = copy_pipeline(session, tmp_path)
     store = session.store
     run_id = session.runs["full"].run_id
 
@@ -240,6 +238,23 @@ def keyed(session: Session, tmp_path: Path):
         assert found is not None
         return found
     return copy, key
+
+
+def copy_pipeline(session, tmp_path: Path, name: str = "p", beside: tuple[str, ...] = (),
+                  **sections: str) -> Path:
+    """A copy of `session`'s pipeline (no run state) in `tmp_path`, its notebook and the
+    `beside` directories next to it; `sections`: a line added to that nb2prod.ini section."""
+    copy = tmp_path / name
+    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
+    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
+    for directory in beside:
+        shutil.copytree(session.work / directory, tmp_path / directory)
+    ini = copy / "nb2prod.ini"
+    text = ini.read_text()
+    for section, line in sections.items():
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{line}\n")
+    ini.write_text(text)
+    return copy
 
 
 def edit_json(path: Path, change) -> None:
@@ -314,17 +329,13 @@ def test_no_cache_tag_is_vocabulary_and_typos_are_caught() -> None:
         "tag 'nocache' is not an nb2prod tag; did you mean 'no-cache'?"]
 
 
-def cron_configmaps(session: Session, tmp_path: Path, cache_setting: str | None) -> dict:
+def cron_configmaps(session, tmp_path: Path, cache_setting: str | None,
+                    beside: tuple[str, ...] = ()) -> dict:
     """`render --cron` of a copy of the pipeline: stage -> its code ConfigMap's data."""
     import yaml
 
-    copy = tmp_path / f"p-{cache_setting}"
-    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
-    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
-    if cache_setting is not None:
-        ini = copy / "nb2prod.ini"
-        ini.write_text(ini.read_text().replace("[schedule]\n",
-                                               f"[schedule]\nCACHE = {cache_setting}\n"))
+    copy = copy_pipeline(session, tmp_path, f"p-{cache_setting}", beside, **(
+        {} if cache_setting is None else {"schedule": f"CACHE = {cache_setting}"}))
     done = nb2prod("render", copy, "-n", "ml", "--store", "s3://bucket/prefix", "--cron",
                    "0 3 * * *", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -365,12 +376,7 @@ def test_no_wait_no_cache_ships_no_cache_plan(session: Session, tmp_path: Path) 
     from nb2prod import retrain
     from nb2prod.runners import kubernetes as kube
 
-    copy = tmp_path / "p"
-    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
-    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
-    ini = copy / "nb2prod.ini"
-    ini.write_text(ini.read_text().replace("[schedule]\n", "[schedule]\nCACHE = true\n"))
-    pipeline = load_pipeline(copy)
+    pipeline = load_pipeline(copy_pipeline(session, tmp_path, schedule="CACHE = true"))
     opts = kube.options_for(pipeline, "ml", store="s3://bucket/prefix")
 
     def planned(use_cache: bool) -> set[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from nb2prod import artifacts, cache
 from nb2prod.analysis.parameters import Default, parameter_defaults
 from nb2prod.pipeline import load_pipeline
-from tests.test_cache import Run
+from tests.test_cache import Run, copy_pipeline, cron_configmaps
 from tests.test_run_e2e import clean_env, nb2prod
 
 PARAMETERS = ('ROWS_DIR = os.environ.get("CACHE_TEST_ROWS_DIR", "rows")\n'
@@ -170,22 +169,9 @@ def test_the_in_cluster_key_agrees_with_the_local_one(session: Session, tmp_path
     """`[schedule] CACHE = true`: the plan names the variables, the pod reads their values
     (here: given as the pod's environment) and gets the key `nb2prod run` indexed; the
     stage whose parameter is known only when it runs gets no plan (it always runs)."""
-    import yaml
-
     from nb2prod.runtime.cache import plan_key
 
-    copy = tmp_path / "p"
-    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
-    shutil.copytree(session.work / "rows", tmp_path / "rows")
-    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
-    ini = copy / "nb2prod.ini"
-    ini.write_text(ini.read_text().replace("[schedule]\n", "[schedule]\nCACHE = true\n"))
-    done = nb2prod("render", copy, "-n", "ml", "--store", "s3://bucket/prefix", "--cron",
-                   "0 3 * * *", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    data = {o["metadata"]["labels"]["nb2prod.io/stage"]: o["data"]
-            for o in yaml.safe_load_all(done.stdout) if o and o["kind"] == "ConfigMap"
-            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "code"}
+    data = cron_configmaps(session, tmp_path, "true", beside=("rows",))
     assert cache.CACHE_PLAN not in data["stamp"]
     plans = {s: json.loads(data[s][cache.CACHE_PLAN]) for s in ("load", "fit")}
     assert plans["load"]["env"] == ["CACHE_TEST_ROWS_DIR"]
@@ -259,11 +245,7 @@ def test_parameter_defaults_name_the_variables_and_what_is_known_only_at_run_tim
 
 def test_a_secret_or_a_per_run_variable_makes_a_stage_uncacheable(session: Session,
                                                                   tmp_path: Path) -> None:
-    copy = tmp_path / "p"
-    shutil.copytree(session.pipeline_dir, copy, ignore=shutil.ignore_patterns(".nb2prod"))
-    shutil.copy(session.work / "p.ipynb", tmp_path / "p.ipynb")
-    ini = copy / "nb2prod.ini"
-    ini.write_text(ini.read_text().replace("[secrets]\n", "[secrets]\nCACHE_TEST_SCALE = scale-secret\n"))
+    copy = copy_pipeline(session, tmp_path, secrets="CACHE_TEST_SCALE = scale-secret")
     pipeline = load_pipeline(copy)
     assert cache.uncacheable(pipeline, pipeline.batch, {}) == [
         "not cached, always run: fit: parameter SCALE reads the secret $CACHE_TEST_SCALE",

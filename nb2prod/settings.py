@@ -141,6 +141,7 @@ PROJECT: dict[tuple[str, str], Check] = {
     ("schedule", "FAILED_RUNS_KEPT"): whole(0),
     ("schedule", "SUSPEND"): boolean,
     ("schedule", "CACHE"): boolean,
+    ("run", "WORKER"): boolean,
 }
 
 #: a stage's config.ini

@@ -8,7 +8,9 @@ silently, so CI cannot go green on a broken import or a wrong path.
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,3 +38,26 @@ def pytest_configure(config: pytest.Config) -> None:
     before any fixture tears down: the servers, stand-in pods and kernels tests started
     would be left running.  Taking the Ctrl-C path instead runs every teardown."""
     signal.signal(signal.SIGTERM, _sigterm_is_ctrl_c)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stage_worker_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The stage worker `nb2prod run` starts lives in a runtime dir of this session and
+    is stopped at its end, with every process it started, also after a failure or
+    SIGTERM (see `pytest_configure`).  XDG_RUNTIME_DIR points there too, for tests that
+    run nb2prod with every NB2PROD_* variable removed."""
+    from nb2prod import worker
+
+    base = tmp_path_factory.mktemp("rt")
+    saved = {k: os.environ.get(k) for k in ("NB2PROD_RUNTIME_DIR", "XDG_RUNTIME_DIR")}
+    os.environ["XDG_RUNTIME_DIR"] = str(base)
+    os.environ["NB2PROD_RUNTIME_DIR"] = str(base / "nb2prod")
+    try:
+        yield
+    finally:
+        worker.stop_all()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -22,6 +22,13 @@ CELLS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def own_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting ahead is how stages run without the stage worker (NB2PROD_WORKER=0, or
+    when it is not available); with it, its warm processes do that job."""
+    monkeypatch.setenv("NB2PROD_WORKER", "0")
+
+
 @pytest.fixture()
 def pipeline(tmp_path: Path):
     nb = nbformat.v4.new_notebook()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from nb2prod import lifeline, worker
 from tests.test_run_e2e import (
     RUN_DATA,
     RUN_LINE,
@@ -171,16 +172,34 @@ def runs_status(pipeline_dir: Path, run_id: str) -> str:
 # --------------------------------------------------------------------------- batch stages
 
 
+def in_worker(stage: str) -> list[int]:
+    """The stage worker's process running `stage` and its kernel (not marked: they
+    started, warm, before the run and got its environment when handed the stage)."""
+    try:
+        status = worker.ask("status")
+    except worker.WorkerUnavailable:
+        return []
+    return [pid for w in status["processes"] if w["stage"] == stage
+            for pid in (w["pid"], w["kernel"]) if pid]
+
+
+def alive(pid: int) -> bool:
+    fields = lifeline.stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+@pytest.mark.parametrize("use_worker", ["1", "0"], ids=["stage-worker", "own-process"])
 def test_kill_9_of_the_runner_takes_stage_kernel_and_notebook_helper_along(
-        faults: Faults, launch: Callable[..., Faulty]) -> None:
-    faulty = launch("run", faults.pipeline_dir, "--no-serve", *SLOW)
+        faults: Faults, launch: Callable[..., Faulty], use_worker: str) -> None:
+    faulty = launch("run", faults.pipeline_dir, "--no-serve", *SLOW, NB2PROD_WORKER=use_worker)
     run_id = faulty.command.wait_for(RUN_LINE)["run_id"]
     faulty.milestone("train-started")
     # runner, stage process, its kernel and the helper the notebook started
-    assert len(marked(faulty.marker)) >= 4, faulty.command.output
+    pids = marked(faulty.marker) + in_worker("train")
+    assert len(set(pids)) >= 4, faulty.command.output
     faulty.command.proc.kill()
     faulty.command.proc.wait()
-    wait_until(lambda: not marked(faulty.marker), GONE_TIMEOUT,
+    wait_until(lambda: not marked(faulty.marker) and not any(map(alive, pids)), GONE_TIMEOUT,
                "every process of the killed run gone")
     assert run_record(faults.pipeline_dir, "faults", run_id)["status"] == "running"
     assert runs_status(faults.pipeline_dir, run_id) == "interrupted"

@@ -1,4 +1,5 @@
-"""`nb2prod run`, `runs` and `graph`: the pipeline on this machine and its history."""
+"""`nb2prod run`, `runs`, `graph` and `worker`: the pipeline on this machine, its
+history, and the stage worker `run` starts on demand."""
 
 from __future__ import annotations
 
@@ -248,4 +249,13 @@ def graph(target: Path, output: Path | None, run_id: str | None, store: str | No
     click.echo(f"wrote {output}", err=True)
 
 
-COMMANDS = (run, runs, graph)
+@click.command("worker")
+@click.argument("action", type=click.Choice(["status", "stop"]), default="status")
+def worker_command(action: str) -> None:
+    """The stage worker `run` starts on demand (warm kernels): show it, or stop it."""
+    from nb2prod import worker
+
+    worker.main([action])
+
+
+COMMANDS = (run, runs, graph, worker_command)

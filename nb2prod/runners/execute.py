@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,25 @@ def guard() -> None:
     """Die with the runner, and make SIGTERM take the kernel along."""
     signal.signal(signal.SIGTERM, lambda signum, frame: _die(TERMINATED))
     lifeline.watch(lambda: _die(TERMINATED))
+
+
+def guard_with(conn: socket.socket | None, done: threading.Event | None = None) -> None:
+    """`guard` for a stage worker's process: SIGTERM, and EOF on the runner's `conn`
+    (the runner gone, Ctrl-C, a time limit) before `done`, kill the kernel and exit."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _die(TERMINATED))
+    if conn is None:
+        return
+
+    def wait() -> None:
+        try:
+            while conn.recv(4096):
+                pass  # the runner sends nothing after its request
+        except OSError:
+            pass
+        if done is None or not done.is_set():
+            _die(TERMINATED)
+
+    threading.Thread(target=wait, name="nb2prod-runner-conn", daemon=True).start()
 
 
 def execute(stage_dir: Path, executable: str, work: Path, params: dict,

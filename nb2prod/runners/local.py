@@ -32,17 +32,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import artifacts, cache, dag, lifeline, workdir
+from nb2prod import artifacts, cache, dag, lifeline, workdir, worker
 from nb2prod.errors import Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
+from nb2prod.runners import worker_stage
 from nb2prod.runners.interrupts import shielded
+from nb2prod.runners.stage_process import StageProcess
+from nb2prod.runners.worker_stage import WorkerStage
 
 Event = dict
 OnEvent = Callable[[Event], None]
 OK_STATES = ("done", "cached")
 
-#: Seconds a stage process gets to stop its kernel after SIGTERM before it is killed.
-STOP_GRACE_SECONDS = 10
 
 
 def process_start(pid: int) -> str | None:
@@ -115,12 +116,7 @@ class StageState:
                 **({"cached_from": self.cached_from} if self.cached_from else {})}
 
 
-@dataclass
-class StageProcess:
-    """A running stage process and its temporary working directory."""
-
-    proc: subprocess.Popen
-    work: Path
+Stage = StageProcess | WorkerStage
 
 
 @dataclass
@@ -150,7 +146,7 @@ class LocalRunner:
         self.run_id = artifacts.new_run_id()
         self.states: dict[str, StageState] = {}
         self.lock = threading.Lock()
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, Stage] = {}
         self.ahead: dict[str, StageProcess | None] = {}  # started ahead, waiting for `go`
         self.interrupted = False
         self.started: float | None = None  # kept in every run.json write
@@ -158,6 +154,10 @@ class LocalRunner:
         self.record_lock = threading.Lock()  # one run.json write at a time, in order
         self._html: artifacts.HtmlRenderer | None = None
         self._files: dict[str, dict[str, Path]] | None = None
+        self.use_worker = worker_stage.enabled(pipeline.value("run", "WORKER"))
+        self.finishing: list[Future] = []  # reports rendered and uploaded after "done"
+        self.finisher = ThreadPoolExecutor(max_workers=self.jobs,
+                                           thread_name_prefix="nb2prod-report")
 
     @property
     def html(self) -> artifacts.HtmlRenderer:
@@ -196,7 +196,6 @@ class LocalRunner:
                    PYTHONUNBUFFERED="1")
         env.pop("MODEL_RUN_ID", None)
         env["NB2PROD_INPUT_RUN_ID"] = input_run_id or self.run_id
-        env.update(lifeline.runner().child_env())
         return env
 
     def key(self, *parts: str) -> str:
@@ -241,14 +240,22 @@ class LocalRunner:
             self.recorded = status
 
     # -- one stage --------------------------------------------------------------------
-    def spawn(self, name: str, input_run_id: str | None, wait: bool) -> StageProcess:
-        """Start the stage process; with `wait` it boots its kernel and waits for `go`."""
+    def spawn(self, name: str, input_run_id: str | None, wait: bool) -> Stage:
+        """Start the stage: in the stage worker when it can, else in a process of its own;
+        with `wait` (own process only) it boots its kernel and waits for `go`."""
         stage = self.pipeline.stages[name]
         work = Path(tempfile.mkdtemp(prefix=f"nb2prod-{name}-"))
         try:
+            env = {**self.stage_env(stage, input_run_id), **self.lay_out(name, work)}
+            if self.use_worker and not wait:
+                started = self.submit(name, work, env)
+                if started is not None:
+                    with self.lock:
+                        self.processes[name] = started
+                    return started
             params_file = work / "params.json"
             params_file.write_text(json.dumps(self.params))
-            env = {**self.stage_env(stage, input_run_id), **self.lay_out(name, work)}
+            env.update(lifeline.runner().child_env())
             with open(work / "log.txt", "wb") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "nb2prod.runners.execute", str(stage.directory),
@@ -261,17 +268,39 @@ class LocalRunner:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+        started = StageProcess(proc, work)
         with self.lock:
-            self.processes[f"{name}{' (ahead)' if wait else ''}"] = proc
-        return StageProcess(proc, work)
+            self.processes[f"{name}{' (ahead)' if wait else ''}"] = started
+        return started
+
+    def submit(self, name: str, work: Path, env: dict[str, str]) -> WorkerStage | None:
+        """The stage handed to the stage worker; None (said once) when it cannot be used."""
+        from nb2prod.runtime.stage import kernel_environ
+
+        stage = self.pipeline.stages[name]
+        identity = worker.identity_env(env)
+        env = {**env, **kernel_environ(stage.directory, Path(env["NB2PROD_WORKDIR"]), env)}
+        try:
+            return worker_stage.submit(name, stage.directory, stage.executable, work,
+                                       self.params, env, identity)
+        except worker_stage.WorkerUnavailable as exc:
+            with self.lock:
+                if self.use_worker:
+                    print(f"nb2prod: the stage worker is not available ({exc}); running "
+                          "each stage in a process of its own", file=sys.stderr, flush=True)
+                self.use_worker = False
+            return None
 
     def start_ahead(self, executing: str, input_run_id: str | None) -> None:
         """`executing` missed the cache and runs: boot the kernels of the stages after it.
 
         A stage waiting only on stages that are running or finished gets its
         process now (kernel booting, papermill importing) and is told `go` when
-        its inputs are there; at most `jobs` such processes wait at a time.
+        its inputs are there; at most `jobs` such processes wait at a time.  Not with
+        the stage worker: its stage processes are warm already.
         """
+        if self.use_worker:
+            return
         with self.lock:
             candidates = [
                 n for n in self.states if n not in self.ahead and self.states[n].state == "waiting"
@@ -332,41 +361,53 @@ class LocalRunner:
         timed_out = False
         try:
             try:
-                code = started.proc.wait(timeout=limit)
+                code = started.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                code = stop_stage_process(started.proc)
+                code = started.stop()
             with self.lock:
                 self.processes.pop(name, None)
             result_file = work / "out" / "result.json"
-            result = json.loads(result_file.read_text()) if result_file.is_file() else {
-                "status": "failed", "ename": "ProcessError",
-                "evalue": f"stage process exited with code {code}"}
+            result = json.loads(result_file.read_text()) if result_file.is_file() else \
+                started.lost()
             if timed_out:
                 result.update(status="failed", ename="TimeoutError", evalue=(
                     f"exceeded MAX_COMPLETION_TIME_SECONDS ({limit:g}s) and was stopped"))
             if result.get("status") != "succeeded":  # the log ends saying why
                 with open(work / "log.txt", "a", encoding="utf-8") as log:
                     log.write(f"\nnb2prod: {_failure_text(result)}\n")
-            executed = work / "out" / f"{Path(stage.executable).stem}.ipynb"
-            if executed.is_file():
-                error = self.html.render(executed, executed.with_suffix(".html"))
-                if error:
-                    result["html_error"] = error
-            uploaded = self.upload(name, work, stage)
-            state = self.states[name]
-            state.result = {**result, **uploaded}
-        finally:
+            ok = not self.interrupted and result.get("status") == "succeeded" and code == 0
+        except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            raise
+        if ok:  # the report is rendered and everything uploaded while later stages run
+            self.states[name].result = result
+            self.set_state(name, "done")
+            self.finishing.append(self.finisher.submit(self.finish, name, started, result, key))
+            return self.states[name]
+        self.finish(name, started, result, None)
         if self.interrupted:
             self.set_state(name, "failed", "interrupted")
-        elif result.get("status") == "succeeded" and code == 0:
-            if key is not None:
-                cache.remember(self.store, self.pipeline.name, name, key, self.run_id)
-            self.set_state(name, "done")
         else:
             self.set_state(name, "failed", self.failure_message(name))
         return self.states[name]
+
+    def finish(self, name: str, started: Stage, result: dict, key: str | None) -> None:
+        """The HTML report, the uploads of notebook, report and log, then the cache entry
+        (which lists every file the stage left, so it comes last)."""
+        stage = self.pipeline.stages[name]
+        try:
+            executed = started.work / "out" / f"{Path(stage.executable).stem}.ipynb"
+            if executed.is_file():
+                error = started.report(executed, lambda: self.html)
+                if error:
+                    result["html_error"] = error
+            uploaded = self.upload(name, started.work, stage)
+            self.states[name].result = {**result, **uploaded}
+        finally:
+            shutil.rmtree(started.work, ignore_errors=True)
+        if key is not None:
+            cache.remember(self.store, self.pipeline.name, name, key, self.run_id)
 
     def cache_lookup(self, stage: StageSpec, input_run: str) -> tuple[str | None, dict | None]:
         """(cache key, verified hit or None); a stage tagged no-cache has neither.
@@ -426,13 +467,17 @@ class LocalRunner:
             self.on_event({"stage": name, "state": "waiting", "message": "", "elapsed": 0.0,
                            "run_id": self.run_id})
         self.started = time.time()
-        _ = self.html  # start importing nbconvert while the first stages run
+        if not self.use_worker:
+            _ = self.html  # start importing nbconvert while the first stages run
         self.write_run("running")
         try:
             return self._run(stages, edges, input_run_id)
         finally:
             for name in list(self.ahead):
                 self.stop_ahead(name)
+            for future in self.finishing:
+                future.result()  # every report kept before the run is recorded
+            self.finisher.shutdown()
 
     def _run(self, stages: list[str], edges: list[dag.Edge], input_run_id: str | None
              ) -> dict[str, StageState]:
@@ -471,28 +516,15 @@ class LocalRunner:
     def interrupt(self) -> None:
         """Ctrl-C / SIGTERM: stop every running stage (and its kernel) now.
 
-        Each stage process kills its kernel on SIGTERM (`runners.execute`); the
-        threads waiting for them then record the stages as interrupted.
+        Each stage process kills its kernel on SIGTERM (`runners.execute`) or when its
+        connection closes (the stage worker's); the threads waiting for them then
+        record the stages as interrupted.
         """
         self.interrupted = True
         with self.lock:
-            procs = list(self.processes.values())
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-
-
-def stop_stage_process(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> int:
-    """SIGTERM a stage process (it stops its kernel), SIGKILL it and its tree after `grace`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        lifeline.kill_tree(proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+            started = list(self.processes.values())
+        for stage in started:
+            stage.interrupt()
 
 
 def _failure_text(result: dict) -> str:

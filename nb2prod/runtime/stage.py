@@ -78,17 +78,29 @@ def execute_notebook(stage_dir: Path, executable: str, work: Path, params: dict,
 def start_kernel(stage_dir: Path, cwd: Path | None = None) -> _KernelHead:
     """The stage's kernel, started now in `cwd` with the stage directory importable."""
     cwd = cwd or stage_dir
+    os.environ.update(kernel_environ(stage_dir, cwd, os.environ))
+    return _KernelHead(cwd)
+
+
+def kernel_environ(stage_dir: Path, cwd: Path, environ: Any) -> dict[str, str]:
+    """What the stage kernel's environment adds to `environ`: the stage directory and
+    the pipeline's runtime on PYTHONPATH, NB2PROD_STAGE_DIR when it runs elsewhere.
+
+    Also used by `nb2prod run` for a warm kernel of the stage worker, which gets
+    these values before the notebook runs instead of at its start.
+    """
     here = Path(stage_dir).resolve()
     # The stage's own modules, then the pipeline's nb2prod_runtime/ (beside the stage
     # dirs locally; in a pod it was copied into the stage dir).
     wanted = [str(here)] + [str(d) for d in (here.parent,) if (d / "nb2prod_runtime").is_dir()]
-    path = os.environ.get("PYTHONPATH")
+    path = environ.get("PYTHONPATH")
     entries = path.split(os.pathsep) if path else []
+    added = {}
     if entries[:len(wanted)] != wanted:
-        os.environ["PYTHONPATH"] = os.pathsep.join(wanted + entries)
+        added["PYTHONPATH"] = os.pathsep.join(wanted + entries)
     if Path(cwd).resolve() != here:
-        os.environ["NB2PROD_STAGE_DIR"] = str(here)
-    return _KernelHead(cwd)
+        added["NB2PROD_STAGE_DIR"] = str(here)
+    return added
 
 
 def _execute_with(kernel: _KernelHead, stage_dir: Path, executable: str, work: Path,

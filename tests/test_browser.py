@@ -4,8 +4,9 @@
   extension from nb2prod/labextension and the server extension through the
   shipped jupyter-config file; Debian Chromium driven by Playwright opens the
   iris example, checks the stage markers against the Python analysis, splits
-  from the toolbar, checks the pipeline on disk, deploys (scripted deploy
-  function, real handlers and polling), then re-tags a cell with the
+  from the toolbar, checks the pipeline on disk, deploys (a scripted deploy
+  command as the detached process, real handlers, event log and polling), then
+  re-tags a cell with the
   "Cell role…" command and follows a problem's "Go to cell" button.
 - The wheel contains the labextension and the server config, and a fresh
   venv with only that wheel lists both as enabled.

@@ -187,6 +187,10 @@ async def test_paths_outside_root_are_403(jp_fetch: Any, iris: Path, jp_root_dir
         code, answer = await _error(jp_fetch, endpoint, body)
         assert code == 403, (endpoint, body)
         assert "outside the server's root" in answer["problems"][0]["message"]
+    for path in ("../outside/iris.ipynb", "link/iris.ipynb"):  # the deploys of a pipeline
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch("nb2prod", "deploy", params={"path": path})
+        assert info.value.code == 403, path
     assert sorted(p.name for p in outside.iterdir()) == ["iris.ipynb"]
 
 
@@ -571,3 +575,37 @@ def test_a_deploy_killed_before_its_outcome_is_read_from_the_cluster_once(
     assert asked == [(tmp_path, "ml", "dev", "r7")]
     assert launches.read_json(folder / "cluster.json") == {
         "states": {"prepare": "done", "train": "running"}}
+
+
+async def test_browser_posts_need_the_xsrf_token(jp_fetch: Any, jp_serverapp: Any,
+                                                 iris: Path) -> None:
+    """A logged-in browser session (cookie, no token header) must send the XSRF token:
+    another site's page cannot make the server split, deploy or run."""
+    from http.cookies import SimpleCookie
+    from urllib.parse import urlencode
+
+    def cookies(response: Any, jar: SimpleCookie) -> SimpleCookie:
+        for header in response.headers.get_list("Set-Cookie"):
+            jar.load(header)
+        return jar
+
+    jar = cookies(await jp_fetch("login", headers={"Authorization": ""}), SimpleCookie())
+    xsrf = jar["_xsrf"].value
+    token = jp_serverapp.identity_provider.token
+    login = await jp_fetch("login", method="POST", follow_redirects=False, raise_error=False,
+                           headers={"Authorization": "",
+                                    "Cookie": "; ".join(f"{k}={v.value}" for k, v in jar.items())},
+                           body=urlencode({"_xsrf": xsrf, "password": token}))
+    assert login.code == 302, login.code
+    session = "; ".join(f"{k}={v.value}" for k, v in cookies(login, jar).items())
+    body = {"path": "work/iris.ipynb", "namespace": "ml"}
+    for endpoint in ("split", "deploy", "run", "run/20260101t000000-abc/stop"):
+        code, _ = await _error(jp_fetch, endpoint, body,
+                               headers={"Authorization": "", "Cookie": session})
+        assert code == 403, endpoint
+    assert not (iris.parent / "iris-pipeline").exists()
+    # the same session with the token: accepted (here: the deploy's own 400, no namespace)
+    code, answer = await _error(jp_fetch, "deploy", {"path": "work/iris.ipynb"},
+                                headers={"Authorization": "", "Cookie": session,
+                                         "X-XSRFToken": xsrf})
+    assert code == 400 and "'namespace' is required" in answer["message"]

@@ -265,6 +265,10 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             cells.nth(6).locator(".jp-InputPrompt").click()
             cells.nth(8).locator(".jp-InputPrompt").click(modifiers=["Shift"])
             markers.nth(7).click()
+            expect(menu.locator(".lm-Menu-item").first).to_have_text("Role of 3 selected cells")
+            expect(menu.locator(".lm-Menu-item.lm-mod-toggled")).to_have_text(
+                ["Service stage: api"])  # the clicked cell's role
+            page.screenshot(path=str(shots / "role-menu-selection.png"))
             menu.locator(".lm-Menu-item", has_text="skip — in no stage").click()
             expect(markers.nth(6)).to_have_text("skip")
             expect(markers.nth(7)).to_have_text("skip")

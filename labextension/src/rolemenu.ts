@@ -39,12 +39,16 @@ export namespace RoleCommands {
   export const option = 'nb2prod:role-option';
   export const after = 'nb2prod:role-after';
   export const newStage = 'nb2prod:role-new-stage';
+  /** the menu's first line: which cells it sets (inert) */
+  export const heading = 'nb2prod:role-heading';
 }
 
 /** The cells a role change applies to, and their notebook. */
 interface ITarget {
   panel: NotebookPanel;
   cells: Cell[];
+  /** the cell whose marker was clicked: the menu ticks its role */
+  clicked?: Cell;
 }
 
 /**
@@ -113,7 +117,11 @@ export function roleMenu(
 ): (panel: NotebookPanel, cell: Cell, anchor: HTMLElement) => void {
   const commands = app.commands;
   let target: ITarget | null = null;
-  const first = (): IRole | null => (target ? readRole(tagsOf(target.cells[0])) : null);
+  const first = (): IRole | null =>
+    target ? readRole(tagsOf(target.clicked ?? target.cells[0])) : null;
+  /** An option changes only the cells in a stage (a prelude cell cannot take one). */
+  const inStage = (change: (role: IRole) => IRole) => (role: IRole): IRole =>
+    takesOptions(role.place) ? change(role) : role;
   const apply = (change: (role: IRole) => IRole): void => {
     if (target) {
       writeRoles(target, change, markersOf(target.panel));
@@ -124,6 +132,11 @@ export function roleMenu(
     return role !== null && takesOptions(role.place);
   };
 
+  commands.addCommand(RoleCommands.heading, {
+    label: args => String(args.text ?? ''),
+    isEnabled: () => false,
+    execute: () => undefined
+  });
   commands.addCommand(RoleCommands.place, {
     label: args => {
       const place = args.place as Place;
@@ -160,22 +173,24 @@ export function roleMenu(
       const role = first();
       return role !== null && role[args.option as 'metrics' | 'noCache'];
     },
-    execute: args => apply(role => toggledOption(role, args.option as 'metrics' | 'noCache'))
+    execute: args => apply(inStage(role => toggledOption(role, args.option as 'metrics' | 'noCache')))
   });
   commands.addCommand(RoleCommands.after, {
     label: args => `after:${args.stage as string}`,
     isEnabled: stageOnly,
     isToggled: args => (first()?.after ?? []).includes(args.stage as string),
-    execute: args => apply(role => toggledAfter(role, args.stage as string))
+    execute: args => apply(inStage(role => toggledAfter(role, args.stage as string)))
   });
 
   return (panel: NotebookPanel, cell: Cell, anchor: HTMLElement): void => {
-    target = { panel, cells: targetCells(panel, cell) };
+    target = { panel, cells: targetCells(panel, cell), clicked: cell };
     const stages = knownStages(markersOf(panel));
     const menu = new MenuSvg({ commands });
     menu.addClass('nb2prod-RoleMenu');
     const n = target.cells.length;
     menu.title.label = n === 1 ? 'Role of this cell' : `Role of ${n} selected cells`;
+    menu.addItem({ command: RoleCommands.heading, args: { text: menu.title.label } });
+    menu.addItem({ type: 'separator' });
     for (const { name, type } of stages) {
       menu.addItem({ command: RoleCommands.place,
                      args: { place: type === 'service' ? 'serve' : 'stage', name } });

@@ -3,7 +3,7 @@
 Our notebook reads its data directory and a scale from environment variables in
 its parameters cell (as tests/data/corpus/env_config does) and stamps the time
 in a third parameter: `load` (reads ROWS_DIR) -> `fit` (SCALE, metric `score`)
--> `stamp` (STAMP, writes summary.json).  A cached run must produce what a full run would: changing
+-> `stamp` (STAMP; it saves nothing: its executed notebook is all a cache hit reuses).  A cached run must produce what a full run would: changing
 an environment variable the parameters cell reads re-runs the stages reading
 that parameter, the same environment is a hit, a default known only when the
 cell runs (`datetime.now()`) makes its stages always run and says why once, and
@@ -31,14 +31,13 @@ PARAMETERS = ('ROWS_DIR = os.environ.get("CACHE_TEST_ROWS_DIR", "rows")\n'
               'SCALE = int(os.getenv("CACHE_TEST_SCALE", "2"))\n'
               "STAMP = datetime.datetime.now().isoformat()")
 CELLS = [
-    (["imports"], "import datetime\nimport json\nimport os"),
+    (["imports"], "import datetime\nimport os"),
     (["parameters"], PARAMETERS),
     (["stage:load"], ('with open(os.path.join(ROWS_DIR, "values.txt")) as fh:\n'
                       "    data = [int(line) for line in fh]")),
     (["stage:fit"], "weights = [x * SCALE for x in data]"),
     (["metrics"], "score = sum(weights)"),
-    (["stage:stamp"], ("with open('summary.json', 'w') as fh:\n"
-                       "    json.dump({'total': sum(weights), 'at': STAMP}, fh)")),
+    (["stage:stamp"], "print({'total': sum(weights), 'at': STAMP})"),
 ]
 RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
 WHY = ("nb2prod: not cached, always run: stamp: parameter STAMP is known only when its cell "
@@ -144,6 +143,11 @@ def test_param_overrides_are_keyed_and_win_over_the_environment(session: Session
     assert again.cached_from() == {"load": other.run_id, "fit": param.run_id,
                                    "stamp": param.run_id}
     assert again.record["metrics"] == param.record["metrics"]
+    # stamp saved nothing (no manifest): the hit is its executed notebook, linked.
+    runs = session.pipeline_dir / ".nb2prod/artifacts/p/runs"
+    reused = runs / again.run_id / "stamp" / "stamp.ipynb"
+    assert reused.stat().st_ino == (runs / param.run_id / "stamp" / "stamp.ipynb").stat().st_ino
+    assert not (runs / again.run_id / "stamp" / "manifest.json").exists()
 
 
 def test_runs_shows_which_stages_were_cached_and_from_which_run(session: Session) -> None:

@@ -124,16 +124,22 @@ def remember(store: Store, pipeline: str, stage: str, key: str, run_id: str) -> 
 
 
 def lookup(store: Store, pipeline: str, stage: str, key: str) -> dict | None:
-    """The index entry for `key` if every file it lists is still there, intact; else None."""
+    """The index entry for `key` if every file it lists is still there, intact; else None.
+
+    A stage that saved nothing (it only records metrics, say) has no manifest: its
+    files (executed notebook, report, metrics) are all there is to verify and reuse.
+    """
     entry = read_json(store, _index_key(pipeline, stage, key), default=None)
     if not isinstance(entry, dict) or not isinstance(entry.get("run_id"), str) or \
-            not isinstance(entry.get("files"), dict) or MANIFEST not in entry["files"]:
+            not isinstance(entry.get("files"), dict) or not entry["files"]:
         return None
     try:
         prefix = f"{run_prefix(pipeline, entry['run_id'])}/{stage}/"
         for name, digest in entry["files"].items():
             if hashlib.sha256(store.read_bytes(prefix + name)).hexdigest() != digest:
                 return None
+        if MANIFEST not in entry["files"]:
+            return entry
         manifest = read_manifest(store, prefix + MANIFEST)  # signature
         for written in (manifest.get("files") or {}).values():  # files it wrote (by sha256)
             digest = written["sha256"]
@@ -153,6 +159,8 @@ def reuse(store: Store, pipeline: str, stage: str, entry: dict, run_id: str) -> 
     for name in entry["files"]:
         if name != MANIFEST:
             link(store, src + name, dst + name)
+    if MANIFEST not in entry["files"]:
+        return
     manifest = read_json(store, src + MANIFEST)
     manifest.update(run_id=run_id, cached_from=source, updated=_utcnow())
     write_manifest(store, dst + MANIFEST, manifest)

@@ -234,15 +234,19 @@ def test_parameter_defaults_name_the_variables_and_what_is_known_only_at_run_tim
         "CFG = {'a': 1}\n"
         "CFG['at'] = time.time()\n"
         "K = 3\n"
-        "if os.environ.get('CI'):\n    K = 1\n"
+        "if os.environ.get('CI'):\n    K = 1\nelif SEED > 10:\n    K, J = 2, TOKEN\n"
+        "for i in range(3):\n    L = i\n"
+        "if random.random() > 0.5:\n    M = 1\n"
         "WHOLE = dict(os.environ)\n")
     env = {name: sorted(d.env) for name, d in found.items() if d.unkeyable is None}
     assert env == {"DATA_DIR": ["WINE_DATA_DIR"], "LOG": ["LOG_TIMINGS"], "TOKEN": ["API_TOKEN"],
                    "SEED": [], "TRAIN": ["WINE_DATA_DIR"], "N": ["N"], "OUT": ["WINE_DATA_DIR"],
-                   "A": ["PAIR"], "B": ["PAIR"], "NAME_VAR": []}
+                   "A": ["PAIR"], "B": ["PAIR"], "NAME_VAR": [], "K": ["API_TOKEN", "CI"],
+                   "J": ["API_TOKEN", "CI"]}
     assert found["R"] == Default(unkeyable="R = random.random()")
     assert found["CFG"].unkeyable == "CFG['at'] = time.time()"
-    assert found["K"].unkeyable == "if os.environ.get('CI'): K = 1"
+    assert found["L"].unkeyable == "for i in range(3): L = i"
+    assert found["M"].unkeyable == "if random.random() > 0.5: M = 1"
     assert {"BY_NAME", "WHOLE"} <= {n for n, d in found.items() if d.unkeyable}
     assert parameter_defaults("x = (") == {}
 

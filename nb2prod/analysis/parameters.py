@@ -57,25 +57,44 @@ class Default:
 def parameter_defaults(source: str) -> dict[str, Default]:
     """{name: Default} for every name the parameters cell `source` binds (see the module doc).
 
-    A name bound by anything but an assignment (`if`, `for`, `with`, a mutating
-    call) is unkeyable, whatever its first value.
+    Assignments, also under an `if` (its test is part of what the names it binds
+    are made of); a name bound or changed by anything else (`for`, `with`, a
+    mutating call) is unkeyable, whatever its first value.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
     known: dict[str, Default] = {}
-    for node in tree.body:
+    _statements(tree.body, known, source, None)
+    return known
+
+
+_ASSIGNMENTS = (ast.Assign, ast.AnnAssign, ast.AugAssign)
+
+
+def _statements(body: list[ast.stmt], known: dict[str, Default], source: str,
+                condition: Default | None) -> None:
+    """Walk `body` in order; `condition`: what decides whether it runs (None: it does)."""
+    for node in body:
         shown = _shown(source, node)
-        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        if isinstance(node, _ASSIGNMENTS):
             if node.value is None:  # `x: int`, an annotation only
                 continue
             made = _expression(node.value, known)
             if made.unkeyable:
                 made = Default(made.env, shown)
+            made = made | (condition or Default())
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                _bind(target, made, known, augmented=isinstance(node, ast.AugAssign))
+            for target in targets:  # maybe not run: the earlier value may stay
+                _bind(target, made, known, augmented=isinstance(node, ast.AugAssign)
+                      or condition is not None)
+        elif isinstance(node, ast.If) and _assigns_only(node):
+            test = _expression(node.test, known) | (condition or Default())
+            if test.unkeyable:
+                test = Default(test.env, shown)
+            _statements(node.body, known, source, test)
+            _statements(node.orelse, known, source, test)
         elif isinstance(node, (ast.Import, ast.ImportFrom, ast.Pass)) or (
                 isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
             continue
@@ -83,7 +102,11 @@ def parameter_defaults(source: str) -> dict[str, Default]:
             for name in {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
                 if name in known or _stored(node, name):
                     known[name] = known.get(name, Default()) | Default(unkeyable=shown)
-    return known
+
+
+def _assigns_only(node: ast.If) -> bool:
+    return all(isinstance(n, (*_ASSIGNMENTS, ast.Pass)) or (
+        isinstance(n, ast.If) and _assigns_only(n)) for n in [*node.body, *node.orelse])
 
 
 def _shown(source: str, node: ast.stmt) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -23,3 +25,15 @@ def machine() -> str:
     except OSError:
         load = ""
     return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}, {load}"
+
+
+def settle(py: str, env: dict[str, str], timeout: float = 120) -> None:
+    """Wait until the worker's processes are all warm (idle), so that the kernels it
+    boots after a run do not share the CPUs with the next measurement."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run([py, "-m", "nb2prod", "worker", "status"], env=env,
+                                capture_output=True, text=True, check=False).stdout
+        if "booting" not in status and "running stage" not in status:
+            return
+        time.sleep(0.2)

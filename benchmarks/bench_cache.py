@@ -10,6 +10,11 @@ its own store, then times whole processes, one after the other:
                      only `evaluate` executes
   papermill          `papermill wine_parallel.ipynb out.ipynb` (the whole notebook, one
                      kernel): the baseline of the per-stage-overhead target
+  first run, no worker  the first run with NB2PROD_WORKER=0 (a process per stage, as
+                     before the stage worker), fresh copy; alternately before/after
+
+The stage worker gets a runtime dir of this benchmark; an untimed run first starts it
+(as any earlier run within its idle timeout would have), and it is stopped at the end.
 
 Targets: unchanged re-run <= 0.1x the first run; first run <= 1.2x papermill.
 
@@ -33,21 +38,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "example_notebooks" / "wine_parallel.ipynb"
 
 
-def timed(args: list[str], cwd: Path, tree: Path = ROOT) -> tuple[float, str]:
+#: The stage worker's runtime dir for this benchmark (its own daemon, stopped at the end).
+RUNTIME = Path(tempfile.mkdtemp(prefix="nb2b-")) / "rt"
+
+
+def timed(args: list[str], cwd: Path, tree: Path = ROOT, use_worker: bool = True
+          ) -> tuple[float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
     env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(NB2PROD_RUNTIME_DIR=str(RUNTIME), NB2PROD_WORKER="1" if use_worker else "0")
     start = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return took, done.stdout
+
+
+def worker_env() -> dict[str, str]:
+    return {**os.environ, "NB2PROD_RUNTIME_DIR": str(RUNTIME),
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def edit_last_stage(notebook: Path) -> None:
@@ -67,12 +83,22 @@ def one_repeat(work: Path, other: Path | None, other_first: bool) -> dict[str, f
         shutil.copy(NOTEBOOK, work / "other" / NOTEBOOK.name)
         times["first run, other tree"], _ = timed(nb2prod, work / "other", other)
 
+    def own_processes() -> None:
+        (work / "own").mkdir()
+        shutil.copy(NOTEBOOK, work / "own" / NOTEBOOK.name)
+        times["first run, no worker"], _ = timed(nb2prod, work / "own", use_worker=False)
+
+    if other_first:
+        own_processes()
     if other is not None and other_first:
         other_run()
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     times["first run"], _ = timed(nb2prod, work)
+    settle(sys.executable, worker_env())
     if other is not None and not other_first:
         other_run()
+    if not other_first:
+        own_processes()
     times["unchanged re-run"], out = timed(nb2prod, work)
     assert "4 of 4 stage(s) cached" in out, out
     edit_last_stage(work / NOTEBOOK.name)
@@ -90,12 +116,16 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     rows: dict[str, list[float]] = {}
-    for i in range(args.repeats):
-        with tempfile.TemporaryDirectory(prefix="nb2prod-bench-cache-") as tmp:
-            for name, took in one_repeat(Path(tmp), args.other_tree, i % 2 == 0).items():
-                rows.setdefault(name, []).append(took)
-        print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()),
-              flush=True)
+    with tempfile.TemporaryDirectory(prefix="nb2prod-bench-cache-") as tmp:
+        shutil.copy(NOTEBOOK, Path(tmp) / NOTEBOOK.name)  # not timed: the worker starts
+        timed([sys.executable, "-m", "nb2prod", "run", NOTEBOOK.name, "--no-serve"], Path(tmp))
+        settle(sys.executable, worker_env())
+    try:
+        repeat(args, rows)
+    finally:
+        subprocess.run([sys.executable, "-m", "nb2prod", "worker", "stop"], check=False,
+                       env=worker_env(), stdout=subprocess.DEVNULL)
+        shutil.rmtree(RUNTIME.parent, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\n{'measure':<22} median")
     for name, value in med.items():
@@ -104,10 +134,21 @@ def main() -> None:
           "(target <= 0.1x)")
     print(f"last stage edited / first run  {med['last stage edited'] / med['first run']:.3f}x")
     print(f"first run / papermill          {med['first run'] / med['papermill']:.2f}x "
-          "(target <= 1.2x)")
+          "(target <= 1.2x; stage worker warm)")
+    print(f"first run, no worker / papermill {med['first run, no worker'] / med['papermill']:.2f}x"
+          " (NB2PROD_WORKER=0: a process per stage)")
     if args.other_tree:
         print(f"first run / other tree's       {med['first run'] / med['first run, other tree']:.2f}x")
     print(machine())
+
+
+def repeat(args: argparse.Namespace, rows: dict[str, list[float]]) -> None:
+    for i in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="nb2prod-bench-cache-") as tmp:
+            for name, took in one_repeat(Path(tmp), args.other_tree, i % 2 == 0).items():
+                rows.setdefault(name, []).append(took)
+        print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()),
+              flush=True)
 
 
 if __name__ == "__main__":

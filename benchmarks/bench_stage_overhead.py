@@ -22,6 +22,10 @@ process so that imports are paid as they are in a real run:
                           HTML report (nbconvert imported and warmed in the runner while the
                           stage runs), uploads of notebook/HTML/log, metrics, latest.json)
 
+`nb2prod run` is timed twice per repeat: with the stage worker (its own runtime dir,
+started by an untimed run first, as any run within its idle timeout leaves it; stopped
+at the end) and with NB2PROD_WORKER=0 (a process per stage, what the pieces describe).
+
 Target: overhead (run - script) <= 0.5 s.
 
 Usage: python benchmarks/bench_stage_overhead.py [--repeats 5] [--n 200000]
@@ -38,9 +42,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import machine
+from _common import machine, settle
 
 CODE = "total = sum(i * i for i in range(n))"
 
@@ -131,31 +136,28 @@ def main() -> None:
         def add(name: str, value: float) -> None:
             samples.setdefault(name, []).append(value)
 
-        for i in range(args.repeats):
-            add("python work.py", timed([py, "work.py"], work))
-            add("nb2prod run --no-serve", timed([py, "-m", "nb2prod", "run", "pl", "--no-serve"],
-                                                work))
-            add("python start", timed([py, "-c", "pass"], work))
-            add("CLI start (nb2prod --help)", timed([py, "-m", "nb2prod", "--help"], work))
-            add("stage process, total", timed(
-                [py, "-m", "nb2prod.runners.execute", str(stage_dir), "work.ipynb",
-                 str(work / f"exec{i}"), str(work / "params.json")], work, env))
-            out = work / f"phases{i}"
-            out.mkdir()
-            phases = subprocess.run([py, "-c", PHASES, str(stage_dir), "work.ipynb", str(out)],
-                                    cwd=work, env=env, check=True, capture_output=True,
-                                    text=True).stdout
-            for name, value in json.loads(phases.strip().splitlines()[-1]).items():
-                add(name, value)
+        runtime = work / "rt"  # the stage worker of this benchmark, stopped at the end
+        with_worker = dict(os.environ, NB2PROD_RUNTIME_DIR=str(runtime), NB2PROD_WORKER="1")
+        without = dict(with_worker, NB2PROD_WORKER="0")
+        run = [py, "-m", "nb2prod", "run", "pl", "--no-serve"]
+        timed(run, work, with_worker)  # not timed: starts the worker (as an earlier run would)
+        settle(py, with_worker)
+        try:
+            measure(args, py, work, stage_dir, env, run, with_worker, without, add)
+        finally:
+            subprocess.run([py, "-m", "nb2prod", "worker", "stop"], env=with_worker,
+                           check=False, stdout=subprocess.DEVNULL)
 
     med = {name: statistics.median(values) for name, values in samples.items()}
     print(f"one-stage pipeline, loop n={args.n}, {args.repeats} repeats, medians:")
-    for name in ("python work.py", "nb2prod run --no-serve"):
+    for name in ("python work.py", "nb2prod run --no-serve", "run, no worker"):
         print(f"  {name:42s} {med[name]:6.2f} s")
-    overhead = med["nb2prod run --no-serve"] - med["python work.py"]
-    print(f"  {'overhead (run - script)':42s} {overhead:6.2f} s  (target <= 0.5 s; "
-          f"{med['nb2prod run --no-serve'] / med['python work.py']:.1f}x the script)")
-    print("where the time goes (each piece in a fresh process):")
+    for name, label in (("nb2prod run --no-serve", "overhead (run - script)"),
+                        ("run, no worker", "overhead, no worker (NB2PROD_WORKER=0)")):
+        overhead = med[name] - med["python work.py"]
+        print(f"  {label:42s} {overhead:6.2f} s  (target <= 0.5 s; "
+              f"{med[name] / med['python work.py']:.1f}x the script)")
+    print("where the time goes without the worker (each piece in a fresh process):")
     for name in ("python start", "CLI start (nb2prod --help)", "stage process, total",
                  "import rfc3987_syntax", "import papermill (rest)", "kernel start (alone)",
                  "papermill execute (kernel start incl.)", "import nbconvert", "HTML rendering"):
@@ -164,9 +166,33 @@ def main() -> None:
                                     "papermill execute (kernel start incl.)",
                                     "import nbconvert", "HTML rendering") else "  "
         print(f"{indent}{name:{44 - len(indent)}s} {med[name]:6.2f} s")
-    bookkeeping = (med["nb2prod run --no-serve"] - med["CLI start (nb2prod --help)"]
+    bookkeeping = (med["run, no worker"] - med["CLI start (nb2prod --help)"]
                    - med["stage process, total"])
     print(f"  {'runner bookkeeping (rest of the run)':42s} {bookkeeping:6.2f} s")
+    print(f"machine at the end: {machine()}")
+
+
+def measure(args: argparse.Namespace, py: str, work: Path, stage_dir: Path,
+            env: dict[str, str], run: list[str], with_worker: dict[str, str],
+            without: dict[str, str], add: Callable[[str, float], None]) -> None:
+    """One round per repeat: script, run with the (warm) worker, run without it, pieces."""
+    for i in range(args.repeats):
+        add("python work.py", timed([py, "work.py"], work))
+        add("nb2prod run --no-serve", timed(run, work, with_worker))
+        settle(py, with_worker)  # its replacement warm processes booted: not timed
+        add("run, no worker", timed(run, work, without))
+        add("python start", timed([py, "-c", "pass"], work))
+        add("CLI start (nb2prod --help)", timed([py, "-m", "nb2prod", "--help"], work))
+        add("stage process, total", timed(
+            [py, "-m", "nb2prod.runners.execute", str(stage_dir), "work.ipynb",
+             str(work / f"exec{i}"), str(work / "params.json")], work, env))
+        out = work / f"phases{i}"
+        out.mkdir()
+        phases = subprocess.run([py, "-c", PHASES, str(stage_dir), "work.ipynb", str(out)],
+                                cwd=work, env=env, check=True, capture_output=True,
+                                text=True).stdout
+        for name, value in json.loads(phases.strip().splitlines()[-1]).items():
+            add(name, value)
 
 
 if __name__ == "__main__":

@@ -232,8 +232,9 @@ def test_two_runs_at_once_each_stage_in_its_own_kernel(pipeline: Path, own_worke
                                              "pids", run_id)["second"]
         kernels += [metrics["k1"], metrics["k2"]]
         daemons.add(metrics["d1"])
-    assert len(set(kernels)) == 4 and daemons == {worker.ask("status")["pid"]}
-    assert worker.ask("status")["handed"] == 4
+    said = "".join(c.output for c in commands) + worker.paths()["log"].read_text()
+    assert len(set(kernels)) == 4 and daemons == {worker.ask("status")["pid"]}, said
+    assert worker.ask("status")["handed"] == 4, said
 
 
 def test_switched_off_by_env_or_setting(pipeline: Path, own_worker: Path) -> None:

@@ -40,8 +40,8 @@ def test_the_commands_block_lists_every_command() -> None:
 def test_the_commands_block_lists_every_option(name: str) -> None:
     line = commands_block()[name]
     for param in cli.commands[name].params:
-        if not isinstance(param, click.Option) or param.name == "help":
-            continue
+        if not isinstance(param, click.Option) or param.name == "help" or param.hidden:
+            continue  # hidden options are internal (e.g. deploy --events for JupyterLab)
         spellings = [o for o in param.opts if o.startswith("--")] + list(param.opts)
         assert any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", line) for o in spellings), \
             f"README's Commands block: `nb2prod {name}` lacks {param.opts[0]}: {line}"

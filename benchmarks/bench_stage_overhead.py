@@ -1,7 +1,8 @@
 """Per-stage overhead of `nb2prod run --no-serve` vs `python` running the same code.
 
 A one-stage pipeline (a parameters cell and one `stage:work` cell computing a sum, plus
-a metrics cell) is run with `nb2prod run --no-serve`; the baseline is `python work.py`
+a metrics cell) is run with `nb2prod run --no-serve --no-cache` (without --no-cache every
+run after the first would be a cache hit); the baseline is `python work.py`
 with the same code.  Both are whole processes, timed in the same run, several repeats,
 medians.  Then the pieces of the stage run are timed separately, each in a fresh
 process so that imports are paid as they are in a real run:
@@ -139,7 +140,7 @@ def main() -> None:
         runtime = work / "rt"  # the stage worker of this benchmark, stopped at the end
         with_worker = dict(os.environ, NB2PROD_RUNTIME_DIR=str(runtime), NB2PROD_WORKER="1")
         without = dict(with_worker, NB2PROD_WORKER="0")
-        run = [py, "-m", "nb2prod", "run", "pl", "--no-serve"]
+        run = [py, "-m", "nb2prod", "run", "pl", "--no-serve", "--no-cache"]  # every run executes
         timed(run, work, with_worker)  # not timed: starts the worker (as an earlier run would)
         settle(py, with_worker)
         try:

@@ -51,8 +51,10 @@ from nb2prod import lifeline
 
 #: Seconds without requests (and no stage running) before the daemon exits.
 DEFAULT_IDLE = 300.0
-#: Warm stage processes kept per kernel identity.
-DEFAULT_KERNELS = 2
+#: Warm stage processes kept per kernel identity at most (``NB2PROD_WORKER_KERNELS``)...
+DEFAULT_KERNELS = 4
+#: ... and at least, between runs (more when the last run had more batch stages).
+MIN_WARM = 2
 #: Kernel identities kept warm at once (the most recently used).
 MAX_IDENTITIES = 2
 #: Largest request (JSON line) accepted; a stage's environment is a few KB.
@@ -261,6 +263,8 @@ class Daemon:
     where: dict[str, Path]
     idle: float = field(default_factory=idle_seconds)
     size: int = field(default_factory=pool_size)
+    planned: dict[str, int] = field(default_factory=dict)  # key -> stages of its last run
+    upcoming: dict[str, int] = field(default_factory=dict)  # key -> stages still to come
     warm: list[Warm] = field(default_factory=list)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> env, recent last
     handed: int = 0
@@ -321,8 +325,16 @@ class Daemon:
     def idle_of(self, key: str) -> list[Warm]:
         return [w for w in self.warm if w.key == key and w.stage is None]
 
+    def wanted(self, key: str) -> int:
+        """Idle processes to keep for `key`: while its stages run, only as many as the
+        run's stages still to come (booting more would take CPU from the stages); between
+        runs, as many as its last run had stages (at least MIN_WARM, at most `size`)."""
+        if any(w.key == key and w.stage not in (None, "(dismissed)") for w in self.warm):
+            return min(self.size, self.upcoming.get(key, 0))
+        return min(self.size, max(MIN_WARM, self.planned.get(key, 0)))
+
     def refill(self) -> None:
-        """Keep `size` idle processes for the recent identities; let older ones go."""
+        """Keep `wanted` idle processes for the recent identities; let older ones go."""
         recent = list(self.envs)[-MAX_IDENTITIES:]
         for key in list(self.envs):
             if key not in recent:
@@ -333,7 +345,7 @@ class Daemon:
         if self.stopping:
             return
         for key in recent:
-            for _ in range(self.size - len(self.idle_of(key))):
+            for _ in range(self.wanted(key) - len(self.idle_of(key))):
                 self.spawn(key)
 
     def dismiss(self, warm: Warm) -> None:
@@ -373,6 +385,9 @@ class Daemon:
         key = identity_key(env)
         self.envs.pop(key, None)
         self.envs[key] = env  # most recent last
+        with contextlib.suppress(TypeError, ValueError):
+            self.planned[key] = int(request.pop("planned", 0))
+            self.upcoming[key] = int(request.pop("upcoming", 0))
         payload = json.dumps(request).encode()
         candidates = sorted(self.idle_of(key), key=lambda w: not w.ready)
         for warm in [*candidates, None]:

@@ -121,6 +121,12 @@ def test_stages_run_in_the_daemon_each_in_a_fresh_kernel_and_runs_reuse_it(
     assert all(not alive(k) for k in kernels)
     assert stat.S_IMODE(own_worker.stat().st_mode) == 0o700
     assert stat.S_IMODE(Path(status["socket"]).stat().st_mode) == 0o600
+    shown = nb2prod("worker", cwd=pipeline.parent, env=env())
+    assert shown.stdout.startswith(f"worker {daemon['pid']} on {status['socket']}: 4 stage(s)")
+    assert ": warm" in shown.stdout or ": booting" in shown.stdout, shown.stdout
+    stopped = nb2prod("worker", "stop", cwd=pipeline.parent, env=env())
+    assert stopped.stdout == f"worker {daemon['pid']} stopped\n" and not alive(daemon["pid"])
+    assert nb2prod("worker", cwd=pipeline.parent, env=env()).stdout == "no worker running\n"
 
 
 def test_a_warm_kernel_looks_like_a_fresh_one(pipeline: Path, own_worker: Path,

@@ -1,15 +1,17 @@
 """`nb2prod run`: the pipeline on this machine.
 
-Batch stages run as papermill subprocesses (`runners.execute`) in DAG order,
-as many at once as `jobs` allows; a failure skips the failed stage's
+Batch stages run with papermill in DAG order, each in a warm process of the
+stage worker (`nb2prod.worker`, `runners.worker_stage`) or, when that is off or
+not available, in a process of its own (`runners.execute`, started ahead), as
+many at once as `jobs` allows; a failure skips the failed stage's
 descendants while independent branches finish.  Every run gets an id and a
 `run.json` in the artifact store; `latest.json` moves only when every batch
 stage succeeded and the promotion gate passed.  The service stages are
 started afterwards by `runners.services`.
 
 Nothing outlives the runner: stage processes and gunicorn get its lifeline
-(`nb2prod.lifeline`) and stop themselves, kernels included, when it is gone, however
-it went; SIGTERM is handled like Ctrl-C (`runners.interrupts`); a stage gets
+(`nb2prod.lifeline`; for a worker's process, the runner's connection) and stop
+themselves, kernels included, when it is gone, however it went; SIGTERM is handled like Ctrl-C (`runners.interrupts`); a stage gets
 MAX_COMPLETION_TIME_SECONDS.  `run.json` names the runner process, so a run left
 "running" by a runner that died shows as `interrupted` (`displayed_status`).
 """
@@ -280,9 +282,11 @@ class LocalRunner:
         stage = self.pipeline.stages[name]
         identity = worker.identity_env(env)
         env = {**env, **kernel_environ(stage.directory, Path(env["NB2PROD_WORKDIR"]), env)}
+        with self.lock:
+            upcoming = sum(st.state == "waiting" for st in self.states.values())
         try:
             return worker_stage.submit(name, stage.directory, stage.executable, work,
-                                       self.params, env, identity)
+                                       self.params, env, identity, len(self.states), upcoming)
         except worker_stage.WorkerUnavailable as exc:
             with self.lock:
                 if self.use_worker:

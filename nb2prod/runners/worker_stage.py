@@ -124,12 +124,14 @@ def _alive(pid: int) -> bool:
 
 
 def submit(stage: str, stage_dir: Path, executable: str, work: Path, params: dict,
-           env: dict[str, str], identity: dict[str, str]) -> WorkerStage:
+           env: dict[str, str], identity: dict[str, str], planned: int = 1,
+           upcoming: int = 0) -> WorkerStage:
     """Hand one stage to the worker; returns once a stage process has taken it.
 
     `env` is the stage's whole environment, `identity` (`worker.identity_env` of the
     environment before the stage directories were added to PYTHONPATH) picks the warm
-    processes that started like this one would have.
+    processes that started like this one would have.  `planned` (the run's batch stages)
+    and `upcoming` (those not started yet) tell the daemon how many to keep warm.
     """
     try:
         sock = worker.connect()
@@ -140,7 +142,7 @@ def submit(stage: str, stage_dir: Path, executable: str, work: Path, params: dic
         worker.send_line(sock, {
             "op": "run", "identity": identity, "stage": stage,
             "stage_dir": str(stage_dir), "executable": executable, "work": str(work),
-            "params": params, "env": env})
+            "params": params, "env": env, "planned": planned, "upcoming": upcoming})
         event = worker.read_line(sock)
     except (OSError, ValueError) as exc:
         sock.close()

@@ -132,8 +132,9 @@ class HtmlRenderer:
 
     Importing nbconvert and compiling its templates (~1 s) would otherwise come
     after a notebook finished.  `run-stage` warms it while its kernel runs;
-    `nb2prod run` warms one in the runner process, which is idle while its
-    stage processes work, and renders each stage's notebook there.  Rendering
+    `nb2prod run` renders in the stage worker's process (warmed before it got
+    its stage), or, without the worker, in the runner process, which is idle
+    while its stage processes work.  Rendering
     errors are returned, never raised: a report must not fail a stage.
     """
 

@@ -11,6 +11,7 @@ with everything it started).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,6 +107,20 @@ def busy(stage: str) -> dict | None:
     return next((w for w in status["processes"] if w["stage"] == stage and w["running"]), None)
 
 
+@contextlib.contextmanager
+def first_stage_running(pipeline: Path, seconds: float) -> Iterator[tuple[Command, dict]]:
+    """`nb2prod run` whose stage 'first' (sleeping `seconds`) a worker's process runs."""
+    command = Command("run", pipeline, "--no-serve", "--param", f"seconds={seconds}",
+                      cwd=pipeline.parent, env=env())
+    try:
+        command.wait_for(RUN_LINE)
+        wait_until(lambda: worker.paths()["sock"].exists() and busy("first"), RUN_TIMEOUT,
+                   "stage 'first' running in the worker")
+        yield command, busy("first")
+    finally:
+        command.stop(signal.SIGKILL)
+
+
 def test_stages_run_in_the_daemon_each_in_a_fresh_kernel_and_runs_reuse_it(
         pipeline: Path, own_worker: Path) -> None:
     _, first = run(pipeline)
@@ -153,17 +168,9 @@ def test_a_warm_kernel_looks_like_a_fresh_one(pipeline: Path, own_worker: Path,
 
 def test_a_stage_process_killed_mid_stage_fails_the_stage_in_one_line(
         pipeline: Path, own_worker: Path) -> None:
-    command = Command("run", pipeline, "--no-serve", "--param", "seconds=600",
-                      cwd=pipeline.parent, env=env())
-    try:
-        command.wait_for(RUN_LINE)
-        wait_until(lambda: worker.paths()["sock"].exists() and busy("first"), RUN_TIMEOUT,
-                   "stage 'first' running in the worker")
-        taken = busy("first")
+    with first_stage_running(pipeline, 600) as (command, taken):
         os.kill(taken["pid"], signal.SIGKILL)
         assert command.proc.wait(RUN_TIMEOUT) == 1, command.output
-    finally:
-        command.stop(signal.SIGKILL)
     assert (f"stage 'first' failed: WorkerError: the stage worker's process (pid "
             f"{taken['pid']}) ended before the stage did") in command.output, command.output
     assert "Traceback" not in command.output
@@ -172,17 +179,10 @@ def test_a_stage_process_killed_mid_stage_fails_the_stage_in_one_line(
 
 def test_a_daemon_killed_mid_stage_lets_the_stage_finish_and_is_replaced(
         pipeline: Path, own_worker: Path) -> None:
-    command = Command("run", pipeline, "--no-serve", "--param", "seconds=20",
-                      cwd=pipeline.parent, env=env())
-    try:
-        command.wait_for(RUN_LINE)
-        wait_until(lambda: worker.paths()["sock"].exists() and busy("first"), RUN_TIMEOUT,
-                   "stage 'first' running in the worker")
+    with first_stage_running(pipeline, 20) as (command, _):
         daemon = worker.ask("status")["pid"]
         os.kill(daemon, signal.SIGKILL)
         assert command.proc.wait(RUN_TIMEOUT) == 0, command.output
-    finally:
-        command.stop(signal.SIGKILL)
     assert "succeeded" in command.output
     _, metrics = run(pipeline, "--no-cache")
     assert metrics["d1"] == worker.ask("status")["pid"] != daemon  # a new daemon took over

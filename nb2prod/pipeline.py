@@ -294,3 +294,21 @@ def run_parameters(pipeline: Pipeline, cli_params: list[str]) -> dict[str, objec
                                     f"cell (known: {known})", file=where))
         params[key] = coerce_parameter(key, value, defaults[key], where)
     return params
+
+
+def source_changed_bytes(root: Path, notebook: str, recorded_sha256: str) -> Path | None:
+    """The notebook a pipeline was split from, if its bytes differ from the recorded hash.
+
+    The cheap half of `split.changed_source`, here so that `nb2prod run DIR` on a fresh
+    pipeline (the usual case) hashes the notebook without importing split, the analysis,
+    the renderer and Jinja.  A notebook that is not there (a pipeline committed on its
+    own) or no record of it: None.
+    """
+    import hashlib
+
+    path = Path(root) / notebook
+    if not notebook or not recorded_sha256 or not path.is_file():
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() == recorded_sha256:
+        return None
+    return path

@@ -171,12 +171,10 @@ def changed_source(root: Path, notebook: str, recorded_sha256: str) -> Path | No
     when a split would change a generated file, as `split --check` decides.  A notebook
     that is not there (a pipeline committed on its own) is never stale.
     """
-    import hashlib
+    from nb2prod.pipeline import source_changed_bytes
 
-    path = Path(root) / notebook
-    if not notebook or not recorded_sha256 or not path.is_file():
-        return None
-    if hashlib.sha256(path.read_bytes()).hexdigest() == recorded_sha256:
+    path = source_changed_bytes(root, notebook, recorded_sha256)
+    if path is None:
         return None
     try:
         notebook_now = load_notebook(path)

@@ -98,10 +98,15 @@ def _refuse_stale(pipeline, given: Path) -> None:
     import os
 
     from nb2prod.errors import Problem
+    from nb2prod.pipeline import source_changed_bytes
+
+    recorded = (pipeline.root, pipeline.value("project", "NOTEBOOK"),
+                pipeline.value("project", "SOURCE_SHA256"))
+    if source_changed_bytes(*recorded) is None:
+        return  # the same bytes: fresh, without importing split (fast `run DIR`)
     from nb2prod.split import changed_source
 
-    notebook = changed_source(pipeline.root, pipeline.value("project", "NOTEBOOK"),
-                              pipeline.value("project", "SOURCE_SHA256"))
+    notebook = changed_source(*recorded)
     if notebook is None:
         return
     shown = os.path.relpath(notebook)

@@ -89,6 +89,11 @@ class Warm:
         self.launched["PYTHONPATH"] = os.pathsep.join(
             [MARKER, *_entries(os.environ.get("PYTHONPATH", ""))])
         self.kernel: Any = None
+        # Imported here, before the boot thread: papermill imports jupyter_client too, and
+        # two threads importing it at once can see it partially initialised (ImportError).
+        import jupyter_client.kernelspec
+        import jupyter_client.manager  # noqa: F401
+
         self.booted = threading.Thread(target=self._boot, args=(home,), daemon=True)
         self.booted.start()
         _hide_slow_format_checker()

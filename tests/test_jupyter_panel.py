@@ -52,12 +52,14 @@ async def _get_error(jp_fetch: Any, *parts: str, **kwargs: Any) -> int:
 
 
 async def _wait_run(jp_fetch: Any, path: str) -> dict[str, Any]:
-    """GET /nb2prod/runs until the newest launch has exited; its answer."""
+    """GET /nb2prod/runs until the newest launch has exited and this server's reaper has
+    recorded its exit code (the process can be seen gone a moment before); its answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RUN_DEADLINE
     while True:
         answer = await _get(jp_fetch, "runs", path=path)
-        if answer["launches"] and answer["launches"][0]["state"] == "exited":
+        if answer["launches"] and answer["launches"][0]["state"] == "exited" \
+                and answer["launches"][0].get("exit_code") is not None:
             return answer
         assert loop.time() < deadline, answer["launches"][:1]
         await asyncio.sleep(0.2)

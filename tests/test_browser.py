@@ -90,10 +90,31 @@ def _held_split(real):
         return real(notebook, *args, **kwargs)
     return split
 
+HOLD_EXIT = '''
+import subprocess, sys, time
+from pathlib import Path
+
+code = subprocess.call(sys.argv[2:])
+while Path(sys.argv[1]).exists():
+    time.sleep(0.05)
+sys.exit(code)
+'''
+
+def _held_exit(real):
+    # a run launched while a file .nb2prod-test-hold-run-exit is beside the pipeline
+    # keeps its process up after `nb2prod run` ended until the file is gone (as a
+    # launcher busy exiting): a test sees the panel follow the run record meanwhile
+    def command(pipeline_dir, *args, **kwargs):
+        hold = Path(pipeline_dir).parent / ".nb2prod-test-hold-run-exit"
+        cmd = real(pipeline_dir, *args, **kwargs)
+        return [sys.executable, "-c", HOLD_EXIT, str(hold), *cmd] if hold.exists() else cmd
+    return command
+
 def _load_jupyter_server_extension(serverapp):
     import nb2prod.split
-    from nb2prod.jupyter import deploys, handlers
+    from nb2prod.jupyter import deploys, handlers, runs
     nb2prod.split.split_notebook = _held_split(nb2prod.split.split_notebook)
+    runs.run_command = _held_exit(runs.run_command)
     deploys.deploy_command = _fake_command
     real = handlers._load_cluster_check()
     # the scripted cluster answers; the kubeconfig's "unreachable" context is checked for real
@@ -277,14 +298,35 @@ def _kale_notebook(path: Path) -> Path:
     return write_notebook(path, cells)
 
 
-def write_notebook(path: Path, cells: list[tuple[str, list[str] | None]]) -> Path:
-    """A notebook of (source, tags) cells (tags None: a markdown cell), with a kernelspec
-    (without one JupyterLab asks for a kernel in a dialog that blocks every click)."""
+#: The notebook metadata JupyterLab itself saves with this machine's python3 kernel.
+#: Without a kernelspec JupyterLab asks for a kernel in a dialog that blocks every
+#: click; with another display name it rewrites it on open (the notebook turns dirty).
+LAB_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                   "name": "python3"},
+    "language_info": {"codemirror_mode": {"name": "ipython", "version": 3},
+                      "file_extension": ".py", "mimetype": "text/x-python",
+                      "name": "python", "nbconvert_exporter": "python",
+                      "pygments_lexer": "ipython3", "version": "3.11.7"},
+}
+
+
+def new_lab_notebook() -> Any:
+    """An empty nbformat v4 notebook with LAB_METADATA: opening it changes nothing."""
+    import copy
+
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata.update(copy.deepcopy(LAB_METADATA))
+    return nb
+
+
+def write_notebook(path: Path, cells: list[tuple[str, list[str] | None]]) -> Path:
+    """A notebook of (source, tags) cells (tags None: a markdown cell) with LAB_METADATA."""
+    import nbformat
+
+    nb = new_lab_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if tags is None else
                 nbformat.v4.new_code_cell(src, metadata={"tags": tags} if tags else {})
                 for src, tags in cells]

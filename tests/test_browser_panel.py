@@ -38,6 +38,7 @@ from tests.test_browser import (  # noqa: F401 - `lab` is a fixture, used by nam
     Lab,
     assert_no_nb2prod_tracebacks,
     lab,
+    new_lab_notebook,
 )
 
 IRIS = REPO / "example_notebooks" / "iris.ipynb"
@@ -48,9 +49,7 @@ PANEL = "#nb2prod-pipeline-panel"
 def _long_notebook(path: Path, broken: bool, cells: int = 200) -> Path:
     """A long notebook: stage prepare at cell 2, train at 150, cell 170 (`broken`: an
     undefined name)."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb = new_lab_notebook()
     sources: list[tuple[str, list[str]]] = [("import math", ["imports"])]
     sources += [(f"value_{i} = math.sqrt({i})", ["stage:prepare"] if i == 1 else [])
                 for i in range(1, 149)]
@@ -66,9 +65,7 @@ def _long_notebook(path: Path, broken: bool, cells: int = 200) -> Path:
 
 
 def _plain_notebook(path: Path, cells: int) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb = new_lab_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"x{i} = {i}", metadata={"tags": ["hide-input"]}
                                           if i == 2 else {}) for i in range(cells)]
     nbformat.write(nb, path)
@@ -335,10 +332,21 @@ def test_pipeline_panel(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
             expect(dialog).to_have_count(0)
             page.screenshot(path=str(shots / "iris-panel.png"))
 
-            # 2. Run locally: a real run to succeeded, accuracy shown, report opens
-            panel.locator(".nb2prod-RunLocally").click()
+            # 2. Run locally: a real run to succeeded, accuracy shown, report opens; the
+            # header follows the run record (run.json), not the launcher process, which
+            # the test keeps up after the run ended
+            hold = lab.root / ".nb2prod-test-hold-run-exit"
+            hold.touch()
+            run_button = panel.locator(".nb2prod-RunLocally")
+            run_button.click()
             run = panel.locator(".nb2prod-RunSection")
             expect(run).to_have_attribute("data-status", "succeeded")
+            expect(run_button).to_have_attribute("title", re.compile("process is exiting"))
+            expect(run_button).to_have_text("Run locally")
+            expect(panel.locator(".nb2prod-RunStop")).to_have_count(0)
+            page.screenshot(path=str(shots / "iris-run-exiting.png"))
+            hold.unlink()
+            expect(run_button).to_be_enabled()
             train = run.locator('.nb2prod-RunStage[data-stage="train"]')
             expect(train).to_have_attribute("data-state", "done")
             expect(train).to_contain_text("accuracy=")

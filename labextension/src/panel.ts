@@ -186,6 +186,28 @@ export function drawGraph(
   return root;
 }
 
+/**
+ * Whether the newest launch still works for the user, i.e. the header shows
+ * "Running…" / "Serving…" and Stop: its process runs and its run record (run.json)
+ * has not ended.  The process outlives its run for a moment (writing the report,
+ * exiting), so a batch run's record is the truth as soon as it says succeeded or
+ * failed; a serving launch keeps its services up after the batch stages succeed.
+ */
+export function launchBusy(runs: api.IRuns | null): boolean {
+  const launch = runs?.launches[0];
+  if (!runs || !launch || launch.state !== 'running') {
+    return false;
+  }
+  const record = launch.run_id ? runs.runs.find(r => r.run_id === launch.run_id) : undefined;
+  if (!record || record.status === 'running') {
+    return true;
+  }
+  return launch.serve && !RUN_FAILED.has(record.status);
+}
+
+/** Run statuses after which a serving launch has nothing up any more. */
+const RUN_FAILED = new Set(['failed', 'interrupted']);
+
 /** The panel widget; `notebook` follows the active notebook. */
 export class PipelinePanel extends Widget {
   /** `openNotebook` opens a run's executed notebook (a path relative to the server root). */
@@ -388,12 +410,14 @@ export class PipelinePanel extends Widget {
     check.title = 'Analyse the saved notebook again (nb2prod check)';
     check.addEventListener('click', () => void this.refresh());
     const launch = this._runs?.launches[0];
-    const running = launch?.state === 'running';
+    const running = launchBusy(this._runs);
+    const exiting = !running && launch?.state === 'running';
     const run = el('button', 'jp-Button jp-mod-styled jp-mod-accept nb2prod-RunLocally',
                    running ? (launch?.services?.length ? 'Serving…' : 'Running…')
                      : 'Run locally');
-    run.title = 'Save, split and run the batch stages here (nb2prod run --no-serve)';
-    run.disabled = running || !info || info.problems.length > 0;
+    run.title = exiting ? 'The last run has ended; its process is exiting'
+      : 'Save, split and run the batch stages here (nb2prod run --no-serve)';
+    run.disabled = running || exiting || !info || info.problems.length > 0;
     run.addEventListener('click', () => void this.runLocally());
     const serve = el('button', 'jp-Button jp-mod-styled jp-mod-reject nb2prod-RunServe',
                      'Run and serve');

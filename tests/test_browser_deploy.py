@@ -203,6 +203,13 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 expect(section).to_have_attribute("data-state", "running")
                 train = section.locator('tr.nb2prod-DeployStage[data-stage="train"]')
                 expect(train).to_have_attribute("data-state", "running")
+                # the panel's graph is coloured by the deploy's stage states
+                dag = panel.locator(".nb2prod-DagNode")
+                expect(dag.and_(page.locator('[data-stage="train"]'))).to_have_attribute(
+                    "data-state", "running")
+                expect(dag.and_(page.locator('[data-stage="api"]'))).to_have_attribute(
+                    "data-state", "waiting")
+                page.screenshot(path=str(shots / "3-graph-deploy-running.png"))
                 section.scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / "3-reattached-running.png"))
                 snapshot.published.set()  # training goes on

@@ -216,7 +216,10 @@ export async function showDeployProgress(
 export class DeploySection {
   readonly node: HTMLElement;
 
-  constructor(private readonly _onGo: (cell: number) => void) {
+  /** `onStates`: called when the followed deploy's stage states change (the panel
+   * colours its graph by them while the deploy runs). */
+  constructor(private readonly _onGo: (cell: number) => void,
+              private readonly _onStates: () => void = () => undefined) {
     this.node = el('section', 'nb2prod-PanelSection nb2prod-DeploySection');
     this.node.hidden = true;
     this._title = el('h3', 'nb2prod-PanelSection-title', 'Deploy');
@@ -262,13 +265,24 @@ export class DeploySection {
     }
   }
 
+  /** The shown deploy while it runs (its stage states colour the panel's graph). */
+  get running(): api.IDeployStatus | null {
+    return this._status?.state === 'running' ? this._status : null;
+  }
+
   private _show(status: api.IDeployStatus): void {
+    const states = (s: api.IDeployStatus | null): string =>
+      s ? `${s.id} ${s.state} ${s.stages.map(x => `${x.name}=${x.state}`).join(' ')}` : '';
+    const changed = states(status) !== states(this._status);
     this._status = status;
     this.node.hidden = false;
     this._title.textContent = `Deploy ${status.id}`;
     renderDeploy(this._content, status, this._onGo, true);
     this.node.dataset.state = status.state;
     this.node.dataset.deploy = status.id;
+    if (changed) {
+      this._onStates();
+    }
   }
 
   private _path = '';

@@ -205,6 +205,23 @@ export function launchBusy(runs: api.IRuns | null): boolean {
   return launch.serve && !RUN_FAILED.has(record.status);
 }
 
+/** The graph with a running deploy's stage states (null: as it is), like a local run's. */
+export function withDeployStates(graph: api.IGraph | null,
+                                 deploy: api.IDeployStatus | null): api.IGraph | null {
+  if (!graph || !deploy) {
+    return graph;
+  }
+  const states = new Map(deploy.stages.map(s => [s.name, s.state]));
+  return {
+    ...graph,
+    run_id: deploy.run_id,
+    nodes: graph.nodes.map(n => ({
+      ...n, state: states.get(n.name) ?? 'waiting', cached_from: null, seconds: null,
+      metrics: {}, message: ''
+    }))
+  };
+}
+
 /** Run statuses after which a serving launch has nothing up any more. */
 const RUN_FAILED = new Set(['failed', 'interrupted']);
 
@@ -221,7 +238,7 @@ export class PipelinePanel extends Widget {
     this.node.tabIndex = -1;
     this._body = el('div', 'nb2prod-PanelBody');
     this.node.appendChild(this._body);
-    this._deploys = new DeploySection(cell => this._goTo(cell));
+    this._deploys = new DeploySection(cell => this._goTo(cell), () => this._render());
     this._renderEmpty('Open a notebook to see its pipeline.');
   }
 
@@ -488,7 +505,7 @@ export class PipelinePanel extends Widget {
   private _renderRun(body: HTMLElement, colors: Map<string, string>): void {
     const info = this._info!;
     const runs = this._runs;
-    const graph = runs?.graph ?? info.graph;
+    const graph = withDeployStates(runs?.graph ?? info.graph, this._deploys.running);
     const node = section('Pipeline', 'nb2prod-PanelGraph');
     if (graph) {
       const firstCell = new Map(info.stages.map(s => [s.name, Math.min(...s.cells)]));

@@ -134,3 +134,42 @@ def test_a_notebook_or_a_missing_path_where_a_pipeline_is_expected_says_which(
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == f"nb2prod: error: {expected}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "iris.ipynb"]  # wrote nothing
+
+
+#: What `run DIR --no-serve` of a fresh pipeline without services must leave unloaded: the
+#: split (its analysis, renderer, templates), serving, papermill and nbconvert (the stage
+#: worker's processes run the stages), the cluster clients.
+NOT_FOR_A_RUN = ("nb2prod.split", "nb2prod.render", "nb2prod.runners.services", "nb2prod.serve",
+                 "nb2prod.runners.kubernetes", "jinja2", "jupytext", "papermill", "nbconvert",
+                 "kubernetes", "boto3", "flask", "gunicorn", "numpy", "pandas")
+
+
+def test_run_of_a_split_pipeline_imports_only_what_running_needs(tmp_path: Path) -> None:
+    """The runner's start is part of every run's overhead (benchmarks/bench_stage_overhead)."""
+    notebook = {"cells": [
+        {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]},
+         "source": "n = 10", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "w", "metadata": {"tags": ["stage:work"]},
+         "source": "total = sum(range(n))", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "m", "metadata": {"tags": ["metrics"]},
+         "source": "total", "outputs": [], "execution_count": None}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "one.ipynb").write_text(json.dumps(notebook))
+    assert nb2prod_cli("split", "one.ipynb", "-o", "pl", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env.update(NB2PROD_RUNTIME_DIR=str(tmp_path / "rt"), NB2PROD_WORKER="1")
+    code = ("import sys\nfrom nb2prod.cli import main\n"
+            "try:\n    main(['run', 'pl', '--no-serve'])\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            f"print('LOADED=' + ','.join(m for m in {NOT_FOR_A_RUN!r} if m in sys.modules))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        subprocess.run([sys.executable, "-m", "nb2prod", "worker", "stop"], env=env,
+                       capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "LOADED="

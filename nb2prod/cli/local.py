@@ -54,7 +54,6 @@ def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | N
 
     from nb2prod.errors import Problem
     from nb2prod.pipeline import run_parameters
-    from nb2prod.runners import services as local_services
     from nb2prod.settings import local_store
 
     pipeline = open_pipeline(target)
@@ -68,8 +67,11 @@ def _run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | N
     services = [stage] if stage and pipeline.stages[stage].type == "service" else (
         [] if stage else pipeline.services)
     # Ports are taken before any stage runs: a busy port fails now, not after training.
-    reservation = None if no_serve or not services else local_services.reserve_ports(
-        pipeline, services, port, host)
+    reservation = None
+    if services and not no_serve:  # runners.services loads only when there is one to start
+        from nb2prod.runners import services as local_services
+
+        reservation = local_services.reserve_ports(pipeline, services, port, host)
     try:
         result = None
         if batch:

@@ -23,6 +23,7 @@ Usage (by the daemon only): python -m nb2prod.runners.pooled CONTROL_FD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,10 +104,8 @@ class Warm:
         self.booted.join()
         self.client: Any = None
         if self.kernel.km is not None:
-            try:  # connected and answering now, so that `prepare` is one round trip
-                self.client = self.kernel.km.blocking_client()
-                self.client.start_channels()
-                self.client.wait_for_ready(timeout=120)
+            try:  # connected and answering now: `prepare` is one round trip, papermill none
+                self.client = connected_client(self.kernel.km)
             except Exception:  # noqa: BLE001 - `run` starts a kernel of its own then
                 self.kernel.shutdown()
                 self.kernel.km = None
@@ -136,15 +135,60 @@ class Warm:
 
     def prepare(self, env: dict[str, str], cwd: Path) -> None:
         """Give the kernel the stage's environment, cwd and sys.path (silently)."""
+        from jupyter_core.utils import run_sync
+
         try:
-            reply = self.client.execute_interactive(
+            reply = run_sync(self.client.execute_interactive)(
                 prepare_code(self.launched, env, str(cwd)), silent=True, store_history=False,
                 timeout=120)
-        finally:
-            self.client.stop_channels()
+        except BaseException:
+            self.disconnect()
+            raise
         if reply["content"].get("status") != "ok":
+            self.disconnect()
             raise RuntimeError(f"preparing the kernel failed: "
                                f"{reply['content'].get('evalue', '?')}")
+
+
+    def disconnect(self) -> None:
+        """Close the kernel client's channels (once papermill is done with it)."""
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.stop_channels()
+
+
+def connected_client(km: Any) -> Any:
+    """`km`'s kernel client, connected and answering now, which papermill then uses as is.
+
+    nbclient (papermill's engine) would connect a client of its own and wait until it
+    answers: at least 0.2 s on the stage's critical path, since jupyter_client's
+    `wait_for_ready` drains iopub until 0.2 s pass without a message.  Done here, while
+    this process waits for its stage: `km.client()` returns this client from now on,
+    whose `start_channels` and `wait_for_ready` are no-ops once done.  It is an async
+    client, as nbclient's own would be, driven on this thread's event loop (`run_sync`,
+    papermill's too).
+    """
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_core.utils import run_sync
+
+    class Connected(AsyncKernelClient):  # type: ignore[misc]
+        ready = False
+
+        def start_channels(self, *args: Any, **kwargs: Any) -> None:
+            if not self.channels_running:
+                super().start_channels(*args, **kwargs)
+
+        async def wait_for_ready(self, timeout: float | None = None) -> None:
+            if not self.ready:
+                await AsyncKernelClient.wait_for_ready(self, timeout)
+                self.ready = True
+
+    km.client_factory = Connected
+    client = km.client()
+    client.start_channels()
+    run_sync(client.wait_for_ready)(timeout=120)
+    km.client = lambda **_: client  # nbclient's `km.client()`: this one, already answering
+    return client
 
 
 def _redirect_output(log: Path) -> None:
@@ -194,6 +238,7 @@ def run(warm: Warm, conn: socket.socket, request: dict, home: Path,
     result = execute_in_workdir(stage_dir, executable, work / "out", request["params"], cwd,
                                 render_html=False, kernel=kernel)
     kernel.shutdown()
+    warm.disconnect()
     raw = home / "kernel.log"
     if raw.is_file() and raw.stat().st_size:
         with open(work / "log.txt", "ab") as log:

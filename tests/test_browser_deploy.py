@@ -159,7 +159,7 @@ def test_deploy_from_the_panel_survives_tab_and_server(
     use_secret_credentials(pipeline)
     create_secret(kube_standin, "ml", "testing")
     store = f"s3://{s3_env.make_bucket()}/artifacts"
-    snapshot = _Snapshot()
+    snapshot, gate = _Snapshot(), _Snapshot()  # gate: never published
     env = {"KUBECONFIG": str(kube_standin.kubeconfig)}
 
     try:
@@ -250,7 +250,27 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 expect(section).to_have_attribute("data-state", "failed")
                 section.scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / "6-panel-failed.png"))
+
+                # 5. a deploy held in training, stopped from the panel: its process
+                # ends; the panel says what it created stays until `nb2prod delete`
+                _fill_deploy_form(page, store, f"snapshot_url={gate.url}")
+                progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
+                expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                       ).to_have_attribute("data-state", "running")
+                held = progress.get_attribute("data-deploy")
+                page.locator(".jp-Dialog-button", has_text="Close").click()
+                expect(section).to_have_attribute("data-deploy", held or "?")
+                section.locator(".nb2prod-DeployStop").click()
+                expect(section.locator(".nb2prod-DeployStopped")).to_contain_text(
+                    "stay until `nb2prod delete`")
+                expect(section).not_to_have_attribute("data-state", "running")
+                expect(section.locator(".nb2prod-DeployStopped")).to_contain_text("Stopped:")
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "7-panel-stopped.png"))
+                stopped = next(r for r in _records(root) if r["id"] == held)
+                assert not runner_alive(stopped["runner"])
     finally:
+        gate.close()
         snapshot.close()
     assert all("exit_code" in r or not runner_alive(r["runner"])
                for r in _records(root))

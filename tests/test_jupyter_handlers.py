@@ -429,6 +429,28 @@ async def test_deploy_is_a_detached_process_followed_from_disk(
         assert "s3cr3t-value" not in path.read_text(), path
 
 
+async def test_a_running_deploy_is_stopped_from_the_panel(
+        jp_fetch: Any, iris: Path, scripted_deploy: dict[str, Any]) -> None:
+    """POST deploy/<id>/stop ends the detached deploy's process (held in training)."""
+    from nb2prod.jupyter import launches
+
+    first = json.loads((await _post(jp_fetch, "deploy", {
+        "path": "work/iris.ipynb", "namespace": "ml"})).body)
+    assert first["state"] == "running"
+    code, _ = await _error(jp_fetch, "deploy/20260101t000000-abc/stop",
+                           {"path": "work/iris.ipynb"})
+    assert code == 404
+    stopped = await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "work/iris.ipynb"})
+    assert json.loads(stopped.body) == {"id": first["id"], "stopping": True}
+    pipeline = (iris.parent / "iris-pipeline").resolve()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while launches.is_running(launches.record_of(pipeline, "deploy", first["id"]) or {}):
+        assert loop.time() < deadline, "the deploy process still runs"
+        await asyncio.sleep(0.05)
+    assert not scripted_deploy["release"].exists()  # it never got past training
+
+
 async def test_deploy_failures_are_reported(jp_fetch: Any, iris: Path, broken: Path,
                                             scripted_deploy: dict[str, Any]) -> None:
     # split problems come back at once, before anything is deployed

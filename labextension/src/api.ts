@@ -180,6 +180,11 @@ export function deployStatus(path: string, id: string): Promise<IDeployStatus> {
   return query(`deploy/${encodeURIComponent(id)}`, { path });
 }
 
+/** End a running deploy's process (what it created in the cluster stays). */
+export function stopDeploy(path: string, id: string): Promise<unknown> {
+  return post(`deploy/${encodeURIComponent(id)}/stop`, { path });
+}
+
 /** The deploys of the notebook (or pipeline dir) at `path`, newest first. */
 export function deploys(path: string): Promise<{ deploys: IDeployStatus[] }> {
   return query('deploy', { path });

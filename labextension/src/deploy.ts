@@ -278,6 +278,24 @@ export class DeploySection {
     this.node.hidden = false;
     this._title.textContent = `Deploy ${status.id}`;
     renderDeploy(this._content, status, this._onGo, true);
+    if (status.state === 'running' && this._stopping !== status.id) {
+      const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn nb2prod-DeployStop', 'Stop');
+      stop.title = 'End the deploy process (nb2prod delete removes what it created)';
+      stop.addEventListener('click', () => {
+        this._stopping = status.id;
+        this._show(status);
+        void api.stopDeploy(this._path, status.id).catch(error => {
+          this._content.appendChild(el('p', 'nb2prod-DeployError', String(error)));
+        });
+      });
+      this._content.appendChild(stop);
+    }
+    if (this._stopping === status.id) {
+      this._content.appendChild(el(
+        'p', 'nb2prod-DeployStopped',
+        `${status.state === 'running' ? 'Stopping' : 'Stopped'}: objects the deploy already ` +
+        `created in namespace ${status.namespace} stay until \`nb2prod delete\`.`));
+    }
     this.node.dataset.state = status.state;
     this.node.dataset.deploy = status.id;
     if (changed) {
@@ -287,6 +305,8 @@ export class DeploySection {
 
   private _path = '';
   private _status: api.IDeployStatus | null = null;
+  /** the deploy whose Stop was clicked */
+  private _stopping: string | null = null;
   private _title: HTMLElement;
   private _content: HTMLElement;
   private _follower: Follower;

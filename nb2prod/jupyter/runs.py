@@ -8,7 +8,9 @@
   state comes from its ``run.json``, a serving launch's URLs and sample curl
   from its console output.
 - ``POST /nb2prod/run/<id>/stop`` sends SIGTERM to the run (nb2prod records it
-  as interrupted and stops every stage and server).
+  as interrupted and stops every stage and server); ``POST /nb2prod/deploy/<id>/stop``
+  does the same to a detached deploy (what it already created in the cluster stays
+  until ``nb2prod delete``).
 - ``GET /nb2prod/runs?path=NB-or-DIR[&run=ID]`` lists runs with stage states,
   durations, `cached`, metrics and the promotion verdict, the launches, and the
   graph of one run (default the newest), as `nb2prod graph --run` models it.
@@ -244,16 +246,17 @@ class RunHandler(_PipelineDirMixin):
 
 
 class StopHandler(_PipelineDirMixin):
-    """POST /nb2prod/run/<id>/stop {"path"}: SIGTERM to a running launch (like Ctrl-C)."""
+    """POST /nb2prod/{run,deploy}/<id>/stop {"path"}: SIGTERM to a running launch
+    (like Ctrl-C); both kinds are detached processes of `launches.py`."""
 
     @web.authenticated
     @authorized("execute")
-    async def post(self, launch_id: str) -> None:
+    async def post(self, kind: str, launch_id: str) -> None:
         async def run() -> None:
             directory = self.pipeline_dir(self.body().get("path"))
-            record = record_of(directory, "run", launch_id)
+            record = record_of(directory, kind, launch_id)
             if record is None:
-                raise refuse(404, f"no run launch {launch_id}")
+                raise refuse(404, f"no {kind} launch {launch_id}")
             terminate(record)
             self.finish(json.dumps({"id": launch_id, "stopping": True}))
 
@@ -298,6 +301,6 @@ class RunFileHandler(JupyterHandler):
 HANDLERS = [
     ("runs", RunsHandler),
     ("run", RunHandler),
-    (r"run/([0-9a-z-]+)/stop", StopHandler),
+    (r"(run|deploy)/([0-9a-z-]+)/stop", StopHandler),
     ("file", RunFileHandler),
 ]

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nb2prod import writer
+from nb2prod import fresh_split, writer
 from nb2prod.analysis import Analysis, analyze
 from nb2prod.errors import Problem, UserError
+from nb2prod.fresh_split import default_output
 from nb2prod.notebook import load_notebook
 from nb2prod.pipeline import read_ini
 from nb2prod.record import (
@@ -95,10 +96,6 @@ class Report:
         }
 
 
-def default_output(notebook: Path) -> Path:
-    return notebook.parent / f"{notebook.stem}-pipeline"
-
-
 def _plain_path(path: Path, what: str) -> None:
     """Refuse control characters (a newline would be written raw into nb2prod.ini)."""
     text = str(Path(os.path.abspath(path)))
@@ -153,6 +150,7 @@ def split_notebook(path: Path, output: Path | None = None, force: bool = False,
         with writer.os_errors(output):
             recovered = writer.recover(target)
         _preflight(target, output, force, check)  # the split we waited for may have made it
+        fresh_split.forget(target)  # what `run NOTEBOOK` took as fresh is about to change
         record = read_record(target)
         report, files, renamed = _prepare(analysis, target, output, templates, record)
         report.recovered = recovered

@@ -79,11 +79,18 @@ def open_pipeline(target: Path, templates: Path | None = None):
     from nb2prod.pipeline import load_pipeline
 
     if target.is_file():
-        from nb2prod.split import default_output, split_notebook
+        from nb2prod import fresh_split
 
-        output = default_output(target)
+        output = fresh_split.default_output(target)
+        seen = fresh_split.fingerprint(target, output) if templates is None else None
+        if fresh_split.is_fresh(output, seen):
+            click.echo(f"{output} is up to date with {target}", err=True)
+            return load_pipeline(output)
+        from nb2prod.split import split_notebook
+
         report = split_notebook(target, output, force=True, templates=templates,
                                 on_wait=say_waiting)
+        fresh_split.remember(output, seen)
         print_warnings(report)
         print_split_notes(report)
         click.echo(f"split {target} into {output}", err=True)

@@ -123,10 +123,11 @@ async function showFolder(app: JupyterFrontEnd, path: string): Promise<void> {
   await app.commands.execute('filebrowser:go-to-path', { path });
 }
 
-/** Reload the file browser's listing: a split writes a folder it would show only later. */
-function refreshFileBrowser(app: JupyterFrontEnd): void {
+/** Reload the file browser's listing: a split writes a folder it would show only later.
+ * Awaited before the split's result shows, so the folder is listed when the user reads it. */
+async function refreshFileBrowser(app: JupyterFrontEnd): Promise<void> {
   if (app.commands.hasCommand('filebrowser:refresh')) {
-    void app.commands.execute('filebrowser:refresh').catch(reason =>
+    await app.commands.execute('filebrowser:refresh').catch(reason =>
       console.warn('nb2prod: file browser not refreshed', reason));
   }
 }
@@ -141,7 +142,7 @@ async function runSplit(app: JupyterFrontEnd, panel: NotebookPanel, write: boole
     const report = write ? await api.split(path) : await api.check(path);
     setBusy(panel, null);
     if (write) {
-      refreshFileBrowser(app);
+      await refreshFileBrowser(app);
     }
     void refreshPanel(panel);
     await showReport(panel.content, report, write, folder => void showFolder(app, folder));

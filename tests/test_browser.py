@@ -357,8 +357,9 @@ class BrowserSession:
 
 
 @contextmanager
-def browser_session(shots: Path, log: Path) -> Iterator[BrowserSession]:
-    """Chromium for one test: a 1500x1000 context with TIMEOUT_MS waits; on a failure a
+def browser_session(shots: Path, log: Path,
+                    viewport: tuple[int, int] = (1500, 1000)) -> Iterator[BrowserSession]:
+    """Chromium for one test: a `viewport` context with TIMEOUT_MS waits; on a failure a
     screenshot of the last open page (`shots/failure.png`); always closed; at the end
     no JS error in any page and no nb2prod traceback in the server's `log`."""
     from playwright.sync_api import expect, sync_playwright
@@ -366,7 +367,8 @@ def browser_session(shots: Path, log: Path) -> Iterator[BrowserSession]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            context = browser.new_context(viewport={"width": viewport[0],
+                                                    "height": viewport[1]})
             context.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
             session = BrowserSession(context)

@@ -172,8 +172,12 @@ def changed_source(root: Path, notebook: str, recorded_sha256: str) -> Path | No
     from nb2prod.pipeline import source_changed_bytes
 
     path = source_changed_bytes(root, notebook, recorded_sha256)
-    if path is None:
-        return None
+    return None if path is None else split_would_change(path, root, recorded_sha256)
+
+
+def split_would_change(path: Path, root: Path, recorded_sha256: str) -> Path | None:
+    """`path` (a notebook whose bytes differ from `recorded_sha256`) if a split of it
+    would change a generated file of pipeline `root`; the costly half of `changed_source`."""
     try:
         notebook_now = load_notebook(path)
         target = writer.real_output(Path(root))

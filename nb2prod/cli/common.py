@@ -107,13 +107,14 @@ def _refuse_stale(pipeline, given: Path) -> None:
     from nb2prod.errors import Problem
     from nb2prod.pipeline import source_changed_bytes
 
-    recorded = (pipeline.root, pipeline.value("project", "NOTEBOOK"),
-                pipeline.value("project", "SOURCE_SHA256"))
-    if source_changed_bytes(*recorded) is None:
+    recorded = pipeline.value("project", "SOURCE_SHA256")
+    changed = source_changed_bytes(pipeline.root, pipeline.value("project", "NOTEBOOK"),
+                                   recorded)
+    if changed is None:
         return  # the same bytes: fresh, without importing split (fast `run DIR`)
-    from nb2prod.split import changed_source
+    from nb2prod.split import split_would_change
 
-    notebook = changed_source(*recorded)
+    notebook = split_would_change(changed, pipeline.root, recorded)
     if notebook is None:
         return
     shown = os.path.relpath(notebook)

@@ -683,10 +683,20 @@ def test_delete_cascades_background_foreground_and_job_default_orphans(api: ApiC
         wait_for(lambda n=name: len([p for p in pods_of(v1, ns, f"app={n}") if p.status.phase == "Running"]) == 2,
                  f"{name} pods running")
 
+    # A finalizer of our own holds the ReplicaSet, so the pending foreground deletion is observed
+    # for certain (its sleeping pods end at once on SIGTERM: on a busy machine the whole cascade
+    # could finish before the read below).
+    [rs] = apps.list_namespaced_replica_set(ns, label_selector="app=fg").items
+    apps.patch_namespaced_replica_set(rs.metadata.name, ns, {"metadata": {"finalizers": ["nb2prod.test/hold"]}})
     apps.delete_namespaced_deployment("fg", ns, propagation_policy="Foreground")
     pending = apps.read_namespaced_deployment("fg", ns)
     assert pending.metadata.deletion_timestamp is not None
     assert "foregroundDeletion" in pending.metadata.finalizers
+    wait_for(lambda: not pods_of(v1, ns, "app=fg"), "foreground deletion of the pods")
+    assert apps.read_namespaced_deployment("fg", ns).metadata.deletion_timestamp is not None  # still held
+    held = apps.read_namespaced_replica_set(rs.metadata.name, ns)
+    assert held.metadata.deletion_timestamp is not None and held.metadata.finalizers == ["nb2prod.test/hold"]
+    apps.patch_namespaced_replica_set(rs.metadata.name, ns, [{"op": "remove", "path": "/metadata/finalizers"}])
     wait_for(lambda: gone(lambda: apps.read_namespaced_deployment("fg", ns)), "foreground deletion to finish")
     assert pods_of(v1, ns, "app=fg") == []
     assert apps.list_namespaced_replica_set(ns, label_selector="app=fg").items == []

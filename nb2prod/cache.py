@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,12 +34,14 @@ from nb2prod.runtime.cache import (
     LINKERS,
     SCHEMA,
     cache_key,
+    data_digests,
     link,
     lookup,
     plan_key,
     remember,
     reuse,
 )
+from nb2prod.runtime.contents import shared_memo
 from nb2prod.runtime_copy import pipeline_runtime
 from nb2prod.workdir import sha256_file
 
@@ -94,6 +97,11 @@ def _is_parameters(cell: dict) -> bool:
     return "parameters" in (cell.get("metadata", {}).get("tags") or [])
 
 
+def _parameters_cell(stage: StageSpec) -> str:
+    return next(("".join(c.get("source", "")) for c in _stage_notebook(stage).get("cells", [])
+                 if c.get("cell_type") == "code" and _is_parameters(c)), "")
+
+
 def _mentioned(stage: StageSpec) -> set[str]:
     """Every word of the stage's code outside its parameters cell."""
     words: set[str] = set()
@@ -135,8 +143,7 @@ def stage_environment(pipeline: Pipeline, stage: StageSpec, params: dict[str, ob
     """
     from nb2prod.analysis.parameters import parameter_defaults
 
-    source = next(("".join(c.get("source", "")) for c in _stage_notebook(stage).get("cells", [])
-                   if c.get("cell_type") == "code" and _is_parameters(c)), "")
+    source = _parameters_cell(stage)
     words = _mentioned(stage)
     env: set[str] = set()
     secrets = {**pipeline.secrets, **stage.secrets}
@@ -154,16 +161,43 @@ def stage_environment(pipeline: Pipeline, stage: StageSpec, params: dict[str, ob
     return sorted(env), None
 
 
-def uncacheable(pipeline: Pipeline, stages: list[str], params: dict[str, object]
-                ) -> list[str]:
+def data_spec(stage: StageSpec, params: dict[str, object]) -> dict:
+    """What the runtime needs to find the data behind the stage's path parameters
+    where it runs (`runtime.cache.data_digests`): the parameters cell, the names the
+    stage uses, the run's overrides of them."""
+    from nb2prod.analysis.parameters import parameter_defaults
+
+    source = _parameters_cell(stage)
+    words = _mentioned(stage)
+    names = sorted(n for n in {*parameter_defaults(source), *params} if n in words)
+    return {"cell": source, "names": names,
+            "overrides": {n: params[n] for n in names if n in params}}
+
+
+#: Where the stages whose `uncacheable` lines are wanted run: here (`run`), in pods the
+#: deploying machine keys (`deploy`), in pods that key themselves (`schedule`).
+WHERE = ("here", "deploy", "pod")
+
+
+def uncacheable(pipeline: Pipeline, stages: list[str], params: dict[str, object],
+                where: str = "here") -> list[str]:
     """One line per reason the cache-enabled batch stages among `stages` cannot be cached,
-    naming them (`run`, `deploy` and `schedule` print it once: they always run)."""
+    naming them (`run`, `deploy` and `schedule` print it once: they always run).
+
+    Besides the parameters' defaults (`stage_environment`), the data behind path
+    parameters (`runtime.cache.data_digests`): unreadable here, or (`deploy`) on the
+    pods' file system; a pod (`where="pod"`) hashes its own and logs why not.
+    """
+    assert where in WHERE, where
     stages_by_reason: dict[str, list[str]] = {}
     for name in stages:
         stage = pipeline.stages[name]
         if stage.type != "batch" or not enabled(stage):
             continue
         reason = stage_environment(pipeline, stage, params)[1]
+        if reason is None and where != "pod":
+            reason = data_digests(data_spec(stage, params), os.environ if where == "here"
+                                  else {}, here=where == "here")[1]
         if reason is not None:
             stages_by_reason.setdefault(reason, []).append(name)
     return [f"not cached, always run: {', '.join(names)}: {reason}"
@@ -177,6 +211,7 @@ def input_files(pipeline: Pipeline, stage: StageSpec) -> dict[str, str]:
     from nb2prod.errors import UserError
 
     base = pipeline.notebook.parent if pipeline.notebook else pipeline.root.parent
+    memo = shared_memo()  # a big data directory is read once, not on every run
     exclude = workdir.split_list(pipeline.value("files", "EXCLUDE"))
     found: dict[str, str] = {}
     for entry in workdir.split_list(stage.value("default", "FILES")):
@@ -185,7 +220,9 @@ def input_files(pipeline: Pipeline, stage: StageSpec) -> dict[str, str]:
         except UserError:
             found[entry] = "missing"
             continue
-        found.update((rel, workdir.sha256_file(path)) for rel, path in paths.items())
+        found.update((rel, memo.digest(os.path.abspath(path), path.stat()))
+                     for rel, path in paths.items())
+    memo.save()
     return found
 
 
@@ -220,20 +257,23 @@ def cache_plan(pipeline: Pipeline, stage: StageSpec, params: dict[str, object],
             "parts": {"code": stage_code(stage), "params": stage_params(stage, params),
                       "files": files,
                       "requirements": requirements.read_text() if requirements.is_file() else ""},
-            "loads": loads, "file_producers": producers, "env": env}
+            "loads": loads, "file_producers": producers, "env": env,
+            "data": data_spec(stage, params)}
 
 
 def key_for(store: artifacts.Store, pipeline: Pipeline, stage: StageSpec,
             params: dict[str, object], input_run: str,
             described: dict[str, dict] | None = None,
-            environ: Mapping[str, str | None] | None = None) -> str | None:
+            environ: Mapping[str, str | None] | None = None, here: bool = True) -> str | None:
     """The stage's cache key now (its inputs must be in `input_run`), or None.
 
     `environ`: the environment the stage will run in (default: this process's,
-    which `nb2prod run` passes on to its stages; `deploy`: `job_environ`).
+    which `nb2prod run` passes on to its stages; `deploy`: `job_environ`, with
+    `here=False`: the stage's paths are a pod's).
     """
     plan = cache_plan(pipeline, stage, params, described)
-    return None if plan is None else plan_key(store, pipeline.name, input_run, plan, environ)
+    return None if plan is None else plan_key(store, pipeline.name, input_run, plan, environ,
+                                              here)
 
 
 def job_environ(job: dict) -> dict[str, str | None]:

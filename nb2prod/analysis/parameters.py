@@ -18,22 +18,13 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-#: Calls reading one environment variable by name: `os.environ.get("X"[, default])`.
-ENV_CALLS = frozenset({"os.environ.get", "os.getenv", "environ.get", "getenv"})
-#: Mappings of the environment read by subscript: `os.environ["X"]`.
-ENV_MAPPINGS = frozenset({"os.environ", "environ"})
-#: Calls whose result depends only on their arguments.
-PURE_CALLS = frozenset({
-    "os.path.join", "os.path.basename", "os.path.dirname", "os.path.splitext",
-    "os.path.normpath", "posixpath.join", "str", "int", "float", "bool", "len", "min", "max",
-    "abs", "round", "tuple", "list", "dict", "set", "frozenset", "sorted",
-    "Path", "pathlib.Path", "PurePath", "pathlib.PurePath", "PurePosixPath",
-    "pathlib.PurePosixPath"})
-#: Methods that depend only on their receiver and arguments (str, and a Path's name parts).
-PURE_METHODS = frozenset({
-    "lower", "upper", "strip", "lstrip", "rstrip", "split", "rsplit", "replace", "format",
-    "startswith", "endswith", "join", "title", "casefold", "removeprefix", "removesuffix",
-    "partition", "zfill", "with_suffix", "with_name", "joinpath"})
+from nb2prod.runtime.param_values import (  # one table: the stage cache evaluates with it
+    ENV_CALLS,
+    ENV_MAPPINGS,
+    PURE_CALLS,
+    PURE_METHODS,
+)
+
 #: Nodes whose value is made from their children's values only.
 _COMBINING = (ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.JoinedStr,
               ast.FormattedValue, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,

@@ -89,7 +89,7 @@ def _deploy(target: Path, namespace: str | None, context: str | None, image: str
         click.echo(f"run {started['run_id']} started in namespace {opts.namespace} (Job "
                    f"{started['run_id']}); it trains, gates and rolls out in the cluster")
         if not no_cache and retrain.cache_setting(pipeline):
-            say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
+            say_uncacheable(pipeline, pipeline.batch, dict(opts.params), "pod")
         report_created_services(started)
         click.echo(f"follow with: nb2prod history {pipeline.root} -n {opts.namespace}")
         return
@@ -111,7 +111,7 @@ def _deploy(target: Path, namespace: str | None, context: str | None, image: str
                    f"{len(pipeline.services)} service(s), namespace {opts.namespace}, "
                    f"store {opts.store}")
         if not no_cache:
-            say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
+            say_uncacheable(pipeline, pipeline.batch, dict(opts.params), "deploy")
         result = deployer.run()
     if events is not None:
         events.write({"result": result})

@@ -32,11 +32,13 @@ def echo_err(line: str) -> None:
     click.echo(line, err=True)
 
 
-def say_uncacheable(pipeline, stages: list[str], params: dict) -> None:
-    """One line per reason some of `stages` cannot be cached (they always run), once a run."""
+def say_uncacheable(pipeline, stages: list[str], params: dict, where: str = "here"
+                    ) -> None:
+    """One line per reason some of `stages` cannot be cached (they always run), once a run;
+    `where` they run (`cache.WHERE`)."""
     from nb2prod import cache
 
-    for line in cache.uncacheable(pipeline, stages, params):
+    for line in cache.uncacheable(pipeline, stages, params, where):
         click.echo(f"nb2prod: {line}")
 
 

@@ -86,7 +86,7 @@ def schedule(target: Path, namespace: str | None, context: str | None, cron_expr
     if info["next_run"]:
         click.echo(f"next run: {info['next_run']}")
     if retrain.cache_setting(pipeline):
-        say_uncacheable(pipeline, pipeline.batch, dict(opts.params))
+        say_uncacheable(pipeline, pipeline.batch, dict(opts.params), "pod")
     report_created_services(info)
     click.echo(f"run it now: kubectl -n {info['namespace']} create job "
                f"--from=cronjob/{info['cronjob']} {info['cronjob']}-manual; "

@@ -14,7 +14,14 @@ them, their values are read where the stage runs: in a pod, the pod's), and
 `inputs`, the sha256 of each artifact it loads and of each
 file its ancestors wrote, read from the producers' manifests in the input run
 (`artifact_digests`): a re-run upstream stage whose outputs came out
-byte-identical leaves the key unchanged.
+byte-identical leaves the key unchanged.  And `data`, the content of what its
+path parameters name (`data_digests`): each parameter the stage uses is
+evaluated where the stage runs (`param_values`: the cell's defaults with that
+environment, then the run's overrides, as papermill does), and an absolute (or
+`~`) path among the values enters by the digest of its file or directory tree
+(`contents`, memoised), so `DATA_DIR=/mnt/data` with a changed file there is a
+miss.  Relative paths need nothing more: the stage's working directory holds only
+its FILES and the files earlier stages wrote, both keyed already.
 
 The index lives next to the runs (`<pipeline>/cache/<stage>/<key>.json`, naming
 the run that executed the stage and the sha256 of every file it left).  A hit is
@@ -29,11 +36,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from .contents import Unreadable, describe_path, shared_memo
 from .errors import ArtifactError
 from .files import files_key
+from .param_values import UNKNOWN, parameter_values
 from .runs import _utcnow
 from .signing import read_manifest, write_manifest
 from .stores import MANIFEST, FileStore, S3Store, Store, read_json, run_prefix, write_json
@@ -46,10 +56,11 @@ CACHE_PLAN = "nb2prod_cache.json"
 
 def cache_key(code: dict[str, str], params: dict[str, object], inputs: dict[str, str],
               files: dict[str, str], requirements: str,
-              env: dict[str, str | None] | None = None) -> str:
+              env: dict[str, str | None] | None = None, data: dict | None = None) -> str:
     """The stage's cache key: sha256 over the canonical JSON of its parts (pure)."""
     body = {"schema": SCHEMA, "code": code, "params": params, "inputs": inputs,
-            "files": files, "requirements": requirements, "env": env or {}}
+            "files": files, "requirements": requirements, "env": env or {},
+            "data": data or {}}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -91,17 +102,78 @@ def env_values(names: Iterable[str], environ: Mapping[str, str | None]
     return values
 
 
-def plan_key(store: Store, pipeline: str, input_run: str, plan: dict,
-             environ: Mapping[str, str | None] | None = None) -> str | None:
-    """The key of a stage from its cache plan (`{"parts", "loads", "file_producers", "env"}`),
-    the manifests of `input_run` and the values of the plan's `env` variables in
-    `environ` (default: this process's, as the stage's kernel sees them: in a pod the
-    pod's); None when an input or a variable's value is missing."""
+def _path_strings(value: object, depth: int = 0) -> Iterable[str]:
+    """The strings of a parameter value that may name a path (also inside containers)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        if value and len(value) < 4096 and "\0" not in value and "\n" not in value:
+            yield value
+    elif isinstance(value, (list, tuple, set, frozenset, dict)) and depth < 3:
+        for item in sorted(value.values() if isinstance(value, dict) else value, key=repr):
+            yield from _path_strings(item, depth + 1)
+
+
+def data_digests(spec: dict | None, environ: Mapping[str, str | None], here: bool = True
+                 ) -> tuple[dict, str | None]:
+    """({parameter: [{"path", "kind", "sha256"?}, ...]}, why the stage cannot be keyed or None)
+    for the absolute (or `~`) paths among the values of the parameters the stage uses.
+
+    `spec` (the plan's `data`): the parameters cell (`cell`), the names the stage uses
+    (`names`) and the run's overrides (`overrides`, injected after the cell, as
+    papermill does).  `here`: the stage runs on this machine; else (`deploy`
+    deciding for a pod) a path names the pod's file system, which cannot be hashed
+    here, and the stage cannot be cached.
+    """
+    if not spec or not spec.get("names"):
+        return {}, None
+    values = {**parameter_values(spec.get("cell") or "", environ), **(spec.get("overrides") or {})}
+    found: dict[str, list] = {}
+    memo = shared_memo()
+    try:
+        for name in sorted(spec["names"]):
+            value = values.get(name, UNKNOWN)
+            if value is UNKNOWN:
+                return {}, f"parameter {name} is known only when its cell runs"
+            for text in _path_strings(value):
+                if not (os.path.isabs(text) or text.startswith("~")):
+                    continue
+                if not here:
+                    return {}, (f"parameter {name} names {text}, on the pods' file system "
+                                "(the deploying machine cannot hash it)")
+                try:
+                    described = describe_path(os.path.expanduser(text), memo)
+                except Unreadable as exc:
+                    return {}, f"parameter {name} names {text}: {exc}"
+                found.setdefault(name, []).append({"path": text, **described})
+    finally:
+        memo.save()
+    return found, None
+
+
+def keyed(store: Store, pipeline: str, input_run: str, plan: dict,
+          environ: Mapping[str, str | None] | None = None, here: bool = True
+          ) -> tuple[str | None, str | None]:
+    """(`plan_key`, why there is no key when the data behind a path parameter says so)."""
+    environ = os.environ if environ is None else environ
     inputs = artifact_digests(store, pipeline, input_run, plan["loads"], plan["file_producers"])
-    env = env_values(plan.get("env") or [], os.environ if environ is None else environ)
+    env = env_values(plan.get("env") or [], environ)
     if inputs is None or env is None:
-        return None
-    return cache_key(inputs=inputs, env=env, **plan["parts"])
+        return None, None
+    data, reason = data_digests(plan.get("data"), environ, here)
+    if reason is not None:
+        return None, reason
+    return cache_key(inputs=inputs, env=env, data=data, **plan["parts"]), None
+
+
+def plan_key(store: Store, pipeline: str, input_run: str, plan: dict,
+             environ: Mapping[str, str | None] | None = None, here: bool = True) -> str | None:
+    """The key of a stage from its cache plan (`{"parts", "loads", "file_producers", "env",
+    "data"}`), the manifests of `input_run`, the values of the plan's `env` variables in
+    `environ` (default: this process's, as the stage's kernel sees them: in a pod the
+    pod's) and the data its path parameters name (`data_digests`); None when an input,
+    a variable's value or that data cannot be known."""
+    return keyed(store, pipeline, input_run, plan, environ, here)[0]
 
 
 # -- the index ------------------------------------------------------------------------------
@@ -183,7 +255,10 @@ def cached_stage(store: Store, pipeline: str, stage: str, run_id: str, input_run
     only make runs faster, never fail them.
     """
     try:
-        key = plan_key(store, pipeline, input_run, plan)
+        key, reason = keyed(store, pipeline, input_run, plan)
+        if reason is not None:  # the pod's log says why the stage runs
+            print(f"nb2prod: not cached, always run: {stage}: {reason}", file=sys.stderr,
+                  flush=True)
         hit = lookup(store, pipeline, stage, key) if key is not None else None
         if hit is not None:
             reuse(store, pipeline, stage, hit, run_id)

@@ -99,7 +99,8 @@ class BatchJobs(DeployState):
             store = artifacts.open_store(self.opts.store)
             key = cache.key_for(store, self.pipeline, stage, dict(self.opts.params),
                                 self.opts.run_id, self.opts.files.get(unit.name),
-                                cache.job_environ(unit.job))  # the pod's, not ours
+                                cache.job_environ(unit.job),  # the pod's, not ours
+                                here=False)
             if key is None:
                 return False
             self.cache_keys[unit.name] = key

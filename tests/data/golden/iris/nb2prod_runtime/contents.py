@@ -1,0 +1,1 @@
+# <nb2prod/runtime/contents.py, verbatim: compared separately by test_golden.py>

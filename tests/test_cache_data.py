@@ -1,0 +1,273 @@
+"""The stage cache and the data behind path parameters, through the real CLI.
+
+Our notebook's parameters cell reads its data directory and a labels file from the
+environment (`DATA_DIR = os.environ.get(...)`), as notebooks moved to a server
+with the data mounted at `/mnt/data` do.  `load` reads every `*.txt` under the
+directory (`Path(DATA_DIR).glob`), `fit` sums what `load` found (metric `total`),
+`labels` reads the single file (`open(LABELS)`), `other` names neither.  The
+data lives outside the notebook's directory (an absolute path: no FILES entry
+covers it), so only its content in the key keeps a changed file from being a
+cache hit.  The runs build on each other in one fixture, in order; mtimes are
+set explicitly (`os.utime`) where a change must not be seen by size or mtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nb2prod import artifacts, cache
+from nb2prod.pipeline import load_pipeline
+from nb2prod.runtime import contents
+from nb2prod.runtime.cache import data_digests, plan_key
+from tests.test_cache import Run
+from tests.test_run_e2e import clean_env, nb2prod
+
+CELLS = [
+    (["imports"], "import os\nfrom pathlib import Path"),
+    (["parameters"], ('DATA_DIR = os.environ.get("CACHE_TEST_DATA_DIR", "data")\n'
+                      'LABELS = os.environ.get("CACHE_TEST_LABELS", "labels.txt")')),
+    (["stage:load"], ("values = sorted(int(line) for path in sorted(Path(DATA_DIR).glob('*.txt'))\n"
+                      "                for line in path.read_text().split())")),
+    (["stage:fit"], "doubled = [2 * v for v in values]"),
+    (["metrics"], "total = sum(doubled)"),
+    (["stage:labels"], "with open(LABELS) as fh:\n    names = fh.read().split()"),
+    (["stage:other"], "constant = 42"),
+]
+RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
+PAST = 1_600_000_000_000_000_000  # a fixed mtime (ns), far from any write of this test
+
+
+@dataclass
+class Session:
+    work: Path
+    data: Path
+    labels: Path
+    memo: Path
+    runs: dict[str, Run] = field(default_factory=dict)
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.work / "p"
+
+    @property
+    def store(self) -> artifacts.Store:
+        return artifacts.open_store(load_pipeline(self.pipeline_dir).store_uri())
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {"CACHE_TEST_DATA_DIR": str(self.data), "CACHE_TEST_LABELS": str(self.labels),
+                "XDG_CACHE_HOME": str(self.memo)}
+
+    def run(self, label: str, *args: str) -> Run:
+        done = nb2prod("run", self.pipeline_dir, "--no-serve", "--jobs", "2", *args,
+                       cwd=self.work, env=clean_env(**self.environ))
+        match = RUN_ID.search(done.stdout)
+        assert match, done.stdout + done.stderr
+        run = Run(match["run_id"], done.returncode, done.stdout, done.stderr)
+        run.record = artifacts.read_json(self.store, f"p/runs/{run.run_id}/run.json")
+        assert run.code == 0, run.stdout + run.stderr
+        self.runs[label] = run
+        return run
+
+
+def rewrite(path: Path, text: str) -> None:
+    """New content of the same size, with the mtime it had: only ctime (and bytes) tell."""
+    before = path.stat()
+    assert len(text.encode()) == before.st_size
+    path.write_text(text)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    work = tmp_path_factory.mktemp("cache-data")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in CELLS]
+    nbformat.write(nb, work / "p.ipynb")
+    mounted = tmp_path_factory.mktemp("mnt")  # "/mnt": not the notebook's directory
+    data = mounted / "data"
+    (data / "more").mkdir(parents=True)
+    (data / "a.txt").write_text("1\n2\n")
+    (data / "more" / "b.txt").write_text("3\n")  # not read (no recursive glob), still keyed
+    labels = mounted / "labels.txt"
+    labels.write_text("red white\n")
+    for path in (data / "a.txt", data / "more" / "b.txt", labels):
+        os.utime(path, ns=(PAST, PAST))
+    done = nb2prod("split", "p.ipynb", "-o", "p", cwd=work)
+    assert done.returncode == 0, done.stderr
+    s = Session(work, data, labels, tmp_path_factory.mktemp("xdg-cache"))
+    s.run("first")
+    s.run("same")
+    rewrite(data / "a.txt", "2\n1\n")  # load re-runs; its output is the same
+    s.run("reordered")
+    rewrite(data / "a.txt", "5\n1\n")  # load's output changes: fit re-runs
+    s.run("changed")
+    (data / "c.txt").write_text("4\n")
+    s.run("added")
+    rewrite(labels, "red rose\n ")
+    s.run("labels-changed")
+    (data / "more" / "loop").symlink_to("loop")  # unreadable: ELOOP, also for root
+    s.run("unreadable")
+    (data / "more" / "loop").unlink()
+    s.run("readable-again")
+    return s
+
+
+def test_unchanged_data_is_a_hit(session: Session) -> None:
+    first, same = session.runs["first"], session.runs["same"]
+    assert first.states() == {"load": "done", "fit": "done", "labels": "done", "other": "done"}
+    assert same.cached_from() == {s: first.run_id for s in ("load", "fit", "labels", "other")}
+    assert first.record["metrics"] == same.record["metrics"] == {"fit": {"total": 6}}
+    assert "not cached" not in first.stdout + same.stdout
+
+
+def test_a_changed_data_file_reruns_the_reading_stage_and_what_its_output_changes(
+        session: Session) -> None:
+    first = session.runs["first"].run_id
+    reordered, changed = session.runs["reordered"], session.runs["changed"]
+    # Same size, same mtime: the bytes differ, load runs; its sorted output did not change.
+    assert reordered.cached_from() == {"load": None, "fit": first, "labels": first,
+                                       "other": first}
+    assert reordered.record["metrics"] == {"fit": {"total": 6}}
+    assert changed.cached_from() == {"load": None, "fit": None, "labels": first,
+                                     "other": first}
+    assert changed.record["metrics"] == {"fit": {"total": 12}}  # what a full run computes
+
+
+def test_a_file_added_to_the_directory_is_a_miss(session: Session) -> None:
+    first, added = session.runs["first"].run_id, session.runs["added"]
+    assert added.cached_from() == {"load": None, "fit": None, "labels": first, "other": first}
+    assert added.record["metrics"] == {"fit": {"total": 20}}
+    assert session.runs["labels-changed"].cached_from() == {
+        "load": added.run_id, "fit": added.run_id, "labels": None, "other": first}
+
+
+def test_an_unreadable_entry_means_not_cached_with_the_reason(session: Session) -> None:
+    unreadable, again = session.runs["unreadable"], session.runs["readable-again"]
+    loop = session.data / "more" / "loop"
+    why = (f"nb2prod: not cached, always run: load: parameter DATA_DIR names {session.data}: "
+           f"{loop} cannot be read (Too many levels of symbolic links)")
+    assert why in unreadable.stdout.splitlines(), unreadable.stdout
+    assert unreadable.stdout.count("not cached") == 1
+    added, labelled = (session.runs[k].run_id for k in ("added", "labels-changed"))
+    # load runs (its data unknown), its output the same as before: fit is a hit.
+    assert unreadable.cached_from() == {"load": None, "fit": added, "labels": labelled,
+                                        "other": session.runs["first"].run_id}
+    # Readable again, the same data as before the link: the earlier run's key is a hit.
+    assert again.cached_from()["load"] == session.runs["added"].run_id
+    assert "not cached" not in again.stdout
+
+
+def test_the_digests_are_memoised_per_user(session: Session) -> None:
+    memo = json.loads((session.memo / "nb2prod" / "file-digests.json").read_text())
+    files = memo["files"]
+    assert str(session.data / "more" / "b.txt") in files  # old mtime, hashed long ago
+    assert all(len(entry) == 6 for entry in files.values())
+
+
+# -- the key's code, shared by the runner and the pod -----------------------------------------
+def test_the_runtime_key_of_the_shipped_plan_is_the_local_key(
+        session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan as an in-cluster stage gets it (JSON), keyed by the runtime alone with the
+    pod's environment, gives the key `nb2prod run` computes here for the same data; the
+    data enters it (another directory, another key)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    pipeline = load_pipeline(session.pipeline_dir)
+    load = pipeline.stages["load"]
+    run_id = session.runs["readable-again"].run_id
+    plan = json.loads(json.dumps(cache.cache_plan(pipeline, load, {}), default=repr))
+    assert plan["data"]["names"] == ["DATA_DIR"]
+    local = cache.key_for(session.store, pipeline, load, {}, run_id, environ=session.environ)
+    assert local is not None
+    assert plan_key(session.store, "p", run_id, plan, session.environ) == local
+    indexed = artifacts.read_json(session.store, f"p/cache/load/{local}.json")
+    assert indexed["run_id"] == session.runs["added"].run_id  # what `run` indexed
+    elsewhere = tmp_path / "data"
+    elsewhere.mkdir()
+    (elsewhere / "a.txt").write_text("1\n")
+    assert plan_key(session.store, "p", run_id, plan,
+                    {**session.environ, "CACHE_TEST_DATA_DIR": str(elsewhere)}) != local
+    # An override names the data now (papermill injects it after the cell).
+    plan = json.loads(json.dumps(cache.cache_plan(pipeline, load, {"DATA_DIR": str(elsewhere)})))
+    data, reason = data_digests(plan["data"], session.environ)
+    assert reason is None and data["DATA_DIR"][0]["path"] == str(elsewhere)
+
+
+def test_deploy_does_not_cache_a_stage_whose_data_is_on_the_pods_file_system(
+        session: Session) -> None:
+    pipeline = load_pipeline(session.pipeline_dir)
+    params = {"DATA_DIR": "/mnt/data"}
+    assert cache.key_for(session.store, pipeline, pipeline.stages["load"], params,
+                         session.runs["first"].run_id, environ={}, here=False) is None
+    why = ("not cached, always run: load: parameter DATA_DIR names /mnt/data, on the pods' "
+           "file system (the deploying machine cannot hash it)")
+    assert cache.uncacheable(pipeline, pipeline.batch, params, "deploy") == [why]
+    assert cache.uncacheable(pipeline, pipeline.batch, params, "pod") == []
+
+
+# -- content digests (pure file system, no runs) ----------------------------------------------
+def test_a_tree_digest_follows_links_safely(tmp_path: Path) -> None:
+    memo = contents.DigestMemo(tmp_path / "memo.json")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "x.csv").write_text("a,b\n")
+    base = contents.describe_path(str(tree), memo)
+    assert base["kind"] == "dir"
+    (tree / "sub" / "up").symlink_to(tree)  # a link back up: marked, not walked forever
+    (tree / "gone").symlink_to(tmp_path / "nowhere")  # dangling: marked
+    os.mkfifo(tree / "pipe")  # never opened (it would block)
+    linked = contents.describe_path(str(tree), memo)
+    assert linked["sha256"] != base["sha256"] and linked["entries"] == 5
+    (tmp_path / "nowhere").write_text("now here")
+    appeared = contents.describe_path(str(tree), memo)
+    assert appeared["sha256"] != linked["sha256"]
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("a,b\n")
+    (tree / "sub" / "x.csv").unlink()
+    (tree / "sub" / "x.csv").symlink_to(target)  # the same bytes through a link: the same
+    assert contents.describe_path(str(tree), memo) == appeared
+    assert contents.describe_path(str(tmp_path / "none"), memo) == {"kind": "missing"}
+    assert contents.describe_path(str(target), memo)["kind"] == "file"
+
+
+def test_the_memo_reads_a_file_again_only_when_its_stat_changed(tmp_path: Path) -> None:
+    path, memo_file = tmp_path / "data.csv", tmp_path / "memo.json"
+    path.write_text("1,2\n")
+    os.utime(path, ns=(PAST, PAST))
+    later = contents.RACY_NS * 10
+
+    def memo() -> contents.DigestMemo:  # a new process, its clock well past the write
+        return contents.DigestMemo(memo_file, clock=lambda: os.stat(path).st_ctime_ns + later)
+
+    first = memo()
+    digest = first.digest(str(path), path.stat())
+    first.save()
+    again = memo()
+    assert again.digest(str(path), path.stat()) == digest and again.hashed == 0
+    path.write_text("3,4\n")  # same size; an explicit other mtime
+    os.utime(path, ns=(PAST, PAST + 1))
+    changed = memo()
+    assert changed.digest(str(path), path.stat()) != digest and changed.hashed == 1
+
+
+def test_a_file_hashed_right_after_its_write_is_not_memoised(tmp_path: Path) -> None:
+    """Racily clean (git's word): a second write in the same timestamp tick would keep the
+    stat, so a digest taken within RACY_NS of the file's ctime is not kept."""
+    path, memo_file = tmp_path / "data.csv", tmp_path / "memo.json"
+    path.write_text("1,2\n")
+    now = os.stat(path).st_ctime_ns
+    first = contents.DigestMemo(memo_file, clock=lambda: now)
+    first.digest(str(path), path.stat())
+    first.save()
+    again = contents.DigestMemo(memo_file, clock=lambda: now)
+    again.digest(str(path), path.stat())
+    assert again.hashed == 1

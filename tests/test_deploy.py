@@ -698,6 +698,45 @@ def test_unit_helpers() -> None:
         PendingPods(grace=600).check(claimless, "train") or "")
 
 
+def _job(name: str, run: str, component: str, created: str, condition: str | None) -> dict:
+    """A Job as the real API server lists it: labels, creation time, conditions."""
+    labels = {"app.kubernetes.io/component": component}
+    if component != "run":
+        labels["nb2prod.io/run-id"] = run
+    conditions = [{"type": condition, "status": "True"}] if condition else []
+    return {"metadata": {"name": name, "labels": labels, "creationTimestamp": created},
+            "status": {"conditions": conditions, **({} if condition else {"active": 1})}}
+
+
+def test_status_of_a_deploy_killed_before_its_promotion_is_incomplete() -> None:
+    """Seen on the real cluster: `kill -9` of `nb2prod deploy` while train ran left a
+    Complete train Job and no promote Job; `status` called that run "succeeded"
+    (it was never promoted; `runs` said "incomplete"), and sorted an in-cluster run
+    named `manual-1` above newer deploys (by name, not time)."""
+    from nb2prod.runners.kubernetes.status import runs_from_jobs
+
+    jobs = [
+        _job("iris-train-a", "20261201t140614-1999", "train", "2026-12-01T14:06:17Z",
+             "Complete"),
+        _job("iris-promote-a", "20261201t140614-1999", "promote", "2026-12-01T14:06:23Z",
+             "Complete"),
+        _job("manual-1", "", "run", "2026-12-01T14:07:32Z", "Complete"),
+        _job("iris-train-b", "20261201t140803-a84f", "train", "2026-12-01T14:08:06Z",
+             "Complete"),
+        _job("iris-train-c", "20261201t140841-b5bc", "train", "2026-12-01T14:08:44Z", None),
+        _job("iris-train-d", "20261201t140905-bef1", "train", "2026-12-01T14:09:08Z",
+             "Failed"),
+    ]
+    runs = runs_from_jobs(jobs)
+    assert [(r["run_id"], r["status"]) for r in runs] == [
+        ("20261201t140905-bef1", "failed"),
+        ("20261201t140841-b5bc", "running"),
+        ("20261201t140803-a84f", "incomplete"),  # the killed deploy
+        ("manual-1", "succeeded"),
+        ("20261201t140614-1999", "succeeded"),
+    ]
+
+
 def test_retry_helper_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubernetes.client.exceptions import ApiException
 

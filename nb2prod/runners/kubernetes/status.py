@@ -32,27 +32,31 @@ def _job_state(job: Obj) -> str:
     return "Pending"
 
 
-def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) -> dict:
-    """What is deployed: runs (newest first) with Job states, services with readiness."""
-    kube = Kube(context)
-    sel = manifests.selector(pipeline)
+def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
+    """The runs the Jobs show, newest first (by when their first Job was created).
+
+    A deploy's run is its stage Jobs plus a promote Job; one without a promote
+    Job and with nothing running never reached promotion (its `nb2prod deploy`
+    was killed, or lost the cluster): "incomplete", as `nb2prod runs` calls it
+    in the store, never "succeeded".
+    """
     runs: dict[str, dict] = {}
-    for job in kube.list("Job", namespace, sel):
+    for job in jobs:
         labels = job["metadata"].get("labels") or {}
         run = labels.get(manifests.RUN_ID_LABEL, "?")
         component = labels.get("app.kubernetes.io/component", "?")
+        created = job["metadata"].get("creationTimestamp") or ""
+        state = _job_state(job)
         if component == "run":  # an in-cluster run (schedule, --no-wait): one Job, its name
-            state = _job_state(job)
             runs[job["metadata"]["name"]] = {
                 "run_id": job["metadata"]["name"], "stages": {}, "in_cluster": True,
-                "promotion": "see `nb2prod history`",
-                "created": job["metadata"].get("creationTimestamp"),
+                "promotion": "see `nb2prod history`", "created": created,
                 "status": {"Complete": "succeeded", "Running": "running",
                            "Pending": "pending"}.get(state, "failed")}
             continue
         entry = runs.setdefault(run, {"run_id": run, "stages": {}, "promotion": None,
-                                      "created": job["metadata"].get("creationTimestamp")})
-        state = _job_state(job)
+                                      "created": created})
+        entry["created"] = min(entry["created"], created)
         if component == manifests.RECORD:
             continue  # bookkeeping, not a stage
         if component == manifests.PROMOTE:
@@ -65,17 +69,28 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
         else:
             entry["stages"][component] = state
     for entry in runs.values():
-        if entry.get("in_cluster"):
-            continue
-        states = list(entry["stages"].values())
-        if any(s.startswith("Failed") for s in states) or \
-                (entry.get("rollout") or {}).get("status") == "failed":
-            entry["status"] = "failed"  # a batch stage, or the roll-out after promotion
-        elif any(s in ("Running", "Pending") for s in states) or entry["promotion"] in (
-                "running", "pending"):
-            entry["status"] = "running"
-        else:
-            entry["status"] = "succeeded"
+        if not entry.get("in_cluster"):
+            entry["status"] = _deploy_run_status(entry)
+    return sorted(runs.values(), key=lambda r: (r["created"], r["run_id"]), reverse=True)
+
+
+def _deploy_run_status(entry: dict) -> str:
+    states = list(entry["stages"].values())
+    if any(s.startswith("Failed") for s in states) or \
+            (entry.get("rollout") or {}).get("status") == "failed":
+        return "failed"  # a batch stage, or the roll-out after promotion
+    if any(s in ("Running", "Pending") for s in states) or entry["promotion"] in (
+            "running", "pending"):
+        return "running"
+    if entry["promotion"] is None:
+        return "incomplete"  # every Job ended, but the deploy never started the promotion
+    return "succeeded"
+
+
+def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) -> dict:
+    """What is deployed: runs (newest first) with Job states, services with readiness."""
+    kube = Kube(context)
+    ordered = runs_from_jobs(kube.list("Job", namespace, manifests.selector(pipeline)))
     services = {}
     for name in pipeline.services:
         dname = manifests.service_name(pipeline, name)
@@ -96,7 +111,6 @@ def status(pipeline: Pipeline, namespace: str, *, context: str | None = None) ->
                 "failed" if verdict else "in progress"),
             "url": manifests.service_url(pipeline, pipeline.stages[name], namespace),
         }
-    ordered = sorted(runs.values(), key=lambda r: r["run_id"], reverse=True)
     return {"pipeline": pipeline.name, "namespace": namespace, "stages": pipeline.order,
             "runs": ordered, "last_run": ordered[0] if ordered else None, "services": services}
 

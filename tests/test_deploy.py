@@ -433,6 +433,14 @@ def test_redeploy_reuses_unchanged_stages_from_the_store(
     assert manifest["cached_from"] == run1 and manifest["run_id"] == run2
     assert read(f"runs/{run2}/train/metrics.json") == read(f"runs/{run1}/train/metrics.json")
     assert read("latest.json")["run_id"] == run2
+    # The stage's record is run2's own, saying where it came from (seen on the real
+    # cluster: run1's result.json was copied as is, so `runs` showed run1's times and
+    # no `cached` column for run2)
+    result = read(f"runs/{run2}/train/result.json")
+    assert (result["run_id"], result["cached_from"]) == (run2, run1), result
+    assert result["started"] >= read(f"runs/{run1}/train/result.json")["finished"]
+    code, output = run_cli(["runs", str(directory), "--store", store], capsys)
+    assert code == 0 and re.search(rf"{run2}.*train from {run1}", output), output
     apps = client.AppsV1Api(standin.api_client())
     dep = apps.read_namespaced_deployment("iris-serve", NS)
     assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run2

@@ -46,7 +46,7 @@ from .files import files_key
 from .param_values import UNKNOWN, parameter_values
 from .runs import _utcnow
 from .signing import read_manifest, write_manifest
-from .stores import MANIFEST, FileStore, S3Store, Store, read_json, run_prefix, write_json
+from .stores import MANIFEST, RESULT, FileStore, S3Store, Store, read_json, run_prefix, write_json
 
 SCHEMA = 1
 #: The cache plan of an in-cluster stage (beside its config.ini): the key's parts known
@@ -223,14 +223,31 @@ def lookup(store: Store, pipeline: str, stage: str, key: str) -> dict | None:
     return entry
 
 
+def cached_result(pipeline: str, stage: str, run_id: str, source: str) -> dict:
+    """The `result.json` of a stage reused from run `source`: this run's, done just now."""
+    import time
+
+    now = time.time()
+    return {"stage": stage, "run_id": run_id, "pipeline": pipeline, "status": "succeeded",
+            "cached_from": source, "started": now, "finished": now}
+
+
 def reuse(store: Store, pipeline: str, stage: str, entry: dict, run_id: str) -> None:
-    """Make `stage` of `run_id` hold the cached run's outputs; its manifest says `cached_from`."""
+    """Make `stage` of `run_id` hold the cached run's outputs; its manifest says `cached_from`.
+
+    The manifest and the stage record (`result.json`, which in-cluster stages
+    write and `runs` reads) are this run's own, never the source's copied as is:
+    a copied record would give the source's run id and times and hide the reuse.
+    """
     source = entry["run_id"]
     src = f"{run_prefix(pipeline, source)}/{stage}/"
     dst = f"{run_prefix(pipeline, run_id)}/{stage}/"
     for name in entry["files"]:
-        if name != MANIFEST:
+        if name not in (MANIFEST, RESULT):
             link(store, src + name, dst + name)
+    if RESULT in entry["files"]:
+        write_json(store, dst + RESULT, cached_result(pipeline, stage, run_id, source),
+                   atomic=True)
     if MANIFEST not in entry["files"]:
         return
     manifest = read_json(store, src + MANIFEST)

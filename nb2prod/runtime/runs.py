@@ -12,6 +12,7 @@ from .errors import ArtifactError, cell_label
 from .stores import (
     LATEST_JSON,
     METRICS,
+    RESULT,
     RUN_JSON,
     Store,
     _check_segment,
@@ -105,7 +106,7 @@ def _add_stage_results(store: Store, prefix: str, stages: list[str], record: dic
     """Fill `stages`, `status`, `started`, `finished` of a run from its stages' result.json."""
     found = {}
     for stage in stages:
-        result = read_json(store, f"{prefix}/{stage}/result.json", default=None)
+        result = read_json(store, f"{prefix}/{stage}/{RESULT}", default=None)
         if not isinstance(result, dict) or "status" not in result:
             continue
         entry = {k: result[k] for k in ("status", "started", "finished", "cell", "cached_from")

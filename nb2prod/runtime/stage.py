@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cache import cached_stage, read_plan, remember
+from .cache import cached_result, cached_stage, read_plan, remember
 from .errors import ArtifactError, _one_line
 from .files import prepare_workdir, record_files
 from .kernel import (
@@ -27,7 +27,7 @@ from .kernel import (
 from .metrics import promote
 from .runs import _failure_reason, read_run_metrics, record_run
 from .stage_env import _base_context, _env, _stage_dir
-from .stores import DEFAULT_STORE, _stage_prefix, open_store, write_json
+from .stores import DEFAULT_STORE, RESULT, _stage_prefix, open_store, write_json
 from .values import _write_context
 
 
@@ -166,7 +166,6 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     `cached_from`; after a successful execution the key is remembered.
     """
     import tempfile
-    import time
 
     ctx = _write_context("run the stage")
     stage_dir = _stage_dir()
@@ -177,11 +176,9 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     key, hit = cached_stage(store, ctx.pipeline, ctx.stage, ctx.run_id,
                             _env("NB2PROD_INPUT_RUN_ID") or ctx.run_id, plan) if plan else (None, None)
     if hit is not None:
-        now = time.time()
-        result: dict[str, Any] = {"stage": ctx.stage, "run_id": ctx.run_id,
-                                  "pipeline": ctx.pipeline, "status": "succeeded",
-                                  "cached_from": hit["run_id"], "started": now, "finished": now}
-        write_json(store, f"{prefix}/result.json", result, atomic=True)
+        result: dict[str, Any] = cached_result(ctx.pipeline, ctx.stage, ctx.run_id,
+                                               hit["run_id"])
+        write_json(store, f"{prefix}/{RESULT}", result, atomic=True)
         return result
     params = _stage_params(os.environ.get("NB2PROD_PARAMS")) if params is None else params
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nb2prod-stage-"))
@@ -199,7 +196,7 @@ def run_stage(params: dict | None = None, output_dir: str | os.PathLike[str] | N
     for path in files:
         if path.is_file():
             store.upload(f"{prefix}/{path.name}", path)
-    write_json(store, f"{prefix}/result.json", result, atomic=True)
+    write_json(store, f"{prefix}/{RESULT}", result, atomic=True)
     if key is not None and result["status"] == "succeeded":
         with contextlib.suppress(Exception):  # the next run just runs the stage again
             remember(store, ctx.pipeline, ctx.stage, key, ctx.run_id)

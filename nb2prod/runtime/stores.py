@@ -28,6 +28,7 @@ LATEST = "latest"
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 RUN_JSON = "run.json"
+RESULT = "result.json"   # a stage's record in a run (in-cluster stages write it)
 LATEST_JSON = "latest.json"
 #: Artifact file names that would clobber the stage's own bookkeeping files.
 _RESERVED_FILES = {MANIFEST, METRICS}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,3 +38,13 @@ def settle(py: str, env: dict[str, str], timeout: float = 120) -> None:
         if "booting" not in status and "running stage" not in status:
             return
         time.sleep(0.2)
+
+
+def run_timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of one process run to completion; a failure ends the benchmark."""
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return took, done.stdout

@@ -35,10 +35,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import machine, settle
+from _common import machine, run_timed, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "example_notebooks" / "wine_parallel.ipynb"
@@ -53,12 +52,7 @@ def timed(args: list[str], cwd: Path, tree: Path = ROOT, use_worker: bool = True
     env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
     env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(NB2PROD_RUNTIME_DIR=str(RUNTIME), NB2PROD_WORKER="1" if use_worker else "0")
-    start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    took = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return took, done.stdout
+    return run_timed(args, cwd, env)
 
 
 def worker_env() -> dict[str, str]:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, settle
+from _common import machine, run_timed, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = Path(tempfile.mkdtemp(prefix="nb2b-")) / "rt"
@@ -72,13 +72,8 @@ def env_for(data: Path, cache_home: Path) -> dict[str, str]:
 
 
 def timed(cwd: Path, env: dict[str, str]) -> tuple[float, str]:
-    args = [sys.executable, "-m", "nb2prod", "run", "bench.ipynb", "--no-serve"]
-    start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    took = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return took, done.stdout
+    return run_timed([sys.executable, "-m", "nb2prod", "run", "bench.ipynb", "--no-serve"],
+                     cwd, env)
 
 
 def one_repeat(work: Path, megabytes: int, files: int) -> dict[str, float]:

@@ -34,11 +34,12 @@ RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILIN
 STAGES = ("load", "fit", "report")
 
 
-def write_notebook(path: Path) -> None:
+def write_notebook(path: Path, cells: list[tuple[list[str], str]] = CELLS) -> None:
+    """A notebook of code cells, each (tags, source)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in cells]
     nbformat.write(nb, path)
 
 

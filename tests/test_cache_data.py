@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from nb2prod import artifacts, cache
 from nb2prod.pipeline import load_pipeline
 from nb2prod.runtime import contents
 from nb2prod.runtime.cache import data_digests, plan_key
-from tests.test_cache import Run
-from tests.test_run_e2e import clean_env, nb2prod
+from tests.test_cache import Run, write_notebook
+from tests.test_cache_params import LabelledRuns
+from tests.test_run_e2e import nb2prod
 
 CELLS = [
     (["imports"], "import os\nfrom pathlib import Path"),
@@ -40,12 +39,11 @@ CELLS = [
     (["stage:labels"], "with open(LABELS) as fh:\n    names = fh.read().split()"),
     (["stage:other"], "constant = 42"),
 ]
-RUN_ID = re.compile(r"^run (?P<run_id>[0-9a-z-]+): \d+ batch stage", re.MULTILINE)
 PAST = 1_600_000_000_000_000_000  # a fixed mtime (ns), far from any write of this test
 
 
 @dataclass
-class Session:
+class Session(LabelledRuns):
     work: Path
     data: Path
     labels: Path
@@ -53,28 +51,12 @@ class Session:
     runs: dict[str, Run] = field(default_factory=dict)
 
     @property
-    def pipeline_dir(self) -> Path:
-        return self.work / "p"
-
-    @property
-    def store(self) -> artifacts.Store:
-        return artifacts.open_store(load_pipeline(self.pipeline_dir).store_uri())
-
-    @property
     def environ(self) -> dict[str, str]:
         return {"CACHE_TEST_DATA_DIR": str(self.data), "CACHE_TEST_LABELS": str(self.labels),
                 "XDG_CACHE_HOME": str(self.memo)}
 
     def run(self, label: str, *args: str) -> Run:
-        done = nb2prod("run", self.pipeline_dir, "--no-serve", "--jobs", "2", *args,
-                       cwd=self.work, env=clean_env(**self.environ))
-        match = RUN_ID.search(done.stdout)
-        assert match, done.stdout + done.stderr
-        run = Run(match["run_id"], done.returncode, done.stdout, done.stderr)
-        run.record = artifacts.read_json(self.store, f"p/runs/{run.run_id}/run.json")
-        assert run.code == 0, run.stdout + run.stderr
-        self.runs[label] = run
-        return run
+        return self.run_labelled(label, *args, **self.environ)
 
 
 def rewrite(path: Path, text: str) -> None:
@@ -88,11 +70,7 @@ def rewrite(path: Path, text: str) -> None:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     work = tmp_path_factory.mktemp("cache-data")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in CELLS]
-    nbformat.write(nb, work / "p.ipynb")
+    write_notebook(work / "p.ipynb", CELLS)
     mounted = tmp_path_factory.mktemp("mnt")  # "/mnt": not the notebook's directory
     data = mounted / "data"
     (data / "more").mkdir(parents=True)
@@ -271,3 +249,38 @@ def test_a_file_hashed_right_after_its_write_is_not_memoised(tmp_path: Path) -> 
     again = contents.DigestMemo(memo_file, clock=lambda: now)
     again.digest(str(path), path.stat())
     assert again.hashed == 1
+
+
+def test_every_style_of_path_parameter_is_keyed_by_its_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Env-derived, a literal absolute default, `Path(...) /`, `os.path.join`, f-strings,
+    a list of paths and `~`: each names data whose change changes the key's data part;
+    a relative path is left to FILES (the stage's working directory holds only those)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    data.mkdir(parents=True)
+    (data / "wine.csv").write_text("a,b\n1,2\n")
+    cell = (f'LITERAL = "{data}"\n'
+            'DATA_DIR = os.environ.get("WINE_DIR", "data")\n'
+            'JOINED = os.path.join(DATA_DIR, "wine.csv")\n'
+            'PATH = Path(DATA_DIR) / "wine.csv"\n'
+            'SHOWN = f"{DATA_DIR}/wine.csv"\n'
+            f'BOTH = ["{data}/wine.csv", "relative.csv"]\n'
+            'HOMED = "~/data/wine.csv"\n'
+            "STAMP = datetime.now()\n")  # used by no stage here: no harm
+    names = ["BOTH", "DATA_DIR", "HOMED", "JOINED", "LITERAL", "PATH", "SHOWN"]
+    spec = {"cell": cell, "names": names, "overrides": {}}
+    environ = {"WINE_DIR": str(data)}
+    before, reason = data_digests(spec, environ)
+    assert reason is None and sorted(before) == names
+    assert before["DATA_DIR"] == [{"path": str(data), **contents.describe_path(
+        str(data), contents.shared_memo())}]
+    assert [e["path"] for e in before["BOTH"]] == [f"{data}/wine.csv"]  # relative: FILES'
+    assert data_digests(spec, {})[0].keys() == {"BOTH", "HOMED", "LITERAL"}  # default "data"
+    (data / "wine.csv").write_text("a,b\n1,3\n")
+    after = data_digests(spec, environ)[0]
+    assert all(after[n] != before[n] for n in names)
+    stamped = {**spec, "names": ["STAMP"]}
+    assert data_digests(stamped, environ) == (
+        {}, "parameter STAMP is known only when its cell runs")

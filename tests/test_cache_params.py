@@ -18,13 +18,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from nb2prod import artifacts, cache
 from nb2prod.analysis.parameters import Default, parameter_defaults
 from nb2prod.pipeline import load_pipeline
-from tests.test_cache import Run, copy_pipeline, cron_configmaps
+from tests.test_cache import Run, copy_pipeline, cron_configmaps, write_notebook
 from tests.test_run_e2e import clean_env, nb2prod
 
 PARAMETERS = ('ROWS_DIR = os.environ.get("CACHE_TEST_ROWS_DIR", "rows")\n'
@@ -44,11 +43,11 @@ WHY = ("nb2prod: not cached, always run: stamp: parameter STAMP is known only wh
        "runs (STAMP = datetime.datetime.now().isoformat())")
 
 
-@dataclass
-class Session:
+class LabelledRuns:
+    """A pipeline split into `work/p` and the runs made of it, by label (for sessions)."""
+
     work: Path
-    other_rows: Path
-    runs: dict[str, Run] = field(default_factory=dict)
+    runs: dict[str, Run]
 
     @property
     def pipeline_dir(self) -> Path:
@@ -58,7 +57,8 @@ class Session:
     def store(self) -> artifacts.Store:
         return artifacts.open_store(load_pipeline(self.pipeline_dir).store_uri())
 
-    def run(self, label: str, *args: str, **env: str) -> Run:
+    def run_labelled(self, label: str, *args: str, **env: str) -> Run:
+        """`nb2prod run` with `env` added to a clean environment; it must succeed."""
         done = nb2prod("run", self.pipeline_dir, "--no-serve", "--jobs", "2", *args,
                        cwd=self.work, env={**clean_env(), **env})
         match = RUN_ID.search(done.stdout)
@@ -70,14 +70,20 @@ class Session:
         return run
 
 
+@dataclass
+class Session(LabelledRuns):
+    work: Path
+    other_rows: Path
+    runs: dict[str, Run] = field(default_factory=dict)
+
+    def run(self, label: str, *args: str, **env: str) -> Run:
+        return self.run_labelled(label, *args, **env)
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     work = tmp_path_factory.mktemp("cache-params")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for tags, src in CELLS]
-    nbformat.write(nb, work / "p.ipynb")
+    write_notebook(work / "p.ipynb", CELLS)
     (work / "rows").mkdir()
     (work / "rows" / "values.txt").write_text("1\n2\n3\n")
     other = tmp_path_factory.mktemp("elsewhere") / "rows"  # the data of "another machine"

@@ -65,6 +65,7 @@ class DigestMemo:
         self._entries: dict[str, list] | None = None
         self._new: dict[str, list] = {}
         self._lock = threading.Lock()
+        self._saving = threading.Lock()  # one merge-and-replace at a time in this process
 
     def _load(self) -> dict[str, list]:
         try:
@@ -105,6 +106,10 @@ class DigestMemo:
             new, self._new = self._new, {}
             if self._entries is not None:
                 self._entries.update(new)
+        with self._saving:
+            self._replace(new)
+
+    def _replace(self, new: dict[str, list]) -> None:
         entries = {**self._load(), **new}
         if len(entries) > MAX_MEMO:
             entries = dict(list(entries.items())[-MAX_MEMO:])  # newest insertions last

@@ -441,6 +441,8 @@ def test_redeploy_reuses_unchanged_stages_from_the_store(
     assert result["started"] >= read(f"runs/{run1}/train/result.json")["finished"]
     code, output = run_cli(["runs", str(directory), "--store", store], capsys)
     assert code == 0 and re.search(rf"{run2}.*train from {run1}", output), output
+    code, output = run_cli(["status", str(directory), "--namespace", NS], capsys)
+    assert code == 0 and re.search(rf"{run2} +│ succeeded +│ cached \({run1}\)", output), output
     apps = client.AppsV1Api(standin.api_client())
     dep = apps.read_namespaced_deployment("iris-serve", NS)
     assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run2
@@ -735,6 +737,10 @@ def test_status_of_a_deploy_killed_before_its_promotion_is_incomplete() -> None:
         _job("iris-train-d", "20261201t140905-bef1", "train", "2026-12-01T14:09:08Z",
              "Failed"),
     ]
+    cached = _job("iris-promote-e", "20261201t141425-bc83", "promote", "2026-12-01T14:14:28Z",
+                  "Complete")  # every stage reused from the cache: a promote Job only
+    cached["metadata"]["annotations"] = {"nb2prod.io/cached": '{"train": "20261201t141357-364f"}'}
+    assert runs_from_jobs([cached])[0]["stages"] == {"train": "cached (20261201t141357-364f)"}
     runs = runs_from_jobs(jobs)
     assert [(r["run_id"], r["status"]) for r in runs] == [
         ("20261201t140905-bef1", "failed"),

@@ -56,6 +56,7 @@ from nb2prod.manifests.jobs import (
 )
 from nb2prod.manifests.names import (
     AFTER,
+    CACHED_ANNOTATION,
     CODE_HASH,
     DNS_LABEL,
     MODEL_RUN_ID,
@@ -105,7 +106,7 @@ from nb2prod.manifests.services import (
 from nb2prod.manifests.startup import extra_installs, startup_script
 
 __all__ = [
-    "AFTER", "CODE_DIR", "CODE_HASH", "CONTAINER_SECURITY", "DEFAULT_IMAGE", "DEPS_DIR",
+    "AFTER", "CACHED_ANNOTATION", "CODE_DIR", "CODE_HASH", "CONTAINER_SECURITY", "DEFAULT_IMAGE", "DEPS_DIR",
     "DNS_LABEL", "JOB_TTL_SECONDS", "MODEL_RUN_ID", "PREVIOUS_TEMPLATE", "PROMOTE",
     "PROMOTE_NOT_PASSED", "PROMOTE_RESOURCES", "RECORD", "RUNTIME", "RUNTIME_MOUNT",
     "RUNTIME_VOLUME_MOUNT", "RUN_ID_LABEL", "SIGNING_KEY_ENV", "STAGE_LABEL", "STORE_DIR",

@@ -12,6 +12,7 @@ where the store credentials are.
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 
@@ -137,6 +138,9 @@ class BatchJobs(DeployState):
             self.release(unit)
             return
         self.mark("create", unit.name)
+        if unit.name == PROMOTE_UNIT and self.reused:  # what `status` shows for stages with no Job
+            unit.job["metadata"].setdefault("annotations", {})[manifests.CACHED_ANNOTATION] = \
+                json.dumps(self.reused, sort_keys=True)
         try:
             self.kube.create(unit.job)
         except Exception as exc:  # noqa: BLE001 - reported as the stage's failure

@@ -62,10 +62,13 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
         if component == manifests.PROMOTE:
             entry["promotion"] = {"Complete": "promoted", "Running": "running",
                                   "Pending": "pending"}.get(state, "not promoted / failed")
-            note = (job["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
-            if note:
-                with contextlib.suppress(ValueError):
-                    entry["rollout"] = json.loads(note)
+            notes = job["metadata"].get("annotations") or {}
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if notes.get(ROLLOUT_ANNOTATION):
+                    entry["rollout"] = json.loads(notes[ROLLOUT_ANNOTATION])
+                for stage, source in json.loads(notes.get(manifests.CACHED_ANNOTATION)
+                                                or "{}").items():
+                    entry["stages"].setdefault(stage, f"cached ({source})")  # no Job of its own
         else:
             entry["stages"][component] = state
     for entry in runs.values():

@@ -855,6 +855,30 @@ def test_fault_kill_pod_mid_run_fails_the_job(api: ApiClient, ns: str, kube_stan
     assert (terminated.exit_code, terminated.reason) == (137, "Error")
 
 
+def test_deleting_a_running_job_pod_is_a_failed_attempt_and_the_job_retries(
+        api: ApiClient, ns: str) -> None:
+    """As on the real cluster (`kubectl delete pod` of a deploy's stage pod): the
+    container gets SIGTERM, the pod goes away, the Job counts a failed attempt and
+    starts a new pod while attempts are left; the last one deleted fails the Job."""
+    batch, v1 = client.BatchV1Api(api), client.CoreV1Api(api)
+    batch.create_namespaced_job(ns, job_body("deleted", ["sleep", "60"], backoffLimit=1))
+
+    def running() -> list[Any]:
+        return [p for p in pods_of(v1, ns, "job-name=deleted") if p.status.phase == "Running"
+                and not p.metadata.deletion_timestamp]
+
+    first = wait_for(running, "the first pod to run")[0].metadata.name
+    v1.delete_namespaced_pod(first, ns)
+    second = wait_for(lambda: [p for p in running() if p.metadata.name != first],
+                      "a replacement pod")[0].metadata.name
+    wait_for(lambda: first not in {p.metadata.name for p in pods_of(v1, ns, "job-name=deleted")},
+             "the deleted pod to go away")
+    job = batch.read_namespaced_job("deleted", ns)
+    assert (job.status.failed, cond(job, "Failed")) == (1, None)
+    v1.delete_namespaced_pod(second, ns)
+    assert job_outcome(batch, ns, "deleted") == ("Failed", "BackoffLimitExceeded")
+
+
 def test_fault_kill_restarts_a_deployment_container(api: ApiClient, ns: str, kube_standin: KubeStandIn) -> None:
     apps, v1 = client.AppsV1Api(api), client.CoreV1Api(api)
     apps.create_namespaced_deployment(ns, web_deployment("svc"))

@@ -695,6 +695,13 @@ def test_history_summaries_of_runs_in_every_state() -> None:
     run = run_summary(_job("iris-retrain-3", [deadline]), [])
     assert run["status"] == "failed"
     assert run["reason"] == "DeadlineExceeded: Job was active longer than specified deadline"
+    # Its only pod deleted mid-run (`kubectl delete pod`, seen on the real cluster): the
+    # Job fails at once with BackoffLimitExceeded, which alone does not say why.
+    gone = {**failed, "message": "Job has reached the specified backoff limit"}
+    run = run_summary(_job("iris-retrain-5", [gone]), [])
+    assert (run["status"], run["failed_stage"]) == ("failed", None)
+    assert run["reason"] == ("its pod was deleted or evicted before the run ended "
+                             "(BackoffLimitExceeded: Job has reached the specified backoff limit)")
 
     # Succeeded: metrics from the roller's verdict, flattened per stage.
     verdict = json.dumps({"status": "succeeded", "promoted": True, "reason": "ok",

@@ -234,6 +234,11 @@ def run_summary(job: Obj, pods: list[Obj]) -> dict:
     if not pods:
         if failed_cond:
             record["reason"] = f"{failed_cond.get('reason')}: {failed_cond.get('message', '')}"
+            if failed_cond.get("reason") == "BackoffLimitExceeded":
+                # backoffLimit 0 and no pod: the one pod went away (`kubectl delete pod`,
+                # eviction) while it ran, taking which stage it was in with it
+                record["reason"] = ("its pod was deleted or evicted before the run ended "
+                                    f"({record['reason']})")
         return record
     pod = pods[-1]
     names = json.loads((pod["metadata"].get("annotations") or {}).get(

@@ -36,7 +36,7 @@ class StageInfo:
 class Node:
     name: str
     kind: str
-    state: str | None = None  # done | failed | skipped | running | waiting | cached; None: no run
+    state: str | None = None  # done | failed | skipped | running | waiting | cached | stopped; None: no run
     seconds: float | None = None
     cached_from: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -209,7 +209,8 @@ def find_run(runs: list[dict], run_id: str | None) -> dict | None:
 
 # -- formats -----------------------------------------------------------------------------
 _STATE_COLOURS = {"done": "#c8e6c9", "cached": "#bbdefb", "failed": "#ffcdd2",
-                  "skipped": "#eeeeee", "running": "#b2ebf2", "waiting": "#ffffff"}
+                  "skipped": "#eeeeee", "running": "#b2ebf2", "waiting": "#ffffff",
+                  "stopped": "#ffe0b2"}
 
 
 def node_lines(node: Node) -> list[str]:

@@ -144,7 +144,9 @@ def test_deploy_from_the_panel_survives_tab_and_server(
         stop_deploys: None) -> None:
     from playwright.sync_api import expect
 
-    from nb2prod.manifests import service_name
+    from nb2prod.jupyter.deploys import deploy_status
+    from nb2prod.jupyter.launches import LAUNCH_DIR
+    from nb2prod.manifests import RUN_ID_LABEL, service_name
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners.local import runner_alive
     from nb2prod.split import split_notebook
@@ -252,7 +254,8 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 page.screenshot(path=str(shots / "6-panel-failed.png"))
 
                 # 5. a deploy held in training, stopped from the panel: its process
-                # ends; the panel says what it created stays until `nb2prod delete`
+                # deletes its running Job and ends; the deploy reads "stopped" (by
+                # whom, when), not failed; what else it created stays until `nb2prod delete`
                 _fill_deploy_form(page, store, f"snapshot_url={gate.url}")
                 progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
                 expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')
@@ -263,12 +266,29 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 section.locator(".nb2prod-DeployStop").click()
                 expect(section.locator(".nb2prod-DeployStopped")).to_contain_text(
                     "stay until `nb2prod delete`")
-                expect(section).not_to_have_attribute("data-state", "running")
+                expect(section).to_have_attribute("data-state", "stopped")
                 expect(section.locator(".nb2prod-DeployStopped")).to_contain_text("Stopped:")
+                expect(section.locator(".nb2prod-DeployProgress-summary")).to_contain_text(
+                    "Deploy stopped: pipeline")
+                expect(section.locator(".nb2prod-DeployStoppedBy")).to_contain_text(
+                    "stopped by ")
+                expect(section.locator(".nb2prod-DeployError")).to_have_count(0)
+                stopped_train = section.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                expect(stopped_train).to_have_attribute("data-state", "stopped")
+                expect(section.locator('tr.nb2prod-DeployStage[data-stage="api"]')
+                       ).to_have_attribute("data-state", "skipped")
                 section.scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / "7-panel-stopped.png"))
                 stopped = next(r for r in _records(root) if r["id"] == held)
                 assert not runner_alive(stopped["runner"])
+                status = deploy_status(pipeline / LAUNCH_DIR / held, stopped)
+                assert status["state"] == "stopped" and status["run_id"], status
+                assert status["stopped"]["via"] == "JupyterLab"
+                # the train Job went with the deploy (as on Ctrl-C): nothing trains on
+                assert not [job for job in kube_standin.store.scan("jobs", "ml")
+                            if job["metadata"]["labels"].get(RUN_ID_LABEL) == status["run_id"]
+                            and job["metadata"]["labels"].get(
+                                "app.kubernetes.io/component") == "train"]
     finally:
         gate.close()
         snapshot.close()

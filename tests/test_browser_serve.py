@@ -2,7 +2,9 @@
 
 The iris notebook is run locally by a detached `nb2prod run` (papermill, real
 kernel) that keeps its service stage up (a real gunicorn on a real port); the
-panel shows the service's URL and the sample curl `nb2prod run` prints; a
+panel shows the service's URL and the sample curl `nb2prod run` prints (on the
+port typed in the panel's Port field, after an invalid and a taken one were
+refused in one line each); a
 prediction through that URL answers right, so does the sample request; "Stop"
 ends the run and its server.  Screenshots: `<tmp>/shots`.
 """
@@ -14,6 +16,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -65,11 +68,35 @@ def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
     port = _free_port()  # config.ini edits survive the panel's split
     set_ini(lab.root / "iris-pipeline" / "stage-2-serve" / "config.ini", "service", "PORT",
             str(port))
-    with browser_session(shots, lab.log) as session:
+    with browser_session(shots, lab.log) as session, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
         page = session.new_page()
         _open(page, lab, "iris.ipynb")
         panel = _show_panel(page)
+        # the Port field: a value that is no port, then a taken port: one line each, no run
+        field = panel.locator("input.nb2prod-RunPort")
+        expect(field).to_have_value("")  # empty: config.ini's PORT, as `nb2prod run`
+        field.fill("70000")
         panel.locator(".nb2prod-RunServe").click()
+        error = panel.locator(".nb2prod-RunError")
+        expect(error).to_have_text("'port' must be a TCP port, an integer from 1 to 65535 "
+                                   '(got "70000")')
+        page.screenshot(path=str(shots / "port-invalid.png"))
+        field.fill(str(busy))
+        panel.locator(".nb2prod-RunServe").click()
+        expect(error).to_have_text(
+            f"port {busy} on 127.0.0.1 is already in use (service stage 'serve', from the "
+            "Port field); stop what uses it or choose another with the Port field")
+        assert "Traceback" not in error.inner_text()
+        page.screenshot(path=str(shots / "port-taken.png"))
+        assert not (lab.root / "iris-pipeline" / ".nb2prod" / "panel").exists()  # no run
+        # the field's port, over config.ini's
+        port = _free_port()
+        field.fill(str(port))
+        panel.locator(".nb2prod-RunServe").click()
+        expect(error).to_have_count(0)
         serving = panel.locator('.nb2prod-Serving[data-service="serve"]')
         url = f"http://127.0.0.1:{port}/predict"
         expect(serving.locator(".nb2prod-Serving-url")).to_have_text(url)

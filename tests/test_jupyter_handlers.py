@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tornado.httpclient import HTTPClientError
 
 from nb2prod.errors import UserError
 from nb2prod.jupyter import handlers
+from nb2prod.runners.interrupts import stopped_text
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -431,7 +433,9 @@ async def test_deploy_is_a_detached_process_followed_from_disk(
 
 async def test_a_running_deploy_is_stopped_from_the_panel(
         jp_fetch: Any, iris: Path, scripted_deploy: dict[str, Any]) -> None:
-    """POST deploy/<id>/stop ends the detached deploy's process (held in training)."""
+    """POST deploy/<id>/stop ends the detached deploy's process (held in training); its
+    status is `stopped`, by whom and when, its running stage stopped (not failed), also
+    when the process died of the SIGTERM before it could say so (this scripted one)."""
     from nb2prod.jupyter import launches
 
     first = json.loads((await _post(jp_fetch, "deploy", {
@@ -440,15 +444,36 @@ async def test_a_running_deploy_is_stopped_from_the_panel(
     code, _ = await _error(jp_fetch, "deploy/20260101t000000-abc/stop",
                            {"path": "work/iris.ipynb"})
     assert code == 404
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:  # in training (its first event written), then stopped
+        status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                            params={"path": "work/iris.ipynb"})).body)
+        if status["stages"][0]["state"] == "running":
+            break
+        assert loop.time() < deadline, status
+        await asyncio.sleep(0.05)
     stopped = await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "work/iris.ipynb"})
     assert json.loads(stopped.body) == {"id": first["id"], "stopping": True}
     pipeline = (iris.parent / "iris-pipeline").resolve()
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while launches.is_running(launches.record_of(pipeline, "deploy", first["id"]) or {}):
         assert loop.time() < deadline, "the deploy process still runs"
         await asyncio.sleep(0.05)
     assert not scripted_deploy["release"].exists()  # it never got past training
+    status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                        params={"path": "work/iris.ipynb"})).body)
+    assert status["state"] == "stopped" and status["error"] is None, status
+    note = status["stopped"]
+    assert note["by"] and note["via"] == "JupyterLab"
+    assert first["started"] <= note["at"] <= time.time()
+    rows = {s["name"]: (s["state"], s["message"]) for s in status["stages"]}
+    assert rows == {"train": ("stopped", stopped_text(note)),
+                    "serve": ("skipped", "not started: the deploy was stopped")}, rows
+    assert stopped_text(note).startswith(f"stopped by {note['by']} (JupyterLab) at ")
+    listed = json.loads((await jp_fetch("nb2prod", "deploy",
+                                        params={"path": "work/iris.ipynb"})).body)
+    assert listed["deploys"][0]["state"] == "stopped"
 
 
 async def test_deploy_failures_are_reported(jp_fetch: Any, iris: Path, broken: Path,

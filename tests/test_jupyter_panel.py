@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from nb2prod.runners.interrupts import stopped_text
 from tests.test_deploy import IRIS_ANSWER, IRIS_REQUEST, OPENER
 from tests.test_jupyter_handlers import (  # noqa: F401 - fixtures, used by name
     IRIS,
@@ -173,8 +176,36 @@ async def test_run_locally_then_list_runs_and_open_report(jp_fetch: Any, iris: P
     assert again["runs"][0]["stages"]["train"]["files"]["html"]
 
 
+async def test_run_and_serve_refuses_a_bad_or_taken_port(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
+    """The Port field: not an integer 1-65535 is a 400 before anything is split; a port
+    something listens on is the CLI's one-line message (naming the field) before the
+    run starts; neither launches anything."""
+    for bad in ("abc", "0", "65536", 70000, -1, 8080.5, True, "80 80", [8080]):
+        code, body = await _error(jp_fetch, "run", {"path": "work/iris.ipynb", "serve": True,
+                                                    "port": bad})
+        assert code == 400, bad
+        assert body["message"] == ("'port' must be a TCP port, an integer from 1 to 65535 "
+                                   f"(got {json.dumps(bad)})"), body
+        assert "Traceback" not in body["message"]
+    assert not (iris.parent / "iris-pipeline").exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, body = await _error(jp_fetch, "run", {"path": "work/iris.ipynb", "serve": True,
+                                                    "port": str(port)})
+    assert code == 400
+    assert body["message"] == (
+        f"port {port} on 127.0.0.1 is already in use (service stage 'serve', from the Port "
+        "field); stop what uses it or choose another with the Port field"), body
+    assert not (iris.parent / "iris-pipeline" / ".nb2prod" / "panel").exists()  # no launch
+
+
 async def test_a_served_run_is_stopped_from_the_panel(jp_fetch: Any, iris: Path) -> None:  # noqa: F811
-    await _post(jp_fetch, "run", {"path": "work/iris.ipynb", "serve": True})
+    with socket.socket() as probe:  # a port free now: the run serves on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    await _post(jp_fetch, "run", {"path": "work/iris.ipynb", "serve": True, "port": port})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RUN_DEADLINE
     while True:  # serving: the batch run finished and the launch keeps running
@@ -193,7 +224,8 @@ async def test_a_served_run_is_stopped_from_the_panel(jp_fetch: Any, iris: Path)
         assert launch["serve"] is True
         (service,) = launch["services"]
         assert service["name"] == "serve" and service["run_id"] == answer["runs"][0]["run_id"]
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/predict", service["url"]), service
+        assert service["url"] == f"http://127.0.0.1:{port}/predict", service
+        assert record["command"][-2:] == ["--port", str(port)]
         assert service["curl"].startswith(f"curl -s -X POST {service['url']} ")
         request = urllib.request.Request(service["url"], data=json.dumps(IRIS_REQUEST).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -207,6 +239,59 @@ async def test_a_served_run_is_stopped_from_the_panel(jp_fetch: Any, iris: Path)
     finally:
         if answer["launches"][0]["state"] != "exited":
             os.killpg(record["runner"]["pid"], signal.SIGKILL)
+
+
+async def test_a_run_stopped_from_the_panel_reads_stopped(jp_fetch: Any,
+                                                         jp_root_dir: Path) -> None:
+    """Stop on a run held in training: the run is `stopped` (by whom, when) in run.json,
+    in the panel's run list and graph and in `nb2prod runs`: not failed, not interrupted."""
+    hold = jp_root_dir / "hold"
+    hold.write_text("")
+    _notebook(jp_root_dir / "held.ipynb", [
+        (f"hold = {str(hold)!r}", ["parameters"]),
+        ("import os\nimport time", ["imports"]),
+        ("while os.path.exists(hold):\n    time.sleep(0.05)\nx = 1", ["stage:train"]),
+        ("y = x + 1", ["stage:report"]),
+    ])
+    launch = json.loads((await _post(jp_fetch, "run", {"path": "held.ipynb"})).body)["launch"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RUN_DEADLINE
+    record = json.loads((jp_root_dir / "held-pipeline" / ".nb2prod" / "panel" / launch["id"]
+                         / "launch.json").read_text())
+    try:
+        while True:  # the train stage runs (and waits for `hold` to go)
+            answer = await _get(jp_fetch, "runs", path="held.ipynb")
+            if answer["runs"] and answer["runs"][0]["stages"].get("train", {}).get(
+                    "status") == "running":
+                break
+            assert answer["launches"][0]["state"] == "running", answer["launches"][0]["output"]
+            assert loop.time() < deadline, answer
+            await asyncio.sleep(0.1)
+        await _post(jp_fetch, f"run/{launch['id']}/stop", {"path": "held.ipynb"})
+        answer = await _wait_run(jp_fetch, "held.ipynb")
+    finally:
+        from nb2prod.jupyter import launches
+
+        if launches.is_running(record):
+            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+    assert hold.exists()  # it was stopped in training, not released
+    note = answer["launches"][0]["stopped"]
+    assert note["by"] and note["via"] == "JupyterLab", note
+    (run,) = answer["runs"]
+    assert run["status"] == "stopped", run
+    assert run["reason"] == stopped_text(note)
+    assert run["reason"].startswith(f"stopped by {note['by']} (JupyterLab) at ")
+    assert run["stages"]["train"]["status"] == "stopped", run["stages"]
+    assert run["stages"]["train"]["message"] == stopped_text(note)
+    assert run["stages"].get("report", {}).get("status") in (None, "waiting", "skipped")
+    nodes = {n["name"]: n["state"] for n in answer["graph"]["nodes"]}
+    assert nodes["train"] == "stopped", nodes
+    listed = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "nb2prod", "runs",
+                         str(jp_root_dir / "held-pipeline")], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "250"}, check=True)
+    row = next(line for line in listed.stdout.splitlines() if run["run_id"] in line)
+    assert stopped_text(note) in row and "interrupted" not in row, listed.stdout
 
 
 # -- security ----------------------------------------------------------------------------

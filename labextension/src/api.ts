@@ -42,7 +42,15 @@ export interface IReport {
 }
 
 export type StageState =
-  'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'cached' | 'serving';
+  'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'cached' | 'serving' | 'stopped';
+
+/** Who stopped a run or deploy with the panel's Stop, and when (`runners.interrupts`). */
+export interface IStopNote {
+  by: string;
+  via: string;
+  /** seconds since the epoch */
+  at: number;
+}
 
 export interface IStageStatus {
   name: string;
@@ -67,7 +75,7 @@ export interface IDeployedService {
 /** GET /nb2prod/deploy/<id>?path=…: a detached `nb2prod deploy`, read from its record. */
 export interface IDeployStatus {
   id: string;
-  state: 'running' | 'done' | 'failed';
+  state: 'running' | 'done' | 'failed' | 'stopped';
   namespace: string;
   context: string | null;
   pipeline: string;
@@ -81,6 +89,8 @@ export interface IDeployStatus {
   output: string;
   /** its console output, relative to the server root: open with `fileUrl` */
   log: string | null;
+  /** stopped with the panel's Stop: by whom, when */
+  stopped?: IStopNote | null;
 }
 
 export interface IDeployRequest {
@@ -299,6 +309,8 @@ export interface ILaunch {
   output: string;
   log: string | null;
   started: number | null;
+  /** Stop was pressed: by whom, when */
+  stopped?: IStopNote | null;
 }
 
 /** GET /nb2prod/runs */
@@ -322,8 +334,11 @@ export function runs(path: string, run?: string): Promise<IRuns> {
   return query('runs', run ? { path, run } : { path });
 }
 
-export function startRun(path: string, serve = false): Promise<{ launch: ILaunch }> {
-  return post('run', { path, serve });
+/** `port`: the panel's Port field as typed ('' : each service's config.ini PORT); the
+ * server validates it. */
+export function startRun(path: string, serve = false,
+                         port = ''): Promise<{ launch: ILaunch }> {
+  return post('run', port.trim() ? { path, serve, port: port.trim() } : { path, serve });
 }
 
 export function stopRun(path: string, launch: string): Promise<unknown> {

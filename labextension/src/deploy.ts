@@ -13,6 +13,7 @@ import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
 import { el, problemList, showWithCells } from './dialogs';
+import { stoppedText } from './stopnote';
 import { stageColor } from './stages';
 
 /** How often a running deploy is polled (its record and event log on the server). */
@@ -23,7 +24,8 @@ const MAX_FAILURES = 30;
 const WORDS: { [state: string]: string } = {
   running: 'Deploying',
   done: 'Deployed',
-  failed: 'Deploy failed'
+  failed: 'Deploy failed',
+  stopped: 'Deploy stopped'
 };
 
 /** A stage's row; `compact` (the narrow panel): its message on a row of its own below. */
@@ -84,6 +86,9 @@ export function renderDeploy(
   ];
   if (status.error) {
     parts.push(el('p', 'nb2prod-DeployError', status.error));
+  }
+  if (status.state === 'stopped' && status.stopped) {
+    parts.push(el('p', 'nb2prod-DeployStoppedBy', stoppedText(status.stopped)));
   }
   const table = el('table', 'nb2prod-Stages nb2prod-DeployStages');
   const head = table.createTHead().insertRow();
@@ -293,8 +298,9 @@ export class DeploySection {
     if (this._stopping === status.id) {
       this._content.appendChild(el(
         'p', 'nb2prod-DeployStopped',
-        `${status.state === 'running' ? 'Stopping' : 'Stopped'}: objects the deploy already ` +
-        `created in namespace ${status.namespace} stay until \`nb2prod delete\`.`));
+        `${status.state === 'running' ? 'Stopping' : 'Stopped'}: its running Jobs are ` +
+        `deleted; the other objects the deploy already created in namespace ` +
+        `${status.namespace} stay until \`nb2prod delete\`.`));
     }
     this.node.dataset.state = status.state;
     this.node.dataset.deploy = status.id;

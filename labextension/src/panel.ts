@@ -23,6 +23,7 @@ import { servingSection } from './serving';
 import { el, revealCell } from './dialogs';
 import { ICellProblem, StageMarkers } from './markers';
 import { colorsOfStages, rememberStageColors } from './stages';
+import { stoppedText } from './stopnote';
 
 const SVG = 'http://www.w3.org/2000/svg';
 /** How often a running run is polled (a condition: the run's own files). */
@@ -35,7 +36,8 @@ export const STATE_COLORS: { [state: string]: string } = {
   failed: '#ffcdd2',
   skipped: '#eeeeee',
   running: '#b2ebf2',
-  waiting: '#ffffff'
+  waiting: '#ffffff',
+  stopped: '#ffe0b2'
 };
 
 
@@ -223,7 +225,7 @@ export function withDeployStates(graph: api.IGraph | null,
 }
 
 /** Run statuses after which a serving launch has nothing up any more. */
-const RUN_FAILED = new Set(['failed', 'interrupted']);
+const RUN_FAILED = new Set(['failed', 'interrupted', 'stopped']);
 
 /** The panel widget; `notebook` follows the active notebook. */
 export class PipelinePanel extends Widget {
@@ -314,7 +316,7 @@ export class PipelinePanel extends Widget {
     this._runError = null;
     this._selectedRun = null;
     try {
-      await api.startRun(this._serverPath(panel), serve);
+      await api.startRun(this._serverPath(panel), serve, serve ? this._port : '');
     } catch (error) {
       this._runError = error instanceof api.ApiError
         ? error.problems.map(p => p.text ?? p.message).join('\n')
@@ -419,6 +421,7 @@ export class PipelinePanel extends Widget {
     }
     const body = this._body;
     const scroll = body.scrollTop;
+    const typing = document.activeElement?.classList.contains('nb2prod-RunPort') ?? false;
     body.replaceChildren();
     const info = this._info;
     const header = el('div', 'nb2prod-PanelHeader');
@@ -442,6 +445,9 @@ export class PipelinePanel extends Widget {
     serve.disabled = run.disabled;
     serve.addEventListener('click', () => void this.runLocally(true));
     header.append(check, run, serve);
+    if (info?.stages.some(s => s.type === 'service')) {
+      header.appendChild(this._portField(serve.disabled));
+    }
     if (running && launch) {
       const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn nb2prod-RunStop', 'Stop');
       stop.addEventListener('click', () => {
@@ -469,6 +475,35 @@ export class PipelinePanel extends Widget {
     this._renderRuns(body);
     this._renderLegend(body);
     body.scrollTop = scroll;
+    if (typing) { // a render while typing a port keeps the field focused
+      body.querySelector<HTMLInputElement>('.nb2prod-RunPort')?.focus();
+    }
+  }
+
+  /** "Port" of "Run and serve" (`nb2prod run --port`); empty: each service stage's
+   * config.ini PORT.  The server checks it (1-65535, free) and says what is wrong. */
+  private _portField(disabled: boolean): HTMLElement {
+    const label = el('label', 'nb2prod-RunPortLabel', 'Port ');
+    const input = el('input', 'jp-mod-styled nb2prod-RunPort');
+    input.type = 'text';
+    input.inputMode = 'numeric';
+    input.size = 6;
+    input.name = 'port';
+    input.placeholder = 'PORT';
+    input.title = 'Port of the (first) service stage for "Run and serve"; empty: its ' +
+      'config.ini PORT (nb2prod run --port)';
+    input.value = this._port;
+    input.disabled = disabled;
+    input.addEventListener('input', () => {
+      this._port = input.value;
+    });
+    input.addEventListener('keydown', event => {
+      if (event.key === 'Enter' && !input.disabled) {
+        void this.runLocally(true);
+      }
+    });
+    label.appendChild(input);
+    return label;
   }
 
   private _renderProblems(body: HTMLElement, info: api.IPipelineInfo): void {
@@ -527,6 +562,10 @@ export class PipelinePanel extends Widget {
     if (!record) {
       if (launch?.state === 'running') {
         body.appendChild(el('p', 'nb2prod-RunStatus', 'Starting the run…'));
+      } else if (launch?.stopped) { // stopped before its run had a record
+        const note = el('p', 'nb2prod-RunStatus', stoppedText(launch.stopped));
+        note.dataset.status = 'stopped';
+        body.appendChild(note);
       } else if (launch && launch.exit_code !== 0) {
         body.appendChild(el('pre', 'nb2prod-Panel-error nb2prod-RunOutput', launch.output));
       }
@@ -538,7 +577,9 @@ export class PipelinePanel extends Widget {
     const status = el('p', 'nb2prod-RunStatus');
     status.dataset.status = record.status;
     const verdict = record.promoted ? 'promoted to latest'
-      : record.status === 'running' ? '' : record.reason || 'not promoted';
+      : record.status === 'running' ? ''
+        : record.status === 'stopped' ? record.reason.replace(/^stopped /, '')
+          : record.reason || 'not promoted';
     status.textContent = [record.status, record.seconds !== null ? `${record.seconds}s` : '',
                           verdict].filter(Boolean).join(' · ');
     summary.appendChild(status);
@@ -584,7 +625,7 @@ export class PipelinePanel extends Widget {
           links.appendChild(a);
         }
       }
-      if (stage.message && state === 'failed') {
+      if (stage.message && (state === 'failed' || state === 'stopped')) {
         const detail = tbody.insertRow();
         const cell = detail.insertCell();
         cell.colSpan = 4;
@@ -722,6 +763,8 @@ export class PipelinePanel extends Widget {
   private _selectedRun: string | null = null;
   private _error: string | null = null;
   private _runError: string | null = null;
+  /** the Port field's text (kept across renders) */
+  private _port = '';
   private _timer: number | null = null;
   private _polling = false;
   private _checks = 0;

@@ -47,25 +47,37 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
            store: str | None, params: tuple[str, ...], dry_run: bool, no_wait: bool,
            no_cache: bool, events: Path | None) -> None:
     """Run the pipeline in DIR (or NOTEBOOK) on Kubernetes: Jobs in DAG order, then serve."""
-    if events is None:
-        _deploy(target, namespace, context, image, store, params, dry_run, no_wait, no_cache)
-        return
-    from nb2prod.progress import EventLog
+    import sys
 
-    log = EventLog(events)
-    try:
-        _deploy(target, namespace, context, image, store, params, dry_run, no_wait, no_cache,
-                log)
+    from nb2prod.runners import interrupts
+
+    log = None
+    if events is not None:
+        from nb2prod.progress import EventLog
+
+        log = EventLog(events)
+    try:  # SIGTERM as Ctrl-C: the running Jobs are deleted, not left orphaned
+        with interrupts.signals_interrupt():
+            _deploy(target, namespace, context, image, store, params, dry_run, no_wait,
+                    no_cache, log)
     except UserError as exc:
-        log.write({"error": "; ".join(str(p) for p in exc.problems),
-                   "problems": [p.to_dict() for p in exc.problems]})
+        if log is not None:
+            log.write({"error": "; ".join(str(p) for p in exc.problems),
+                       "problems": [p.to_dict() for p in exc.problems]})
         raise
     except PipelineFailure as exc:  # the stages' own messages are in their events
-        log.write({"error": str(exc), "problems": []})
+        if log is not None:
+            log.write({"error": str(exc), "problems": []})
         raise
-    except KeyboardInterrupt:
-        log.write({"error": "interrupted", "problems": []})
-        raise
+    except KeyboardInterrupt as exc:
+        note = interrupts.stop_note()
+        how = interrupts.stopped_text(note) if note else "interrupted"
+        if log is not None:
+            log.write({"error": how, "problems": [], **({"stopped": note} if note else {})})
+        if not isinstance(exc, interrupts.Interrupted):
+            raise
+        click.echo(f"nb2prod: {how}; its running Jobs were deleted", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _deploy(target: Path, namespace: str | None, context: str | None, image: str | None,

@@ -43,7 +43,9 @@ def run(target: Path, params: tuple[str, ...], stage: str | None, jobs: int | No
         with interrupts.signals_interrupt():
             _run(target, params, stage, jobs, store, no_serve, port, host, smoke, no_cache)
     except interrupts.Interrupted as exc:
-        click.echo(f"nb2prod: interrupted ({exc}); every stage and server stopped", err=True)
+        note = interrupts.stop_note()
+        how = interrupts.stopped_text(note) if note else f"interrupted ({exc})"
+        click.echo(f"nb2prod: {how}; every stage and server stopped", err=True)
         sys.exit(exc.exit_code)
 
 
@@ -210,7 +212,10 @@ def runs(target: Path, store: str | None, namespace: str | None, context: str | 
         failed = ", ".join(n for n, s in (record.get("stages") or {}).items()
                            if s.get("status") == "failed")
         marker = " (latest)" if record.get("run_id") == latest else ""
-        table.add_row(f"{record.get('run_id')}{marker}", local.displayed_status(record), when,
+        status = local.displayed_status(record)
+        if status == "stopped" and record.get("reason"):
+            status = str(record["reason"])  # stopped by whom, when
+        table.add_row(f"{record.get('run_id')}{marker}", status, when,
                       seconds, metrics or "-", failed or "-", _cached(record, pipeline.order) or "-")
     console().print(table)
 

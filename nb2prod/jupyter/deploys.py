@@ -7,7 +7,8 @@
   server, does not stop it.  The answer is 202 with the first status.
 - ``GET /nb2prod/deploy/<id>?path=NB-or-DIR`` is one deploy's status, read
   from disk: the launch record (running or not), the deploy's event log
-  (latest state per stage, then its result or error) and, for a deploy
+  (latest state per stage, then its result or error; `stopped`, by whom and
+  when, for one stopped from the panel) and, for a deploy
   whose process ended without writing an outcome (killed), the cluster
   itself (`nb2prod status`'s Job states of that run).
 - ``GET /nb2prod/deploy?path=NB-or-DIR`` lists the pipeline's deploys, newest
@@ -35,6 +36,7 @@ from tornado import web
 from nb2prod.jupyter.handlers import authorized, params_option, preflight, refuse
 from nb2prod.jupyter.launches import (
     LAUNCH_DIR,
+    STOP_NOTE,
     is_running,
     record_of,
     records,
@@ -42,12 +44,16 @@ from nb2prod.jupyter.launches import (
     tail,
 )
 from nb2prod.jupyter.runs import _PipelineDirMixin
+from nb2prod.runners.interrupts import read_stop_note, stopped_text
 
 #: The deploy's own line naming its run: "run <id>: N batch stage(s), ...".
 RUN_LINE = re.compile(r"^run (\S+): \d+ batch stage", re.MULTILINE)
 #: What a deploy's stage rows become when the deploy ended without them finishing.
 UNFINISHED = {"waiting": ("skipped", "not started: the deploy ended"),
               "running": ("failed", "stopped: the deploy ended")}
+#: The same after a deliberate stop (the panel's Stop): stopped, not failed.
+STOPPED_UNFINISHED = {"waiting": ("skipped", "not started: the deploy was stopped"),
+                      "running": ("stopped", "")}
 #: Where a failed stage's message names its cell: `failed in cell N ("first line")`.
 CELL_IN_MESSAGE = re.compile(r"\bin cell (\d+) \(")
 #: A Job state of `nb2prod status` as a stage state.
@@ -118,6 +124,7 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] | None = None
     error: str | None = None
     problems: list[dict[str, Any]] = []
+    stopped: dict[str, Any] | None = None  # the stop note of a deploy stopped from the panel
     run_id = None
     since: dict[str, Any] = {}  # stage -> when it started running (its live clock)
     for entry in entries:
@@ -136,6 +143,7 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
             result = entry["result"]
         elif "error" in entry:
             error = str(entry["error"])
+            stopped = entry.get("stopped") if isinstance(entry.get("stopped"), dict) else None
             problems = [{**p, "position": p["cell"] + 1 if isinstance(p.get("cell"), int)
                          else None} for p in entry.get("problems") or [] if isinstance(p, dict)]
     log = folder / "output.log"
@@ -148,19 +156,25 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
         if running and row["state"] == "running" and isinstance(since.get(name), float):
             row["elapsed"] = round(max(row["elapsed"], time.time() - since[name]), 1)
     if not running:
-        state, error = _outcome(record, result, error, log)
-        if result is None and not problems and run_id:  # ended before it could say how
+        if result is None and stopped is None:  # a stop before the deploy could say so
+            stopped = read_stop_note(folder / STOP_NOTE)
+        state, error = _outcome(record, result, error, log, stopped)
+        if result is None and not problems and run_id and stopped is None:
+            # ended before it could say how (killed)
             cluster = _from_cluster(folder, record, run_id)
             for name, value in cluster.get("states", {}).items():
                 if name in stages:
                     stages[name].update(state=value, message="as the cluster has it")
             if cluster.get("error"):
                 error = f"{error}; {cluster['error']}"
+        unfinished = STOPPED_UNFINISHED if state == "stopped" else UNFINISHED
         for row in stages.values():
-            if row["state"] in UNFINISHED:
-                row["state"], row["message"] = UNFINISHED[row["state"]]
+            if row["state"] in unfinished:
+                row["state"], row["message"] = unfinished[row["state"]]
+                if row["state"] == "stopped" and stopped is not None:
+                    row["message"] = stopped_text(stopped)
         failed = [row for row in stages.values() if row["state"] == "failed"]
-        if failed:
+        if failed and state != "stopped":
             state = "failed"
         if result is not None and failed and all(row["message"] for row in failed):
             # the reason is each failed stage's message, shown on its row: say which
@@ -180,17 +194,21 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
                                                      "port_forward", "model_run_id", "message")}
                      for name, svc in ((result or {}).get("services") or {}).items()},
         "exit_code": record.get("exit_code"), "output": tail(log), "log": log,
+        "stopped": stopped if state == "stopped" else None,
     }
 
 
 def _outcome(record: dict[str, Any], result: dict[str, Any] | None, error: str | None,
-             log: Path) -> tuple[str, str | None]:
-    """(state, error) of an ended deploy, from its result, else its error, else its output."""
+             log: Path, stopped: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(state, error) of an ended deploy, from its result, else its stop note (stopped
+    from the panel: not an error), else its error, else its output."""
     if result is not None:
         if result.get("status") == "succeeded" and record.get("exit_code") in (0, None):
             return "done", None
         status = str(result.get("status", "failed")).replace("_", " ")
         return "failed", f"{status}: {result.get('reason')}" if result.get("reason") else status
+    if stopped is not None:
+        return "stopped", None
     if error is not None:
         return "failed", error
     lines = [line for line in tail(log).splitlines() if line.strip()]

@@ -6,7 +6,9 @@ of the browser tab and survives the jupyter server: it runs in its own session
 everything the panel shows about it is on disk, under
 ``DIR/.nb2prod/panel/<id>/``: ``launch.json`` (kind, command line, runner
 identity, exit code once reaped) and ``output.log`` (its console output), plus
-whatever the kind writes itself (a deploy's ``events.jsonl``).  A reopened
+whatever the kind writes itself (a deploy's ``events.jsonl``), and ``stop.json``
+once the panel's Stop was pressed (who, when; the process reads it on SIGTERM and
+records itself as stopped).  A reopened
 panel, even of a restarted server, finds it there again.
 
 Nothing secret goes into a record: the command line carries names and URIs,
@@ -27,10 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nb2prod.runners.interrupts import STOP_NOTE_ENV
+
 #: Where a pipeline directory keeps the panel's launch records.
 LAUNCH_DIR = Path(".nb2prod") / "panel"
 #: Lines of console output a launch status carries.
 TAIL_LINES = 30
+#: The stop note in a launch's folder (`runners.interrupts`): who stopped it, when.
+STOP_NOTE = "stop.json"
 #: Environment a launched process must not inherit from the jupyter server.
 DROPPED_ENV = ("NB2PROD_LIFELINE_FD", "JUPYTER_TOKEN", "JPY_API_TOKEN")
 
@@ -73,6 +79,7 @@ def start_detached(pipeline_dir: Path, kind: str, command: Callable[[Path], list
     argv = command(folder)
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
+    env[STOP_NOTE_ENV] = str(folder / STOP_NOTE)  # where `terminate` says who stopped it
     with open(folder / "output.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=pipeline_dir.parent, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -93,13 +100,20 @@ def is_running(record: dict[str, Any]) -> bool:
     return "exit_code" not in record and runner_alive(record.get("runner")) is not False
 
 
-def terminate(record: dict[str, Any]) -> None:
+def terminate(record: dict[str, Any], folder: Path, by: str) -> None:
     """SIGTERM to a running launch's process group (what Ctrl-C in a terminal would do);
-    only to a process known to be that launch's (same host, same start time)."""
+    only to a process known to be that launch's (same host, same start time).
+
+    The stop note (`by` whom, when) is written first: the process reads it when the
+    signal arrives and records itself as stopped, not interrupted or failed.
+    """
+    from nb2prod.runners.interrupts import write_stop_note
     from nb2prod.runners.local import runner_alive
 
     runner = record.get("runner") or {}
     if "exit_code" not in record and runner_alive(runner):
+        if read_json(folder / STOP_NOTE) is None:  # the first Stop is the one that counts
+            write_stop_note(folder / STOP_NOTE, by, "JupyterLab")
         try:
             os.killpg(int(runner["pid"]), signal.SIGTERM)
         except (ProcessLookupError, KeyError, TypeError, ValueError):

@@ -2,15 +2,17 @@
 
 - ``POST /nb2prod/run`` splits the notebook (like `nb2prod run NOTEBOOK`) and
   starts ``python -m nb2prod run DIR --no-serve`` (or, "Run and serve", with
-  serving: it keeps the services up until stopped) as a detached launch
+  serving: it keeps the services up until stopped; `--port` from the Port field,
+  checked free first) as a detached launch
   (`launches.py`: not a child of the browser tab, recorded on disk, so a
   reopened panel, even of a restarted server, finds it again); the run's own
   state comes from its ``run.json``, a serving launch's URLs and sample curl
   from its console output.
-- ``POST /nb2prod/run/<id>/stop`` sends SIGTERM to the run (nb2prod records it
-  as interrupted and stops every stage and server); ``POST /nb2prod/deploy/<id>/stop``
-  does the same to a detached deploy (what it already created in the cluster stays
-  until ``nb2prod delete``).
+- ``POST /nb2prod/run/<id>/stop`` writes a stop note (who, when) and sends SIGTERM
+  to the run (nb2prod stops every stage and server and records the run as
+  `stopped` by that user); ``POST /nb2prod/deploy/<id>/stop`` does the same to a
+  detached deploy (it deletes its running Jobs, as on Ctrl-C; what it already
+  created otherwise stays until ``nb2prod delete``).
 - ``GET /nb2prod/runs?path=NB-or-DIR[&run=ID]`` lists runs with stage states,
   durations, `cached`, metrics and the promotion verdict, the launches, and the
   graph of one run (default the newest), as `nb2prod graph --run` models it.
@@ -42,6 +44,7 @@ from nb2prod.jupyter.handlers import (
 )
 from nb2prod.jupyter.launches import (
     LAUNCH_DIR,
+    STOP_NOTE,
     head,
     is_running,
     record_of,
@@ -50,6 +53,7 @@ from nb2prod.jupyter.launches import (
     tail,
     terminate,
 )
+from nb2prod.runners.interrupts import read_stop_note
 
 #: The CLI's first line about a run: "run <id>: N batch stage(s), store URI".
 RUN_LINE = re.compile(r"^run (\S+): \d+ batch stage", re.MULTILINE)
@@ -65,10 +69,10 @@ STAGE_FILES = {"html": "{stem}.html", "notebook": "{stem}.ipynb", "log": "log.tx
 
 # -- launches (a launch = one `nb2prod run` process started from the panel) -----------
 def run_command(pipeline_dir: Path, serve: bool, params: dict[str, str],
-                no_cache: bool) -> list[str]:
+                no_cache: bool, port: int | None = None) -> list[str]:
     """The `nb2prod run` command line a launch executes."""
     command = [sys.executable, "-m", "nb2prod", "run", str(pipeline_dir)]
-    command += [] if serve else ["--no-serve"]
+    command += ([] if port is None else ["--port", str(port)]) if serve else ["--no-serve"]
     command += [arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]
     return command + (["--no-cache"] if no_cache else [])
 
@@ -85,7 +89,8 @@ def launch_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
             "finished": record.get("finished"), "state": "running" if running else "exited",
             "exit_code": record.get("exit_code"), "run_id": found.group(1) if found else None,
             "serve": record.get("serve", False), "services": services,
-            "output": tail(log), "log": log}
+            "output": tail(log), "log": log,
+            "stopped": read_stop_note(folder / STOP_NOTE)}  # by whom, when (the Stop button)
 
 
 def launches(pipeline_dir: Path) -> list[dict[str, Any]]:
@@ -167,6 +172,33 @@ def runs_answer(pipeline_dir: Path, run_id: str | None) -> dict[str, Any]:
             "graph": graph}
 
 
+def port_option(data: dict[str, Any]) -> int | None:
+    """The request's `port` (the panel's Port field): None (each service's config.ini
+    PORT, as `nb2prod run` without --port), else an integer 1-65535 (digits as text too)."""
+    value = data.get("port")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        text = int(text)
+    if not isinstance(text, int) or isinstance(text, bool) or not 0 < text < 65536:
+        raise refuse(400, f"'port' must be a TCP port, an integer from 1 to 65535 "
+                     f"(got {json.dumps(value)})")
+    return text
+
+
+def check_ports(pipeline_dir: Path, port: int | None) -> None:
+    """The service ports a serving run will bind are free now (else the CLI's one-line
+    UserError, naming the Port field): said at once, not after training."""
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.runners import services
+
+    pipeline = load_pipeline(pipeline_dir)
+    if pipeline.services:
+        services.reserve_ports(pipeline, pipeline.services, port,
+                               option="the Port field").release()
+
+
 class _PipelineDirMixin(Nb2prodHandler):
     def pipeline_dir(self, value: Any) -> Path:
         """A notebook's default pipeline dir (confined) or a pipeline dir given as is."""
@@ -204,10 +236,11 @@ class RunsHandler(_PipelineDirMixin):
 
 
 class RunHandler(_PipelineDirMixin):
-    """POST /nb2prod/run {"path", "serve"?, "params"?, "no_cache"?}: start a local run.
+    """POST /nb2prod/run {"path", "serve"?, "port"?, "params"?, "no_cache"?}: start a run.
 
     A notebook is split first (updating its default pipeline dir, as `nb2prod
-    run NOTEBOOK` does), so split problems come back at once as 400.  The answer
+    run NOTEBOOK` does), so split problems come back at once as 400; so do a
+    `port` that is not 1-65535 and, when serving, a service port already taken.  The answer
     is 202 with the launch; `GET /nb2prod/runs` follows it.  409 while another
     launch of the same pipeline still runs.
     """
@@ -218,6 +251,8 @@ class RunHandler(_PipelineDirMixin):
         async def run() -> None:
             data = self.body()
             params = params_option(data)
+            serve = data.get("serve") is True
+            port = port_option(data)
             path = self.notebook(data, allow_dir=True)
             directory = self.pipeline_dir(data.get("path"))
             if path.is_file():
@@ -233,9 +268,10 @@ class RunHandler(_PipelineDirMixin):
             if busy:
                 raise refuse(409, f"run {busy[0]['run_id'] or busy[0]['id']} of this pipeline "
                              "is still running", self.relative(directory))
-            command = run_command(directory, data.get("serve") is True, params,
-                                  data.get("no_cache") is True)
-            serve = data.get("serve") is True
+            if serve:
+                await self.guarded(lambda: check_ports(directory, port))
+            command = run_command(directory, serve, params, data.get("no_cache") is True,
+                                  port)
             record = await self.guarded(
                 lambda: start_detached(directory, "run", lambda _folder: command, serve=serve))
             status = launch_status(directory / LAUNCH_DIR / record["id"], record)
@@ -247,7 +283,17 @@ class RunHandler(_PipelineDirMixin):
 
 class StopHandler(_PipelineDirMixin):
     """POST /nb2prod/{run,deploy}/<id>/stop {"path"}: SIGTERM to a running launch
-    (like Ctrl-C); both kinds are detached processes of `launches.py`."""
+    (like Ctrl-C), after a stop note naming the user: the run or deploy then records
+    itself as stopped by them; both kinds are detached processes of `launches.py`."""
+
+    def user_name(self) -> str:
+        """Who is stopping it, as jupyter_server knows the user (a name, not a secret)."""
+        user = self.current_user
+        for attribute in ("display_name", "name", "username"):
+            value = getattr(user, attribute, None)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        return str(user) if isinstance(user, str) and user else "a JupyterLab user"
 
     @web.authenticated
     @authorized("execute")
@@ -257,7 +303,7 @@ class StopHandler(_PipelineDirMixin):
             record = record_of(directory, kind, launch_id)
             if record is None:
                 raise refuse(404, f"no {kind} launch {launch_id}")
-            terminate(record)
+            terminate(record, directory / LAUNCH_DIR / launch_id, self.user_name())
             self.finish(json.dumps({"id": launch_id, "stopping": True}))
 
         await self.answer(run)

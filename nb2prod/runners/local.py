@@ -38,7 +38,7 @@ from nb2prod import artifacts, cache, dag, lifeline, workdir, worker
 from nb2prod.errors import Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
 from nb2prod.runners import worker_stage
-from nb2prod.runners.interrupts import shielded
+from nb2prod.runners.interrupts import shielded, stop_note, stopped_text
 from nb2prod.runners.stage_process import StageProcess
 from nb2prod.runners.worker_stage import WorkerStage
 
@@ -151,6 +151,7 @@ class LocalRunner:
         self.processes: dict[str, Stage] = {}
         self.ahead: dict[str, StageProcess | None] = {}  # started ahead, waiting for `go`
         self.interrupted = False
+        self.stopped: dict | None = None  # the stop note of a deliberate stop (Stop button)
         self.started: float | None = None  # kept in every run.json write
         self.recorded: str | None = None  # the status of the last run.json write
         self.record_lock = threading.Lock()  # one run.json write at a time, in order
@@ -359,7 +360,10 @@ class LocalRunner:
             with contextlib.suppress(OSError):  # it may have died booting: reported below
                 started.proc.stdin.write(b"go\n")
                 started.proc.stdin.close()
-        self.start_ahead(name, input_run_id)
+        if self.interrupted:  # a stop while it was being started: `interrupt` missed it
+            started.interrupt()
+        else:
+            self.start_ahead(name, input_run_id)
         work = started.work
         limit = stage.number("batch", "MAX_COMPLETION_TIME_SECONDS", 1800)
         timed_out = False
@@ -390,7 +394,9 @@ class LocalRunner:
             self.finishing.append(self.finisher.submit(self.finish, name, started, result, key))
             return self.states[name]
         self.finish(name, started, result, None)
-        if self.interrupted:
+        if self.stopped is not None:
+            self.set_state(name, "stopped", stopped_text(self.stopped))
+        elif self.interrupted:
             self.set_state(name, "failed", "interrupted")
         else:
             self.set_state(name, "failed", self.failure_message(name))
@@ -522,8 +528,10 @@ class LocalRunner:
 
         Each stage process kills its kernel on SIGTERM (`runners.execute`) or when its
         connection closes (the stage worker's); the threads waiting for them then
-        record the stages as interrupted.
+        record the stages as interrupted (as stopped, by whom, when a stop note says it
+        was a deliberate stop: `interrupts.stop_note`).
         """
+        self.stopped = stop_note()
         self.interrupted = True
         with self.lock:
             started = list(self.processes.values())
@@ -558,8 +566,13 @@ def run_batch(pipeline: Pipeline, *, store_uri: str, params: dict, jobs: int,
         states = runner.run(stages, input_run_id)
     except KeyboardInterrupt:
         with shielded():
-            runner.write_run("interrupted", finished=time.time(),
-                             reason="interrupted (Ctrl-C or SIGTERM)")
+            note = runner.stopped or stop_note()
+            if note is not None:
+                runner.write_run("stopped", finished=time.time(), stopped=note,
+                                 reason=stopped_text(note))
+            else:
+                runner.write_run("interrupted", finished=time.time(),
+                                 reason="interrupted (Ctrl-C or SIGTERM)")
         raise
     failed = [s for s in stages if not states[s].ok]
     metrics = artifacts.read_run_metrics(runner.store, pipeline.name, runner.run_id)

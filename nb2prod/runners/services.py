@@ -92,8 +92,11 @@ def service_ports(pipeline: Pipeline, names: list[str], port: int | None) -> dic
 
 
 def reserve_ports(pipeline: Pipeline, names: list[str], port: int | None,
-                  host: str = "127.0.0.1") -> Reservation:
-    """Bind every service's port now: a taken one fails here, in one line, fast."""
+                  host: str = "127.0.0.1", option: str = "--port") -> Reservation:
+    """Bind every service's port now: a taken one fails here, in one line, fast.
+
+    `option` is what the user sets the port with, named in that line (`--port`; the
+    JupyterLab panel's "Port" field)."""
     from nb2prod import serve
 
     reservation = Reservation(host, service_ports(pipeline, names, port), {})
@@ -105,12 +108,12 @@ def reserve_ports(pipeline: Pipeline, names: list[str], port: int | None,
             try:
                 reservation.sockets[name] = serve.reserve_port(host, number)
             except OSError as exc:
-                source = "--port" if port is not None else "config.ini [service] PORT"
+                source = option if port is not None else "config.ini [service] PORT"
                 why = "is already in use" if exc.errno == errno.EADDRINUSE else \
                     f"cannot be bound ({exc.strerror})"
                 raise UserError(Problem(
                     f"port {number} on {host} {why} (service stage '{name}', from {source}); "
-                    "stop what uses it or choose another with --port")) from None
+                    f"stop what uses it or choose another with {option}")) from None
     except BaseException:
         reservation.release()
         raise

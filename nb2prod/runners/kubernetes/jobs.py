@@ -273,14 +273,19 @@ class BatchJobs(DeployState):
                           delete_job=True)
 
     def abort_running(self) -> None:
-        """Ctrl-C or a crash: stop this run's Jobs rather than leave them orphaned."""
+        """Ctrl-C, SIGTERM or a crash: stop this run's Jobs rather than leave them orphaned;
+        a deliberate stop (the panel's Stop: a stop note) marks them stopped, by whom."""
+        from nb2prod.runners.interrupts import stop_note, stopped_text
+
+        note = stop_note()
+        state, message = ("stopped", stopped_text(note)) if note else ("failed", "interrupted")
         for unit in self.units.values():
             if unit.state == "running":
                 try:
                     self.kube.delete("Job", self.ns, unit.job["metadata"]["name"])
                 except Exception:  # noqa: BLE001, S110
                     pass
-                self.set_state(unit, "failed", "interrupted")
+                self.set_state(unit, state, message)
 
     def finish_promote(self, unit: Unit, passed: bool, pod: Obj | None = None) -> None:
         if passed:

@@ -1,4 +1,4 @@
-"use strict";(self.rspackChunknb2prod=self.rspackChunknb2prod||[]).push([[232],{3843(r,o,e){var n=e(3401),a=e.n(n),t=e(4578),p=(e.n(t))()(a());p.push([r.id,`/*
+"use strict";(self.rspackChunknb2prod=self.rspackChunknb2prod||[]).push([[263],{9538(o,r,e){var n=e(4792),a=e.n(n),t=e(6505),p=e.n(t),i=e(3987),l=e.n(i),d=e(7944),s=e.n(d),c=e(9604),b=e.n(c),f=e(3009),u=e.n(f),g=e(3843),v={};v.styleTagTransform=u(),v.setAttributes=s(),v.insert=l().bind(null,"head"),v.domAPI=p(),v.insertStyleElement=b(),a()(g.A,v),g.A&&g.A.locals&&g.A.locals},3843(o,r,e){var n=e(3401),a=e.n(n),t=e(4578),p=(e.n(t))()(a());p.push([o.id,`/*
  * nb2prod: stage markers on cells and the split/deploy dialogs.
  * Colours come from JupyterLab theme variables so light and dark themes work;
  * the per-stage colour is set inline as --nb2prod-stage-color.
@@ -285,6 +285,12 @@ a.nb2prod-Report-output {
   color: var(--jp-ui-font-color2);
 }
 
+/* stopped on purpose (the Stop button): not an error, not red */
+.nb2prod-State-stopped {
+  color: #000;
+  background: #ffe0b2;
+}
+
 /* -- problems of the last check, on their cells ----------------------------- */
 
 .nb2prod-CellProblem {
@@ -321,6 +327,14 @@ a.nb2prod-Report-output {
   align-items: center;
   gap: 6px;
   flex-wrap: wrap;
+}
+
+.nb2prod-RunPortLabel {
+  font-size: var(--jp-ui-font-size1);
+}
+
+.nb2prod-RunPort {
+  width: 6em;
 }
 
 .nb2prod-PanelHeader-name {
@@ -561,6 +575,10 @@ a.nb2prod-Report-output {
   font-weight: 600;
 }
 
+.nb2prod-DeployStoppedBy {
+  font-weight: 600;
+}
+
 .nb2prod-State-serving {
   background: var(--jp-success-color3, #c8e6c9);
 }
@@ -611,4 +629,4 @@ a.nb2prod-Report-output {
   color: var(--jp-ui-font-color2);
   font-size: var(--jp-ui-font-size0);
 }
-`,""]),e.d(o,{},{A:p})},4578(r){r.exports=function(r){var o=[];return o.toString=function(){return this.map(function(o){var e="",n=void 0!==o[5];return o[4]&&(e+="@supports (".concat(o[4],") {")),o[2]&&(e+="@media ".concat(o[2]," {")),n&&(e+="@layer".concat(o[5].length>0?" ".concat(o[5]):""," {")),e+=r(o),n&&(e+="}"),o[2]&&(e+="}"),o[4]&&(e+="}"),e}).join("")},o.i=function(r,e,n,a,t){"string"==typeof r&&(r=[[null,r,void 0]]);var p={};if(n)for(var i=0;i<this.length;i++){var l=this[i][0];null!=l&&(p[l]=!0)}for(var d=0;d<r.length;d++){var s=[].concat(r[d]);n&&p[s[0]]||(void 0!==t&&(void 0===s[5]||(s[1]="@layer".concat(s[5].length>0?" ".concat(s[5]):""," {").concat(s[1],"}")),s[5]=t),e&&(s[2]&&(s[1]="@media ".concat(s[2]," {").concat(s[1],"}")),s[2]=e),a&&(s[4]?(s[1]="@supports (".concat(s[4],") {").concat(s[1],"}"),s[4]=a):s[4]="".concat(a)),o.push(s))}},o}},3401(r){r.exports=function(r){return r[1]}},4792(r){var o=[];function e(r){for(var e=-1,n=0;n<o.length;n++)if(o[n].identifier===r){e=n;break}return e}function n(r,n){for(var a={},t=[],p=0;p<r.length;p++){var i=r[p],l=n.base?i[0]+n.base:i[0],d=a[l]||0,s="".concat(l," ").concat(d);a[l]=d+1;var c=e(s),b={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==c)o[c].references++,o[c].updater(b);else{var f=function(r,o){var e=o.domAPI(o);return e.update(r),function(o){o?(o.css!==r.css||o.media!==r.media||o.sourceMap!==r.sourceMap||o.supports!==r.supports||o.layer!==r.layer)&&e.update(r=o):e.remove()}}(b,n);n.byIndex=p,o.splice(p,0,{identifier:s,updater:f,references:1})}t.push(s)}return t}r.exports=function(r,a){var t=n(r=r||[],a=a||{});return function(r){r=r||[];for(var p=0;p<t.length;p++){var i=e(t[p]);o[i].references--}for(var l=n(r,a),d=0;d<t.length;d++){var s=e(t[d]);0===o[s].references&&(o[s].updater(),o.splice(s,1))}t=l}}},3987(r){var o={};r.exports=function(r,e){var n=function(r){if(void 0===o[r]){var e=document.querySelector(r);if(window.HTMLIFrameElement&&e instanceof window.HTMLIFrameElement)try{e=e.contentDocument.head}catch(r){e=null}o[r]=e}return o[r]}(r);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(e)}},9604(r){r.exports=function(r){var o=document.createElement("style");return r.setAttributes(o,r.attributes),r.insert(o,r.options),o}},7944(r,o,e){r.exports=function(r){var o=e.nc;o&&r.setAttribute("nonce",o)}},6505(r){r.exports=function(r){if("u"<typeof document)return{update:function(){},remove:function(){}};var o=r.insertStyleElement(r);return{update:function(e){var n,a,t;n="",e.supports&&(n+="@supports (".concat(e.supports,") {")),e.media&&(n+="@media ".concat(e.media," {")),(a=void 0!==e.layer)&&(n+="@layer".concat(e.layer.length>0?" ".concat(e.layer):""," {")),n+=e.css,a&&(n+="}"),e.media&&(n+="}"),e.supports&&(n+="}"),(t=e.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(t))))," */")),r.styleTagTransform(n,o,r.options)},remove:function(){var r;null===(r=o).parentNode||r.parentNode.removeChild(r)}}}},3009(r){r.exports=function(r,o){if(o.styleSheet)o.styleSheet.cssText=r;else{for(;o.firstChild;)o.removeChild(o.firstChild);o.appendChild(document.createTextNode(r))}}},8579(r,o,e){var n=e(4792),a=e.n(n),t=e(6505),p=e.n(t),i=e(3987),l=e.n(i),d=e(7944),s=e.n(d),c=e(9604),b=e.n(c),f=e(3009),u=e.n(f),g=e(3843),v={};v.styleTagTransform=u(),v.setAttributes=s(),v.insert=l().bind(null,"head"),v.domAPI=p(),v.insertStyleElement=b(),a()(g.A,v),g.A&&g.A.locals&&g.A.locals}}]);
+`,""]),e.d(r,{},{A:p})},4578(o){o.exports=function(o){var r=[];return r.toString=function(){return this.map(function(r){var e="",n=void 0!==r[5];return r[4]&&(e+="@supports (".concat(r[4],") {")),r[2]&&(e+="@media ".concat(r[2]," {")),n&&(e+="@layer".concat(r[5].length>0?" ".concat(r[5]):""," {")),e+=o(r),n&&(e+="}"),r[2]&&(e+="}"),r[4]&&(e+="}"),e}).join("")},r.i=function(o,e,n,a,t){"string"==typeof o&&(o=[[null,o,void 0]]);var p={};if(n)for(var i=0;i<this.length;i++){var l=this[i][0];null!=l&&(p[l]=!0)}for(var d=0;d<o.length;d++){var s=[].concat(o[d]);n&&p[s[0]]||(void 0!==t&&(void 0===s[5]||(s[1]="@layer".concat(s[5].length>0?" ".concat(s[5]):""," {").concat(s[1],"}")),s[5]=t),e&&(s[2]&&(s[1]="@media ".concat(s[2]," {").concat(s[1],"}")),s[2]=e),a&&(s[4]?(s[1]="@supports (".concat(s[4],") {").concat(s[1],"}"),s[4]=a):s[4]="".concat(a)),r.push(s))}},r}},3401(o){o.exports=function(o){return o[1]}},4792(o){var r=[];function e(o){for(var e=-1,n=0;n<r.length;n++)if(r[n].identifier===o){e=n;break}return e}function n(o,n){for(var a={},t=[],p=0;p<o.length;p++){var i=o[p],l=n.base?i[0]+n.base:i[0],d=a[l]||0,s="".concat(l," ").concat(d);a[l]=d+1;var c=e(s),b={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==c)r[c].references++,r[c].updater(b);else{var f=function(o,r){var e=r.domAPI(r);return e.update(o),function(r){r?(r.css!==o.css||r.media!==o.media||r.sourceMap!==o.sourceMap||r.supports!==o.supports||r.layer!==o.layer)&&e.update(o=r):e.remove()}}(b,n);n.byIndex=p,r.splice(p,0,{identifier:s,updater:f,references:1})}t.push(s)}return t}o.exports=function(o,a){var t=n(o=o||[],a=a||{});return function(o){o=o||[];for(var p=0;p<t.length;p++){var i=e(t[p]);r[i].references--}for(var l=n(o,a),d=0;d<t.length;d++){var s=e(t[d]);0===r[s].references&&(r[s].updater(),r.splice(s,1))}t=l}}},3987(o){var r={};o.exports=function(o,e){var n=function(o){if(void 0===r[o]){var e=document.querySelector(o);if(window.HTMLIFrameElement&&e instanceof window.HTMLIFrameElement)try{e=e.contentDocument.head}catch(o){e=null}r[o]=e}return r[o]}(o);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(e)}},9604(o){o.exports=function(o){var r=document.createElement("style");return o.setAttributes(r,o.attributes),o.insert(r,o.options),r}},7944(o,r,e){o.exports=function(o){var r=e.nc;r&&o.setAttribute("nonce",r)}},6505(o){o.exports=function(o){if("u"<typeof document)return{update:function(){},remove:function(){}};var r=o.insertStyleElement(o);return{update:function(e){var n,a,t;n="",e.supports&&(n+="@supports (".concat(e.supports,") {")),e.media&&(n+="@media ".concat(e.media," {")),(a=void 0!==e.layer)&&(n+="@layer".concat(e.layer.length>0?" ".concat(e.layer):""," {")),n+=e.css,a&&(n+="}"),e.media&&(n+="}"),e.supports&&(n+="}"),(t=e.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(t))))," */")),o.styleTagTransform(n,r,o.options)},remove:function(){var o;null===(o=r).parentNode||o.parentNode.removeChild(o)}}}},3009(o){o.exports=function(o,r){if(r.styleSheet)r.styleSheet.cssText=o;else{for(;r.firstChild;)r.removeChild(r.firstChild);r.appendChild(document.createTextNode(o))}}}}]);

@@ -36,7 +36,7 @@ PY = "python:3.11-slim"  # recorded, never pulled
 
 # --------------------------------------------------------------------------- helpers
 
-def wait_for(fn: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.1) -> T:
+def wait_for(fn: Callable[[], T], what: str, timeout: float = 90.0, interval: float = 0.1) -> T:
     """Poll ``fn`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -181,7 +181,7 @@ def test_cli_prints_address_and_writes_kubeconfig(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         assert line.startswith("Kubernetes stand-in listening on http://127.0.0.1:")
         url = line.split()[-1]
-        wait_for(kubeconfig.exists, "the kubeconfig file", timeout=10)
+        wait_for(kubeconfig.exists, "the kubeconfig file", timeout=60)
         configuration = client.Configuration()  # not the global default: other tests must not see it
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         with ApiClient(configuration) as api_client:
@@ -190,7 +190,7 @@ def test_cli_prints_address_and_writes_kubeconfig(tmp_path: Path) -> None:
             assert created.status.phase == "Active"
     finally:
         proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=60) == 0
 
 
 def test_pod_processes_die_with_a_killed_standin(tmp_path: Path) -> None:
@@ -597,7 +597,7 @@ def test_rollout_that_never_becomes_ready_hits_progress_deadline(api: ApiClient,
         d = apps.read_namespaced_deployment("api", ns)
         return d if cond(d, "Progressing") == ("False", "ProgressDeadlineExceeded") else None
 
-    stuck = wait_for(timed_out, "ProgressDeadlineExceeded", timeout=15)
+    stuck = wait_for(timed_out, "ProgressDeadlineExceeded", timeout=90)
     assert cond(stuck, "Available") == ("True", "MinimumReplicasAvailable")  # old pod keeps serving
     assert stuck.status.available_replicas == 1
     assert stuck.status.updated_replicas == 1

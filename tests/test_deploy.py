@@ -587,6 +587,13 @@ def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, st
     assert "accuracy = 0.5 < minimum 0.9" in result["reason"]
     assert rec.states("serve") == ["skipped"]
     assert standin.store.peek("deployments", NS, "gated-serve") is None
+    # `status` says so at once (seen on the real cluster: "running", then "succeeded │
+    # not promoted / failed", while the Job retried the exit-3 pod)
+    from nb2prod.pipeline import load_pipeline
+
+    runs = kube.status(load_pipeline(directory), NS)["runs"]
+    assert (runs[0]["run_id"], runs[0]["status"], runs[0]["promotion"]) == (
+        result["run_id"], "not promoted", "not promoted"), runs
 
     # Above the gate, but the service never becomes ready: its first deploy is removed.
     rec = Recorder()

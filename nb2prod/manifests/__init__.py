@@ -62,6 +62,7 @@ from nb2prod.manifests.names import (
     MODEL_RUN_ID,
     PREVIOUS_TEMPLATE,
     PROMOTE,
+    PROMOTION_ANNOTATION,
     RECORD,
     RUN_ID_LABEL,
     STAGE_LABEL,
@@ -108,7 +109,7 @@ from nb2prod.manifests.startup import extra_installs, startup_script
 __all__ = [
     "AFTER", "CACHED_ANNOTATION", "CODE_DIR", "CODE_HASH", "CONTAINER_SECURITY", "DEFAULT_IMAGE", "DEPS_DIR",
     "DNS_LABEL", "JOB_TTL_SECONDS", "MODEL_RUN_ID", "PREVIOUS_TEMPLATE", "PROMOTE",
-    "PROMOTE_NOT_PASSED", "PROMOTE_RESOURCES", "RECORD", "RUNTIME", "RUNTIME_MOUNT",
+    "PROMOTE_NOT_PASSED", "PROMOTE_RESOURCES", "PROMOTION_ANNOTATION", "RECORD", "RUNTIME", "RUNTIME_MOUNT",
     "RUNTIME_VOLUME_MOUNT", "RUN_ID_LABEL", "SIGNING_KEY_ENV", "STAGE_LABEL", "STORE_DIR",
     "TMP_DIR", "WORK_DIR", "Obj", "Options", "Plan", "StageCode", "StoreMount",
     "all_stage_code", "batch_job", "batch_limits", "check_pipeline_name", "code_configmap",

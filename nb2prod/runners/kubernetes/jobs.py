@@ -298,6 +298,18 @@ class BatchJobs(DeployState):
         # the runtime says "not promoted: WHY"; every report of it adds "not promoted" itself
         self.reason = line.removeprefix("not promoted:").strip()
         self.set_state(unit, "skipped", self.reason)
+        # The Job retries the pod (exit 3 is a verdict, not a failure; promote is
+        # idempotent): note the verdict on it, so `status` says "not promoted" at once
+        # instead of "running" and then "failed".
+        try:
+            k8s_retry.call(self.kube.batch.patch_namespaced_job, unit.job["metadata"]["name"],
+                           self.ns, {"metadata": {"annotations": {
+                               manifests.PROMOTION_ANNOTATION: json.dumps(
+                                   {"promoted": False, "reason": self.reason})}}},
+                           _request_timeout=(10, 60))
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            self.on_log(f"nb2prod: could not note the promotion verdict on its Job: "
+                        f"{k8s_retry.message_of(exc)}")
 
     def promote_log(self, unit: Unit, pod: Obj | None) -> list[str]:
         """The promotion verdict is the last line the promote command printed."""

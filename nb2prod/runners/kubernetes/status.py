@@ -69,6 +69,9 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
                 for stage, source in json.loads(notes.get(manifests.CACHED_ANNOTATION)
                                                 or "{}").items():
                     entry["stages"].setdefault(stage, f"cached ({source})")  # no Job of its own
+                if json.loads(notes.get(manifests.PROMOTION_ANNOTATION) or "{}").get(
+                        "promoted") is False:  # the deploy read the gate's verdict
+                    entry["promotion"] = "not promoted"
         else:
             entry["stages"][component] = state
     for entry in runs.values():
@@ -82,6 +85,8 @@ def _deploy_run_status(entry: dict) -> str:
     if any(s.startswith("Failed") for s in states) or \
             (entry.get("rollout") or {}).get("status") == "failed":
         return "failed"  # a batch stage, or the roll-out after promotion
+    if entry["promotion"] == "not promoted":
+        return "not promoted"  # the gate said no (its Job may still be retrying the pod)
     if any(s in ("Running", "Pending") for s in states) or entry["promotion"] in (
             "running", "pending"):
         return "running"

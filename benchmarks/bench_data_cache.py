@@ -12,9 +12,11 @@ after the other, whole `nb2prod run NOTEBOOK --no-serve` processes:
   unchanged re-run     both stages cached: the data is stat'ed, not read (the memo)
   re-run, memo cold    the per-user digest file removed first: every file read again
 
+The two cases alternate in going first, repeat by repeat.
+
 Target: unchanged re-run with 200 MB <= 1.1x the one with a tiny directory.
 
-Usage: python benchmarks/bench_data_cache.py [--repeats 3] [--mb 200] [--files 200]
+Usage: python benchmarks/bench_data_cache.py [--repeats 5] [--mb 200] [--files 200]
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ def timed(cwd: Path, env: dict[str, str]) -> tuple[float, str]:
                      cwd, env)
 
 
-def one_repeat(work: Path, megabytes: int, files: int) -> dict[str, float]:
+def one_repeat(work: Path, megabytes: int, files: int, flip: bool) -> dict[str, float]:
     cases = {"tiny": 0, f"{megabytes} MB": megabytes}
+    if flip:  # alternate which case goes first in each step
+        cases = dict(reversed(cases.items()))
     envs: dict[str, dict[str, str]] = {}
     for name, size in cases.items():
         case = work / name.replace(" ", "")
@@ -104,7 +108,7 @@ def one_repeat(work: Path, megabytes: int, files: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--files", type=int, default=200)
     args = parser.parse_args()
@@ -113,7 +117,7 @@ def main() -> None:
     try:
         for i in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix="nb2prod-bench-data-") as tmp:
-                for name, took in one_repeat(Path(tmp), args.mb, args.files).items():
+                for name, took in one_repeat(Path(tmp), args.mb, args.files, i % 2 == 1).items():
                     rows.setdefault(name, []).append(took)
             print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()),
                   flush=True)

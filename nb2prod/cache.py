@@ -164,14 +164,29 @@ def stage_environment(pipeline: Pipeline, stage: StageSpec, params: dict[str, ob
 def data_spec(stage: StageSpec, params: dict[str, object]) -> dict:
     """What the runtime needs to find the data behind the stage's path parameters
     where it runs (`runtime.cache.data_digests`): the parameters cell, the names the
-    stage uses, the run's overrides of them."""
+    stage uses, the run's overrides of them, the absolute paths its code reads."""
     from nb2prod.analysis.parameters import parameter_defaults
 
     source = _parameters_cell(stage)
     words = _mentioned(stage)
     names = sorted(n for n in {*parameter_defaults(source), *params} if n in words)
     return {"cell": source, "names": names,
-            "overrides": {n: params[n] for n in names if n in params}}
+            "overrides": {n: params[n] for n in names if n in params},
+            "literals": _absolute_reads(stage)}
+
+
+def _absolute_reads(stage: StageSpec) -> list[str]:
+    """Absolute (or `~`) path literals the stage's own code reads as files
+    (`pd.read_csv("/mnt/data/wine.csv")`): split warns about them and no FILES entry
+    holds them, so their content enters the key like a path parameter's."""
+    from nb2prod.files import cell_paths
+
+    found: set[str] = set()
+    for cell in _stage_notebook(stage).get("cells", []):
+        if cell.get("cell_type") == "code" and not _is_parameters(cell):
+            found.update(x.text for x in cell_paths("".join(cell.get("source", ""))).literals
+                         if x.file_context and not x.write and x.text.startswith(("/", "~")))
+    return sorted(found)
 
 
 #: Where the stages whose `uncacheable` lines are wanted run: here (`run`), in pods the

@@ -4,7 +4,8 @@ Our notebook's parameters cell reads its data directory and a labels file from t
 environment (`DATA_DIR = os.environ.get(...)`), as notebooks moved to a server
 with the data mounted at `/mnt/data` do.  `load` reads every `*.txt` under the
 directory (`Path(DATA_DIR).glob`), `fit` sums what `load` found (metric `total`),
-`labels` reads the single file (`open(LABELS)`), `other` names neither.  The
+`labels` reads the single file (`open(LABELS)`), `other` names neither (it reads
+a file by an absolute literal in its code).  The
 data lives outside the notebook's directory (an absolute path: no FILES entry
 covers it), so only its content in the key keeps a changed file from being a
 cache hit.  The runs build on each other in one fixture, in order; mtimes are
@@ -37,7 +38,7 @@ CELLS = [
     (["stage:fit"], "doubled = [2 * v for v in values]"),
     (["metrics"], "total = sum(doubled)"),
     (["stage:labels"], "with open(LABELS) as fh:\n    names = fh.read().split()"),
-    (["stage:other"], "constant = 42"),
+    (["stage:other"], 'with open("NOTES") as fh:\n    constant = len(fh.read())'),
 ]
 PAST = 1_600_000_000_000_000_000  # a fixed mtime (ns), far from any write of this test
 
@@ -70,8 +71,10 @@ def rewrite(path: Path, text: str) -> None:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     work = tmp_path_factory.mktemp("cache-data")
-    write_notebook(work / "p.ipynb", CELLS)
     mounted = tmp_path_factory.mktemp("mnt")  # "/mnt": not the notebook's directory
+    notes = mounted / "notes.txt"  # named by a literal in `other`'s code
+    notes.write_text("hello\n")
+    write_notebook(work / "p.ipynb", [(t, src.replace("NOTES", str(notes))) for t, src in CELLS])
     data = mounted / "data"
     (data / "more").mkdir(parents=True)
     (data / "a.txt").write_text("1\n2\n")
@@ -97,6 +100,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     s.run("unreadable")
     (data / "more" / "loop").unlink()
     s.run("readable-again")
+    notes.write_text("hello!\n")
+    s.run("notes-changed")
     return s
 
 
@@ -145,6 +150,13 @@ def test_an_unreadable_entry_means_not_cached_with_the_reason(session: Session) 
     assert "not cached" not in again.stdout
 
 
+def test_a_file_read_by_an_absolute_literal_is_keyed_by_its_content(session: Session) -> None:
+    again, notes = session.runs["readable-again"], session.runs["notes-changed"]
+    assert again.cached_from()["other"] == session.runs["first"].run_id
+    assert notes.cached_from() == {s: again.cached_from()[s] or again.run_id
+                                   for s in ("load", "fit", "labels")} | {"other": None}
+
+
 def test_the_digests_are_memoised_per_user(session: Session) -> None:
     memo = json.loads((session.memo / "nb2prod" / "file-digests.json").read_text())
     files = memo["files"]
@@ -186,9 +198,11 @@ def test_deploy_does_not_cache_a_stage_whose_data_is_on_the_pods_file_system(
     params = {"DATA_DIR": "/mnt/data"}
     assert cache.key_for(session.store, pipeline, pipeline.stages["load"], params,
                          session.runs["first"].run_id, environ={}, here=False) is None
-    why = ("not cached, always run: load: parameter DATA_DIR names /mnt/data, on the pods' "
-           "file system (the deploying machine cannot hash it)")
-    assert cache.uncacheable(pipeline, pipeline.batch, params, "deploy") == [why]
+    pods = "on the pods' file system (the deploying machine cannot hash it)"
+    notes = session.data.parent / "notes.txt"
+    assert cache.uncacheable(pipeline, pipeline.batch, params, "deploy") == [
+        f"not cached, always run: load: parameter DATA_DIR names /mnt/data, {pods}",
+        f"not cached, always run: other: its code reads {notes}, {pods}"]
     assert cache.uncacheable(pipeline, pipeline.batch, params, "pod") == []
 
 
@@ -214,6 +228,10 @@ def test_a_tree_digest_follows_links_safely(tmp_path: Path) -> None:
     (tree / "sub" / "x.csv").symlink_to(target)  # the same bytes through a link: the same
     assert contents.describe_path(str(tree), memo) == appeared
     assert contents.describe_path(str(tmp_path / "none"), memo) == {"kind": "missing"}
+    (tree / "kernel").symlink_to("/proc/self")  # never walked: its files may block
+    with pytest.raises(contents.Unreadable, match="is on a kernel file system"):
+        contents.describe_path(str(tree), memo)
+    (tree / "kernel").unlink()
     assert contents.describe_path(str(target), memo)["kind"] == "file"
 
 

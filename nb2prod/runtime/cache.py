@@ -20,7 +20,7 @@ evaluated where the stage runs (`param_values`: the cell's defaults with that
 environment, then the run's overrides, as papermill does), and an absolute (or
 `~`) path among the values enters by the digest of its file or directory tree
 (`contents`, memoised), so `DATA_DIR=/mnt/data` with a changed file there is a
-miss.  Relative paths need nothing more: the stage's working directory holds only
+miss; so do the absolute paths its code reads by literal.  Relative paths need nothing more: the stage's working directory holds only
 its FILES and the files earlier stages wrote, both keyed already.
 
 The index lives next to the runs (`<pipeline>/cache/<stage>/<key>.json`, naming
@@ -116,36 +116,41 @@ def _path_strings(value: object, depth: int = 0) -> Iterable[str]:
 
 def data_digests(spec: dict | None, environ: Mapping[str, str | None], here: bool = True
                  ) -> tuple[dict, str | None]:
-    """({parameter: [{"path", "kind", "sha256"?}, ...]}, why the stage cannot be keyed or None)
-    for the absolute (or `~`) paths among the values of the parameters the stage uses.
+    """({parameter or "<code>": [{"path", "kind", "sha256"?}, ...]}, why the stage cannot be
+    keyed or None) for the absolute (or `~`) paths among the values of the parameters
+    the stage uses, and those its code reads by literal.
 
     `spec` (the plan's `data`): the parameters cell (`cell`), the names the stage uses
-    (`names`) and the run's overrides (`overrides`, injected after the cell, as
-    papermill does).  `here`: the stage runs on this machine; else (`deploy`
-    deciding for a pod) a path names the pod's file system, which cannot be hashed
-    here, and the stage cannot be cached.
+    (`names`), the run's overrides (`overrides`, injected after the cell, as
+    papermill does), the absolute path literals the stage's code reads (`literals`).
+    `here`: the stage runs on this machine; else (`deploy` deciding for a pod) a
+    path names the pod's file system, which cannot be hashed here, and the stage
+    cannot be cached.
     """
-    if not spec or not spec.get("names"):
+    if not spec or not (spec.get("names") or spec.get("literals")):
         return {}, None
     values = {**parameter_values(spec.get("cell") or "", environ), **(spec.get("overrides") or {})}
+    paths: list[tuple[str, str, str]] = []  # (key in `data`, path, what names it)
+    for name in sorted(spec.get("names") or []):
+        value = values.get(name, UNKNOWN)
+        if value is UNKNOWN:
+            return {}, f"parameter {name} is known only when its cell runs"
+        paths += [(name, text, f"parameter {name} names {text}")
+                  for text in _path_strings(value)
+                  if os.path.isabs(text) or text.startswith("~")]
+    paths += [("<code>", text, f"its code reads {text}") for text in spec.get("literals") or []]
     found: dict[str, list] = {}
     memo = shared_memo()
     try:
-        for name in sorted(spec["names"]):
-            value = values.get(name, UNKNOWN)
-            if value is UNKNOWN:
-                return {}, f"parameter {name} is known only when its cell runs"
-            for text in _path_strings(value):
-                if not (os.path.isabs(text) or text.startswith("~")):
-                    continue
-                if not here:
-                    return {}, (f"parameter {name} names {text}, on the pods' file system "
-                                "(the deploying machine cannot hash it)")
-                try:
-                    described = describe_path(os.path.expanduser(text), memo)
-                except Unreadable as exc:
-                    return {}, f"parameter {name} names {text}: {exc}"
-                found.setdefault(name, []).append({"path": text, **described})
+        for key, text, what in paths:
+            if not here:
+                return {}, (f"{what}, on the pods' file system (the deploying machine "
+                            "cannot hash it)")
+            try:
+                described = describe_path(os.path.expanduser(text), memo)
+            except Unreadable as exc:
+                return {}, f"{what}: {exc}"
+            found.setdefault(key, []).append({"path": text, **described})
     finally:
         memo.save()
     return found, None

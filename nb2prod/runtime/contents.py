@@ -37,6 +37,8 @@ MAX_FILES = 100_000  # entries: files, directories, links
 #: At most this many digests are kept (the ones used by this process win).
 MAX_MEMO = 200_000
 _CHUNK = 1 << 20
+#: Kernel file systems: their "files" may block when read (/proc/kmsg) or never end.
+VIRTUAL = ("/proc", "/sys", "/dev")
 
 
 class Unreadable(Exception):
@@ -148,6 +150,7 @@ def describe_path(path: str, memo: DigestMemo) -> dict:
         return {"kind": "missing"}
     except OSError as exc:
         raise Unreadable(f"{path} cannot be read ({exc.strerror or exc})") from None
+    _refuse_virtual(path)
     if stat.S_ISREG(st.st_mode):
         return {"kind": "file", "sha256": _file_digest(path, st, memo)}
     if not stat.S_ISDIR(st.st_mode):
@@ -156,6 +159,12 @@ def describe_path(path: str, memo: DigestMemo) -> dict:
     _walk(path, "", memo, lines, [(st.st_dev, st.st_ino)])
     tree = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     return {"kind": "dir", "sha256": tree, "entries": len(lines)}
+
+
+def _refuse_virtual(path: str) -> None:
+    real = os.path.realpath(path)
+    if any(real == root or real.startswith(root + "/") for root in VIRTUAL):
+        raise Unreadable(f"{path} is on a kernel file system ({real})")
 
 
 def _file_digest(path: str, st: os.stat_result, memo: DigestMemo) -> str:
@@ -192,6 +201,7 @@ def _walk(directory: str, rel: str, memo: DigestMemo, lines: list[str],
                 lines.append(f"{sub}\0loop\0\n")
                 continue
             lines.append(f"{sub}/\0dir\0\n")
+            _refuse_virtual(full)
             _walk(full, f"{sub}/", memo, lines, [*ancestors, ident])
         else:
             lines.append(f"{sub}\0special\0\n")

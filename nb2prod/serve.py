@@ -162,6 +162,8 @@ class ServiceProcess(subprocess.Popen):
         self.instance: str | None = None  # the nonce /readyz must echo (start_service)
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._tail_lock = threading.Lock()
+        self._tail_grew = threading.Condition(self._tail_lock)
+        self._pumped_all = False
         self._log_file = Path(log_file) if log_file is not None else None
         self._on_line = on_line
         self._pump = threading.Thread(target=self._read_output, name="nb2prod-service-output",
@@ -175,8 +177,9 @@ class ServiceProcess(subprocess.Popen):
                 sink = stack.enter_context(open(self._log_file, "a", encoding="utf-8"))
             assert self.stdout is not None
             for line in self.stdout:
-                with self._tail_lock:
+                with self._tail_grew:
                     self._tail.append(line.rstrip("\n"))
+                    self._tail_grew.notify_all()
                 if sink is not None:
                     sink.write(line)
                     sink.flush()
@@ -185,6 +188,28 @@ class ServiceProcess(subprocess.Popen):
                         self._on_line(line.rstrip("\n"))
                     except Exception:  # noqa: BLE001 - a broken console must not stop the pump
                         self._on_line = None
+        with self._tail_grew:
+            self._pumped_all = True
+            self._tail_grew.notify_all()
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
+        """The last kept line matching `pattern`, waiting up to `timeout` for one to arrive.
+
+        A line the server has written may still be in the pipe, not yet read by the pump
+        (a busy machine): a caller that saw its effect elsewhere (/readyz) waits for it here.
+        None once the output has ended, or `timeout` passed, without a match.
+        """
+        deadline = time.monotonic() + timeout
+        with self._tail_grew:
+            while True:
+                for line in reversed(self._tail):
+                    match = pattern.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if self._pumped_all or remaining <= 0:
+                    return None
+                self._tail_grew.wait(remaining)
 
     def output(self) -> list[str]:
         """The kept lines of output so far (complete once the process has exited)."""
@@ -274,13 +299,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
 _STARTUP_FAILED = re.compile(r"nb2prod: start-up failed after [\d.]+s: (?P<reason>.*)$")
 
 
+#: How long the log line of a failure /readyz reported may take to come through the pipe.
+_LOG_LINE_WAIT = 10.0
+
+
 def _logged_reason(proc: subprocess.Popen | None) -> str | None:
-    """The full start-up failure reason from the server's log, if it logged one."""
+    """The full start-up failure reason from the server's log, if it logged one.
+
+    The server logs it before /readyz can report the failure, but the line may not have
+    been read from the pipe yet: it is waited for (briefly; only a server that does not
+    log at all costs the wait).
+    """
     if isinstance(proc, ServiceProcess):
-        for line in reversed(proc.output()):
-            match = _STARTUP_FAILED.search(line)
-            if match:
-                return match["reason"]
+        match = proc.wait_for_line(_STARTUP_FAILED, _LOG_LINE_WAIT)
+        if match:
+            return match["reason"]
     return None
 
 

@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -664,8 +665,12 @@ def test_missing_kubeconfig_is_one_line(iris_split: Path, tmp_path: Path,
     assert output.strip().count("\n") == 0 and "Kubernetes configuration" in output
 
 
-def test_unit_helpers() -> None:
+def test_unit_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pure pieces of the runner: rollout verdicts and stuck-pod reasons."""
+    from nb2prod.runners.kubernetes import pod_state
+
+    now = [1000.0]  # the grace period's clock: moved by the test, not by a busy machine
+    monkeypatch.setattr(pod_state, "time", SimpleNamespace(monotonic=lambda: now[0]))
     dep: dict[str, Any] = {"metadata": {"name": "d", "generation": 2},
                            "spec": {"replicas": 2, "progressDeadlineSeconds": 5},
                            "status": {"observedGeneration": 1}}
@@ -696,7 +701,7 @@ def test_unit_helpers() -> None:
     assert pending.check(pod, "train") is None and pending.waiting("p")
     assert pending.check(pulling, "train") == "ErrImagePull: no such image"
     assert pending.overdue() == []
-    time.sleep(0.35)
+    now[0] += 0.35
     assert pending.check(pod, "train") == "Unschedulable: 0/1 nodes (for 0s)"
     assert [(p, o) for p, o, _ in pending.overdue()] == [("p", "train")]
     assert not pending.waiting("p")

@@ -384,7 +384,7 @@ def test_job_runs_python_with_env_volumes_and_logs(api: ApiClient, ns: str) -> N
 
     phases, types, rvs = [], [], []
     w = watch.Watch()
-    for event in w.stream(v1.list_namespaced_pod, ns, resource_version=start, timeout_seconds=20):
+    for event in w.stream(v1.list_namespaced_pod, ns, resource_version=start, timeout_seconds=90):
         types.append(event["type"])
         rvs.append(int(event["object"].metadata.resource_version))
         phases.append(event["object"].status.phase)
@@ -474,16 +474,26 @@ def test_job_backoff_limit_and_active_deadline(api: ApiClient, ns: str) -> None:
     wait_for(lambda: not pods_of(v1, ns, "job-name=slow"), "the deadline-exceeded pod to be killed and removed")
 
 
-def test_log_follow_streams_output_while_the_container_runs(api: ApiClient, ns: str) -> None:
+def test_log_follow_streams_output_while_the_container_runs(api: ApiClient, ns: str,
+                                                            tmp_path: Path) -> None:
     v1 = client.CoreV1Api(api)
-    script = ("import time\nprint('line 0', flush=True)\ntime.sleep(2)\n"
-              "for i in (1, 2):\n    print('line', i, flush=True)\n    time.sleep(0.3)")
+    # The container goes on only once the test has read its first line from the stream
+    # (a host path: the process kubelet runs it here), so a busy machine cannot let it
+    # finish before the follow starts.
+    go = tmp_path / "go"
+    script = ("import os, time\nprint('line 0', flush=True)\ndeadline = time.time() + 120\n"
+              f"while not os.path.exists({str(go)!r}) and time.time() < deadline:\n    time.sleep(0.05)\n"
+              "time.sleep(0.5)\nfor i in (1, 2):\n    print('line', i, flush=True)\n    time.sleep(0.3)")
     v1.create_namespaced_pod(ns, pod_body("ticker", [container("main", ["python", "-c", script])]))
     wait_for(lambda: pod_phase(v1, ns, "ticker", "Running", "Succeeded"), "the ticker pod to start")
     wait_for(lambda: v1.read_namespaced_pod_log("ticker", ns), "the first line")
 
     resp = v1.read_namespaced_pod_log("ticker", ns, follow=True, _preload_content=False)
-    arrivals: list[tuple[float, bytes]] = [(time.monotonic(), chunk) for chunk in resp.stream(amt=None)]
+    chunks = resp.stream(amt=None)
+    arrivals: list[tuple[float, bytes]] = [(time.monotonic(), next(chunks))]
+    assert pod_phase(v1, ns, "ticker", "Running")  # the stream's first line came while it runs
+    go.touch()
+    arrivals += [(time.monotonic(), chunk) for chunk in chunks]
     resp.release_conn()
     text = b"".join(chunk for _, chunk in arrivals).decode()
     assert text == "line 0\nline 1\nline 2\n"
@@ -719,7 +729,10 @@ def test_delete_cascades_background_foreground_and_job_default_orphans(api: ApiC
 def test_namespace_deletion_empties_it_and_refuses_new_content(api: ApiClient) -> None:
     v1 = client.CoreV1Api(api)
     v1.create_namespace({"metadata": {"name": "doomed"}})
-    v1.create_namespaced_config_map("doomed", {"metadata": {"name": "cfg"}})
+    # A finalizer of our own holds the namespace in Terminating until the checks below are
+    # done (the pod's 2 s of grace alone could pass before them on a busy machine).
+    v1.create_namespaced_config_map("doomed", {"metadata": {"name": "cfg",
+                                                            "finalizers": ["nb2prod.test/hold"]}})
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('armed', flush=True); "
                 "time.sleep(60)")
     v1.create_namespaced_pod("doomed", pod_body("sleeper", [container("c", ["python", "-c", stubborn])],
@@ -732,6 +745,9 @@ def test_namespace_deletion_empties_it_and_refuses_new_content(api: ApiClient) -
     with pytest.raises(ApiException) as exc:
         v1.create_namespaced_config_map("doomed", {"metadata": {"name": "late"}})
     assert (exc.value.status, error(exc)["reason"]) == (403, "Forbidden")
+    wait_for(lambda: v1.read_namespaced_config_map("cfg", "doomed").metadata.deletion_timestamp,
+             "the namespace's content to be deleted")
+    v1.patch_namespaced_config_map("cfg", "doomed", [{"op": "remove", "path": "/metadata/finalizers"}])
     wait_for(lambda: gone(lambda: v1.read_namespace("doomed")), "the namespace to disappear")
     assert time.monotonic() - began >= 1.5  # the pod ignored SIGTERM: SIGKILL came after the grace period
     assert v1.list_pod_for_all_namespaces(field_selector="metadata.namespace=doomed").items == []

@@ -289,9 +289,11 @@ def _fail(state: State, reason: str, public: str | None = None) -> None:
     state.reason = reason
     state.public_reason = public or reason
     state.duration = state.elapsed()
+    # Logged before anyone can see "failed": the runner that reads it on /readyz then
+    # finds the full reason in the log (it waits for the line to come through the pipe).
+    log.error("start-up failed after %.2fs: %s", state.duration, reason)
     state.status = "failed"
     state.done.set()
-    log.error("start-up failed after %.2fs: %s", state.duration, reason)
 
 
 def enter_workdir() -> str | None:

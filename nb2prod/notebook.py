@@ -78,12 +78,20 @@ def load_notebook(path: Path) -> Notebook:
     path = Path(path)
     if not path.is_file():
         raise UserError(Problem("no such notebook file", file=str(path)))
-    data = path.read_bytes()
+    return parse_notebook(path, path.read_bytes())
+
+
+def parse_notebook(path: Path, data: bytes, *, as_json: bool = False) -> Notebook:
+    """The notebook in `data`, as if read from `path` (which names it in messages and
+    sets its directory and format); `as_json`: `.ipynb` JSON whatever the suffix (what
+    JupyterLab holds in memory for any notebook, a jupytext `.py` one included)."""
+    path = Path(path)
     sha = hashlib.sha256(data).hexdigest()
     nbformat = import_nbformat()
+    text = path.suffix.lower() in TEXT_SUFFIXES and not as_json
 
     try:
-        if path.suffix.lower() in TEXT_SUFFIXES:
+        if text:
             import jupytext
 
             nb = jupytext.reads(data.decode("utf-8"), fmt=path.suffix.lstrip(".").lower())
@@ -99,7 +107,7 @@ def load_notebook(path: Path) -> Notebook:
                                 capture_validation_error=captured)
             if "ValidationError" in captured:  # reads validated already: don't do it twice
                 raise captured["ValidationError"]
-        if path.suffix.lower() in TEXT_SUFFIXES:
+        if text:
             nbformat.validate(nb)
     except UserError:
         raise
@@ -112,7 +120,7 @@ def load_notebook(path: Path) -> Notebook:
             cell_type=c.cell_type,
             source=c.source if isinstance(c.source, str) else "".join(c.source),
             tags=tuple(c.get("metadata", {}).get("tags", [])),
-            cell_id=None if path.suffix.lower() in TEXT_SUFFIXES else c.get("id"),  # jupytext ids are random
+            cell_id=None if text else c.get("id"),  # jupytext ids are random
             metadata=dict(c.get("metadata", {})),
         )
         for i, c in enumerate(nb.cells)

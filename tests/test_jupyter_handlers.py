@@ -646,8 +646,8 @@ async def test_browser_posts_need_the_xsrf_token(jp_fetch: Any, jp_serverapp: An
     assert login.code == 302, login.code
     session = "; ".join(f"{k}={v.value}" for k, v in cookies(login, jar).items())
     body = {"path": "work/iris.ipynb", "namespace": "ml"}
-    for endpoint in ("split", "deploy", "run", "run/20260101t000000-abc/stop"):
-        code, _ = await _error(jp_fetch, endpoint, body,
+    for endpoint in ("split", "deploy", "run", "run/20260101t000000-abc/stop", "roles"):
+        code, _ = await _error(jp_fetch, endpoint, {**body, "content": {"cells": []}},
                                headers={"Authorization": "", "Cookie": session})
         assert code == 403, endpoint
     assert not (iris.parent / "iris-pipeline").exists()

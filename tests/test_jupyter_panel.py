@@ -108,6 +108,52 @@ async def test_pipeline_problems_are_listed_with_positions(jp_fetch: Any, broken
     assert bad["cell"] == 1 and "cell 2 (" in bad["text"]
 
 
+async def test_roles_of_unsaved_content(jp_fetch: Any, jp_root_dir: Path) -> None:
+    """POST roles analyses the content sent, not the file: an edit that makes an
+    untagged cell imports-only (or a definition after an `imports` cell) gives it a
+    role at once; the file, its folder and everything else stay as they were."""
+    notebook = _notebook(jp_root_dir / "edit.ipynb", [
+        ("scratch = 1", []),
+        ("import math", ["imports"]),
+        ("area = math.pi", []),
+        ("a = area * 2", ["stage:prepare"]),
+    ])
+    saved, mtime = notebook.read_bytes(), notebook.stat().st_mtime_ns
+    on_disk = await _get(jp_fetch, "pipeline", path="edit.ipynb")
+    assert on_disk["inferred_roles"] == []
+    content = json.loads(saved)
+    content["cells"][0]["source"] = "import os"  # typed, not saved
+    content["cells"][2]["source"] = "def area(r):\n    return math.pi * r * r"
+    content["cells"][3]["source"] = "a = area(2)\nhome = os.sep"
+    answer = json.loads((await _post(jp_fetch, "roles", {"path": "edit.ipynb",
+                                                         "content": content})).body)
+    assert answer["problems"] == []
+    assert [(r["cell"], r["id"], r["role"], r["scope"]) for r in answer["inferred_roles"]] == [
+        (0, content["cells"][0]["id"], "imports", "where used"),
+        (2, content["cells"][2]["id"], "imports", "every stage")]
+    # mid-edit, the content cannot be analysed: its problems, no roles, still a 200
+    content["cells"][3]["source"] = "a = area(2)\nb = undefined_name"
+    answer = json.loads((await _post(jp_fetch, "roles", {"path": "edit.ipynb",
+                                                         "content": content})).body)
+    assert answer["inferred_roles"] == [] and answer["problems"], answer
+    assert "undefined_name" in answer["problems"][0]["message"]
+    assert answer["problems"][0]["cell"] == 3
+    # not a notebook's JSON: one line, 400
+    for bad in (None, "cells", [], {"cells": "x"}):
+        code, body = await _error(jp_fetch, "roles", {"path": "edit.ipynb", "content": bad})
+        assert code == 400 and body["message"].endswith(
+            "'content' must be the notebook's JSON (an object with 'cells')"), body
+    answer = json.loads((await _post(jp_fetch, "roles", {"path": "edit.ipynb", "content": {
+        "cells": [{"cell_type": "nonsense"}], "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {}}})).body)  # nbformat refuses it: a problem, like a bad cell
+    assert answer["inferred_roles"] == []
+    assert answer["problems"][0]["message"].startswith("not a valid notebook"), answer
+    code, body = await _error(jp_fetch, "roles", {"path": "missing.ipynb", "content": content})
+    assert code == 404
+    assert notebook.read_bytes() == saved and notebook.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in jp_root_dir.iterdir()) == ["edit.ipynb"]  # wrote nothing
+
+
 async def test_pipeline_info_names_the_roles_of_untagged_cells(jp_fetch: Any,
                                                                 jp_root_dir: Path) -> None:
     """An untagged imports cell before the first stage and an untagged definition after
@@ -304,8 +350,9 @@ async def test_panel_endpoints_need_authentication(jp_fetch: Any, iris: Path) ->
     code = await _get_error(jp_fetch, "nb2prod", "file", params={"path": "work/runs/r/s/log.txt"},
                             headers={"Authorization": ""}, follow_redirects=False)
     assert code == 302
-    for endpoint in ("run", "run/20260101t000000-abc/stop"):
-        code, _ = await _error(jp_fetch, endpoint, {"path": "work/iris.ipynb"},
+    for endpoint in ("run", "run/20260101t000000-abc/stop", "roles"):
+        code, _ = await _error(jp_fetch, endpoint, {"path": "work/iris.ipynb",
+                                                    "content": {"cells": []}},
                                headers={"Authorization": ""})
         assert code == 403, endpoint
     assert not (iris.parent / "iris-pipeline").exists()
@@ -324,6 +371,10 @@ async def test_panel_paths_outside_root_are_403(jp_fetch: Any, iris: Path, jp_ro
             assert code == 403, (endpoint, path)
     code, answer = await _error(jp_fetch, "run", {"path": "link/iris.ipynb"})
     assert code == 403 and "outside the server's root" in answer["problems"][0]["message"]
+    content = json.loads(IRIS.read_text())
+    for path in ("../outside/iris.ipynb", "link/iris.ipynb", "/../outside/iris.ipynb"):
+        code, answer = await _error(jp_fetch, "roles", {"path": path, "content": content})
+        assert code == 403 and "outside the server's root" in answer["message"], path
     for path in ("link/p/runs/r1/train/log.txt", "../outside/p/runs/r1/train/log.txt"):
         assert await _get_error(jp_fetch, "nb2prod", "file", params={"path": path}) == 403
     assert sorted(p.name for p in outside.iterdir()) == ["iris.ipynb", "p"]

@@ -250,6 +250,18 @@ export interface IInferredRole {
   why: string;
 }
 
+/** POST /nb2prod/roles: the roles of untagged cells in unsaved notebook content. */
+export interface IContentRoles {
+  inferred_roles: IInferredRole[];
+  problems: IProblem[];
+}
+
+/** Analyse `content` (the notebook's JSON as the browser holds it) as the notebook at
+ * `path`; nothing is saved or written on the server. */
+export function contentRoles(path: string, content: object): Promise<IContentRoles> {
+  return post<IContentRoles>('roles', { path, content });
+}
+
 /** GET /nb2prod/pipeline */
 export interface IPipelineInfo {
   notebook: string;

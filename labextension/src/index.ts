@@ -39,6 +39,7 @@ import {
   showReport
 } from './dialogs';
 import { showDeployProgress } from './deploy';
+import { LiveRoles } from './liveroles';
 import { StageMarkers, tagsOf } from './markers';
 import { PipelinePanel } from './panel';
 import { askRole } from './roleform';
@@ -244,9 +245,11 @@ class NotebookExtension implements DocumentRegistry.IWidgetExtension<NotebookPan
     const markers = new StageMarkers(panel, (cell, node) => this._openRoleMenu(panel, cell, node));
     markers.enabled = this._settings.showStageMarkers;
     this._markers.set(panel, markers);
+    const live = new LiveRoles(panel, markers, () => serverPath(this._app, panel));
     return new DisposableDelegate(() => {
       split.dispose();
       deploy.dispose();
+      live.dispose();
       markers.dispose();
       this._markers.delete(panel);
     });

@@ -118,8 +118,9 @@ export class StageMarkers implements IDisposable {
 
   /**
    * Roles the server found for untagged cells (the last check of the saved
-   * notebook); they replace "no stage" or "joins the stage above" until the
-   * next check, and never a cell's own tag.
+   * notebook, or of its unsaved content once edits settle: liveroles.ts); they
+   * replace "no stage" or "joins the stage above" until the next answer, and
+   * never a cell's own tag.
    */
   setInferred(roles: readonly IInferredRole[]): void {
     this._inferred = new Map();

@@ -362,7 +362,9 @@ export class PipelinePanel extends Widget {
     add(this._info.problems, 'error');
     add(this._info.warnings, 'warning');
     markers.setProblems(found);
-    markers.setInferred(this._info.inferred_roles ?? []);
+    if (!this._notebook?.context.model.dirty) { // else the roles of the unsaved content
+      markers.setInferred(this._info.inferred_roles ?? []); // (liveroles.ts) are newer
+    }
   }
 
   private _startPolling(): void {

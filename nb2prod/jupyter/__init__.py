@@ -22,7 +22,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the /nb2prod/* handlers on the server's web application."""
     setup_handlers(serverapp.web_app)
-    serverapp.log.info("nb2prod: /nb2prod/* handlers registered (check, split, deploy, "
+    serverapp.log.info("nb2prod: /nb2prod/* handlers registered (check, split, deploy, roles, "
                        "pipeline, run, runs, file)")
 
 

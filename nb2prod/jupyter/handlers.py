@@ -283,6 +283,7 @@ def setup_handlers(web_app: Any) -> None:
     from nb2prod.jupyter import deploys, panel, runs
 
     routes = [("check", CheckHandler), ("split", SplitHandler), *deploys.HANDLERS,
-              ("kube", KubeHandler), ("pipeline", panel.PipelineHandler), *runs.HANDLERS]
+              ("kube", KubeHandler), ("pipeline", panel.PipelineHandler),
+              ("roles", panel.RolesHandler), *runs.HANDLERS]
     web_app.add_handlers(".*$", [(url_path_join(base, route), handler)
                                  for route, handler in routes])

@@ -7,6 +7,10 @@ DAG as `nb2prod.graph` models it (the same nodes, edges and states that
 `nb2prod graph` draws), with the newest run of the notebook's default
 pipeline directory applied.  A notebook with errors is a normal state for the
 panel, so problems come back in a 200 answer, never as an HTTP error.
+
+POST /nb2prod/roles analyses the notebook's *unsaved* content (sent in the
+request by the browser after edits settle) for `inferred_roles` only: the
+markers follow what the user typed without a save, and nothing is written.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from tornado import web
 
 from nb2prod.errors import UserError
-from nb2prod.jupyter.handlers import Nb2prodHandler, authorized, problem_dict
+from nb2prod.jupyter.handlers import Nb2prodHandler, authorized, problem_dict, refuse
 
 
 def stage_entries(report: dict[str, Any], analysis: Any) -> list[dict[str, Any]]:
@@ -86,6 +90,41 @@ def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     except UserError as exc:  # e.g. an unreadable nb2prod.ini beside it: still show stages
         answer["warnings"].extend(problem_dict(p) for p in exc.problems)
     return answer
+
+
+def content_roles(notebook: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """`inferred_roles` (and problems) of `content`, the notebook JSON the browser holds
+    for `notebook` (whose directory and name the analysis uses); blocking, writes nothing."""
+    from nb2prod.analysis import analyze
+    from nb2prod.notebook import parse_notebook
+
+    data = json.dumps(content).encode("utf-8")
+    try:
+        analysis = analyze(parse_notebook(notebook, data, as_json=True))
+    except UserError as exc:  # mid-edit: the panel shows problems on the next check
+        return {"inferred_roles": [], "problems": [problem_dict(p) for p in exc.problems]}
+    return {"inferred_roles": inferred_roles(analysis), "problems": []}
+
+
+class RolesHandler(Nb2prodHandler):
+    """POST /nb2prod/roles {"path": NB, "content": notebook JSON}: the roles of untagged
+    cells in the unsaved content (`content_roles`); the path must be an existing
+    notebook inside the root, as for every handler; nothing is saved or written."""
+
+    @web.authenticated
+    @authorized("read")
+    async def post(self) -> None:
+        async def run() -> None:
+            data = self.body()
+            path = self.notebook(data)
+            content = data.get("content")
+            if not isinstance(content, dict) or not isinstance(content.get("cells"), list):
+                raise refuse(400, "'content' must be the notebook's JSON (an object with "
+                             "'cells')", data.get("path"))
+            answer = await self.guarded(lambda: content_roles(path, content))
+            self.finish(json.dumps(answer, default=str))
+
+        await self.answer(run)
 
 
 class PipelineHandler(Nb2prodHandler):

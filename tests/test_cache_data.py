@@ -272,7 +272,7 @@ def test_a_file_hashed_right_after_its_write_is_not_memoised(tmp_path: Path) -> 
 def test_every_style_of_path_parameter_is_keyed_by_its_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Env-derived, a literal absolute default, `Path(...) /`, `os.path.join`, f-strings,
-    a list of paths and `~`: each names data whose change changes the key's data part;
+    a list of paths, `~` and a glob pattern: each names data whose change changes the key's data part;
     a relative path is left to FILES (the stage's working directory holds only those)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -286,8 +286,9 @@ def test_every_style_of_path_parameter_is_keyed_by_its_data(
             'SHOWN = f"{DATA_DIR}/wine.csv"\n'
             f'BOTH = ["{data}/wine.csv", "relative.csv"]\n'
             'HOMED = "~/data/wine.csv"\n'
+            'PATTERN = os.path.join(DATA_DIR, "*.csv")\n'
             "STAMP = datetime.now()\n")  # used by no stage here: no harm
-    names = ["BOTH", "DATA_DIR", "HOMED", "JOINED", "LITERAL", "PATH", "SHOWN"]
+    names = ["BOTH", "DATA_DIR", "HOMED", "JOINED", "LITERAL", "PATH", "PATTERN", "SHOWN"]
     spec = {"cell": cell, "names": names, "overrides": {}}
     environ = {"WINE_DIR": str(data)}
     before, reason = data_digests(spec, environ)
@@ -299,6 +300,9 @@ def test_every_style_of_path_parameter_is_keyed_by_its_data(
     (data / "wine.csv").write_text("a,b\n1,3\n")
     after = data_digests(spec, environ)[0]
     assert all(after[n] != before[n] for n in names)
+    assert after["PATTERN"][0]["kind"] == "glob"
+    (data / "red.csv").write_text("c\n")  # a new match of the pattern
+    assert data_digests(spec, environ)[0]["PATTERN"] != after["PATTERN"]
     stamped = {**spec, "names": ["STAMP"]}
     assert data_digests(stamped, environ) == (
         {}, "parameter STAMP is known only when its cell runs")

@@ -4,7 +4,8 @@ The stage cache keys a stage by the data behind its path parameters
 (`DATA_DIR=/mnt/data`): a file by its sha256, a directory by the sha256 over
 its files' relative names (sorted) and their sha256s.  Symlinks are followed;
 a directory reached again through a link to one of its ancestors is marked, not
-walked (no endless loop), a dangling link or a FIFO is marked, never opened.
+walked (no endless loop), a dangling link or a FIFO is marked, never opened; a glob pattern
+(`/mnt/data/*.csv`) that names no path itself is described by its matches.
 An entry that cannot be read makes the path `Unreadable`: the stage then is not
 cached, since what it would read is unknown.
 
@@ -21,6 +22,7 @@ same timestamp tick would look unchanged), so it is read again next time.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -142,11 +144,17 @@ def shared_memo() -> DigestMemo:
 
 
 def describe_path(path: str, memo: DigestMemo) -> dict:
-    """{"kind": "file"|"dir"|"missing"|"special", "sha256"?, "files"?} of `path`
-    (symlinks followed); raises `Unreadable`."""
+    """{"kind": "file"|"dir"|"glob"|"missing"|"special", "sha256"?, "entries"?} of `path`
+    (symlinks followed); raises `Unreadable`.
+
+    A path that does not exist but is a glob pattern (`/mnt/data/*.csv`, what
+    `glob.glob(DATA_GLOB)` would read) is described by its matches, each as a path.
+    """
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
+        if glob.has_magic(path):
+            return _describe_glob(path, memo)
         return {"kind": "missing"}
     except OSError as exc:
         raise Unreadable(f"{path} cannot be read ({exc.strerror or exc})") from None
@@ -159,6 +167,15 @@ def describe_path(path: str, memo: DigestMemo) -> dict:
     _walk(path, "", memo, lines, [(st.st_dev, st.st_ino)])
     tree = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     return {"kind": "dir", "sha256": tree, "entries": len(lines)}
+
+
+def _describe_glob(pattern: str, memo: DigestMemo) -> dict:
+    matches = sorted(glob.glob(pattern, recursive=True))
+    if len(matches) > MAX_FILES:
+        raise Unreadable(f"{pattern} matches more than {MAX_FILES} paths")
+    lines = [f"{m}\0{json.dumps(describe_path(m, memo), sort_keys=True)}\n" for m in matches]
+    tree = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"kind": "glob", "sha256": tree, "entries": len(lines)}
 
 
 def _refuse_virtual(path: str) -> None:

@@ -306,3 +306,30 @@ def test_every_style_of_path_parameter_is_keyed_by_its_data(
     stamped = {**spec, "names": ["STAMP"]}
     assert data_digests(stamped, environ) == (
         {}, "parameter STAMP is known only when its cell runs")
+
+
+def test_a_pod_that_cannot_read_its_data_runs_the_stage_and_logs_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """In-cluster (`run-stage` with a cache plan): the pod hashes its own files; data it
+    cannot read means no key (the stage runs) and one line in the pod's log."""
+    from nb2prod.runtime.cache import cached_stage
+    from nb2prod.runtime.stores import FileStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = tmp_path / "mnt"
+    data.mkdir()
+    (data / "loop").symlink_to("loop")
+    plan = {"schema": 1, "loads": {}, "file_producers": [], "env": ["POD_DATA"],
+            "parts": {"code": {}, "params": {}, "files": {}, "requirements": ""},
+            "data": {"cell": 'DATA = os.environ.get("POD_DATA", "data")', "names": ["DATA"],
+                     "overrides": {}}}
+    store = FileStore(tmp_path / "store")
+    monkeypatch.setenv("POD_DATA", str(data))
+    assert cached_stage(store, "p", "load", "r2", "r2", plan) == (None, None)
+    assert capsys.readouterr().err == (
+        f"nb2prod: not cached, always run: load: parameter DATA names {data}: {data / 'loop'} "
+        "cannot be read (Too many levels of symbolic links)\n")
+    (data / "loop").unlink()
+    key, hit = cached_stage(store, "p", "load", "r2", "r2", plan)
+    assert key is not None and hit is None and capsys.readouterr().err == ""

@@ -309,6 +309,8 @@ class Daemon:
         """Forget processes that exited, killing the kernel of one that did not do so."""
         for warm in [w for w in self.warm if w.proc.poll() is not None]:
             self.warm.remove(warm)
+            if warm.stage not in (None, "(dismissed)"):
+                self.last = time.monotonic()  # idle from a stage's end, not from its start
             if warm.proc.returncode not in (0, 1) and warm.stage != "(dismissed)":
                 log(f"process {warm.proc.pid} ({warm.stage or 'idle'}) exited with code "
                     f"{warm.proc.returncode}")

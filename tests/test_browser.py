@@ -203,7 +203,7 @@ def running_lab(tmp_path: Path, env: dict[str, str] | None = None,
     if not kubeconfig.exists():
         _kubeconfig(kubeconfig)
 
-    port, token = _free_port(), "nb2prod-browser-test"
+    token = "nb2prod-browser-test"
     env = {**os.environ,
            "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
@@ -215,14 +215,26 @@ def running_lab(tmp_path: Path, env: dict[str, str] | None = None,
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-             f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
+             "--port=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={token}",
              "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
              f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
              f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    # Port 0: the server takes a free port itself when it binds, and says which in its
+    # runtime file (a port picked here would be free only until then: seconds of imports
+    # on a busy machine, during which another server may take it).
+    info = tmp_path / "runtime" / f"jpserver-{proc.pid}.json"
     try:
         deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                port = int(json.loads(info.read_text())["port"])
+                break
+            except (OSError, ValueError, KeyError):  # not written yet, or half-written
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.25)
+        url = f"http://127.0.0.1:{port}"
         while True:
             assert proc.poll() is None, log.read_text()
             try:

@@ -15,8 +15,12 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +39,11 @@ PARENT = ("import os\n"
           "    stat = open(f'/proc/{pid}/stat').read()\n"
           "    return int(stat[stat.rfind(')') + 2:].split()[1])\n")
 CELLS = [
-    (["parameters"], "seconds = 0.0\nprobe = ''"),
+    (["parameters"], "seconds = 0.0\nprobe = ''\nhold = ''"),
     (["imports"], "import json\nimport os\nimport sys\nimport time"),
     (["stage:first"], PARENT + "first_kernel = os.getpid()\n"
-                      "first_daemon = parent_of(os.getppid())\ntime.sleep(seconds)"),
+                      "first_daemon = parent_of(os.getppid())\ntime.sleep(seconds)\n"
+                      "while hold and os.path.exists(hold):\n    time.sleep(0.05)"),
     (["stage:second"],
      ("second_kernel = os.getpid() + 0 * first_kernel\n"
      "if probe:\n"
@@ -189,15 +194,48 @@ def test_a_daemon_killed_mid_stage_lets_the_stage_finish_and_is_replaced(
 
 
 def test_the_daemon_exits_when_idle_with_everything_it_started(
-        pipeline: Path, own_worker: Path) -> None:
-    _, metrics = run(pipeline, NB2PROD_WORKER_IDLE="2")
-    status = worker.ask("status")
-    assert status["pid"] == metrics["d1"] and status["idle_timeout"] == 2
-    started = [p for w in status["processes"] for p in (w["pid"], w["kernel"]) if p]
-    assert started  # warm processes waiting for the next run
+        pipeline: Path, own_worker: Path, tmp_path: Path) -> None:
+    """Idle is counted from the end of the last stage, not from its start: a stage that
+    ran longer than the idle timeout does not make the daemon exit the moment it ends.
+    (Its state is read while the stage is held, so no timing decides what is seen.)"""
+    hold = tmp_path / "hold"
+    hold.touch()
+    command = Command("run", pipeline, "--no-serve", "--stage", "first", "--param",
+                      f"hold={hold}", cwd=pipeline.parent, env=env(NB2PROD_WORKER_IDLE="3"))
+    try:
+        command.wait_for(RUN_LINE)
+        wait_until(lambda: worker.paths()["sock"].exists() and busy("first"), RUN_TIMEOUT,
+                   "stage 'first' running in the worker")
+        status = worker.ask("status")
+        assert status["idle_timeout"] == 3
+        started = [p for w in status["processes"] for p in (w["pid"], w["kernel"]) if p]
+        assert busy("first")["pid"] in started
+        time.sleep(4)  # the stage runs on, longer than the idle timeout (no request meanwhile)
+        released = time.monotonic()
+        hold.unlink()
+        assert command.proc.wait(RUN_TIMEOUT) == 0, command.output
+    finally:
+        command.stop(signal.SIGKILL)
     wait_until(lambda: not alive(status["pid"]), RUN_TIMEOUT, "the idle daemon gone")
+    assert time.monotonic() - released >= 3, "the daemon did not wait out its idle time"
     wait_until(lambda: not any(map(alive, started)), RUN_TIMEOUT, "its warm processes gone")
     assert not worker.paths()["sock"].exists()
+
+
+def test_idle_time_starts_again_when_a_stage_ends() -> None:
+    """A stage handed long ago (longer than the idle timeout) that just ended: the daemon
+    is idle from now, not since the hand-off (it used to exit the moment such a stage
+    ended, and the next `nb2prod run` paid for cold processes)."""
+    daemon = worker.Daemon(where={}, idle=5)
+    daemon.last -= 600  # the hand-off, the last request
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    daemon.warm.append(worker.Warm(ended, ours, "key", stage="train", running=True))
+    before = time.monotonic()
+    daemon.reap()
+    assert daemon.warm == [] and daemon.last >= before
 
 
 def test_runtime_dir_is_private_and_one_not_ours_means_own_processes(

@@ -447,7 +447,7 @@ def test_redeploy_reuses_unchanged_stages_from_the_store(
     apps = client.AppsV1Api(standin.api_client())
     dep = apps.read_namespaced_deployment("iris-serve", NS)
     assert dep.spec.template.metadata.annotations["nb2prod.io/model-run-id"] == run2
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and predict(standin, "iris-serve", IRIS_REQUEST) != (
             200, IRIS_ANSWER):
         time.sleep(0.2)

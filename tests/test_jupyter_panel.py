@@ -186,9 +186,7 @@ async def test_run_locally_then_list_runs_and_open_report(jp_fetch: Any, iris: P
     started = json.loads(response.body)
     assert started["pipeline_dir"] == "work/iris-pipeline"
     assert started["launch"]["state"] == "running"
-
-    code, body = await _error(jp_fetch, "run", {"path": "work/iris.ipynb"})
-    assert code == 409 and "still running" in body["problems"][0]["message"]
+    # (a second run while this one runs is refused: checked on a held run, below)
 
     answer = await _wait_run(jp_fetch, "work/iris.ipynb")
     launch = answer["launches"][0]
@@ -313,6 +311,9 @@ async def test_a_run_stopped_from_the_panel_reads_stopped(jp_fetch: Any,
             assert answer["launches"][0]["state"] == "running", answer["launches"][0]["output"]
             assert loop.time() < deadline, answer
             await asyncio.sleep(0.1)
+        # A second run while this one runs (held: for certain) is refused.
+        code, body = await _error(jp_fetch, "run", {"path": "held.ipynb"})
+        assert code == 409 and "still running" in body["problems"][0]["message"]
         await _post(jp_fetch, f"run/{launch['id']}/stop", {"path": "held.ipynb"})
         answer = await _wait_run(jp_fetch, "held.ipynb")
     finally:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -570,6 +571,130 @@ async def test_deploy_to_kubernetes_standin(jp_fetch: Any, iris: Path, kube_stan
     assert final["services"]["serve"]["status"] == "serving"
 
 
+async def test_a_killed_deploy_is_followed_in_the_standin_until_its_job_ends(
+        jp_fetch: Any, jp_root_dir: Path, kube_standin: Any, s3_env: Any,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real detached `nb2prod deploy` against the stand-in, killed (SIGKILL) while
+    its train Job runs: that Job goes on in the cluster, so the deploy reads `running`
+    (followed there, train running as the cluster has it) until the Job completes; then
+    it ended: train done, nothing after it started (no deploy left to start it)."""
+    from nb2prod.jupyter import launches
+    from nb2prod.split import split_notebook
+    from tests.test_browser import write_notebook
+    from tests.test_browser_deploy import CELLS, _Snapshot
+
+    monkeypatch.setenv("KUBECONFIG", str(kube_standin.kubeconfig))
+    notebook = write_notebook(jp_root_dir / "churn.ipynb", CELLS)
+    pipeline = jp_root_dir / "churn-pipeline"
+    split_notebook(notebook, pipeline)
+    use_secret_credentials(pipeline)
+    create_secret(kube_standin, "ml", "testing")
+    store = f"s3://{s3_env.make_bucket()}/artifacts"
+    gate = _Snapshot()  # training waits until it is published
+    record: dict[str, Any] = {}
+    try:
+        first = json.loads((await _post(jp_fetch, "deploy", {
+            "path": "churn-pipeline", "namespace": "ml", "store": store, "image": IMAGE,
+            "params": {"snapshot_url": gate.url}})).body)
+        folder = pipeline / launches.LAUNCH_DIR / first["id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 240
+        while True:  # the train Job runs (the deploy said so)
+            status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                                params={"path": "churn-pipeline"})).body)
+            if {s["name"]: s["state"] for s in status["stages"]}.get("train") == "running":
+                break
+            assert status["state"] == "running" and loop.time() < deadline, status
+            await asyncio.sleep(0.1)
+        record = launches.read_json(folder / "launch.json") or {}
+        os.killpg(record["runner"]["pid"], signal.SIGKILL)
+        while launches.is_running(launches.read_json(folder / "launch.json") or {}):
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                            params={"path": "churn-pipeline"})).body)
+        assert status["state"] == "running", status  # its Job still runs: followed
+        assert "its Jobs still run in the cluster: followed there" in status["following"]
+        rows = {s["name"]: (s["state"], s["message"]) for s in status["stages"]}
+        assert rows["train"] == ("running", "as the cluster has it"), rows
+        assert rows["api"] == ("skipped", "not started: the deploy ended"), rows
+        jobs = [j for j in kube_standin.store.scan("jobs", "ml")
+                if j["metadata"]["labels"].get("app.kubernetes.io/component") == "train"]
+        assert len(jobs) == 1 and not (jobs[0].get("status") or {}).get("conditions")
+        gate.published.set()  # training goes on, in the cluster only
+        final = await _wait_deploy(jp_fetch, "churn-pipeline", first["id"], timeout=240)
+    finally:
+        gate.close()
+        if record and launches.is_running(record):
+            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+    assert final["state"] == "failed" and final["following"] is None, final
+    assert final["error"].startswith("the deploy ended without a result (exit code -9)")
+    rows = {s["name"]: (s["state"], s["message"]) for s in final["stages"]}
+    assert rows["train"] == ("done", "as the cluster has it"), rows
+    assert rows["api"] == ("skipped", "not started: the deploy ended"), rows
+    assert launches.read_json(folder / "cluster.json")["final"] is True
+
+
+async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
+        jp_fetch: Any, jp_root_dir: Path, kube_standin: Any, s3_env: Any,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real deploy against the stand-in, stopped from the panel while train is held
+    (a finished `prepare` stage before it): the train Job is deleted, the deploy reads
+    stopped, and `nb2prod status` shows the run as stopped, by whom and when (a note on
+    the Jobs that stay), not as incomplete or failed."""
+    from nb2prod.jupyter import launches
+    from nb2prod.split import split_notebook
+    from tests.test_browser import write_notebook
+    from tests.test_browser_deploy import CELLS, _Snapshot
+
+    monkeypatch.setenv("KUBECONFIG", str(kube_standin.kubeconfig))
+    cells = [*CELLS[:3], ('print("snapshot checks passed")', ["stage:prepare"]), *CELLS[3:]]
+    notebook = write_notebook(jp_root_dir / "churn.ipynb", cells)
+    pipeline = jp_root_dir / "churn-pipeline"
+    split_notebook(notebook, pipeline)
+    use_secret_credentials(pipeline)
+    create_secret(kube_standin, "ml", "testing")
+    store = f"s3://{s3_env.make_bucket()}/artifacts"
+    gate = _Snapshot()  # never published: train waits until stopped
+    record: dict[str, Any] = {}
+    try:
+        first = json.loads((await _post(jp_fetch, "deploy", {
+            "path": "churn-pipeline", "namespace": "ml", "store": store, "image": IMAGE,
+            "params": {"snapshot_url": gate.url}})).body)
+        record = launches.read_json(pipeline / launches.LAUNCH_DIR / first["id"]
+                                    / "launch.json") or {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 240
+        while True:  # prepare done, train running (held)
+            status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
+                                                params={"path": "churn-pipeline"})).body)
+            states = {s["name"]: s["state"] for s in status["stages"]}
+            if states.get("prepare") == "done" and states.get("train") == "running":
+                break
+            assert status["state"] == "running" and loop.time() < deadline, status
+            await asyncio.sleep(0.1)
+        await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "churn-pipeline"})
+        final = await _wait_deploy(jp_fetch, "churn-pipeline", first["id"], timeout=240)
+    finally:
+        gate.close()
+        if record and launches.is_running(record):
+            os.killpg(record["runner"]["pid"], signal.SIGKILL)
+    assert final["state"] == "stopped" and final["error"] is None, final
+    note = final["stopped"]
+    rows = {s["name"]: s["state"] for s in final["stages"]}
+    assert rows["prepare"] == "done" and rows["train"] == "stopped", rows
+    components = [j["metadata"]["labels"].get("app.kubernetes.io/component")
+                  for j in kube_standin.store.scan("jobs", "ml")]
+    assert "train" not in components and "prepare" in components  # deleted, kept
+    shown = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "nb2prod", "status", str(pipeline), "-n", "ml"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if final["run_id"] in line)
+    assert "stopped" in row and "incomplete" not in row, shown.stdout
+    assert f"run {final['run_id']}: {stopped_text(note)}" in shown.stdout, shown.stdout
+
+
 def test_an_exited_unreaped_launch_is_not_running() -> None:
     """A deploy orphaned by a server restart, where PID 1 does not reap, is a zombie
     once it exits: it must read as ended, not as running forever."""
@@ -589,10 +714,12 @@ def test_an_exited_unreaped_launch_is_not_running() -> None:
         proc.wait()
 
 
-def test_a_deploy_killed_before_its_outcome_is_read_from_the_cluster_once(
+def test_a_killed_deploy_is_followed_in_the_cluster_until_its_run_ends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No result in its event log, its process gone: the cluster's Job states of its run
-    are asked for once (kept beside the record), unfinished stages end as stopped."""
+    are asked for while a Job still runs there (the deploy reads `running`, followed
+    there; a stage without a Job will not start: skipped), then once more when they
+    ended, and that final answer is kept beside the record and never asked again."""
     from nb2prod.jupyter import deploys, launches
     from nb2prod.progress import EventLog
 
@@ -605,23 +732,40 @@ def test_a_deploy_killed_before_its_outcome_is_read_from_the_cluster_once(
               "pipeline_dir": str(tmp_path), "exit_code": -9, "started": 1.0,
               "stages": [{"name": n, "type": "batch"} for n in ("prepare", "train", "serve")]}
     asked: list[tuple[Any, ...]] = []
+    cluster_has = {"prepare": "done", "train": "running"}
 
     def cluster(pipeline_dir: Path, namespace: str, context: str | None,
                 run_id: str) -> dict[str, str]:
         asked.append((pipeline_dir, namespace, context, run_id))
-        return {"prepare": "done", "train": "running"}
+        return dict(cluster_has)
 
     monkeypatch.setattr(deploys, "_cluster_states", cluster)
+    monkeypatch.setattr(deploys, "FOLLOW_SECONDS", 0.0)  # ask on every status
     for _ in range(2):
         status = deploys.deploy_status(folder, record)
-        assert status["state"] == "failed" and status["run_id"] == "r7"
+        assert status["state"] == "running" and status["run_id"] == "r7"
+        assert status["following"].startswith("the deploy ended without a result (exit "
+                                              "code -9)")
+        assert status["following"].endswith("its Jobs still run in the cluster: followed there")
+        assert status["error"] is None
         assert [(s["name"], s["state"], s["message"]) for s in status["stages"]] == [
             ("prepare", "done", "as the cluster has it"),
-            ("train", "failed", "stopped: the deploy ended"),
+            ("train", "running", "as the cluster has it"),
             ("serve", "skipped", "not started: the deploy ended")]
-    assert asked == [(tmp_path, "ml", "dev", "r7")]
-    assert launches.read_json(folder / "cluster.json") == {
-        "states": {"prepare": "done", "train": "running"}}
+    assert len(asked) == 2
+    cluster_has["train"] = "done"  # its Job completed in the cluster
+    for _ in range(2):
+        status = deploys.deploy_status(folder, record)
+        assert status["state"] == "failed" and status["following"] is None
+        assert status["error"].startswith("the deploy ended without a result (exit code -9)")
+        assert [(s["name"], s["state"], s["message"]) for s in status["stages"]] == [
+            ("prepare", "done", "as the cluster has it"),
+            ("train", "done", "as the cluster has it"),
+            ("serve", "skipped", "not started: the deploy ended")]
+    assert asked == [(tmp_path, "ml", "dev", "r7")] * 3  # the final answer is kept
+    kept = launches.read_json(folder / "cluster.json")
+    assert kept is not None and kept["final"] is True
+    assert kept["states"] == {"prepare": "done", "train": "done"}
 
 
 async def test_browser_posts_need_the_xsrf_token(jp_fetch: Any, jp_serverapp: Any,

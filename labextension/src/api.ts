@@ -91,6 +91,8 @@ export interface IDeployStatus {
   log: string | null;
   /** stopped with the panel's Stop: by whom, when */
   stopped?: IStopNote | null;
+  /** its process is gone but its Jobs still run: why the cluster is followed instead */
+  following?: string | null;
 }
 
 export interface IDeployRequest {

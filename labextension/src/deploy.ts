@@ -87,6 +87,9 @@ export function renderDeploy(
   if (status.error) {
     parts.push(el('p', 'nb2prod-DeployError', status.error));
   }
+  if (status.following) { // the deploy process was killed; its Jobs still run
+    parts.push(el('p', 'nb2prod-DeployFollowing', status.following));
+  }
   if (status.state === 'stopped' && status.stopped) {
     parts.push(el('p', 'nb2prod-DeployStoppedBy', stoppedText(status.stopped)));
   }
@@ -283,7 +286,7 @@ export class DeploySection {
     this.node.hidden = false;
     this._title.textContent = `Deploy ${status.id}`;
     renderDeploy(this._content, status, this._onGo, true);
-    if (status.state === 'running' && this._stopping !== status.id) {
+    if (status.state === 'running' && !status.following && this._stopping !== status.id) {
       const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn nb2prod-DeployStop', 'Stop');
       stop.title = 'End the deploy process (nb2prod delete removes what it created)';
       stop.addEventListener('click', () => {

@@ -249,6 +249,10 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
         if rollout.get("status") == "failed":
             click.echo(f"run {run['run_id']}: promoted, but the roll-out failed: "
                        f"{rollout.get('reason') or '?'}")
+        if run.get("stopped"):
+            from nb2prod.runners.interrupts import stopped_text
+
+            click.echo(f"run {run['run_id']}: {stopped_text(run['stopped'])}")
     if info["services"]:
         table = Table(title="services", title_justify="left")
         for column in ("stage", "deployment", "ready", "rollout"):

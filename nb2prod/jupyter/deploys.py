@@ -10,7 +10,9 @@
   (latest state per stage, then its result or error; `stopped`, by whom and
   when, for one stopped from the panel) and, for a deploy
   whose process ended without writing an outcome (killed), the cluster
-  itself (`nb2prod status`'s Job states of that run).
+  itself (`nb2prod status`'s Job states of that run), followed while a Job of
+  that run still runs or waits there (the status reads `running`, `following`
+  says why), then kept.
 - ``GET /nb2prod/deploy?path=NB-or-DIR`` lists the pipeline's deploys, newest
   first: how a reopened panel reattaches to a deploy still in progress.
 
@@ -58,6 +60,13 @@ STOPPED_UNFINISHED = {"waiting": ("skipped", "not started: the deploy was stoppe
 CELL_IN_MESSAGE = re.compile(r"\bin cell (\d+) \(")
 #: A Job state of `nb2prod status` as a stage state.
 JOB_STATES = {"Complete": "done", "Running": "running", "Pending": "waiting"}
+#: The promote Job's state in `nb2prod status` as the `(promote)` row's.
+PROMOTION_STATES = {"promoted": "done", "running": "running", "pending": "waiting",
+                    "not promoted": "skipped", "not promoted / failed": "failed"}
+#: Stage states in the cluster that mean the run is not over there.
+LIVE_STATES = ("running", "waiting")
+#: Seconds a cluster answer about a killed deploy's still running Jobs is reused.
+FOLLOW_SECONDS = 2.0
 
 
 def deploy_command(pipeline_dir: Path, namespace: str, options: dict[str, Any],
@@ -75,39 +84,56 @@ def deploy_command(pipeline_dir: Path, namespace: str, options: dict[str, Any],
 
 def _cluster_states(pipeline_dir: Path, namespace: str, context: str | None,
                     run_id: str) -> dict[str, str]:
-    """{stage: state} of one run as the cluster has it (Jobs, serving Deployments)."""
+    """{stage: state} of one run as the cluster has it (Jobs, the promote Job as
+    `(promote)`, serving Deployments); a stage without a Job is not in it."""
     from nb2prod.pipeline import load_pipeline
     from nb2prod.runners import kubernetes as kube
+    from nb2prod.runners.kubernetes.jobs import PROMOTE_UNIT
 
     pipeline = load_pipeline(pipeline_dir, validate=False)
     with kube.api_errors():
         info = kube.status(pipeline, namespace, context=context)
     run = next((r for r in info["runs"] if r["run_id"] == run_id), {"stages": {}})
-    states = {name: "failed" if state.startswith("Failed") else JOB_STATES.get(state, "waiting")
-              for name, state in run["stages"].items()}
+    states = {name: _stage_state(state) for name, state in run["stages"].items()}
+    if run.get("promotion") in PROMOTION_STATES:
+        states[PROMOTE_UNIT] = PROMOTION_STATES[run["promotion"]]
     for name, svc in info["services"].items():
         if svc.get("exists") and svc.get("model_run_id") == run_id and svc.get("ready"):
             states[name] = "serving"
     return states
 
 
+def _stage_state(state: str) -> str:
+    """A Job state of `nb2prod status` (`Complete`, `Failed (...)`, `cached (RUN)`...)."""
+    if state.startswith("Failed"):
+        return "failed"
+    return "cached" if state.startswith("cached") else JOB_STATES.get(state, "waiting")
+
+
 def _from_cluster(folder: Path, record: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """The cluster's view of a deploy whose process ended without an outcome; asked
-    once, the answer (or why there is none) kept beside the record: that deploy will
-    not change, and a silent cluster must not slow every listing of the deploys."""
+    """The cluster's view of a deploy whose process ended without an outcome (killed):
+    its Jobs may still run there, so the cluster is followed, asked again at most every
+    FOLLOW_SECONDS while a Job of the run runs or waits; once none does, the answer is
+    final and kept beside the record (`cluster.json`): that deploy will not change,
+    and a silent cluster must not slow every listing of the deploys."""
     from nb2prod.jupyter.launches import read_json, write_json
 
     kept = folder / "cluster.json"
     answer = read_json(kept)
-    if answer is not None:
+    if answer is not None and (answer.get("final", True)
+                               or time.time() - float(answer.get("time", 0)) < FOLLOW_SECONDS):
         return answer
     from nb2prod.errors import PipelineFailure, UserError
 
     try:
-        answer = {"states": _cluster_states(
-            Path(record["pipeline_dir"]), record["namespace"], record.get("context"), run_id)}
+        states = _cluster_states(Path(record["pipeline_dir"]), record["namespace"],
+                                 record.get("context"), run_id)
+        live = any(state in LIVE_STATES for state in states.values())
+        answer = {"states": states, "final": not live, "time": time.time()}
     except (PipelineFailure, UserError, ImportError, OSError, KeyError) as exc:
-        answer = {"states": {}, "error": f"cannot ask the cluster: {exc}"}
+        # followed until now: keep following (the cluster may answer again); else final
+        answer = {"states": (answer or {}).get("states", {}), "time": time.time(),
+                  "error": f"cannot ask the cluster: {exc}", "final": answer is None}
     write_json(kept, answer)
     return answer
 
@@ -155,26 +181,33 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     for name, row in stages.items():
         if running and row["state"] == "running" and isinstance(since.get(name), float):
             row["elapsed"] = round(max(row["elapsed"], time.time() - since[name]), 1)
+    following: str | None = None  # why the cluster, not the deploy, is followed
+    cluster: dict[str, Any] = {}
     if not running:
         if result is None and stopped is None:  # a stop before the deploy could say so
             stopped = read_stop_note(folder / STOP_NOTE)
         state, error = _outcome(record, result, error, log, stopped)
         if result is None and not problems and run_id and stopped is None:
-            # ended before it could say how (killed)
+            # ended before it could say how (killed): its Jobs may still run
             cluster = _from_cluster(folder, record, run_id)
             for name, value in cluster.get("states", {}).items():
                 if name in stages:
                     stages[name].update(state=value, message="as the cluster has it")
-            if cluster.get("error"):
+            if not cluster.get("final", True):
+                following = f"{error}; its Jobs still run in the cluster: followed there"
+                state, error = "running", cluster.get("error")
+            elif cluster.get("error"):
                 error = f"{error}; {cluster['error']}"
         unfinished = STOPPED_UNFINISHED if state == "stopped" else UNFINISHED
         for row in stages.values():
-            if row["state"] in unfinished:
+            if following and row["name"] in cluster.get("states", {}):
+                continue  # still going in the cluster
+            if row["state"] in unfinished:  # (a stage without a Job: nobody will start it)
                 row["state"], row["message"] = unfinished[row["state"]]
                 if row["state"] == "stopped" and stopped is not None:
                     row["message"] = stopped_text(stopped)
         failed = [row for row in stages.values() if row["state"] == "failed"]
-        if failed and state != "stopped":
+        if failed and state not in ("stopped", "running"):
             state = "failed"
         if result is not None and failed and all(row["message"] for row in failed):
             # the reason is each failed stage's message, shown on its row: say which
@@ -183,7 +216,8 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
         found = CELL_IN_MESSAGE.search(row["message"]) if row["state"] == "failed" else None
         row["cell"] = int(found.group(1)) - 1 if found else None  # for "Go to cell N"
     started = record.get("started") or time.time()
-    end = record.get("finished") or (None if running else _mtime(events_file, log))
+    end = None if running or following else (
+        cluster.get("time") or record.get("finished") or _mtime(events_file, log))
     return {
         "id": record.get("id", folder.name), "state": state,
         "namespace": record.get("namespace"), "context": record.get("context"),
@@ -194,7 +228,7 @@ def deploy_status(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
                                                      "port_forward", "model_run_id", "message")}
                      for name, svc in ((result or {}).get("services") or {}).items()},
         "exit_code": record.get("exit_code"), "output": tail(log), "log": log,
-        "stopped": stopped if state == "stopped" else None,
+        "stopped": stopped if state == "stopped" else None, "following": following,
     }
 
 

@@ -27,6 +27,7 @@ PROMOTE = "promote"
 RECORD = "record"   # component of the Job that notes a roll-out's outcome in run.json
 CACHED_ANNOTATION = "nb2prod.io/cached"  # on a deploy's promote Job: {stage: run reused}
 PROMOTION_ANNOTATION = "nb2prod.io/promotion"  # on a promote Job: the gate said no
+STOPPED_ANNOTATION = "nb2prod.io/stopped"  # on a stopped deploy's Jobs: the stop note
 
 #: What the API server accepts as a DNS-1123 label, a ConfigMap key, a DNS-1123 subdomain.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

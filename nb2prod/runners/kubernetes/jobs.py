@@ -286,6 +286,18 @@ class BatchJobs(DeployState):
                 except Exception:  # noqa: BLE001, S110
                     pass
                 self.set_state(unit, state, message)
+            elif note is not None and unit.submitted is not None:
+                self.note_stop(unit, note)
+
+    def note_stop(self, unit: Unit, note: dict) -> None:
+        """A stopped run's Jobs that stay say so (`nb2prod status`: stopped, by whom)."""
+        try:
+            k8s_retry.call(self.kube.batch.patch_namespaced_job, unit.job["metadata"]["name"],
+                           self.ns, {"metadata": {"annotations": {
+                               manifests.STOPPED_ANNOTATION: json.dumps(note)}}},
+                           _request_timeout=(10, 30))
+        except Exception:  # noqa: BLE001, S110 - a note; the stop itself went through
+            pass
 
     def finish_promote(self, unit: Unit, passed: bool, pod: Obj | None = None) -> None:
         if passed:

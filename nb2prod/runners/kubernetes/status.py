@@ -57,6 +57,11 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
         entry = runs.setdefault(run, {"run_id": run, "stages": {}, "promotion": None,
                                       "created": created})
         entry["created"] = min(entry["created"], created)
+        with contextlib.suppress(ValueError, TypeError):
+            stopped = json.loads((job["metadata"].get("annotations") or {}).get(
+                manifests.STOPPED_ANNOTATION) or "null")
+            if isinstance(stopped, dict):
+                entry["stopped"] = stopped  # the deploy was stopped (the panel's Stop)
         if component == manifests.RECORD:
             continue  # bookkeeping, not a stage
         if component == manifests.PROMOTE:
@@ -82,6 +87,8 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
 
 def _deploy_run_status(entry: dict) -> str:
     states = list(entry["stages"].values())
+    if entry.get("stopped"):
+        return "stopped"
     if any(s.startswith("Failed") for s in states) or \
             (entry.get("rollout") or {}).get("status") == "failed":
         return "failed"  # a batch stage, or the roll-out after promotion

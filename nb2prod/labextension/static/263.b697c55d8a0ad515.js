@@ -579,6 +579,11 @@ a.nb2prod-Report-output {
   font-weight: 600;
 }
 
+.nb2prod-DeployFollowing {
+  white-space: pre-wrap;
+  font-style: italic;
+}
+
 .nb2prod-State-serving {
   background: var(--jp-success-color3, #c8e6c9);
 }

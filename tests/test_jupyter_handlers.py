@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,18 +247,37 @@ async def test_split_while_another_split_writes_is_refused_at_once(
 
 
 # -- deploy -------------------------------------------------------------------------------
-async def _wait_deploy(jp_fetch: Any, path: str, deploy_id: str,
-                       timeout: float = 120) -> dict[str, Any]:
-    """Poll the status (as the panel does) until the deploy is no longer running."""
+async def _deploy_status_when(jp_fetch: Any, path: str, deploy_id: str,
+                              ready: Callable[[dict[str, Any]], bool],
+                              timeout: float = 120) -> dict[str, Any]:
+    """Poll the status (as the panel does) until `ready(status)`; that status."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         status = json.loads((await jp_fetch("nb2prod", "deploy", deploy_id,
                                             params={"path": path})).body)
-        if status["state"] != "running":
+        if ready(status):
             return status
         assert loop.time() < deadline, status
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+
+
+async def _wait_deploy(jp_fetch: Any, path: str, deploy_id: str,
+                       timeout: float = 120) -> dict[str, Any]:
+    """Poll the status until the deploy is no longer running."""
+    return await _deploy_status_when(jp_fetch, path, deploy_id,
+                                     lambda status: status["state"] != "running", timeout)
+
+
+def _stage_is(name: str, state: str) -> Callable[[dict[str, Any]], bool]:
+    """`ready` for `_deploy_status_when`: stage `name` is in `state` (the deploy must
+    still run meanwhile: else it failed early, said at once)."""
+    def ready(status: dict[str, Any]) -> bool:
+        states = {s["name"]: s["state"] for s in status["stages"]}
+        assert states.get(name) == state or status["state"] == "running", status
+        return states.get(name) == state
+
+    return ready
 
 
 def _reachable(context: str | None) -> dict[str, str]:
@@ -395,15 +415,8 @@ async def test_deploy_is_a_detached_process_followed_from_disk(
                            str(folder / "events.jsonl")]
 
     # the train stage's running event arrives from the other process
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:
-        status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
-                                            params={"path": "work/iris.ipynb"})).body)
-        if status["stages"][0]["state"] == "running":
-            break
-        assert loop.time() < deadline, status
-        await asyncio.sleep(0.05)
+    status = await _deploy_status_when(jp_fetch, "work/iris.ipynb", first["id"],
+                                       _stage_is("train", "running"), 60)
     assert status["run_id"] == "r1" and status["state"] == "running"
     record = json.loads((folder / "launch.json").read_text())
     assert record["kind"] == "deploy" and record["namespace"] == "ml"
@@ -445,18 +458,13 @@ async def test_a_running_deploy_is_stopped_from_the_panel(
     code, _ = await _error(jp_fetch, "deploy/20260101t000000-abc/stop",
                            {"path": "work/iris.ipynb"})
     assert code == 404
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:  # in training (its first event written), then stopped
-        status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
-                                            params={"path": "work/iris.ipynb"})).body)
-        if status["stages"][0]["state"] == "running":
-            break
-        assert loop.time() < deadline, status
-        await asyncio.sleep(0.05)
+    # in training (its first event written), then stopped
+    await _deploy_status_when(jp_fetch, "work/iris.ipynb", first["id"],
+                              _stage_is("train", "running"), 60)
     stopped = await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "work/iris.ipynb"})
     assert json.loads(stopped.body) == {"id": first["id"], "stopping": True}
     pipeline = (iris.parent / "iris-pipeline").resolve()
+    loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while launches.is_running(launches.record_of(pipeline, "deploy", first["id"]) or {}):
         assert loop.time() < deadline, "the deploy process still runs"
@@ -597,15 +605,10 @@ async def test_a_killed_deploy_is_followed_in_the_standin_until_its_job_ends(
             "path": "churn-pipeline", "namespace": "ml", "store": store, "image": IMAGE,
             "params": {"snapshot_url": gate.url}})).body)
         folder = pipeline / launches.LAUNCH_DIR / first["id"]
+        await _deploy_status_when(jp_fetch, "churn-pipeline", first["id"],
+                                  _stage_is("train", "running"), 240)  # the deploy said so
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 240
-        while True:  # the train Job runs (the deploy said so)
-            status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
-                                                params={"path": "churn-pipeline"})).body)
-            if {s["name"]: s["state"] for s in status["stages"]}.get("train") == "running":
-                break
-            assert status["state"] == "running" and loop.time() < deadline, status
-            await asyncio.sleep(0.1)
         record = launches.read_json(folder / "launch.json") or {}
         os.killpg(record["runner"]["pid"], signal.SIGKILL)
         while launches.is_running(launches.read_json(folder / "launch.json") or {}):
@@ -663,16 +666,9 @@ async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
             "params": {"snapshot_url": gate.url}})).body)
         record = launches.read_json(pipeline / launches.LAUNCH_DIR / first["id"]
                                     / "launch.json") or {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 240
-        while True:  # prepare done, train running (held)
-            status = json.loads((await jp_fetch("nb2prod", "deploy", first["id"],
-                                                params={"path": "churn-pipeline"})).body)
-            states = {s["name"]: s["state"] for s in status["stages"]}
-            if states.get("prepare") == "done" and states.get("train") == "running":
-                break
-            assert status["state"] == "running" and loop.time() < deadline, status
-            await asyncio.sleep(0.1)
+        for stage, state in (("prepare", "done"), ("train", "running")):  # train held
+            await _deploy_status_when(jp_fetch, "churn-pipeline", first["id"],
+                                      _stage_is(stage, state), 240)
         await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "churn-pipeline"})
         final = await _wait_deploy(jp_fetch, "churn-pipeline", first["id"], timeout=240)
     finally:

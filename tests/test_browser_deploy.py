@@ -10,7 +10,10 @@ server, check the deploy process still runs, start a new server, reopen the
 notebook and see the panel reattach to the same deploy with its live stage
 states; then release the hold and follow it to the end (every stage
 succeeded, the service serving, a prediction through the API server's
-service proxy).  A second deploy whose training fails shows its reason in red.
+service proxy).  A second deploy whose training fails shows its reason in red;
+a third, stopped from the panel, reads "stopped" (by whom) and its train Job is
+gone; a fourth, whose process is killed while its Job runs, is followed in the
+cluster until that Job ends.
 
 "Run locally" (a detached `nb2prod run`) is reattached the same way: the
 notebook's default `snapshot_url` holds its training while the tab closes and
@@ -161,7 +164,7 @@ def test_deploy_from_the_panel_survives_tab_and_server(
     use_secret_credentials(pipeline)
     create_secret(kube_standin, "ml", "testing")
     store = f"s3://{s3_env.make_bucket()}/artifacts"
-    snapshot, gate = _Snapshot(), _Snapshot()  # gate: never published
+    snapshot, gate, late = _Snapshot(), _Snapshot(), _Snapshot()  # gate: never published
     env = {"KUBECONFIG": str(kube_standin.kubeconfig)}
 
     try:
@@ -289,7 +292,39 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                             if job["metadata"]["labels"].get(RUN_ID_LABEL) == status["run_id"]
                             and job["metadata"]["labels"].get(
                                 "app.kubernetes.io/component") == "train"]
+
+                # 6. a deploy whose process is killed (kill -9) while its train Job runs:
+                # the Job goes on in the cluster, and the panel follows it there (no
+                # Stop: there is no process left to stop) until it ends
+                _fill_deploy_form(page, store, f"snapshot_url={late.url}")
+                progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
+                expect(progress.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                       ).to_have_attribute("data-state", "running")
+                killed = progress.get_attribute("data-deploy")
+                page.locator(".jp-Dialog-button", has_text="Close").click()
+                expect(section).to_have_attribute("data-deploy", killed or "?")
+                victim = next(r for r in _records(root) if r["id"] == killed)
+                os.killpg(victim["runner"]["pid"], signal.SIGKILL)
+                following = section.locator(".nb2prod-DeployFollowing")
+                expect(following).to_contain_text(
+                    "its Jobs still run in the cluster: followed there")
+                expect(section).to_have_attribute("data-state", "running")
+                expect(section.locator(".nb2prod-DeployStop")).to_have_count(0)
+                train_row = section.locator('tr.nb2prod-DeployStage[data-stage="train"]')
+                expect(train_row).to_have_attribute("data-state", "running")
+                expect(train_row.locator("xpath=following-sibling::tr[1]")).to_contain_text(
+                    "as the cluster has it")
+                section.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "8-panel-killed-followed.png"))
+                late.published.set()  # its training goes on, in the cluster only
+                expect(section).to_have_attribute("data-state", "failed")
+                expect(train_row).to_have_attribute("data-state", "done")
+                expect(section.locator(".nb2prod-DeployError")).to_contain_text(
+                    "the deploy ended without a result")
+                expect(following).to_have_count(0)
+                page.screenshot(path=str(shots / "9-panel-killed-ended.png"))
     finally:
+        late.close()
         gate.close()
         snapshot.close()
     assert all("exit_code" in r or not runner_alive(r["runner"])

@@ -579,6 +579,22 @@ async def test_deploy_to_kubernetes_standin(jp_fetch: Any, iris: Path, kube_stan
     assert final["services"]["serve"]["status"] == "serving"
 
 
+def _churn_on_standin(root: Path, standin: Any, s3: Any, monkeypatch: pytest.MonkeyPatch,
+                      cells: list[tuple[str, list[str] | None]]) -> tuple[Path, str]:
+    """The churn notebook (`cells`) split in `root` for the stand-in (the deploy process
+    inherits KUBECONFIG; stages read the store credentials from a Secret); (its
+    pipeline dir, a fresh s3:// store)."""
+    from nb2prod.split import split_notebook
+    from tests.test_browser import write_notebook
+
+    monkeypatch.setenv("KUBECONFIG", str(standin.kubeconfig))
+    pipeline = root / "churn-pipeline"
+    split_notebook(write_notebook(root / "churn.ipynb", cells), pipeline)
+    use_secret_credentials(pipeline)
+    create_secret(standin, "ml", "testing")
+    return pipeline, f"s3://{s3.make_bucket()}/artifacts"
+
+
 async def test_a_killed_deploy_is_followed_in_the_standin_until_its_job_ends(
         jp_fetch: Any, jp_root_dir: Path, kube_standin: Any, s3_env: Any,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -587,17 +603,9 @@ async def test_a_killed_deploy_is_followed_in_the_standin_until_its_job_ends(
     (followed there, train running as the cluster has it) until the Job completes; then
     it ended: train done, nothing after it started (no deploy left to start it)."""
     from nb2prod.jupyter import launches
-    from nb2prod.split import split_notebook
-    from tests.test_browser import write_notebook
     from tests.test_browser_deploy import CELLS, _Snapshot
 
-    monkeypatch.setenv("KUBECONFIG", str(kube_standin.kubeconfig))
-    notebook = write_notebook(jp_root_dir / "churn.ipynb", CELLS)
-    pipeline = jp_root_dir / "churn-pipeline"
-    split_notebook(notebook, pipeline)
-    use_secret_credentials(pipeline)
-    create_secret(kube_standin, "ml", "testing")
-    store = f"s3://{s3_env.make_bucket()}/artifacts"
+    pipeline, store = _churn_on_standin(jp_root_dir, kube_standin, s3_env, monkeypatch, CELLS)
     gate = _Snapshot()  # training waits until it is published
     record: dict[str, Any] = {}
     try:
@@ -646,18 +654,10 @@ async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
     stopped, and `nb2prod status` shows the run as stopped, by whom and when (a note on
     the Jobs that stay), not as incomplete or failed."""
     from nb2prod.jupyter import launches
-    from nb2prod.split import split_notebook
-    from tests.test_browser import write_notebook
     from tests.test_browser_deploy import CELLS, _Snapshot
 
-    monkeypatch.setenv("KUBECONFIG", str(kube_standin.kubeconfig))
     cells = [*CELLS[:3], ('print("snapshot checks passed")', ["stage:prepare"]), *CELLS[3:]]
-    notebook = write_notebook(jp_root_dir / "churn.ipynb", cells)
-    pipeline = jp_root_dir / "churn-pipeline"
-    split_notebook(notebook, pipeline)
-    use_secret_credentials(pipeline)
-    create_secret(kube_standin, "ml", "testing")
-    store = f"s3://{s3_env.make_bucket()}/artifacts"
+    pipeline, store = _churn_on_standin(jp_root_dir, kube_standin, s3_env, monkeypatch, cells)
     gate = _Snapshot()  # never published: train waits until stopped
     record: dict[str, Any] = {}
     try:

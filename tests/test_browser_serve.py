@@ -118,6 +118,10 @@ def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
         panel.locator(".nb2prod-RunStop").click()
         expect(panel.locator(".nb2prod-RunLocally")).to_have_text("Run locally")
         expect(panel.locator(".nb2prod-Serving")).to_have_count(0)
+        expect(panel.locator(".nb2prod-RunServingStopped")).to_contain_text(
+            "Services stopped by ")  # the batch run stays succeeded
+        expect(panel.locator(".nb2prod-RunSection")).to_have_attribute(
+            "data-status", "succeeded")
         with pytest.raises(urllib.error.URLError):
             _post(url, json.dumps(IRIS_REQUEST))
         page.screenshot(path=str(shots / "stopped.png"))

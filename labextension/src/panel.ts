@@ -585,6 +585,12 @@ export class PipelinePanel extends Widget {
     status.textContent = [record.status, record.seconds !== null ? `${record.seconds}s` : '',
                           verdict].filter(Boolean).join(' · ');
     summary.appendChild(status);
+    if (launch?.serve && launch.stopped && launch.state === 'exited' &&
+        launch.run_id === record.run_id && record.status !== 'stopped') {
+      // its batch run had ended; Stop ended the services it kept up
+      summary.appendChild(el('p', 'nb2prod-RunServingStopped',
+                             `Services ${stoppedText(launch.stopped)}`));
+    }
     const table = el('table', 'nb2prod-RunStages');
     const head = table.createTHead().insertRow();
     for (const title of ['stage', 'state', 'time', 'metrics']) {

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nb2prod import artifacts
@@ -661,7 +661,7 @@ def _same_types(a: object, b: object) -> bool:
     return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_json_like)
 def test_json_format_is_chosen_only_when_exact(value: object) -> None:
     exact = serializers._is_exact_json(value)

@@ -763,6 +763,26 @@ def test_a_killed_deploy_is_followed_in_the_cluster_until_its_run_ends(
     assert kept is not None and kept["final"] is True
     assert kept["states"] == {"prepare": "done", "train": "done"}
 
+    # followed, then the cluster stops answering: still followed (it may come back),
+    # until it has been silent for FOLLOW_GIVE_UP_SECONDS: then ended, saying why
+    (folder / "cluster.json").unlink()
+    cluster_has["train"] = "running"
+    assert deploys.deploy_status(folder, record)["state"] == "running"
+
+    def silent(*args: Any) -> dict[str, str]:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(deploys, "_cluster_states", silent)
+    status = deploys.deploy_status(folder, record)
+    assert status["state"] == "running" and status["following"], status
+    assert status["error"] == "cannot ask the cluster: connection refused"
+    assert [s["state"] for s in status["stages"]] == ["done", "running", "skipped"]
+    monkeypatch.setattr(deploys, "FOLLOW_GIVE_UP_SECONDS", 0.0)
+    status = deploys.deploy_status(folder, record)
+    assert status["state"] == "failed" and status["following"] is None, status
+    assert status["error"].endswith("; cannot ask the cluster: connection refused")
+    assert [s["state"] for s in status["stages"]] == ["done", "failed", "skipped"]
+
 
 async def test_browser_posts_need_the_xsrf_token(jp_fetch: Any, jp_serverapp: Any,
                                                  iris: Path) -> None:

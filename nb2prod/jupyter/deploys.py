@@ -67,6 +67,8 @@ PROMOTION_STATES = {"promoted": "done", "running": "running", "pending": "waitin
 LIVE_STATES = ("running", "waiting")
 #: Seconds a cluster answer about a killed deploy's still running Jobs is reused.
 FOLLOW_SECONDS = 2.0
+#: Seconds of a silent cluster after which a followed killed deploy is given up on.
+FOLLOW_GIVE_UP_SECONDS = 600.0
 
 
 def deploy_command(pipeline_dir: Path, namespace: str, options: dict[str, Any],
@@ -131,9 +133,12 @@ def _from_cluster(folder: Path, record: dict[str, Any], run_id: str) -> dict[str
         live = any(state in LIVE_STATES for state in states.values())
         answer = {"states": states, "final": not live, "time": time.time()}
     except (PipelineFailure, UserError, ImportError, OSError, KeyError) as exc:
-        # followed until now: keep following (the cluster may answer again); else final
+        # followed until now: keep following while the cluster may answer again (for
+        # FOLLOW_GIVE_UP_SECONDS of errors in a row); else final
+        since = float((answer or {}).get("error_since") or time.time())
         answer = {"states": (answer or {}).get("states", {}), "time": time.time(),
-                  "error": f"cannot ask the cluster: {exc}", "final": answer is None}
+                  "error": f"cannot ask the cluster: {exc}", "error_since": since,
+                  "final": answer is None or time.time() - since >= FOLLOW_GIVE_UP_SECONDS}
     write_json(kept, answer)
     return answer
 

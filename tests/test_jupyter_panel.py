@@ -330,6 +330,9 @@ async def test_a_run_stopped_from_the_panel_reads_stopped(jp_fetch: Any,
     assert run["reason"].startswith(f"stopped by {note['by']} (JupyterLab) at ")
     assert run["stages"]["train"]["status"] == "stopped", run["stages"]
     assert run["stages"]["train"]["message"] == stopped_text(note)
+    recorded = next((jp_root_dir / "held-pipeline").glob(f"**/runs/{run['run_id']}/run.json"))
+    train = json.loads(recorded.read_text())["stages"]["train"]
+    assert (train.get("ename"), train.get("evalue")) == ("Stopped", stopped_text(note)), train
     assert run["stages"].get("report", {}).get("status") in (None, "waiting", "skipped")
     nodes = {n["name"]: n["state"] for n in answer["graph"]["nodes"]}
     assert nodes["train"] == "stopped", nodes

@@ -377,7 +377,7 @@ class LocalRunner:
                 self.processes.pop(name, None)
             result_file = work / "out" / "result.json"
             result = json.loads(result_file.read_text()) if result_file.is_file() else \
-                started.lost()
+                self.unfinished(started)
             if timed_out:
                 result.update(status="failed", ename="TimeoutError", evalue=(
                     f"exceeded MAX_COMPLETION_TIME_SECONDS ({limit:g}s) and was stopped"))
@@ -401,6 +401,16 @@ class LocalRunner:
         else:
             self.set_state(name, "failed", self.failure_message(name))
         return self.states[name]
+
+    def unfinished(self, started: Stage) -> dict:
+        """The result record of a stage that ended without writing one: stopped or
+        interrupted when this run was (its process died because of that), else lost."""
+        if self.stopped is not None:
+            return {"status": "failed", "ename": "Stopped", "evalue": stopped_text(self.stopped)}
+        if self.interrupted:
+            return {"status": "failed", "ename": "Interrupted",
+                    "evalue": "the run was interrupted (Ctrl-C or SIGTERM)"}
+        return started.lost()
 
     def finish(self, name: str, started: Stage, result: dict, key: str | None) -> None:
         """The HTML report, the uploads of notebook, report and log, then the cache entry

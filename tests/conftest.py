@@ -44,14 +44,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def stage_worker_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The stage worker `nb2prod run` starts lives in a runtime dir of this session and
     is stopped at its end, with every process it started, also after a failure or
-    SIGTERM (see `pytest_configure`).  XDG_RUNTIME_DIR points there too, for tests that
+    SIGTERM (see `pytest_configure`).  The digest memo lives in the session too.  XDG_RUNTIME_DIR points there too, for tests that
     run nb2prod with every NB2PROD_* variable removed."""
     from nb2prod import worker
 
     base = tmp_path_factory.mktemp("rt")
-    saved = {k: os.environ.get(k) for k in ("NB2PROD_RUNTIME_DIR", "XDG_RUNTIME_DIR")}
+    saved = {k: os.environ.get(k)
+             for k in ("NB2PROD_RUNTIME_DIR", "XDG_RUNTIME_DIR", "NB2PROD_DIGEST_MEMO")}
     os.environ["XDG_RUNTIME_DIR"] = str(base)
     os.environ["NB2PROD_RUNTIME_DIR"] = str(base / "nb2prod")
+    # The stage cache's digest memo, of this process and every one it starts (see
+    # tests/environ.py): never the user's ~/.cache; XDG_CACHE_HOME stays (matplotlib).
+    os.environ["NB2PROD_DIGEST_MEMO"] = str(tmp_path_factory.mktemp("memo") / "file-digests.json")
     try:
         yield
     finally:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environ import without_nb2prod_settings
+
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 PREFIX = "nb2prod: error: "
 
@@ -128,7 +130,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env = without_nb2prod_settings()
     env["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "nb2prod", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120,
@@ -429,7 +431,7 @@ def test_read_only_parent_directory_as_non_root(tmp_path: Path) -> None:
         shutil.copyfile(BAD / "ok.ipynb", work / "ok.ipynb")
         (work / "ok.ipynb").chmod(0o644)
         prefix = _as_non_root(work)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+        env = without_nb2prod_settings()
         env.update(HOME=str(work), COLUMNS="200")
         done = subprocess.run([*prefix, sys.executable, "-m", "nb2prod", "split", "ok.ipynb"],
                               cwd=work, env=env, capture_output=True, text=True, timeout=300,

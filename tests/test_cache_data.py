@@ -54,7 +54,7 @@ class Session(LabelledRuns):
     @property
     def environ(self) -> dict[str, str]:
         return {"CACHE_TEST_DATA_DIR": str(self.data), "CACHE_TEST_LABELS": str(self.labels),
-                "XDG_CACHE_HOME": str(self.memo)}
+                "NB2PROD_DIGEST_MEMO": str(self.memo / "file-digests.json")}
 
     def run(self, label: str, *args: str) -> Run:
         return self.run_labelled(label, *args, **self.environ)
@@ -158,10 +158,23 @@ def test_a_file_read_by_an_absolute_literal_is_keyed_by_its_content(session: Ses
 
 
 def test_the_digests_are_memoised_per_user(session: Session) -> None:
-    memo = json.loads((session.memo / "nb2prod" / "file-digests.json").read_text())
+    memo = json.loads((session.memo / "file-digests.json").read_text())
     files = memo["files"]
     assert str(session.data / "more" / "b.txt") in files  # old mtime, hashed long ago
     assert all(len(entry) == 6 for entry in files.values())
+
+
+def test_the_memo_file_is_named_by_NB2PROD_DIGEST_MEMO_else_under_XDG_CACHE_HOME(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite keeps its memo out of the user's ~/.cache without moving XDG_CACHE_HOME
+    (matplotlib's font cache lives there); a user who sets neither gets ~/.cache."""
+    home = Path(os.path.expanduser("~")).resolve()
+    assert not Path(os.environ["NB2PROD_DIGEST_MEMO"]).resolve().is_relative_to(home / ".cache")
+    monkeypatch.setenv("NB2PROD_DIGEST_MEMO", str(tmp_path / "mine.json"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert contents.shared_memo().path == tmp_path / "mine.json"
+    monkeypatch.delenv("NB2PROD_DIGEST_MEMO")
+    assert contents.shared_memo().path == tmp_path / "xdg" / "nb2prod" / "file-digests.json"
 
 
 # -- the key's code, shared by the runner and the pod -----------------------------------------
@@ -170,7 +183,7 @@ def test_the_runtime_key_of_the_shipped_plan_is_the_local_key(
     """The plan as an in-cluster stage gets it (JSON), keyed by the runtime alone with the
     pod's environment, gives the key `nb2prod run` computes here for the same data; the
     data enters it (another directory, another key)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NB2PROD_DIGEST_MEMO", str(tmp_path / "xdg" / "file-digests.json"))
     pipeline = load_pipeline(session.pipeline_dir)
     load = pipeline.stages["load"]
     run_id = session.runs["readable-again"].run_id
@@ -274,7 +287,7 @@ def test_every_style_of_path_parameter_is_keyed_by_its_data(
     """Env-derived, a literal absolute default, `Path(...) /`, `os.path.join`, f-strings,
     a list of paths, `~` and a glob pattern: each names data whose change changes the key's data part;
     a relative path is left to FILES (the stage's working directory holds only those)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NB2PROD_DIGEST_MEMO", str(tmp_path / "xdg" / "file-digests.json"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data = tmp_path / "home" / "data"
     data.mkdir(parents=True)
@@ -316,7 +329,7 @@ def test_a_pod_that_cannot_read_its_data_runs_the_stage_and_logs_why(
     from nb2prod.runtime.cache import cached_stage
     from nb2prod.runtime.stores import FileStore
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NB2PROD_DIGEST_MEMO", str(tmp_path / "xdg" / "file-digests.json"))
     data = tmp_path / "mnt"
     data.mkdir()
     (data / "loop").symlink_to("loop")

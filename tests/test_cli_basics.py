@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import nb2prod
+from tests.environ import without_nb2prod_settings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_notebooks"
@@ -20,7 +20,7 @@ HEAVY = ("rich", "nbformat", "papermill", "kubernetes", "boto3", "botocore", "fl
 
 
 def nb2prod_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env = without_nb2prod_settings()
     env["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "nb2prod", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120,
@@ -158,7 +158,7 @@ def test_run_of_a_split_pipeline_imports_only_what_running_needs(tmp_path: Path)
         "nbformat": 4, "nbformat_minor": 5}
     (tmp_path / "one.ipynb").write_text(json.dumps(notebook))
     assert nb2prod_cli("split", "one.ipynb", "-o", "pl", cwd=tmp_path).returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env = without_nb2prod_settings()
     env.update(NB2PROD_RUNTIME_DIR=str(tmp_path / "rt"), NB2PROD_WORKER="1")
     code = ("import sys\nfrom nb2prod.cli import main\n"
             "try:\n    main(['run', 'pl', '--no-serve'])\nexcept SystemExit as exc:\n"

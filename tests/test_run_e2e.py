@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.environ import without_nb2prod_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "example_notebooks"
 RUN_DATA = Path(__file__).resolve().parent / "data" / "run"
@@ -48,8 +50,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
     COLUMNS keeps rich tables (`nb2prod runs`) on one line per row in a pipe.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NB2PROD_") and k not in ("MODEL_RUN_ID", "AWS_ENDPOINT_URL")}
+    env = {k: v for k, v in without_nb2prod_settings().items()
+           if k not in ("MODEL_RUN_ID", "AWS_ENDPOINT_URL")}
     env["COLUMNS"] = "300"
     env.update(extra)
     return env

@@ -24,6 +24,7 @@ import pytest
 
 from nb2prod.errors import UserError
 from nb2prod.pipeline import load_pipeline
+from tests.environ import without_nb2prod_settings
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = REPO / "example_notebooks" / "iris.ipynb"
@@ -38,7 +39,7 @@ HISTORY = {
 
 
 def _env(pause_at: str | None = None, marker: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NB2PROD_")}
+    env = without_nb2prod_settings()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["COLUMNS"] = "200"
     if pause_at:

@@ -48,6 +48,11 @@ class Unreadable(Exception):
 
 
 def _memo_path() -> Path:
+    """`NB2PROD_DIGEST_MEMO` names the file itself: a test suite (or a CI job) keeps
+    its memo away from the user's ~/.cache without moving XDG_CACHE_HOME, which other
+    libraries (matplotlib's font cache) also live in."""
+    if os.environ.get("NB2PROD_DIGEST_MEMO"):
+        return Path(os.environ["NB2PROD_DIGEST_MEMO"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nb2prod" / "file-digests.json"
 

@@ -220,6 +220,10 @@ def test_pod_processes_die_with_a_killed_standin(tmp_path: Path) -> None:
                 "containers": [{"name": "c", "image": PY, "command": [
                     "sh", "-c", f'sleep 600 & echo "$$ $!" > {pids}.tmp && mv {pids}.tmp {pids}; wait']}]}})
             wait_for(pids.exists, "the pod's processes", timeout=120)
+            # Running is published after the kubelet has told the reaper about the
+            # container (which itself may run and write its pids before that, on a busy
+            # machine: a kill then would leave it running).
+            wait_for(lambda: pod_phase(v1, "lifeline", "sleeper", "Running"), "the pod to run")
         found = [int(p) for p in pids.read_text().split()]
         assert len(found) == 2 and not any(gone(p) for p in found)
         proc.kill()

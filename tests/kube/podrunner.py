@@ -338,8 +338,12 @@ class PodRunner(threading.Thread):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, signal.SIGKILL)  # PID 1 exited: the container's other processes die too
         reaper().forget(run.proc.pid)
+        # The last lines may still be in the pipes: the container is reported terminated
+        # only once they are in its log (as a node does), not 2 s later whatever a busy
+        # machine's reader threads got.  The bound is for a process that left the group
+        # and still holds a pipe (a kernel whose parent was killed: it exits on its own).
         for reader in run.readers:
-            reader.join(timeout=2)
+            reader.join(timeout=30)
         with self._lock:
             run.proc = None
         self._finish_instance(run, code, "Completed" if code == 0 else "Error", now,

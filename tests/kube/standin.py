@@ -29,6 +29,7 @@ from .auth import Auth
 from .controllers import ControllerManager
 from .kubelet import Kubelet
 from .node import NODE_NAME, NodeConfig, node_object
+from .reaper import reaper
 from .resources import BY_PLURAL
 from .server import Faults, Injection, RequestRecord, StandInHTTPServer, StandInHTTPSServer
 from .store import Store
@@ -94,6 +95,7 @@ class KubeStandIn:
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443,
                                                              "targetPort": self.tls_port}]}})
         self.write_kubeconfig(self.kubeconfig)
+        reaper()  # started now, not while the first container already runs unregistered
         self.controllers.start()
         self.kubelet.start()
         for thread in self._serve_threads:

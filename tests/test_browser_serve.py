@@ -78,6 +78,7 @@ def test_run_and_serve_from_the_panel(lab: Lab, tmp_path: Path,  # noqa: F811
         # the Port field: a value that is no port, then a taken port: one line each, no run
         field = panel.locator("input.nb2prod-RunPort")
         expect(field).to_have_value("")  # empty: config.ini's PORT, as `nb2prod run`
+        expect(field).to_have_attribute("placeholder", str(port))  # which it shows
         field.fill("70000")
         panel.locator(".nb2prod-RunServe").click()
         error = panel.locator(".nb2prod-RunError")

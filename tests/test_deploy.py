@@ -570,7 +570,8 @@ def write_notebook(path: Path, cells: list[tuple[str | None, str]]) -> Path:
 
 
 def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, str],
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     standin, store = cluster
     directory = split(write_notebook(tmp_path / "gated.ipynb", GATED), tmp_path / "gated")
     set_ini(directory / "nb2prod.ini", "promotion", "METRIC", "accuracy")
@@ -595,6 +596,14 @@ def test_promotion_gate_and_a_failed_first_deploy(cluster: tuple[KubeStandIn, st
     runs = kube.status(load_pipeline(directory), NS)["runs"]
     assert (runs[0]["run_id"], runs[0]["status"], runs[0]["promotion"]) == (
         result["run_id"], "not promoted", "not promoted"), runs
+    # ... and why, in the words `nb2prod runs` uses for the run in the store
+    why = r"not promoted: accuracy = 0\.5 < minimum 0\.9 \(stage score\)"
+    code, output = run_cli(["status", str(directory), "--namespace", NS], capsys)
+    assert code == 0 and re.search(rf"{result['run_id']} +│ not promoted +│.*│ {why} +│",
+                                   output), output
+    code, output = run_cli(["runs", str(directory), "--store", store], capsys)
+    assert code == 0 and re.search(rf"{result['run_id']} +│ succeeded, {why} +│",
+                                   output), output
 
     # Above the gate, but the service never becomes ready: its first deploy is removed.
     rec = Recorder()

@@ -276,6 +276,27 @@ def test_promotion_gate_keeps_previous_model_latest_and_served(iris_good: Iris) 
     assert not port_open(served.port)
 
 
+def test_runs_and_the_panel_say_which_run_the_gate_held_back(iris_good: Iris) -> None:
+    """`runs` tells "succeeded and promoted" (latest) from "succeeded, below the gate" (why);
+    the panel's run list gets the same words."""
+    from nb2prod.jupyter.runs import run_summary
+
+    gated_run = run_id_of(iris_good.gated.stdout)
+    done = nb2prod("runs", "iris-pipeline", cwd=iris_good.work)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[1]: line for line in done.stdout.splitlines()
+            if line.startswith("│") and line.split()[1].startswith("2")}
+    assert re.search(r"│ succeeded, not promoted: accuracy = [0-9.]+ < minimum 0\.99 "
+                     r"\(stage train\) +│", rows[gated_run]), done.stdout
+    assert re.search(rf"{iris_good.good_run} \(latest\) +│ succeeded +│",
+                     rows[iris_good.good_run]), done.stdout
+    record = run_record(iris_good.pipeline_dir, "iris", gated_run)
+    assert run_summary(record, {})["verdict"] == rows[gated_run].split("succeeded, ")[1] \
+        .split(" │")[0].strip()
+    good = run_record(iris_good.pipeline_dir, "iris", iris_good.good_run)
+    assert run_summary(good, {})["verdict"] == ""
+
+
 def test_smoke_exits_1_when_the_run_misses_the_promotion_gate(iris_good: Iris) -> None:
     """--smoke still answers (from the promoted model) but the run failed its gate: exit 1."""
     port = free_port()

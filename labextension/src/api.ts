@@ -277,6 +277,8 @@ export interface IPipelineInfo {
   /** untagged cells the analysis gives a role (their markers show it) */
   inferred_roles: IInferredRole[];
   graph: IGraph | null;
+  /** each service stage's port without --port (its config.ini PORT) */
+  service_ports: { [stage: string]: number };
 }
 
 export interface IRunStage {
@@ -299,6 +301,8 @@ export interface IRun {
   promoted: boolean | null;
   reason: string;
   latest: boolean;
+  /** "not promoted: WHY" for a run the promotion gate held back, as `nb2prod runs` says */
+  verdict: string;
   stages: { [name: string]: IRunStage };
 }
 

@@ -228,6 +228,14 @@ export function withDeployStates(graph: api.IGraph | null,
 const RUN_FAILED = new Set(['failed', 'interrupted', 'stopped']);
 
 /** The panel widget; `notebook` follows the active notebook. */
+/** The Port field's placeholder: the configured port of the service stage(s), "per
+ * stage" when they differ, "PORT" before the server said. */
+export function portPlaceholder(ports: { [stage: string]: number }): string {
+  const distinct = [...new Set(Object.values(ports))];
+  return distinct.length === 1 ? String(distinct[0])
+    : distinct.length > 1 ? 'per stage' : 'PORT';
+}
+
 export class PipelinePanel extends Widget {
   /** `openNotebook` opens a run's executed notebook (a path relative to the server root). */
   constructor(private readonly _markers: Map<NotebookPanel, StageMarkers>,
@@ -448,7 +456,7 @@ export class PipelinePanel extends Widget {
     serve.addEventListener('click', () => void this.runLocally(true));
     header.append(check, run, serve);
     if (info?.stages.some(s => s.type === 'service')) {
-      header.appendChild(this._portField(serve.disabled));
+      header.appendChild(this._portField(serve.disabled, info.service_ports ?? {}));
     }
     if (running && launch) {
       const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn nb2prod-RunStop', 'Stop');
@@ -484,14 +492,14 @@ export class PipelinePanel extends Widget {
 
   /** "Port" of "Run and serve" (`nb2prod run --port`); empty: each service stage's
    * config.ini PORT.  The server checks it (1-65535, free) and says what is wrong. */
-  private _portField(disabled: boolean): HTMLElement {
+  private _portField(disabled: boolean, ports: { [stage: string]: number }): HTMLElement {
     const label = el('label', 'nb2prod-RunPortLabel', 'Port ');
     const input = el('input', 'jp-mod-styled nb2prod-RunPort');
     input.type = 'text';
     input.inputMode = 'numeric';
     input.size = 6;
     input.name = 'port';
-    input.placeholder = 'PORT';
+    input.placeholder = portPlaceholder(ports);
     input.title = 'Port of the (first) service stage for "Run and serve"; empty: its ' +
       'config.ini PORT (nb2prod run --port)';
     input.value = this._port;
@@ -581,7 +589,7 @@ export class PipelinePanel extends Widget {
     const verdict = record.promoted ? 'promoted to latest'
       : record.status === 'running' ? ''
         : record.status === 'stopped' ? record.reason.replace(/^stopped /, '')
-          : record.reason || 'not promoted';
+          : record.verdict || record.reason || 'not promoted';
     status.textContent = [record.status, record.seconds !== null ? `${record.seconds}s` : '',
                           verdict].filter(Boolean).join(' · ');
     summary.appendChild(status);
@@ -726,7 +734,8 @@ export class PipelinePanel extends Widget {
       }
       const metrics = Object.values(run.metrics).map(m => numbers(m)).filter(Boolean).join(', ');
       const button = el('button', 'nb2prod-RunItem-button',
-        `${run.run_id} · ${run.status}${run.promoted ? ' · latest' : ''}${metrics ? ' · ' + metrics : ''}`);
+        `${run.run_id} · ${run.status}${run.promoted ? ' · latest' : ''}` +
+        `${run.verdict ? ' · not promoted' : ''}${metrics ? ' · ' + metrics : ''}`);
       button.title = run.reason || 'Show this run in the graph';
       button.addEventListener('click', () => {
         this._selectedRun = run.run_id;

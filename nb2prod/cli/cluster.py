@@ -242,7 +242,7 @@ def status(target: Path, namespace: str | None, context: str | None) -> None:
         table.add_column(column, overflow="fold")
     for run in info["runs"][:10]:
         table.add_row(run["run_id"], run["status"], *(run["stages"].get(s, "-") for s in batch),
-                      run["promotion"] or "-")
+                      run.get("verdict") or run["promotion"] or "-")
     out.print(table)
     for run in info["runs"][:10]:
         rollout = run.get("rollout") or {}

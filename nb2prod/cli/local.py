@@ -199,8 +199,9 @@ def runs(target: Path, store: str | None, namespace: str | None, context: str | 
         st = artifacts.open_store(local_store(uri))
     latest = (artifacts.read_latest(st, pipeline.name) or {}).get("run_id")
     table = Table(title=f"runs of {pipeline.name}", title_justify="left")
-    for column in ("run", "status", "started", "seconds", "metrics", "failed stage", "cached"):
-        table.add_column(column, overflow="fold")
+    table.add_column("run", overflow="fold", min_width=20)  # an id on one line, to copy
+    for column in ("status", "started", "seconds", "metrics", "failed stage", "cached"):
+        table.add_column(column, overflow="fold")  # the gate's verdict folds in "status"
     for record in artifacts.list_runs(st, pipeline.name):
         started = record.get("started")
         when = datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") \
@@ -212,10 +213,7 @@ def runs(target: Path, store: str | None, namespace: str | None, context: str | 
         failed = ", ".join(n for n, s in (record.get("stages") or {}).items()
                            if s.get("status") == "failed")
         marker = " (latest)" if record.get("run_id") == latest else ""
-        status = local.displayed_status(record)
-        if status == "stopped" and record.get("reason"):
-            status = str(record["reason"])  # stopped by whom, when
-        table.add_row(f"{record.get('run_id')}{marker}", status, when,
+        table.add_row(f"{record.get('run_id')}{marker}", local.run_status_line(record), when,
                       seconds, metrics or "-", failed or "-", _cached(record, pipeline.order) or "-")
     console().print(table)
 

@@ -1,7 +1,8 @@
 """GET /nb2prod/pipeline: everything the JupyterLab Pipeline panel draws for a notebook.
 
 One answer holds the stages (cells, inputs, outputs, files, requirements,
-resource hints), the problems and warnings with their cell positions, the roles
+resource hints, the service stages' ports), the problems and warnings with their cell
+positions, the roles
 of untagged cells (`inferred_roles`: what their markers show), and the
 DAG as `nb2prod.graph` models it (the same nodes, edges and states that
 `nb2prod graph` draws), with the newest run of the notebook's default
@@ -65,6 +66,29 @@ def inferred_roles(analysis: Any) -> list[dict[str, Any]]:
              "scope": scope, "why": why} for i, (role, scope, why) in sorted(found.items())]
 
 
+def service_ports(pipeline_dir: Path, stages: list[dict[str, Any]]) -> dict[str, int]:
+    """{service stage: the port `nb2prod run` gives it without --port}: its config.ini
+    PORT once split (the user may have edited it), else the PORT a split writes.  The
+    panel's Port field shows it as its placeholder."""
+    from nb2prod.pipeline import load_pipeline
+    from nb2prod.render import STAGE_DEFAULTS
+
+    ports = {s["name"]: int(STAGE_DEFAULTS["service"]["PORT"]) for s in stages
+             if s.get("type") == "service"}
+    if not (pipeline_dir / "nb2prod.ini").is_file():
+        return ports
+    try:
+        pipeline = load_pipeline(pipeline_dir, validate=False)
+    except UserError:
+        return ports  # the split dir is broken: the run will say why
+    for name in ports.keys() & pipeline.stages.keys():
+        try:
+            ports[name] = pipeline.stages[name].integer("service", "PORT", ports[name])
+        except ValueError:
+            pass  # not a number: the run refuses it and names the key
+    return ports
+
+
 def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     """The panel's JSON for `notebook` (blocking: analysis, store listing)."""
     from nb2prod.graph import graph_for
@@ -74,7 +98,7 @@ def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
     answer: dict[str, Any] = {"notebook": relative(notebook), "pipeline_dir": relative(
         pipeline_dir), "split": (pipeline_dir / "nb2prod.ini").is_file(), "stages": [],
         "dag": [], "problems": [], "warnings": [], "no_stage": [], "inferred_roles": [],
-        "graph": None}
+        "graph": None, "service_ports": {}}
     try:
         report = check_notebook(notebook)
     except UserError as exc:
@@ -85,6 +109,7 @@ def panel_answer(notebook: Path, relative: Any) -> dict[str, Any]:
                   warnings=[problem_dict(p) for p in report.warnings],
                   no_stage=[{**n, "position": n["cell"] + 1} for n in data["no_stage"]],
                   inferred_roles=inferred_roles(report.analysis))
+    answer["service_ports"] = service_ports(pipeline_dir, answer["stages"])
     try:
         answer["graph"] = graph_for(notebook, analysis=report.analysis).to_dict()
     except UserError as exc:  # e.g. an unreadable nb2prod.ini beside it: still show stages

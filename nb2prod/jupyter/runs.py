@@ -128,7 +128,9 @@ def live_seconds(record: dict[str, Any]) -> dict[str, float]:
 
 
 def run_summary(record: dict[str, Any], files: dict[str, dict[str, Path]]) -> dict[str, Any]:
-    """One run for the panel's list: status (`interrupted` for a dead runner), stages, links."""
+    """One run for the panel's list: status (`interrupted` for a dead runner), the gate's
+    verdict on a run it held back (as `nb2prod runs` says it), stages, links."""
+    from nb2prod.run_verdict import promotion_verdict
     from nb2prod.runners.local import displayed_status
 
     started, finished = record.get("started"), record.get("finished")
@@ -148,6 +150,7 @@ def run_summary(record: dict[str, Any], files: dict[str, dict[str, Path]]) -> di
         and isinstance(finished, numbers) else None,
         "metrics": record.get("metrics") or {}, "promoted": record.get("promoted"),
         "reason": record.get("reason") or "", "latest": record.get("latest", False),
+        "verdict": promotion_verdict(record),
         "params": record.get("params") or {}, "stages": stages,
     }
 

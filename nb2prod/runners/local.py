@@ -37,6 +37,7 @@ from pathlib import Path
 from nb2prod import artifacts, cache, dag, lifeline, workdir, worker
 from nb2prod.errors import Problem, UserError
 from nb2prod.pipeline import Pipeline, StageSpec
+from nb2prod.run_verdict import promotion_verdict
 from nb2prod.runners import worker_stage
 from nb2prod.runners.interrupts import shielded, stop_note, stopped_text
 from nb2prod.runners.stage_process import StageProcess
@@ -86,6 +87,19 @@ def displayed_status(record: dict) -> str:
     if status == "running" and runner_alive(record.get("runner")) is False:
         return "interrupted"
     return status if isinstance(status, str) else "?"
+
+
+def run_status_line(record: dict) -> str:
+    """A run's status as `nb2prod runs` prints it: `succeeded, not promoted: accuracy =
+    0.71 < minimum 0.9 (stage train)`, `stopped by NAME (JupyterLab) at ...`."""
+    status = displayed_status(record)
+    if status == "stopped" and record.get("reason"):
+        return str(record["reason"])  # stopped by whom, when
+    verdict = promotion_verdict(record)
+    if not verdict:
+        return status
+    # an in-cluster run's record says "not_promoted": its stages succeeded all the same
+    return f"succeeded, {verdict}"
 
 
 @dataclass

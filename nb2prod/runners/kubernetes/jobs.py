@@ -307,8 +307,10 @@ class BatchJobs(DeployState):
             return
         self.promoted = False
         line = summary_line(self.promote_log(unit, pod)) or "promotion gate not passed"
-        # the runtime says "not promoted: WHY"; every report of it adds "not promoted" itself
-        self.reason = line.removeprefix("not promoted:").strip()
+        # the runtime says "not promoted: run ID of PIPELINE: WHY"; every report of it
+        # adds "not promoted" and the run itself (`status` and `runs` say WHY alone)
+        self.reason = line.removeprefix("not promoted:").strip().removeprefix(
+            f"run {self.opts.run_id} of {self.pipeline.name}:").strip()
         self.set_state(unit, "skipped", self.reason)
         # The Job retries the pod (exit 3 is a verdict, not a failure; promote is
         # idempotent): note the verdict on it, so `status` says "not promoted" at once

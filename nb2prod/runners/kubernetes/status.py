@@ -15,6 +15,7 @@ from nb2prod import manifests
 from nb2prod.manifests import Obj
 from nb2prod.pipeline import Pipeline
 from nb2prod.roller import rollout_verdict
+from nb2prod.run_verdict import promotion_verdict
 from nb2prod.runners.kubernetes.cluster import Kube
 from nb2prod.runners.kubernetes.pod_state import condition_true
 from nb2prod.runners.kubernetes.rollout import ROLLOUT_ANNOTATION
@@ -74,9 +75,11 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
                 for stage, source in json.loads(notes.get(manifests.CACHED_ANNOTATION)
                                                 or "{}").items():
                     entry["stages"].setdefault(stage, f"cached ({source})")  # no Job of its own
-                if json.loads(notes.get(manifests.PROMOTION_ANNOTATION) or "{}").get(
-                        "promoted") is False:  # the deploy read the gate's verdict
+                gate = json.loads(notes.get(manifests.PROMOTION_ANNOTATION) or "{}")
+                if gate.get("promoted") is False:  # the deploy read the gate's verdict
                     entry["promotion"] = "not promoted"
+                    # why, in the words `nb2prod runs` uses for the run in the store
+                    entry["verdict"] = promotion_verdict({**gate, "status": "succeeded"})
         else:
             entry["stages"][component] = state
     for entry in runs.values():

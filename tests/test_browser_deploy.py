@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -257,7 +258,7 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 page.screenshot(path=str(shots / "6-panel-failed.png"))
 
                 # 5. a deploy held in training, stopped from the panel: its process
-                # deletes its running Job and ends; the deploy reads "stopped" (by
+                # suspends its running Job and ends; the deploy reads "stopped" (by
                 # whom, when), not failed; what else it created stays until `nb2prod delete`
                 _fill_deploy_form(page, store, f"snapshot_url={gate.url}")
                 progress = page.locator(".jp-Dialog .nb2prod-DeployProgress")
@@ -287,11 +288,19 @@ def test_deploy_from_the_panel_survives_tab_and_server(
                 status = deploy_status(pipeline / LAUNCH_DIR / held, stopped)
                 assert status["state"] == "stopped" and status["run_id"], status
                 assert status["stopped"]["via"] == "JupyterLab"
-                # the train Job went with the deploy (as on Ctrl-C): nothing trains on
-                assert not [job for job in kube_standin.store.scan("jobs", "ml")
-                            if job["metadata"]["labels"].get(RUN_ID_LABEL) == status["run_id"]
-                            and job["metadata"]["labels"].get(
-                                "app.kubernetes.io/component") == "train"]
+                # the train Job is suspended (its pod ends: nothing trains on) and kept
+                # with the stop note, so `nb2prod status` still shows the run
+                (train_job,) = [job for job in kube_standin.store.scan("jobs", "ml")
+                                if job["metadata"]["labels"].get(RUN_ID_LABEL)
+                                == status["run_id"] and job["metadata"]["labels"].get(
+                                    "app.kubernetes.io/component") == "train"]
+                assert train_job["spec"]["suspend"] is True, train_job
+                deadline = time.monotonic() + 120
+                while any(pod["metadata"]["labels"].get("job-name")
+                          == train_job["metadata"]["name"]
+                          for pod in kube_standin.store.scan("pods", "ml")):
+                    assert time.monotonic() < deadline, "the stopped Job's pod runs on"
+                    time.sleep(0.2)
 
                 # 6. a deploy whose process is killed (kill -9) while its train Job runs:
                 # the Job goes on in the cluster, and the panel follows it there (no

@@ -646,17 +646,20 @@ async def test_a_killed_deploy_is_followed_in_the_standin_until_its_job_ends(
     assert launches.read_json(folder / "cluster.json")["final"] is True
 
 
+@pytest.mark.parametrize("first_stage", [False, True], ids=["after-prepare", "first-stage"])
 async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
         jp_fetch: Any, jp_root_dir: Path, kube_standin: Any, s3_env: Any,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, first_stage: bool) -> None:
     """The real deploy against the stand-in, stopped from the panel while train is held
-    (a finished `prepare` stage before it): the train Job is deleted, the deploy reads
-    stopped, and `nb2prod status` shows the run as stopped, by whom and when (a note on
-    the Jobs that stay), not as incomplete or failed."""
+    (after a finished `prepare` stage, or as the first stage: then no other Job shows the
+    run): the train Job is suspended (its pod ends) and keeps the stop note, the deploy
+    reads stopped, and `nb2prod status` shows the run as stopped, by whom and when, not as
+    incomplete or failed, and not missing."""
     from nb2prod.jupyter import launches
     from tests.test_browser_deploy import CELLS, _Snapshot
 
-    cells = [*CELLS[:3], ('print("snapshot checks passed")', ["stage:prepare"]), *CELLS[3:]]
+    cells = CELLS if first_stage else [
+        *CELLS[:3], ('print("snapshot checks passed")', ["stage:prepare"]), *CELLS[3:]]
     pipeline, store = _churn_on_standin(jp_root_dir, kube_standin, s3_env, monkeypatch, cells)
     gate = _Snapshot()  # never published: train waits until stopped
     record: dict[str, Any] = {}
@@ -666,7 +669,9 @@ async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
             "params": {"snapshot_url": gate.url}})).body)
         record = launches.read_json(pipeline / launches.LAUNCH_DIR / first["id"]
                                     / "launch.json") or {}
-        for stage, state in (("prepare", "done"), ("train", "running")):  # train held
+        held = [("train", "running")] if first_stage else [("prepare", "done"),
+                                                             ("train", "running")]
+        for stage, state in held:  # train held
             await _deploy_status_when(jp_fetch, "churn-pipeline", first["id"],
                                       _stage_is(stage, state), 240)
         await _post(jp_fetch, f"deploy/{first['id']}/stop", {"path": "churn-pipeline"})
@@ -678,16 +683,24 @@ async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
     assert final["state"] == "stopped" and final["error"] is None, final
     note = final["stopped"]
     rows = {s["name"]: s["state"] for s in final["stages"]}
-    assert rows["prepare"] == "done" and rows["train"] == "stopped", rows
-    components = [j["metadata"]["labels"].get("app.kubernetes.io/component")
-                  for j in kube_standin.store.scan("jobs", "ml")]
-    assert "train" not in components and "prepare" in components  # deleted, kept
+    assert rows["train"] == "stopped" and rows.get("prepare", "done") == "done", rows
+    jobs = {j["metadata"]["labels"].get("app.kubernetes.io/component"): j
+            for j in kube_standin.store.scan("jobs", "ml")}
+    assert jobs["train"]["spec"]["suspend"] is True, jobs["train"]  # kept, stopped
+    assert json.loads(jobs["train"]["metadata"]["annotations"]["nb2prod.io/stopped"]) == note
+    assert ("prepare" in jobs) != first_stage
+    deadline = time.monotonic() + 120  # the suspended Job's pod ends
+    while any(p["metadata"]["labels"].get("job-name") == jobs["train"]["metadata"]["name"]
+              for p in kube_standin.store.scan("pods", "ml")):
+        assert time.monotonic() < deadline, "the stopped Job's pod is still there"
+        await asyncio.sleep(0.2)
     shown = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "nb2prod", "status", str(pipeline), "-n", "ml"],
         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if final["run_id"] in line)
-    assert "stopped" in row and "incomplete" not in row, shown.stdout
+    assert re.search(rf"{final['run_id']} +│ stopped +│", row), shown.stdout
+    assert "Stopped" in row and "incomplete" not in row, shown.stdout
     assert f"run {final['run_id']}: {stopped_text(note)}" in shown.stdout, shown.stdout
 
 

@@ -59,7 +59,8 @@ STOPPED_UNFINISHED = {"waiting": ("skipped", "not started: the deploy was stoppe
 #: Where a failed stage's message names its cell: `failed in cell N ("first line")`.
 CELL_IN_MESSAGE = re.compile(r"\bin cell (\d+) \(")
 #: A Job state of `nb2prod status` as a stage state.
-JOB_STATES = {"Complete": "done", "Running": "running", "Pending": "waiting"}
+JOB_STATES = {"Complete": "done", "Running": "running", "Pending": "waiting",
+              "Stopped": "stopped", "Suspended": "stopped"}
 #: The promote Job's state in `nb2prod status` as the `(promote)` row's.
 PROMOTION_STATES = {"promoted": "done", "running": "running", "pending": "waiting",
                     "not promoted": "skipped", "not promoted / failed": "failed"}

@@ -281,23 +281,31 @@ class BatchJobs(DeployState):
         state, message = ("stopped", stopped_text(note)) if note else ("failed", "interrupted")
         for unit in self.units.values():
             if unit.state == "running":
-                try:
-                    self.kube.delete("Job", self.ns, unit.job["metadata"]["name"])
-                except Exception:  # noqa: BLE001, S110
-                    pass
+                # A stop suspends the Job (the cluster ends its pods) and leaves it with the
+                # note: a run stopped in its first stage has no other Job `status` could
+                # show it by.  A deleted Job is the fallback, and Ctrl-C's way.
+                if note is None or not self.note_stop(unit, note, suspend=True):
+                    try:
+                        self.kube.delete("Job", self.ns, unit.job["metadata"]["name"])
+                    except Exception:  # noqa: BLE001, S110
+                        pass
                 self.set_state(unit, state, message)
             elif note is not None and unit.submitted is not None:
                 self.note_stop(unit, note)
 
-    def note_stop(self, unit: Unit, note: dict) -> None:
-        """A stopped run's Jobs that stay say so (`nb2prod status`: stopped, by whom)."""
+    def note_stop(self, unit: Unit, note: dict, suspend: bool = False) -> bool:
+        """A stopped run's Jobs that stay say so (`nb2prod status`: stopped, by whom);
+        `suspend` also stops a running one.  False when the Job could not be patched."""
+        patch: dict = {"metadata": {"annotations": {
+            manifests.STOPPED_ANNOTATION: json.dumps(note)}}}
+        if suspend:
+            patch["spec"] = {"suspend": True}
         try:
             k8s_retry.call(self.kube.batch.patch_namespaced_job, unit.job["metadata"]["name"],
-                           self.ns, {"metadata": {"annotations": {
-                               manifests.STOPPED_ANNOTATION: json.dumps(note)}}},
-                           _request_timeout=(10, 30))
-        except Exception:  # noqa: BLE001, S110 - a note; the stop itself went through
-            pass
+                           self.ns, patch, _request_timeout=(10, 30))
+        except Exception:  # noqa: BLE001 - a note; the stop itself went through
+            return False
+        return True
 
     def finish_promote(self, unit: Unit, passed: bool, pod: Obj | None = None) -> None:
         if passed:

@@ -27,6 +27,8 @@ def _job_state(job: Obj) -> str:
     failed = condition_true(job, "Failed")
     if failed:
         return f"Failed ({failed.get('reason', '')})".replace(" ()", "")
+    if condition_true(job, "Suspended"):
+        return "Suspended"  # how a stopped deploy leaves the Job it stopped
     status = job.get("status") or {}
     if status.get("active"):
         return "Running"
@@ -63,11 +65,14 @@ def runs_from_jobs(jobs: list[Obj]) -> list[dict]:
                 manifests.STOPPED_ANNOTATION) or "null")
             if isinstance(stopped, dict):
                 entry["stopped"] = stopped  # the deploy was stopped (the panel's Stop)
+                if state in ("Suspended", "Running", "Pending"):
+                    state = "Stopped"  # the Job the stop ended (suspended: pods gone)
         if component == manifests.RECORD:
             continue  # bookkeeping, not a stage
         if component == manifests.PROMOTE:
             entry["promotion"] = {"Complete": "promoted", "Running": "running",
-                                  "Pending": "pending"}.get(state, "not promoted / failed")
+                                  "Pending": "pending", "Stopped": "stopped"}.get(
+                state, "not promoted / failed")
             notes = job["metadata"].get("annotations") or {}
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 if notes.get(ROLLOUT_ANNOTATION):

@@ -412,3 +412,20 @@ def test_running_stages_show_their_time_so_far() -> None:
     assert set(live_seconds(record)) == {"train"} and live_seconds(record)["train"] >= 5.0
     assert run_summary(record, {})["stages"]["train"]["seconds"] >= 5.0
     assert live_seconds({**record, "status": "succeeded"}) == {}
+
+
+def test_the_panel_gets_each_service_stages_port(tmp_path: Path) -> None:
+    """The Port field's placeholder: the PORT a split writes before there is a pipeline,
+    then the stage's config.ini PORT (the user's edit) once split."""
+    from nb2prod.jupyter.panel import panel_answer
+    from nb2prod.split import split_notebook
+    from tests.test_manifests import set_ini
+
+    notebook = tmp_path / "iris.ipynb"
+    shutil.copy(Path(__file__).resolve().parent.parent / "example_notebooks" / "iris.ipynb",
+                notebook)
+    assert panel_answer(notebook, str)["service_ports"] == {"serve": 8080}
+    split_notebook(notebook, tmp_path / "iris-pipeline")
+    set_ini(tmp_path / "iris-pipeline" / "stage-2-serve" / "config.ini", "service", "PORT",
+            "9123")
+    assert panel_answer(notebook, str)["service_ports"] == {"serve": 9123}

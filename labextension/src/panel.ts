@@ -734,7 +734,7 @@ export class PipelinePanel extends Widget {
       }
       const metrics = Object.values(run.metrics).map(m => numbers(m)).filter(Boolean).join(', ');
       const button = el('button', 'nb2prod-RunItem-button',
-        `${run.run_id} · ${run.status}${run.promoted ? ' · latest' : ''}` +
+        `${run.run_id} · ${run.status}${run.latest ? ' · latest' : ''}` +
         `${run.verdict ? ' · not promoted' : ''}${metrics ? ' · ' + metrics : ''}`);
       button.title = run.reason || 'Show this run in the graph';
       button.addEventListener('click', () => {

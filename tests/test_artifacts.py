@@ -861,3 +861,23 @@ def test_stage_kernel_is_started_in_the_stage_dir_and_stopped(tmp_path: Path) ->
     assert renderer.render(out / "s.ipynb", out / "s.html") is None
     assert str(stage) in (out / "s.html").read_text()
     assert "no such file" in renderer.render(out / "missing.ipynb", out / "m.html").lower()
+
+
+def test_file_store_writes_replace_the_file_never_rewrite_it_in_place(tmp_path: Path) -> None:
+    """run.json is rewritten while the panel and `runs` read it: a write is a new file
+    renamed over the old one, so a reader holds either the old or the new content (a
+    truncate-and-write let one read an empty file), and a hard link the cache made to
+    an earlier run's file keeps that run's content."""
+    store = stores.open_store(tmp_path.as_uri())
+    artifacts.write_json(store, "p/runs/r1/run.json", {"run_id": "r1", "status": "running"})
+    path = tmp_path / "p" / "runs" / "r1" / "run.json"
+    linked = tmp_path / "linked.json"
+    os.link(path, linked)
+    with open(path, "rb") as reader:  # a reader that opened the file before the write
+        artifacts.write_json(store, "p/runs/r1/run.json", {"run_id": "r1", "status": "done"})
+        assert json.loads(reader.read())["status"] == "running"
+    assert json.loads(path.read_text())["status"] == "done"
+    assert json.loads(linked.read_text())["status"] == "running"
+    store.write_atomic("p/latest.json", b'{"run_id": "r1"}')
+    assert artifacts.read_json(store, "p/latest.json") == {"run_id": "r1"}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.json"]  # no temp files left

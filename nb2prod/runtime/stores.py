@@ -101,12 +101,17 @@ class FileStore(Store):
         return self._path(key).read_bytes()
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        """Temp file, then ``os.replace``: a reader (the panel, `runs` polling a live
+        run.json) never sees a half-written file, nor does a killed writer leave one.
+        A replace also never writes through a hard link the cache made."""
+        self._replace(key, data, durable=False)
 
     def write_atomic(self, key: str, data: bytes) -> None:
-        """Temp file in the same directory, fsync, then ``os.replace``.
+        """As `write_bytes`, with an fsync before the rename (durable across a crash)."""
+        self._replace(key, data, durable=True)
+
+    def _replace(self, key: str, data: bytes, durable: bool) -> None:
+        """Temp file in the same directory, then ``os.replace``.
 
         The temp file is created with mode 0o666 filtered by the umask (unlike
         ``mkstemp``'s 0o600) so other pods/users sharing the volume can read it.
@@ -118,8 +123,9 @@ class FileStore(Store):
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -115,9 +115,9 @@ def remember(output: Path, value: str | None) -> None:
         return
     path = output / FINGERPRINT_FILE
     try:
+        from nb2prod.runtime.stores import replace_file
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(value)
-        os.replace(tmp, path)
+        replace_file(path, value.encode("utf-8"))
     except OSError:
         pass

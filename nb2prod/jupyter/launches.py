@@ -43,9 +43,9 @@ DROPPED_ENV = ("NB2PROD_LIFELINE_FD", "JUPYTER_TOKEN", "JPY_API_TOKEN")
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` atomically (a reader never sees half a record)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from nb2prod.runtime.stores import replace_file
+
+    replace_file(path, json.dumps(data, default=str).encode("utf-8"))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

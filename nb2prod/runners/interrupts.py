@@ -80,11 +80,12 @@ def shielded() -> Iterator[list[int]]:
 
 def write_stop_note(path: os.PathLike[str] | str, by: str, via: str) -> dict[str, Any]:
     """Note who stops a process (`by`, through `via`) and when, before signalling it."""
+    from pathlib import Path
+
+    from nb2prod.runtime.stores import replace_file
+
     note = {"by": by, "via": via, "at": time.time()}
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(note, fh)
-    os.replace(tmp, path)
+    replace_file(Path(path), json.dumps(note).encode("utf-8"))
     return note
 
 

@@ -26,11 +26,12 @@ import glob
 import hashlib
 import json
 import os
-import secrets
 import stat
 import threading
 import time
 from pathlib import Path
+
+from .stores import replace_file
 
 #: Files older than this when hashed are memoised (timestamp granularity, with room).
 RACY_NS = 2_000_000_000
@@ -124,15 +125,9 @@ class DigestMemo:
             entries = dict(list(entries.items())[-MAX_MEMO:])  # newest insertions last
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"schema": 1, "files": entries}, fh, separators=(",", ":"))
-                os.replace(tmp, self.path)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            replace_file(self.path, json.dumps({"schema": 1, "files": entries},
+                                               separators=(",", ":")).encode("utf-8"),
+                         mode=0o600)
 
 
 _shared: DigestMemo | None = None

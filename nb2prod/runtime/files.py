@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,15 @@ from .errors import ArtifactError, ArtifactIntegrityError, ArtifactNotFoundError
 from .runs import _utcnow
 from .signing import _sha256, read_manifest, write_manifest
 from .stage_env import _env, _require, _stage_dir, context
-from .stores import _TMP_SUFFIX, MANIFEST, Store, _check_segment, _stage_prefix, open_store
+from .stores import (
+    _TMP_SUFFIX,
+    MANIFEST,
+    Store,
+    _check_segment,
+    _stage_prefix,
+    open_store,
+    replace_file,
+)
 from .values import _write_context
 
 # -- the working directory (DESIGN.md "Files and local code") ----------------------------
@@ -67,9 +74,7 @@ def _fetch_file(store: Store, pipeline: str, rel: str, entry: Any, work: Path, w
                                      f"{store.url(key)}")
     target = work.joinpath(*_safe_rel(rel).split("/"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # server workers may restore the same file at once
+    replace_file(target, data)  # server workers may restore the same file at once
 
 
 def snapshot(work: Path) -> Snapshot:

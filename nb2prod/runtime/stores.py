@@ -111,25 +111,9 @@ class FileStore(Store):
         self._replace(key, data, durable=True)
 
     def _replace(self, key: str, data: bytes, durable: bool) -> None:
-        """Temp file in the same directory, then ``os.replace``.
-
-        The temp file is created with mode 0o666 filtered by the umask (unlike
-        ``mkstemp``'s 0o600) so other pods/users sharing the volume can read it.
-        """
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace_file(path, data, durable=durable)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -343,6 +327,28 @@ def _stage_prefix(pipeline: str, run_id: str, stage: str) -> str:
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o666, durable: bool = False) -> None:
+    """Write `path` as a temp file beside it renamed over it: a reader sees the old or
+    the new content, never half of it, and a killed writer leaves no torn file (the
+    temp file is removed on any error).  `durable`: fsync before the rename.
+
+    The temp file is created with `mode` filtered by the umask (by default 0o666,
+    unlike ``mkstemp``'s 0o600, so other pods/users sharing a volume can read it).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(store: Store | str, key: str, default: Any = _MISSING) -> Any:

@@ -681,6 +681,7 @@ async def test_a_deploy_stopped_from_the_panel_reads_stopped_in_nb2prod_status(
         if record and launches.is_running(record):
             os.killpg(record["runner"]["pid"], signal.SIGKILL)
     assert final["state"] == "stopped" and final["error"] is None, final
+    assert "its running Jobs were suspended and kept" in final["output"], final["output"]
     note = final["stopped"]
     rows = {s["name"]: s["state"] for s in final["stages"]}
     assert rows["train"] == "stopped" and rows.get("prepare", "done") == "done", rows

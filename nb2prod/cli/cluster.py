@@ -56,7 +56,7 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
         from nb2prod.progress import EventLog
 
         log = EventLog(events)
-    try:  # SIGTERM as Ctrl-C: the running Jobs are deleted, not left orphaned
+    try:  # SIGTERM as Ctrl-C: the running Jobs are deleted (suspended on a deliberate stop)
         with interrupts.signals_interrupt():
             _deploy(target, namespace, context, image, store, params, dry_run, no_wait,
                     no_cache, log)
@@ -76,7 +76,9 @@ def deploy(target: Path, namespace: str | None, context: str | None, image: str 
             log.write({"error": how, "problems": [], **({"stopped": note} if note else {})})
         if not isinstance(exc, interrupts.Interrupted):
             raise
-        click.echo(f"nb2prod: {how}; its running Jobs were deleted", err=True)
+        done = ("suspended and kept with the note (`nb2prod delete` removes them)" if note
+                else "deleted")  # as BatchJobs.abort_running did
+        click.echo(f"nb2prod: {how}; its running Jobs were {done}", err=True)
         sys.exit(exc.exit_code)
 
 
